@@ -1,0 +1,107 @@
+// Package actors holds gopasta's flows: one goroutine per TCP connection, UDP
+// flow or ICMP echo flow. Each actor owns its host socket, its timers and its
+// protocol state; it receives the guest's frames for its flow from the
+// dispatcher on its inbox channel and sends frames towards the guest through
+// the link Writer. No actor shares mutable state with another.
+//
+// # Lifecycle
+//
+// The dispatcher starts an outbound actor on a flow-table miss (StartTCP,
+// StartUDP, StartICMP). Inbound actors are started by forwarders (listening
+// sockets for -t/-u) and handed to the dispatcher on Env.Register, which
+// puts them into the flow table. Every actor, when it ends, sends its Handle
+// on Env.Ended exactly once; the dispatcher then removes it from the table if
+// the table still points at that Handle. Frames still queued in a finished
+// actor's inbox are garbage collected, not released: that is rare and safe.
+package actors
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync/atomic"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/gopasta/gopasta/conf"
+	"github.com/gopasta/gopasta/link"
+)
+
+// Key identifies a flow as the guest sees it. It is comparable and allocation
+// free, so it is the flow table's map key.
+type Key struct {
+	// Proto is wire.ProtoTCP, ProtoUDP, ProtoICMP or ProtoICMPv6.
+	Proto uint8
+	// Guest is the guest's address and port (the echo identifier for ICMP).
+	Guest netip.AddrPort
+	// Far is the other end as the guest sees it (port 0 for ICMP).
+	Far netip.AddrPort
+}
+
+// String formats the key for logs: "tcp 10.0.2.100:40000 -> 93.184.216.34:80".
+func (k Key) String() string {
+	p := "ip"
+	switch k.Proto {
+	case 6:
+		p = "tcp"
+	case 17:
+		p = "udp"
+	case 1:
+		p = "icmp"
+	case 58:
+		p = "icmpv6"
+	}
+	return fmt.Sprintf("%s %s -> %s", p, k.Guest, k.Far)
+}
+
+// InboxDepth is the capacity of an actor's inbox. When it is full the
+// dispatcher drops the frame and counts it; TCP retransmits, UDP is lossy.
+const InboxDepth = 256
+
+// Handle is the dispatcher's reference to a running actor.
+type Handle struct {
+	Key Key
+	// In carries frames from the guest for this flow. Each frame sent is
+	// owned by the actor from then on.
+	In chan *link.Frame
+}
+
+// NewHandle returns a Handle with an inbox of InboxDepth frames.
+func NewHandle(k Key) *Handle {
+	return &Handle{Key: k, In: make(chan *link.Frame, InboxDepth)}
+}
+
+// Env is what all actors share. Fields are set once before the dispatcher
+// starts and are read-only afterwards (the pointed-to Peer, Writer and Stats
+// are safe for concurrent use).
+type Env struct {
+	Ctx  context.Context // cancelled at shutdown: every actor ends
+	Conf *conf.Config
+	Out  *link.Writer
+	Peer *link.Peer
+	Log  *logrus.Logger
+	NAT  *NAT
+
+	// Ended receives each actor's Handle once, when it ends. Register
+	// receives inbound actors to be put into the flow table. Both are read
+	// by the dispatcher goroutine, which never blocks on anything else, so
+	// sends on them complete promptly.
+	Ended    chan<- *Handle
+	Register chan<- *Handle
+
+	Stats Stats
+}
+
+// Stats are counters for the actors, reported in logs and by tests.
+type Stats struct {
+	TCPFlows, UDPFlows, ICMPFlows    atomic.Int64 // currently running
+	TCPOpened, UDPOpened, ICMPOpened atomic.Uint64
+	Panics                           atomic.Uint64
+	Refused                          atomic.Uint64 // over the flow limit
+}
+
+// FlowLog returns a log entry carrying the flow's key, for every line an
+// actor logs.
+func (e *Env) FlowLog(k Key) *logrus.Entry {
+	return e.Log.WithField("flow", k.String())
+}

@@ -1,0 +1,73 @@
+package actors
+
+import (
+	"net/netip"
+)
+
+// NAT is the fixed address mapping between what the guest sees and what the
+// host sockets use. gopasta does not translate addresses in general (the
+// guest shares the host's addresses); these few special addresses are the
+// exception, exactly as pasta has them:
+//
+//   - the --map-host-loopback address (the gateway by default, none with
+//     --no-map-gw) stands for the host's loopback: guest connections to it
+//     go to 127.0.0.1 / ::1, and host loopback clients appear from it;
+//   - the --map-guest-addr address stands for the host's own address (the
+//     one the guest was given), which is how podman's
+//     host.containers.internal reaches services bound to it;
+//   - the --dns-forward address, for ports 53 and 853, stands for the host's
+//     resolver (--dns-host).
+type NAT struct {
+	HostLoopback4, HostLoopback6 netip.Addr // guest-side address of host loopback
+	GuestAddr4, GuestAddr6       netip.Addr // guest-side alias of the host's address
+	HostAddr4, HostAddr6         netip.Addr // the host's address that alias means
+	DNSForward4, DNSForward6     netip.Addr
+	DNSHost4, DNSHost6           netip.Addr
+}
+
+// Outbound returns where a host socket must connect or send to for a guest
+// flow to far.
+func (n *NAT) Outbound(far netip.AddrPort) netip.AddrPort {
+	a, port := far.Addr(), far.Port()
+	switch {
+	case a.Is4() && a == n.DNSForward4 && isDNSPort(port) && n.DNSHost4.IsValid():
+		return netip.AddrPortFrom(n.DNSHost4, port)
+	case a.Is6() && a == n.DNSForward6 && isDNSPort(port) && n.DNSHost6.IsValid():
+		return netip.AddrPortFrom(n.DNSHost6, port)
+	case a.Is4() && a == n.HostLoopback4:
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)
+	case a.Is6() && a == n.HostLoopback6:
+		return netip.AddrPortFrom(netip.IPv6Loopback(), port)
+	case a.Is4() && a == n.GuestAddr4 && n.HostAddr4.IsValid():
+		return netip.AddrPortFrom(n.HostAddr4, port)
+	case a.Is6() && a == n.GuestAddr6 && n.HostAddr6.IsValid():
+		return netip.AddrPortFrom(n.HostAddr6, port)
+	}
+	return far
+}
+
+// Inbound returns the address the guest must see for a host-side peer at
+// src (an inbound client, or the source of a datagram): host loopback
+// becomes the host-loopback address, the host's own address its alias, and
+// the DNS host the forward address. ok is false when the guest cannot be
+// shown the peer at all (loopback with no mapping).
+func (n *NAT) Inbound(src netip.AddrPort) (netip.AddrPort, bool) {
+	a, port := src.Addr().Unmap(), src.Port()
+	switch {
+	case a.Is4() && a == n.DNSHost4 && isDNSPort(port) && n.DNSForward4.IsValid():
+		return netip.AddrPortFrom(n.DNSForward4, port), true
+	case a.Is6() && a == n.DNSHost6 && isDNSPort(port) && n.DNSForward6.IsValid():
+		return netip.AddrPortFrom(n.DNSForward6, port), true
+	case a.IsLoopback() && a.Is4():
+		return netip.AddrPortFrom(n.HostLoopback4, port), n.HostLoopback4.IsValid()
+	case a.IsLoopback():
+		return netip.AddrPortFrom(n.HostLoopback6, port), n.HostLoopback6.IsValid()
+	case a.Is4() && a == n.HostAddr4 && n.GuestAddr4.IsValid():
+		return netip.AddrPortFrom(n.GuestAddr4, port), true
+	case a.Is6() && a == n.HostAddr6 && n.GuestAddr6.IsValid():
+		return netip.AddrPortFrom(n.GuestAddr6, port), true
+	}
+	return netip.AddrPortFrom(a, port), true
+}
+
+func isDNSPort(p uint16) bool { return p == 53 || p == 853 }

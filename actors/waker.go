@@ -1,0 +1,84 @@
+package actors
+
+import (
+	"syscall"
+)
+
+// Waker turns readiness of a non-blocking socket into a value on a channel,
+// so that an actor can select on its inbox, its timers and its socket at
+// once. Go cannot select on a file descriptor; the runtime poller can wait
+// for one, so a small goroutine does that waiting on the actor's behalf.
+//
+// The protocol is: the actor does its I/O non-blocking until EAGAIN, then
+// calls Arm; the next readiness edge after that (or one that arrived since
+// the last wait) sends one value on C. Spurious wakeups are possible and
+// harmless; lost ones are not, because the poller remembers an edge that
+// arrives before the wait begins.
+//
+// The goroutine belongs to the Waker and exits when the socket is closed (the
+// pending wait fails) or Stop is called.
+type Waker struct {
+	// C receives a value when the socket became ready after Arm.
+	C <-chan struct{}
+
+	c     chan struct{}
+	arm   chan struct{}
+	stop  chan struct{}
+	armed bool
+}
+
+// NewReadWaker returns a Waker for readability of rc.
+func NewReadWaker(rc syscall.RawConn) *Waker { return newWaker(rc.Read) }
+
+// NewWriteWaker returns a Waker for writability of rc.
+func NewWriteWaker(rc syscall.RawConn) *Waker { return newWaker(rc.Write) }
+
+func newWaker(wait func(func(uintptr) bool) error) *Waker {
+	w := &Waker{c: make(chan struct{}, 1), arm: make(chan struct{}, 1), stop: make(chan struct{})}
+	w.C = w.c
+	go w.run(wait)
+	return w
+}
+
+func (w *Waker) run(wait func(func(uintptr) bool) error) {
+	for {
+		select {
+		case <-w.arm:
+		case <-w.stop:
+			return
+		}
+		first := true
+		err := wait(func(uintptr) bool {
+			if first {
+				first = false
+				return false // "would block": let the poller wait
+			}
+			return true
+		})
+		select {
+		case w.c <- struct{}{}:
+		default:
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// Arm asks for one notification on C at the next readiness. Arming an armed
+// Waker does nothing. Call it only from the actor that owns the Waker.
+func (w *Waker) Arm() {
+	if w.armed {
+		return
+	}
+	w.armed = true
+	w.arm <- struct{}{}
+}
+
+// Fired must be called by the owner after it received from C, before it may
+// Arm again.
+func (w *Waker) Fired() { w.armed = false }
+
+// Stop ends the goroutine if it is not waiting; closing the socket ends a
+// pending wait. Call it once, from the owner, after closing the socket.
+func (w *Waker) Stop() { close(w.stop) }

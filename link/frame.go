@@ -1,0 +1,81 @@
+// Package link is gopasta's edge towards the guest: the tap device inside a
+// network namespace (pasta mode) or QEMU's stream socket (passt mode), both
+// behind the small Device interface, plus the frame buffers that travel from
+// the link through the dispatcher and the actors and back to the link.
+//
+// # Buffer ownership
+//
+// A *Frame has exactly one owner at a time. Whoever holds it may read and
+// write Data; sending it on a channel or passing it to Writer.Send hands it
+// over, and the sender must not touch it afterwards. The last owner calls
+// Release, which returns the buffer to its pool. Frames are never shared, so
+// no frame needs a lock.
+package link
+
+import "sync"
+
+// Buffer size classes. Small frames (ACKs, ARP, DHCP, most UDP) use the small
+// class so that a queue of them does not pin 64 KiB each; anything that might
+// be a full 65520-byte-MTU segment uses the large class.
+const (
+	// SmallFrameSize fits a 1500-byte-MTU frame with room to spare.
+	SmallFrameSize = 2048
+	// MaxFrameSize is the largest frame gopasta reads or writes: a 65535-byte
+	// IP packet plus the Ethernet header, rounded up.
+	MaxFrameSize = 65536 + 128
+)
+
+// Frame is one Ethernet frame in a pooled buffer.
+type Frame struct {
+	// Data is the frame, from the destination MAC on. Its capacity is the
+	// whole buffer, so a producer may reslice it up to cap(Data).
+	Data []byte
+
+	// Offsets filled in by the dispatcher when it hands a parsed frame to an
+	// actor, so the actor need not parse the headers again: L3 is where the
+	// IP header starts, L4 the transport header, Payload the transport
+	// payload. They are only meaningful on frames received from the guest.
+	L3, L4, Payload int
+
+	pool *sync.Pool
+}
+
+var (
+	smallPool = sync.Pool{New: func() any { return &Frame{Data: make([]byte, SmallFrameSize)} }}
+	largePool = sync.Pool{New: func() any { return &Frame{Data: make([]byte, MaxFrameSize)} }}
+)
+
+// GetFrame returns a frame whose buffer can hold at least size bytes, with
+// Data resliced to size. The caller owns it until it hands it over or calls
+// Release.
+func GetFrame(size int) *Frame {
+	p := &largePool
+	if size <= SmallFrameSize {
+		p = &smallPool
+	}
+	f := p.Get().(*Frame)
+	f.pool = p
+	f.Data = f.Data[:size]
+	f.L3, f.L4, f.Payload = 0, 0, 0
+	return f
+}
+
+// Release returns the frame's buffer to its pool. The caller must be its
+// owner and must not use the frame afterwards.
+func (f *Frame) Release() {
+	if f == nil || f.pool == nil {
+		return
+	}
+	p := f.pool
+	f.pool = nil
+	f.Data = f.Data[:cap(f.Data)]
+	p.Put(f)
+}
+
+// ReleaseAll releases every frame in fs and clears the slice's elements.
+func ReleaseAll(fs []*Frame) {
+	for i, f := range fs {
+		f.Release()
+		fs[i] = nil
+	}
+}

@@ -1,0 +1,103 @@
+package link
+
+import (
+	"context"
+	"sync/atomic"
+)
+
+// Writer is the one goroutine that writes to a Device. Producers (the
+// dispatcher, every actor) hand it frames; it coalesces whatever is queued
+// into one WriteBatch call, so that a burst from many flows costs one wakeup
+// and, on links that allow it, one syscall.
+//
+// The queue is bounded: Send blocks when it is full, which is the
+// back-pressure that makes actors stop reading their host sockets when the
+// guest cannot keep up. The dispatcher must never block, so it uses TrySend.
+type Writer struct {
+	dev Device
+	q   chan *Frame
+
+	// Tee, if set before Run, sees every frame after it is written (pcap).
+	// It must not keep the frame.
+	Tee func(*Frame)
+
+	// Dropped counts frames TrySend could not queue; Errors counts
+	// WriteBatch failures.
+	Dropped, Errors atomic.Uint64
+	// Frames counts frames written.
+	Frames atomic.Uint64
+}
+
+// NewWriter returns a Writer for dev with a queue of depth frames.
+func NewWriter(dev Device, depth int) *Writer {
+	return &Writer{dev: dev, q: make(chan *Frame, depth)}
+}
+
+// Send queues f, blocking while the queue is full. Ownership of f passes to
+// the Writer.
+func (w *Writer) Send(f *Frame) {
+	w.q <- f
+}
+
+// SendCtx is Send that gives up when ctx is done; it returns false (and
+// releases f) in that case.
+func (w *Writer) SendCtx(ctx context.Context, f *Frame) bool {
+	select {
+	case w.q <- f:
+		return true
+	case <-ctx.Done():
+		f.Release()
+		return false
+	}
+}
+
+// TrySend queues f if there is room and reports whether it did. If not, f is
+// released and counted as dropped. Either way the caller no longer owns f.
+func (w *Writer) TrySend(f *Frame) bool {
+	select {
+	case w.q <- f:
+		return true
+	default:
+		w.Dropped.Add(1)
+		f.Release()
+		return false
+	}
+}
+
+// Run writes queued frames until ctx is done or the device fails. The
+// caller's goroutine becomes the writer goroutine.
+func (w *Writer) Run(ctx context.Context) error {
+	batch := make([]*Frame, 0, BatchSize)
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case f := <-w.q:
+			batch = append(batch[:0], f)
+		}
+	drain:
+		for len(batch) < cap(batch) {
+			select {
+			case f := <-w.q:
+				batch = append(batch, f)
+			default:
+				break drain
+			}
+		}
+		err := w.dev.WriteBatch(batch)
+		if err != nil {
+			w.Errors.Add(1)
+		} else {
+			w.Frames.Add(uint64(len(batch)))
+		}
+		if w.Tee != nil {
+			for _, f := range batch {
+				w.Tee(f)
+			}
+		}
+		ReleaseAll(batch)
+		if err == ErrClosed {
+			return err
+		}
+	}
+}
