@@ -1,0 +1,46 @@
+# gopasta build and test entry points. `make test` is what CI runs (.ci/run).
+GO      ?= go
+BIN     ?= ./gopasta
+PKGS    := ./...
+# Fuzz smoke time per target in `make test` (longer runs: make fuzz FUZZTIME=5m).
+FUZZTIME ?= 10s
+
+.PHONY: all build deps test unit lint fuzz integration bench clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/gopasta
+	ln -sf gopasta pasta
+	ln -sf gopasta passt
+
+# Debian packages and Go tools the tests drive (real programs, not mocks).
+deps:
+	.ci/install-deps
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt: files above need formatting"; exit 1; }
+	$(GO) vet $(PKGS)
+	$$($(GO) env GOPATH)/bin/staticcheck $(PKGS)
+
+unit:
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
+
+# Every FuzzXxx target runs for FUZZTIME on top of its seed corpus.
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./... | grep -v /integration); do \
+	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
+	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
+	  done; done
+
+integration: build
+	$(GO) test -count=1 -timeout 20m -v ./integration/ 2>&1 | tee integration.out | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' ; test $${PIPESTATUS[0]} -eq 0
+
+test: lint unit fuzz integration
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem $$($(GO) list ./... | grep -v /integration)
+
+clean:
+	rm -f $(BIN) pasta passt integration.out
