@@ -128,6 +128,29 @@ type Config struct {
 	FlowLimit   int           // --flow-limit: most concurrent flows (default 65536)
 	UDPTimeout  time.Duration // --udp-timeout (default 180s)
 	ICMPTimeout time.Duration // --icmp-timeout (default 60s)
+
+	// Added by the command-line parser (additive; see conf/options.go).
+
+	// ConfigFile is the --config FILE that was loaded ("" if none).
+	ConfigFile string
+	// Netmask4 is -n as a prefix length (0: not given). It applies to the
+	// IPv4 address derived from the host when -a gives none; with -a it is
+	// already folded into Addr4.
+	Netmask4 int
+	// Addr6Bits is the /PLEN given with an IPv6 -a (0: not given, use 64).
+	Addr6Bits int
+	// PrintCapabilities is --print-capabilities (vhost-user convention):
+	// print the back-end capabilities and exit.
+	PrintCapabilities bool
+	// RepairPath is --repair-path (vhost-user): passt-repair socket;
+	// RepairPathNone is "--repair-path none".
+	RepairPath     string
+	RepairPathNone bool
+	// MigrateExit, MigrateNoLinger: deprecated vhost-user migration knobs.
+	MigrateExit     bool
+	MigrateNoLinger bool
+	// ChrootFallback is --chroot-fallback: chroot() if pivot_root() fails.
+	ChrootFallback bool
 }
 
 // PortSpec is one -t/-u/-T/-U argument.
@@ -144,6 +167,8 @@ type PortSpec struct {
 	// Ranges are the forwarded ranges, Excluded the "~" ranges.
 	Ranges   []PortRange
 	Excluded []PortRange
+	// AllToAddr is the target address of "all:ADDR" (invalid: none).
+	AllToAddr netip.Addr
 }
 
 // PortRange forwards ports First..Last to To..To+(Last-First) (To == First
