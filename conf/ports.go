@@ -118,7 +118,12 @@ func ParsePortSpec(option, raw string) (PortSpec, error) {
 			s.Ranges = append(s.Ranges, r)
 		}
 	}
-	for _, r := range s.Ranges {
+	for i, r := range s.Ranges {
+		for _, o := range s.Ranges[:i] {
+			if r.First <= o.Last && o.First <= r.Last {
+				return bad("port %d forwarded twice", max(r.First, o.First))
+			}
+		}
 		if r.ToAddr.IsValid() && s.Bind.IsValid() && r.ToAddr.Is4() != s.Bind.Is4() {
 			return bad("target address %s and listening address %s are of different IP versions", r.ToAddr, s.Bind)
 		}
