@@ -1,10 +1,298 @@
 package actors
 
-import "github.com/gopasta/gopasta/link"
+import (
+	"encoding/binary"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
+)
+
+// ICMP echo, theory of operation.
+//
+// gopasta has no raw sockets: echo requests go out through the kernel's
+// unprivileged "ping" sockets (SOCK_DGRAM with IPPROTO_ICMP/IPPROTO_ICMPV6),
+// which are allowed to processes whose group is in net.ipv4.ping_group_range
+// (one sysctl for both families). A ping socket has an echo identifier as
+// its "port": the kernel writes it into every request and delivers only
+// replies carrying it. Each (guest address, identifier, far address) gets
+// its own actor and socket, bound to the guest's identifier when that is
+// free, so the identifier on the host is usually the guest's own; when it
+// is not, replies are rewritten back to the guest's identifier. Sequence
+// numbers and payload pass through untouched. Errors (host unreachable,
+// TTL exceeded) come back on the socket's error queue and are relayed as
+// ICMP errors quoting the guest's request, as for UDP.
+
+// pingWarn logs the ping_group_range hint once per process.
+var pingWarn sync.Once
+
+// icmpActor is one echo flow.
+type icmpActor struct {
+	env     *Env
+	log     *logrus.Entry
+	h       *Handle
+	sock    *dgramSock
+	v6      bool
+	id      uint16 // the socket's identifier on the host
+	sa      unix.RawSockaddrInet6
+	salen   uint32
+	timeout time.Duration
+	last    int64
+	spare   *link.Frame
+	errBuf  []byte
+	oob     []byte
+}
 
 // StartICMP is called by the dispatcher for an ICMP or ICMPv6 echo request
 // from the guest that matches no flow; see StartTCP for the contract.
 func StartICMP(env *Env, k Key, f *link.Frame) *Handle {
-	f.Release()
-	return nil
+	if env.Conf != nil && env.Conf.NoICMP {
+		f.Release()
+		return nil
+	}
+	v6 := k.Proto == wire.ProtoICMPv6
+	if !k.Guest.IsValid() || !k.Far.IsValid() || k.Guest.Addr().Is6() != v6 || k.Far.Addr().Is6() != v6 {
+		UDPStats.EchoDropped.Add(1)
+		f.Release()
+		return nil
+	}
+	proto := unix.IPPROTO_ICMP
+	if v6 {
+		proto = unix.IPPROTO_ICMPV6
+	}
+	sock, err := newDgramSock(v6, proto, func(fd int) error {
+		_ = setRecvErr(fd, v6)
+		any := netip.IPv4Unspecified()
+		if v6 {
+			any = netip.IPv6Unspecified()
+		}
+		if bindAddrPort(fd, netip.AddrPortFrom(any, k.Guest.Port())) != nil {
+			return bindAddrPort(fd, netip.AddrPortFrom(any, 0))
+		}
+		return nil
+	})
+	if err != nil {
+		UDPStats.EchoDropped.Add(1)
+		if err == unix.EACCES || err == unix.EPERM {
+			pingWarn.Do(func() {
+				env.Log.Warn(`icmp: ping sockets are not allowed for this group, echo requests are dropped; ` +
+					`allow them with: sysctl -w net.ipv4.ping_group_range="0 2147483647"`)
+			})
+		} else {
+			env.FlowLog(k).WithError(err).Warn("icmp: cannot open ping socket")
+		}
+		f.Release()
+		return nil
+	}
+	timeout := 60 * time.Second
+	if env.Conf != nil && env.Conf.ICMPTimeout > 0 {
+		timeout = env.Conf.ICMPTimeout
+	}
+	a := &icmpActor{
+		env: env, log: env.FlowLog(k), h: NewHandle(k), sock: sock, v6: v6,
+		id: localPort(sock.fd), timeout: timeout, last: monoNow(),
+		errBuf: make([]byte, icmp6ErrMax), oob: make([]byte, 256),
+	}
+	a.salen = putSockaddr(&a.sa, netip.AddrPortFrom(env.NAT.Outbound(k.Far).Addr(), 0))
+	a.h.In <- f // a fresh inbox has room
+	env.Stats.ICMPOpened.Add(1)
+	env.Stats.ICMPFlows.Add(1)
+	go a.run()
+	return a.h
+}
+
+func (a *icmpActor) run() {
+	defer func() {
+		if r := recover(); r != nil {
+			a.env.Stats.Panics.Add(1)
+			a.log.WithField("panic", r).Error("icmp: actor panicked")
+		}
+		a.sock.close()
+		if a.spare != nil {
+			a.spare.Release()
+		}
+		a.env.Stats.ICMPFlows.Add(-1)
+		select {
+		case a.env.Ended <- a.h:
+		case <-a.env.Ctx.Done():
+		}
+	}()
+	sweep := max(a.timeout/4, 5*time.Millisecond)
+	t := time.NewTimer(sweep)
+	defer t.Stop()
+	w := a.sock.waker
+	w.Arm()
+	for {
+		select {
+		case f := <-a.h.In:
+			a.send(f)
+		case <-w.C:
+			w.Fired()
+			a.receive()
+			w.Arm()
+		case <-t.C:
+			if monoNow()-a.last >= int64(a.timeout) {
+				return
+			}
+			t.Reset(sweep)
+		case <-a.env.Ctx.Done():
+			return
+		}
+	}
+}
+
+// echoBytes returns the ICMP message of a guest frame if it is an echo
+// request of this actor's family.
+func (a *icmpActor) echoBytes(f *link.Frame) []byte {
+	d := f.Data
+	if f.L3 < wire.EthernetLen || f.L4 <= f.L3 || f.L4+wire.ICMPLen > len(d) {
+		return nil
+	}
+	end := len(d)
+	if a.v6 {
+		if f.L3+wire.IPv6Len > f.L4 || d[f.L3]>>4 != 6 {
+			return nil
+		}
+		end = f.L3 + wire.IPv6Len + wire.IPv6(d[f.L3:]).PayloadLen()
+	} else {
+		if f.L3+wire.IPv4MinLen > f.L4 || d[f.L3]>>4 != 4 {
+			return nil
+		}
+		end = f.L3 + wire.IPv4(d[f.L3:]).TotalLen()
+	}
+	if end > len(d) || end < f.L4+wire.ICMPLen {
+		return nil
+	}
+	m := wire.ICMP(d[f.L4:end])
+	want := uint8(wire.ICMPv4EchoRequest)
+	if a.v6 {
+		want = wire.ICMPv6EchoRequest
+	}
+	if m.Type() != want || m.Code() != 0 {
+		return nil
+	}
+	return m
+}
+
+func (a *icmpActor) send(f *link.Frame) {
+	defer f.Release()
+	m := a.echoBytes(f)
+	if m == nil {
+		UDPStats.EchoDropped.Add(1)
+		return
+	}
+	a.last = monoNow()
+	for try := 0; try < 2; try++ {
+		e := sendto(a.sock.fd, m, &a.sa, a.salen)
+		if e == 0 {
+			UDPStats.EchoSent.Add(1)
+			return
+		}
+		a.drainErrors()
+		if !isTransient(e) || e == unix.ENOBUFS {
+			break
+		}
+	}
+	UDPStats.EchoDropped.Add(1)
+}
+
+func (a *icmpActor) receive() {
+	a.drainErrors()
+	ipLen, etype := wire.IPv4MinLen, uint16(wire.EtherTypeIPv4)
+	reply := uint8(wire.ICMPv4EchoReply)
+	if a.v6 {
+		ipLen, etype, reply = wire.IPv6Len, wire.EtherTypeIPv6, wire.ICMPv6EchoReply
+	}
+	hl := wire.EthernetLen + ipLen
+	maxLen := min(linkMTU(a.env), 65535) - ipLen
+	for range 64 {
+		if a.spare == nil {
+			a.spare = link.GetFrame(hl + maxLen)
+		}
+		f := a.spare
+		var from unix.RawSockaddrInet6
+		n, e := recvfrom(a.sock.fd, f.Data[hl:hl+maxLen], &from)
+		if e != 0 {
+			if e == unix.EAGAIN {
+				return
+			}
+			a.drainErrors()
+			if isTransient(e) {
+				continue
+			}
+			return
+		}
+		if n > maxLen || n < wire.ICMPLen {
+			UDPStats.EchoDropped.Add(1)
+			continue
+		}
+		m := wire.ICMP(f.Data[hl : hl+n])
+		if m.Type() != reply {
+			continue
+		}
+		a.last = monoNow()
+		k := a.h.Key
+		binary.BigEndian.PutUint16(m[4:6], k.Guest.Port())
+		m.SetChecksum(0)
+		f.Data = f.Data[:hl+n]
+		wire.Ethernet(f.Data).Set(a.env.Peer.MAC(), a.env.Peer.OurMAC, etype)
+		if a.v6 {
+			s, d := k.Far.Addr().As16(), k.Guest.Addr().As16()
+			wire.IPv6(f.Data[wire.EthernetLen:]).SetHeader(n, wire.ProtoICMPv6, defaultTTL, s, d)
+			m.SetChecksum(wire.Fold(wire.Checksum(m, wire.PseudoHeaderSum(s[:], d[:], wire.ProtoICMPv6, n))))
+		} else {
+			s, d := k.Far.Addr().As4(), k.Guest.Addr().As4()
+			wire.IPv4(f.Data[wire.EthernetLen:]).SetHeader(ipLen+n, m.Seq(), defaultTTL, wire.ProtoICMP, s, d)
+			m.SetChecksum(wire.Fold(wire.Checksum(m, 0)))
+		}
+		a.spare = nil
+		UDPStats.EchoReplies.Add(1)
+		if !a.env.Out.SendCtx(a.env.Ctx, f) {
+			return
+		}
+	}
+}
+
+// drainErrors relays the ping socket's queued errors to the guest, quoting
+// its echo request with its own identifier.
+func (a *icmpActor) drainErrors() {
+	for range 64 {
+		q, ok := recvErr(a.sock.fd, a.errBuf, a.oob)
+		if !ok {
+			return
+		}
+		typ, code, info, ok := q.guestError(a.v6)
+		if !ok || q.n < wire.ICMPLen {
+			continue
+		}
+		k := a.h.Key
+		l4 := a.errBuf[:q.n]
+		proto := uint8(wire.ProtoICMP)
+		binary.BigEndian.PutUint16(l4[4:6], k.Guest.Port())
+		l4[2], l4[3] = 0, 0
+		if a.v6 {
+			proto = wire.ProtoICMPv6
+			g, fa := k.Guest.Addr().As16(), k.Far.Addr().As16()
+			wire.ICMP(l4).SetChecksum(wire.Fold(wire.Checksum(l4, wire.PseudoHeaderSum(g[:], fa[:], proto, q.n))))
+		} else {
+			wire.ICMP(l4).SetChecksum(wire.Fold(wire.Checksum(l4, 0)))
+		}
+		e := icmpError{
+			Type: typ, Code: code, Info: info,
+			From:  errorSource(a.env, &q, k.Far.Addr()),
+			Guest: k.Guest.Addr(), Far: k.Far.Addr(),
+			Proto: proto, L4Len: q.n, L4: l4,
+		}
+		if f := icmpErrorFrame(a.env, &e); f != nil {
+			UDPStats.ICMPErrors.Add(1)
+			if !a.env.Out.SendCtx(a.env.Ctx, f) {
+				return
+			}
+		}
+	}
 }

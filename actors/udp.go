@@ -1,10 +1,648 @@
 package actors
 
-import "github.com/gopasta/gopasta/link"
+import (
+	"net/netip"
+	"sync"
+	"time"
+	"unsafe"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
+)
+
+// UDP, theory of operation.
+//
+// UDP has no connections, but the guest's sockets behave as if a port were
+// one: a guest socket bound to port P talks to one or many far ends, and
+// expects any far end it talked to — and, for STUN and other peer-to-peer
+// protocols, any other far end that learnt the mapping — to reach it on P.
+// gopasta therefore translates per guest (address, port), not per 4-tuple:
+//
+//   - A udpBinding is one host socket bound to the guest's source port where
+//     that port is free (no port translation, as passt does; else an
+//     ephemeral port), unconnected, with IP_RECVERR. Datagrams from any far
+//     end that reach it go to the guest's address and port.
+//   - The dispatcher keys flows by 4-tuple, so the first datagram to each
+//     new far end is a flow-table miss and a StartUDP call. StartUDP finds
+//     the guest port's binding in a small registry (mutex, touched only on
+//     misses and expiries, never per datagram) and hands back a Handle whose
+//     inbox is the binding's one inbox. So every flow of a guest port feeds
+//     the same actor goroutine, which owns the socket, the flows' state and
+//     the per-flow idle timers: one goroutine, one socket, no sharing of
+//     mutable state but the registry.
+//   - That goroutine is the actor: it waits on its inbox (guest -> host,
+//     drained into one sendmmsg), on socket readiness (recvmmsg straight
+//     into pooled frames, headers written in front of the payload, handed to
+//     the link Writer) and on a sweep timer that ends flows idle for
+//     UDPTimeout, each flow's Handle going back on Env.Ended. The binding
+//     itself closes when it has no flows and saw no traffic for UDPTimeout.
+//
+// Inbound (-u) listeners are bindings too, created by StartUDPForwarders:
+// the first datagram from a new client creates a flow registered with the
+// dispatcher (Env.Register), and the guest's replies are sent from the
+// listening socket itself, with IP_PKTINFO naming the address the client
+// sent to when the listener is a wildcard, so the client sees the reply
+// come from where it sent.
+//
+// Addresses are mapped with Env.NAT both ways; a far end's host address is
+// remembered per flow, so a reply is shown to the guest as coming from the
+// address the guest used (gateway, --dns-forward address, ...), even where
+// two guest-side addresses mean the same host address.
+
+// udpBindKey names an outbound binding: the guest's address and port, per
+// Env (tests run several).
+type udpBindKey struct {
+	env   *Env
+	guest netip.AddrPort
+}
+
+// udpReg is the registry of outbound bindings. Its mutex also guards every
+// binding's pending list.
+var udpReg = struct {
+	sync.Mutex
+	m map[udpBindKey]*udpBinding
+}{m: make(map[udpBindKey]*udpBinding)}
+
+// udpFlow is one 4-tuple of a binding, as the dispatcher knows it.
+type udpFlow struct {
+	key   Key
+	h     *Handle        // nil: a flow the dispatcher no longer maps (stale frame)
+	host  netip.AddrPort // the far end's address on the host side
+	sa    unix.RawSockaddrInet6
+	salen uint32
+	ctrl  [64]byte // inbound on a wildcard listener: IP_PKTINFO for the reply source
+	clen  int
+	last  int64 // monoNow of the last datagram either way
+}
+
+// udpBinding is a host UDP socket and the actor that owns it.
+type udpBinding struct {
+	env     *Env
+	log     *logrus.Entry
+	sock    *dgramSock
+	v6      bool
+	in      chan *link.Frame
+	done    <-chan struct{}
+	timeout time.Duration
+
+	// Outbound: the guest address and port the socket stands for.
+	guest netip.AddrPort
+	// Inbound: the guest's address (invalid: the address the guest uses)
+	// and port datagrams go to, and whether to answer with IP_PKTINFO.
+	inbound   bool
+	fwdAddr   netip.Addr
+	fwdPort   uint16
+	wildcard  bool
+	pending   []*Handle // joined by StartUDP, not yet seen by the actor; udpReg.Mutex
+	flows     map[Key]*udpFlow
+	byHost    map[netip.AddrPort]*udpFlow
+	last      int64 // last datagram either way
+	lastRx    int64
+	rxAtSweep int64
+
+	maxPayload int
+	hdrLen     int
+	ipID       uint16
+	moreRx     bool
+	want       int // frames offered to the next recvmmsg
+	stash      [udpBatch]*link.Frame
+	tx, rx     *mmsgBatch
+	txFrames   [udpBatch]*link.Frame
+	errBuf     []byte
+	oob        []byte
+}
+
+func newBinding(env *Env, v6 bool, sock *dgramSock) *udpBinding {
+	timeout := 180 * time.Second
+	if env.Conf != nil && env.Conf.UDPTimeout > 0 {
+		timeout = env.Conf.UDPTimeout
+	}
+	return &udpBinding{
+		env: env, sock: sock, v6: v6, timeout: timeout,
+		in:         make(chan *link.Frame, InboxDepth),
+		flows:      make(map[Key]*udpFlow),
+		byHost:     make(map[netip.AddrPort]*udpFlow),
+		maxPayload: maxUDPPayload(env, v6),
+		hdrLen:     udpHdrLen(v6),
+		want:       4,
+		tx:         new(mmsgBatch),
+		rx:         new(mmsgBatch),
+		errBuf:     make([]byte, icmp6ErrMax),
+		oob:        make([]byte, 256),
+		last:       monoNow(),
+	}
+}
+
+var monoBase = time.Now()
+
+// monoNow is a monotonic clock in nanoseconds, cheap enough per batch.
+func monoNow() int64 { return int64(time.Since(monoBase)) }
 
 // StartUDP is called by the dispatcher for a UDP datagram from the guest
-// that matches no flow; see StartTCP for the contract.
+// that matches no flow; see StartTCP for the contract. The returned Handle
+// shares its inbox with the other flows of the guest's (address, port).
 func StartUDP(env *Env, k Key, f *link.Frame) *Handle {
-	f.Release()
-	return nil
+	if env.Conf != nil && env.Conf.NoUDP {
+		f.Release()
+		return nil
+	}
+	if !k.Guest.IsValid() || !k.Far.IsValid() || k.Guest.Addr().Is4() != k.Far.Addr().Is4() {
+		UDPStats.Malformed.Add(1)
+		f.Release()
+		return nil
+	}
+	rk := udpBindKey{env, k.Guest}
+	udpReg.Lock()
+	b := udpReg.m[rk]
+	if b == nil {
+		var err error
+		b, err = newOutboundBinding(env, k.Guest)
+		if err != nil {
+			udpReg.Unlock()
+			UDPStats.SocketErrors.Add(1)
+			env.FlowLog(k).WithError(err).Warn("udp: cannot open host socket")
+			f.Release()
+			return nil
+		}
+		udpReg.m[rk] = b
+		go b.run()
+	}
+	h := &Handle{Key: k, In: b.in}
+	b.pending = append(b.pending, h)
+	udpReg.Unlock()
+	select {
+	case b.in <- f:
+	default:
+		UDPStats.InboxDropped.Add(1)
+		f.Release()
+	}
+	return h
+}
+
+// newOutboundBinding opens the host socket for the guest's addr:port.
+// Called with udpReg held.
+func newOutboundBinding(env *Env, guest netip.AddrPort) (*udpBinding, error) {
+	v6 := guest.Addr().Is6()
+	var bindAddr netip.Addr
+	ifname := ""
+	if env.Conf != nil {
+		if v6 {
+			bindAddr, ifname = env.Conf.Outbound6, env.Conf.OutboundIf6
+		} else {
+			bindAddr, ifname = env.Conf.Outbound4, env.Conf.OutboundIf4
+		}
+	}
+	if !bindAddr.IsValid() {
+		bindAddr = netip.IPv4Unspecified()
+		if v6 {
+			bindAddr = netip.IPv6Unspecified()
+		}
+	}
+	sock, err := newDgramSock(v6, unix.IPPROTO_UDP, func(fd int) error {
+		if err := setRecvErr(fd, v6); err != nil {
+			return err
+		}
+		setBufs(fd)
+		if ifname != "" {
+			if err := unix.SetsockoptString(fd, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, ifname); err != nil {
+				return err
+			}
+		}
+		err := bindAddrPort(fd, netip.AddrPortFrom(bindAddr, guest.Port()))
+		if err != nil && guest.Port() != 0 {
+			// The port is taken on the host (or privileged): replies will
+			// still reach the guest's port, from an ephemeral host port.
+			err = bindAddrPort(fd, netip.AddrPortFrom(bindAddr, 0))
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	b := newBinding(env, v6, sock)
+	b.guest = guest
+	b.done = env.Ctx.Done()
+	b.log = env.Log.WithField("udp", guest.String())
+	if p := localPort(sock.fd); p != guest.Port() {
+		UDPStats.PortTranslated.Add(1)
+		b.log.WithField("host_port", p).Debug("udp: guest port busy on the host, using another")
+	}
+	return b, nil
+}
+
+// setBufs asks for socket buffers big enough for bursts of large datagrams;
+// the kernel caps them at rmem_max/wmem_max.
+func setBufs(fd int) {
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
+}
+
+// run is the actor's loop.
+func (b *udpBinding) run() {
+	defer func() {
+		if r := recover(); r != nil {
+			b.env.Stats.Panics.Add(1)
+			b.log.WithField("panic", r).Error("udp: actor panicked")
+		}
+		b.shutdown()
+	}()
+	sweep := max(b.timeout/4, 5*time.Millisecond)
+	t := time.NewTimer(sweep)
+	defer t.Stop()
+	w := b.sock.waker
+	w.Arm()
+	for {
+		if b.moreRx {
+			// recvmmsg stopped before the socket was empty, to serve the
+			// inbox too: no readiness edge will come for what is queued.
+			select {
+			case f := <-b.in:
+				b.send(f)
+			case <-b.done:
+				return
+			default:
+			}
+			b.receive()
+			if !b.moreRx {
+				w.Arm()
+			}
+			continue
+		}
+		select {
+		case f := <-b.in:
+			b.send(f)
+		case <-w.C:
+			w.Fired()
+			b.receive()
+			if !b.moreRx {
+				w.Arm()
+			}
+		case <-t.C:
+			if b.sweep() {
+				return
+			}
+			t.Reset(sweep)
+		case <-b.done:
+			return
+		}
+	}
+}
+
+// adopt takes the flows StartUDP added since the last look.
+func (b *udpBinding) adopt() {
+	udpReg.Lock()
+	pending := b.pending
+	b.pending = nil
+	udpReg.Unlock()
+	now := monoNow()
+	for _, h := range pending {
+		fl := b.flows[h.Key]
+		if fl == nil {
+			fl = b.addFlow(h.Key, b.env.NAT.Outbound(h.Key.Far), now)
+		}
+		if fl.h == nil {
+			fl.h = h
+			b.env.Stats.UDPOpened.Add(1)
+			b.env.Stats.UDPFlows.Add(1)
+		}
+	}
+}
+
+// addFlow tracks a flow to host (the far end on the host side).
+func (b *udpBinding) addFlow(k Key, host netip.AddrPort, now int64) *udpFlow {
+	fl := &udpFlow{key: k, host: host, last: now}
+	fl.salen = putSockaddr(&fl.sa, host)
+	b.flows[k] = fl
+	b.byHost[host] = fl
+	return fl
+}
+
+// endFlow forgets fl and tells the dispatcher.
+func (b *udpBinding) endFlow(fl *udpFlow) {
+	delete(b.flows, fl.key)
+	if b.byHost[fl.host] == fl {
+		delete(b.byHost, fl.host)
+	}
+	if fl.h == nil {
+		return
+	}
+	b.env.Stats.UDPFlows.Add(-1)
+	select {
+	case b.env.Ended <- fl.h:
+	case <-b.env.Ctx.Done():
+	}
+	fl.h = nil
+}
+
+// sweep ends idle flows, frees receive buffers of a quiet socket, and
+// reports whether the whole binding should end.
+func (b *udpBinding) sweep() bool {
+	b.adopt()
+	now := monoNow()
+	for _, fl := range b.flows {
+		if now-fl.last >= int64(b.timeout) {
+			b.endFlow(fl)
+		}
+	}
+	if b.lastRx == b.rxAtSweep {
+		b.releaseStash()
+	}
+	b.rxAtSweep = b.lastRx
+	if b.inbound || len(b.flows) > 0 || now-b.last < int64(b.timeout) {
+		return false
+	}
+	udpReg.Lock()
+	defer udpReg.Unlock()
+	if len(b.pending) > 0 {
+		return false
+	}
+	if k := (udpBindKey{b.env, b.guest}); udpReg.m[k] == b {
+		delete(udpReg.m, k)
+	}
+	return true
+}
+
+// shutdown ends every flow and closes the socket.
+func (b *udpBinding) shutdown() {
+	if !b.inbound {
+		udpReg.Lock()
+		if k := (udpBindKey{b.env, b.guest}); udpReg.m[k] == b {
+			delete(udpReg.m, k)
+		}
+		udpReg.Unlock()
+		b.adopt()
+	}
+	for _, fl := range b.flows {
+		b.endFlow(fl)
+	}
+	b.releaseStash()
+	b.sock.close()
+}
+
+func (b *udpBinding) releaseStash() {
+	for i, f := range b.stash {
+		if f != nil {
+			f.Release()
+			b.stash[i] = nil
+		}
+	}
+	b.want = 4
+}
+
+// frameFlow finds the flow a guest frame belongs to and its UDP payload.
+func (b *udpBinding) frameFlow(f *link.Frame, now int64) (*udpFlow, []byte) {
+	d := f.Data
+	if f.L3 < wire.EthernetLen || f.L4+wire.UDPLen > len(d) || f.L3 >= f.L4 {
+		return nil, nil
+	}
+	var src, dst netip.Addr
+	switch d[f.L3] >> 4 {
+	case 4:
+		if f.L3+wire.IPv4MinLen > f.L4 {
+			return nil, nil
+		}
+		ip := wire.IPv4(d[f.L3:])
+		src, dst = ip.Src(), ip.Dst()
+	case 6:
+		if f.L3+wire.IPv6Len > f.L4 {
+			return nil, nil
+		}
+		ip := wire.IPv6(d[f.L3:])
+		src, dst = ip.Src(), ip.Dst()
+	default:
+		return nil, nil
+	}
+	u := wire.UDP(d[f.L4:])
+	ulen := u.Length()
+	if ulen < wire.UDPLen || f.L4+ulen > len(d) {
+		return nil, nil
+	}
+	k := Key{Proto: wire.ProtoUDP, Guest: netip.AddrPortFrom(src, u.SrcPort()), Far: netip.AddrPortFrom(dst, u.DstPort())}
+	fl := b.flows[k]
+	if fl == nil {
+		b.adopt()
+		fl = b.flows[k]
+	}
+	if fl == nil && !b.inbound && k.Guest == b.guest && dst.Is6() == b.v6 {
+		// A late frame of a flow that already ended: still the guest's
+		// datagram to send; track it so its host address is kept.
+		fl = b.addFlow(k, b.env.NAT.Outbound(k.Far), now)
+	}
+	if fl == nil {
+		UDPStats.NoFlow.Add(1)
+		return nil, nil
+	}
+	return fl, d[f.L4+wire.UDPLen : f.L4+ulen]
+}
+
+// send sends first and whatever else is queued in the inbox with one
+// sendmmsg, then releases the frames.
+func (b *udpBinding) send(first *link.Frame) {
+	frames := append(b.txFrames[:0], first)
+drain:
+	for len(frames) < udpBatch {
+		select {
+		case f := <-b.in:
+			frames = append(frames, f)
+		default:
+			break drain
+		}
+	}
+	now := monoNow()
+	b.last = now
+	tx := b.tx
+	n := 0
+	for _, f := range frames {
+		fl, p := b.frameFlow(f, now)
+		if fl == nil {
+			UDPStats.Malformed.Add(1)
+			continue
+		}
+		fl.last = now
+		iov := &tx.iovs[n]
+		iov.Base = nil
+		if len(p) > 0 {
+			iov.Base = &p[0]
+		}
+		iov.SetLen(len(p))
+		h := &tx.hdrs[n]
+		h.Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&fl.sa)), Namelen: fl.salen, Iov: iov}
+		h.Hdr.SetIovlen(1)
+		if fl.clen > 0 {
+			h.Hdr.Control = &fl.ctrl[0]
+			h.Hdr.SetControllen(fl.clen)
+		}
+		n++
+	}
+	for i, retried := 0, false; i < n; {
+		r, e := sendmmsg(b.sock.fd, tx.hdrs[i:n])
+		if e == 0 {
+			UDPStats.Sent.Add(uint64(r))
+			i += r
+			retried = false
+			continue
+		}
+		if e == unix.EAGAIN {
+			UDPStats.SendDropped.Add(uint64(n - i))
+			break
+		}
+		// A pending ICMP error is reported once, on whatever call comes
+		// next: read the error queue, then try this datagram again once.
+		b.drainErrors()
+		if !retried && isTransient(e) {
+			retried = true
+			continue
+		}
+		UDPStats.SendErrors.Add(1)
+		i++
+		retried = false
+	}
+	for i := range frames {
+		frames[i].Release()
+		frames[i] = nil
+	}
+}
+
+// receive moves datagrams from the socket to the guest until the socket is
+// empty or a budget is used up (then moreRx is set).
+func (b *udpBinding) receive() {
+	b.drainErrors()
+	rx := b.rx
+	for budget := 8; budget > 0; budget-- {
+		k := b.want
+		for i := 0; i < k; i++ {
+			if b.stash[i] == nil {
+				b.stash[i] = link.GetFrame(b.hdrLen + b.maxPayload)
+			}
+			d := b.stash[i].Data
+			rx.iovs[i].Base = &d[b.hdrLen]
+			rx.iovs[i].SetLen(b.maxPayload)
+			h := &rx.hdrs[i]
+			h.Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&rx.names[i])), Namelen: unix.SizeofSockaddrInet6, Iov: &rx.iovs[i]}
+			h.Hdr.SetIovlen(1)
+			if b.wildcard {
+				h.Hdr.Control = &rx.ctrl[i][0]
+				h.Hdr.SetControllen(len(rx.ctrl[i]))
+			}
+		}
+		n, e := recvmmsg(b.sock.fd, rx.hdrs[:k])
+		if e != 0 {
+			b.moreRx = false
+			if e == unix.EAGAIN {
+				if b.want > 4 {
+					b.want /= 2
+				}
+				return
+			}
+			b.drainErrors()
+			if isTransient(e) {
+				continue
+			}
+			b.log.WithError(e).Debug("udp: recvmmsg")
+			return
+		}
+		now := monoNow()
+		b.last, b.lastRx = now, now
+		for i := 0; i < n; i++ {
+			if !b.deliver(i, now) {
+				return
+			}
+		}
+		if n < k {
+			b.moreRx = false
+			return
+		}
+		b.want = min(2*k, udpBatch)
+	}
+	b.moreRx = true
+}
+
+// deliver turns received message i into a frame for the guest. It returns
+// false when the actor is shutting down.
+func (b *udpBinding) deliver(i int, now int64) bool {
+	rx := b.rx
+	h := &rx.hdrs[i]
+	if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
+		UDPStats.TooBig.Add(1)
+		return true
+	}
+	n := int(h.Len)
+	src := getSockaddr(&rx.names[i])
+	var far, dst netip.AddrPort
+	if fl := b.byHost[src]; fl != nil {
+		fl.last = now
+		far, dst = fl.key.Far, fl.key.Guest
+	} else if b.inbound {
+		fl := b.newInboundFlow(src, rx.ctrl[i][:h.Hdr.Controllen], now)
+		if fl == nil {
+			return true
+		}
+		far, dst = fl.key.Far, fl.key.Guest
+	} else {
+		var ok bool
+		if far, ok = b.env.NAT.Inbound(src); !ok {
+			UDPStats.Unmappable.Add(1)
+			return true
+		}
+		dst = b.guest
+	}
+	if far.Addr().Is6() != dst.Addr().Is6() {
+		UDPStats.Unmappable.Add(1)
+		return true
+	}
+	f := b.stash[i]
+	b.stash[i] = nil
+	f.Data = f.Data[:b.hdrLen+n]
+	b.ipID++
+	writeUDPHeaders(b.env, f.Data, far, dst, n, b.ipID)
+	UDPStats.Received.Add(1)
+	return b.env.Out.SendCtx(b.env.Ctx, f)
+}
+
+// drainErrors reads the socket's error queue and tells the guest.
+func (b *udpBinding) drainErrors() {
+	for range 64 {
+		q, ok := recvErr(b.sock.fd, b.errBuf[wire.UDPLen:], b.oob)
+		if !ok {
+			return
+		}
+		typ, code, info, ok := q.guestError(b.v6)
+		if !ok {
+			continue
+		}
+		var guest, far netip.AddrPort
+		if fl := b.byHost[q.dst]; fl != nil {
+			guest, far = fl.key.Guest, fl.key.Far
+		} else if b.inbound {
+			continue
+		} else {
+			guest = b.guest
+			if far, ok = b.env.NAT.Inbound(q.dst); !ok {
+				continue
+			}
+		}
+		l4len := wire.UDPLen + q.n
+		l4 := b.errBuf[:min(l4len, len(b.errBuf))]
+		u := wire.UDP(l4)
+		u.Set(guest.Port(), far.Port(), l4len)
+		if len(l4) == l4len {
+			gs, fs := guest.Addr().AsSlice(), far.Addr().AsSlice()
+			u.SetChecksum(udpCsum(wire.Checksum(l4, wire.PseudoHeaderSum(gs, fs, wire.ProtoUDP, l4len))))
+		}
+		e := icmpError{
+			Type: typ, Code: code, Info: info,
+			From:  errorSource(b.env, &q, far.Addr()),
+			Guest: guest.Addr(), Far: far.Addr(),
+			Proto: wire.ProtoUDP, L4Len: l4len, L4: l4,
+		}
+		if f := icmpErrorFrame(b.env, &e); f != nil {
+			UDPStats.ICMPErrors.Add(1)
+			if !b.env.Out.SendCtx(b.env.Ctx, f) {
+				return
+			}
+		}
+	}
 }

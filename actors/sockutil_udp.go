@@ -1,0 +1,189 @@
+package actors
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Datagram socket plumbing shared by the UDP and ICMP actors.
+//
+// The actors do their I/O with raw, non-blocking syscalls on the integer fd
+// (sendmmsg, recvmmsg, sendto with pre-built sockaddrs), because the
+// syscall.RawConn callbacks and the net package's address types would cost
+// an allocation per datagram. The fd is still wrapped in an *os.File so that
+// the runtime poller knows it: that is what the Waker waits on, and closing
+// the File is what ends a pending wait. Only the goroutine that owns the
+// socket uses the fd, and it closes the File last, so the integer is never
+// used after it could have been reused.
+
+// dgramSock is a non-blocking datagram socket registered with the poller.
+type dgramSock struct {
+	fd    int
+	file  *os.File
+	waker *Waker
+}
+
+// newDgramSock creates a socket of the given family and protocol
+// (IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6); setup runs on the raw fd
+// before it is handed to the poller (options, bind). On error the fd is
+// closed.
+func newDgramSock(v6 bool, proto int, setup func(fd int) error) (*dgramSock, error) {
+	family := unix.AF_INET
+	if v6 {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, proto)
+	if err != nil {
+		return nil, err
+	}
+	if v6 {
+		// A v6 socket carries only v6: the guest's v4 flows get their own
+		// v4 sockets, so a v4-mapped source never has to be untangled.
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+	}
+	if setup != nil {
+		if err := setup(fd); err != nil {
+			unix.Close(fd)
+			return nil, err
+		}
+	}
+	f := os.NewFile(uintptr(fd), "dgram")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &dgramSock{fd: fd, file: f, waker: NewReadWaker(rc)}, nil
+}
+
+// close closes the socket and ends its Waker. Owner only, once.
+func (s *dgramSock) close() {
+	s.file.Close()
+	s.waker.Stop()
+}
+
+// setRecvErr asks the kernel to queue ICMP errors (and local errors) on the
+// socket's error queue, also for unconnected sockets, which is how the
+// actors learn that a datagram they sent met "port unreachable".
+func setRecvErr(fd int, v6 bool) error {
+	if v6 {
+		return unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_RECVERR, 1)
+	}
+	return unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1)
+}
+
+// bindAddrPort binds fd to ap.
+func bindAddrPort(fd int, ap netip.AddrPort) error {
+	var sa unix.RawSockaddrInet6
+	l := putSockaddr(&sa, ap)
+	_, _, e := unix.Syscall(unix.SYS_BIND, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(l))
+	if e != 0 {
+		return e
+	}
+	return nil
+}
+
+// localPort returns the port fd is bound to.
+func localPort(fd int) uint16 {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return 0
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return uint16(a.Port)
+	case *unix.SockaddrInet6:
+		return uint16(a.Port)
+	}
+	return 0
+}
+
+// putSockaddr writes ap as a sockaddr_in or sockaddr_in6 into sa (which is
+// large enough for both) and returns its length.
+func putSockaddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) uint32 {
+	a := ap.Addr()
+	if a.Is4() || a.Is4In6() {
+		s4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		*s4 = unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: a.Unmap().As4()}
+		binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&s4.Port))[:], ap.Port())
+		return unix.SizeofSockaddrInet4
+	}
+	*sa = unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: a.As16()}
+	binary.BigEndian.PutUint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:], ap.Port())
+	return unix.SizeofSockaddrInet6
+}
+
+// getSockaddr reads the address a recvmmsg or recvmsg left in sa.
+func getSockaddr(sa *unix.RawSockaddrInet6) netip.AddrPort {
+	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
+	switch sa.Family {
+	case unix.AF_INET:
+		s4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(s4.Addr), port)
+	case unix.AF_INET6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), port)
+	}
+	return netip.AddrPort{}
+}
+
+// mmsgBatch is the scratch space of one sendmmsg or recvmmsg call: message
+// headers, one iovec each, and room for a peer address and a little
+// control data per message. It is allocated once per socket owner.
+type mmsgBatch struct {
+	hdrs  [udpBatch]unix.Mmsghdr
+	iovs  [udpBatch]unix.Iovec
+	names [udpBatch]unix.RawSockaddrInet6
+	ctrl  [udpBatch][64]byte
+}
+
+// udpBatch is how many datagrams one sendmmsg/recvmmsg moves at most.
+const udpBatch = 64
+
+// sendmmsg sends hdrs[:n] and returns how many went out.
+func sendmmsg(fd int, hdrs []unix.Mmsghdr) (int, syscall.Errno) {
+	r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])),
+		uintptr(len(hdrs)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
+	return int(r), e
+}
+
+// recvmmsg receives into hdrs and returns how many datagrams arrived.
+func recvmmsg(fd int, hdrs []unix.Mmsghdr) (int, syscall.Errno) {
+	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])),
+		uintptr(len(hdrs)), unix.MSG_DONTWAIT, 0, 0)
+	return int(r), e
+}
+
+// sendto sends p to the sockaddr sa of length l.
+func sendto(fd int, p []byte, sa *unix.RawSockaddrInet6, l uint32) syscall.Errno {
+	var base unsafe.Pointer
+	if len(p) > 0 {
+		base = unsafe.Pointer(&p[0])
+	}
+	_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(base), uintptr(len(p)),
+		unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, uintptr(unsafe.Pointer(sa)), uintptr(l))
+	return e
+}
+
+// recvfrom receives one datagram into p, the sender into sa.
+func recvfrom(fd int, p []byte, sa *unix.RawSockaddrInet6) (int, syscall.Errno) {
+	l := uint32(unix.SizeofSockaddrInet6)
+	r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
+		unix.MSG_DONTWAIT|unix.MSG_TRUNC, uintptr(unsafe.Pointer(sa)), uintptr(unsafe.Pointer(&l)))
+	return int(r), e
+}
+
+// isTransient reports errors after which the next datagram may well go
+// through: a pending ICMP error reported on this call, or a full buffer.
+func isTransient(e syscall.Errno) bool {
+	switch e {
+	case unix.ECONNREFUSED, unix.EHOSTUNREACH, unix.ENETUNREACH, unix.EMSGSIZE,
+		unix.EHOSTDOWN, unix.ENETDOWN, unix.EPROTO, unix.ETIMEDOUT, unix.EINTR, unix.ENOBUFS:
+		return true
+	}
+	return false
+}

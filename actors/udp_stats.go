@@ -1,0 +1,38 @@
+package actors
+
+import "sync/atomic"
+
+// UDPCounters count what the UDP and ICMP actors did and dropped, for logs
+// and tests. They are process-wide: every Env adds to the same counters.
+type UDPCounters struct {
+	// Sent and Received count datagrams guest -> host and host -> guest.
+	Sent, Received atomic.Uint64
+	// Malformed counts guest datagrams that could not be parsed or matched
+	// (bad lengths, no flow); NoFlow the subset with no flow to send on.
+	Malformed, NoFlow atomic.Uint64
+	// InboxDropped counts datagrams dropped because an actor's inbox was
+	// full when StartUDP handed over the first one.
+	InboxDropped atomic.Uint64
+	// SendDropped counts datagrams dropped on a full host socket buffer;
+	// SendErrors those the host refused otherwise.
+	SendDropped, SendErrors atomic.Uint64
+	// TooBig counts host datagrams too large for the guest's link.
+	TooBig atomic.Uint64
+	// Unmappable counts host datagrams whose source the guest cannot be
+	// shown (host loopback without a mapping) or no guest address is known.
+	Unmappable atomic.Uint64
+	// ICMPErrors counts ICMP errors relayed to the guest.
+	ICMPErrors atomic.Uint64
+	// SocketErrors counts host sockets that could not be opened.
+	SocketErrors atomic.Uint64
+	// PortTranslated counts outbound bindings that could not use the
+	// guest's own port on the host.
+	PortTranslated atomic.Uint64
+
+	// EchoSent and EchoReplies count ICMP echo requests and replies;
+	// EchoDropped counts echo frames dropped (malformed, refused socket).
+	EchoSent, EchoReplies, EchoDropped atomic.Uint64
+}
+
+// UDPStats are the process-wide UDP and ICMP counters.
+var UDPStats UDPCounters

@@ -1,0 +1,328 @@
+package actors
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/gopasta/gopasta/conf"
+	"github.com/gopasta/gopasta/link/wire"
+)
+
+// TestUDPEcho sends datagrams from the guest to a host echo server through
+// the gateway mapping and checks every byte of the replies as the guest
+// sees them, for both families.
+func TestUDPEcho(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		listen      string
+		guest, gw   netip.Addr
+		etherType   uint16
+		wantHostSrc netip.Addr
+	}{
+		{"v4", "127.0.0.1:0", tGuest4, tGW4, wire.EtherTypeIPv4, lo4},
+		{"v6", "[::1]:0", tGuest6, tGW6, wire.EtherTypeIPv6, netip.IPv6Loopback()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			te := newUDPTestEnv(t, nil)
+			echo := udpEcho(t, tc.listen)
+			gport := freeUDPPort(t, tc.listen)
+			guest := netip.AddrPortFrom(tc.guest, gport)
+			far := netip.AddrPortFrom(tc.gw, echo.Port())
+			h := StartUDP(te.Env, udpKey(guest, far), guestUDP(t, guest, far, []byte("first")))
+			if h == nil {
+				t.Fatal("StartUDP returned nil")
+			}
+			if h.Key != udpKey(guest, far) {
+				t.Fatalf("handle key %v", h.Key)
+			}
+			for i := 0; i < 50; i++ {
+				var payload []byte
+				if i == 0 {
+					payload = []byte("first")
+				} else {
+					payload = bytes.Repeat([]byte{byte(i)}, i*37)
+					h.In <- guestUDP(t, guest, far, payload)
+				}
+				b, p := te.readGuest(t, 2*time.Second)
+				if p.EtherType != tc.etherType || p.Proto != wire.ProtoUDP {
+					t.Fatalf("reply ethertype %#x proto %d", p.EtherType, p.Proto)
+				}
+				if got := netip.AddrPortFrom(p.Src, p.SrcPort); got != far {
+					t.Fatalf("reply from %v, want %v", got, far)
+				}
+				if got := netip.AddrPortFrom(p.Dst, p.DstPort); got != guest {
+					t.Fatalf("reply to %v, want %v", got, guest)
+				}
+				if !bytes.Equal(b[p.Payload:p.End], payload) {
+					t.Fatalf("datagram %d: payload mismatch (%d bytes, want %d)", i, p.End-p.Payload, len(payload))
+				}
+			}
+			// No port translation: the host socket uses the guest's port.
+			te.checkHostPortBusy(t, tc.listen, gport)
+		})
+	}
+}
+
+// checkHostPortBusy asserts that port is bound on the host (by the actor).
+func (te *udpTestEnv) checkHostPortBusy(t *testing.T, listen string, port uint16) {
+	t.Helper()
+	host, _, _ := net.SplitHostPort(listen)
+	c, err := net.ListenPacket("udp", net.JoinHostPort(host, fmt.Sprint(port)))
+	if err == nil {
+		c.Close()
+		t.Fatalf("host port %d is free: the actor did not bind the guest's port", port)
+	}
+}
+
+// TestUDPBatch queues many datagrams before the actor runs, so that they
+// go out in sendmmsg batches, and checks that all come back intact.
+func TestUDPBatch(t *testing.T) {
+	te := newUDPTestEnv(t, nil)
+	echo := udpEcho(t, "127.0.0.1:0")
+	guest := netip.AddrPortFrom(tGuest4, freeUDPPort(t, "127.0.0.1:0"))
+	far := netip.AddrPortFrom(tGW4, echo.Port())
+	const n = 200
+	pl := func(i int) []byte { return []byte(fmt.Sprintf("datagram %04d %s", i, bytes.Repeat([]byte("x"), i))) }
+	h := StartUDP(te.Env, udpKey(guest, far), guestUDP(t, guest, far, pl(0)))
+	for i := 1; i < n; i++ {
+		h.In <- guestUDP(t, guest, far, pl(i))
+	}
+	seen := make(map[string]bool)
+	for range n {
+		b, p := te.readGuest(t, 2*time.Second)
+		seen[string(b[p.Payload:p.End])] = true
+	}
+	for i := 0; i < n; i++ {
+		if !seen[string(pl(i))] {
+			t.Fatalf("datagram %d lost", i)
+		}
+	}
+}
+
+// TestUDPAnyFarEnd checks STUN-style traffic: once the guest sent from a
+// port, a datagram from a far end it never talked to reaches it, and the
+// guest's datagram to a second far end (a second flow, so a second
+// StartUDP) leaves from the same host port.
+func TestUDPAnyFarEnd(t *testing.T) {
+	te := newUDPTestEnv(t, nil)
+	echo := udpEcho(t, "127.0.0.1:0")
+	gport := freeUDPPort(t, "127.0.0.1:0")
+	guest := netip.AddrPortFrom(tGuest4, gport)
+	far := netip.AddrPortFrom(tGW4, echo.Port())
+	h1 := StartUDP(te.Env, udpKey(guest, far), guestUDP(t, guest, far, []byte("hello")))
+	te.readGuest(t, 2*time.Second)
+
+	other, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	oport := other.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	if _, err := other.WriteToUDPAddrPort([]byte("unsolicited"), netip.AddrPortFrom(lo4, gport)); err != nil {
+		t.Fatal(err)
+	}
+	b, p := te.readGuest(t, 2*time.Second)
+	if got := netip.AddrPortFrom(p.Src, p.SrcPort); got != netip.AddrPortFrom(tGW4, oport) {
+		t.Fatalf("unsolicited datagram from %v", got)
+	}
+	if netip.AddrPortFrom(p.Dst, p.DstPort) != guest || string(b[p.Payload:p.End]) != "unsolicited" {
+		t.Fatalf("unsolicited datagram to %v:%d %q", p.Dst, p.DstPort, b[p.Payload:p.End])
+	}
+
+	// The guest answers: a new 4-tuple for the dispatcher.
+	far2 := netip.AddrPortFrom(tGW4, oport)
+	h2 := StartUDP(te.Env, udpKey(guest, far2), guestUDP(t, guest, far2, []byte("answer")))
+	if h2 == nil || h2 == h1 || h2.Key != udpKey(guest, far2) {
+		t.Fatalf("second flow handle %+v", h2)
+	}
+	if h2.In != h1.In {
+		t.Fatal("second flow of the same guest port got its own actor")
+	}
+	buf := make([]byte, 100)
+	_ = other.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, from, err := other.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(buf[:n]) != "answer" || from.Port() != gport {
+		t.Fatalf("answer %q from %v, want from port %d", buf[:n], from, gport)
+	}
+}
+
+// TestUDPIdleTimeout checks that idle flows end (each Handle reported once
+// on Ended) and that the host socket is closed with them.
+func TestUDPIdleTimeout(t *testing.T) {
+	te := newUDPTestEnv(t, &conf.Config{UDPTimeout: 150 * time.Millisecond})
+	echo := udpEcho(t, "127.0.0.1:0")
+	echo2 := udpEcho(t, "127.0.0.1:0")
+	base := fdCount(t)
+	gport := freeUDPPort(t, "127.0.0.1:0")
+	guest := netip.AddrPortFrom(tGuest4, gport)
+	far := netip.AddrPortFrom(tGW4, echo.Port())
+	far2 := netip.AddrPortFrom(tGW4, echo2.Port())
+	start := time.Now()
+	h1 := StartUDP(te.Env, udpKey(guest, far), guestUDP(t, guest, far, []byte("a")))
+	h2 := StartUDP(te.Env, udpKey(guest, far2), guestUDP(t, guest, far2, []byte("b")))
+	te.readGuest(t, time.Second)
+	te.readGuest(t, time.Second)
+	if got := fdCount(t); got <= base {
+		t.Fatalf("fd count %d, base %d: no socket?", got, base)
+	}
+	got := map[*Handle]int{}
+	for len(got) < 2 {
+		select {
+		case h := <-te.ended:
+			got[h]++
+		case <-time.After(2 * time.Second):
+			t.Fatalf("flows did not end; ended so far %v", got)
+		}
+	}
+	if el := time.Since(start); el < 150*time.Millisecond {
+		t.Fatalf("flows ended after %v, before the timeout", el)
+	}
+	if got[h1] != 1 || got[h2] != 1 {
+		t.Fatalf("ended %v", got)
+	}
+	ok := false
+	for range 100 {
+		if fdCount(t) == base {
+			ok = true
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !ok {
+		t.Fatalf("fd count %d, want %d: socket leaked", fdCount(t), base)
+	}
+	// The port is free again.
+	c, err := net.ListenPacket("udp", fmt.Sprintf("0.0.0.0:%d", gport))
+	if err != nil {
+		t.Fatalf("guest port still bound: %v", err)
+	}
+	c.Close()
+	select {
+	case h := <-te.ended:
+		t.Fatalf("extra Ended %v", h.Key)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
+// TestUDPPortUnreachable sends to a closed port and decodes the ICMP error
+// the guest gets, field by field.
+func TestUDPPortUnreachable(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		listen    string
+		guest, gw netip.Addr
+	}{
+		{"v4", "127.0.0.1:0", tGuest4, tGW4},
+		{"v6", "[::1]:0", tGuest6, tGW6},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			te := newUDPTestEnv(t, nil)
+			closed := freeUDPPort(t, tc.listen)
+			guest := netip.AddrPortFrom(tc.guest, freeUDPPort(t, tc.listen))
+			far := netip.AddrPortFrom(tc.gw, closed)
+			payload := []byte("is anybody there?")
+			before := UDPStats.ICMPErrors.Load()
+			StartUDP(te.Env, udpKey(guest, far), guestUDP(t, guest, far, payload))
+			b, p := te.readGuest(t, 2*time.Second)
+			v6 := tc.guest.Is6()
+			ipLen := wire.IPv4MinLen
+			if v6 {
+				ipLen = wire.IPv6Len
+			}
+			if p.Src != tc.gw || p.Dst != tc.guest {
+				t.Fatalf("error from %v to %v", p.Src, p.Dst)
+			}
+			m := wire.ICMP(b[p.L4:p.End])
+			switch {
+			case !v6 && (p.Proto != wire.ProtoICMP || m.Type() != wire.ICMPv4DestUnreach || m.Code() != 3):
+				t.Fatalf("ICMP proto %d type %d code %d, want port unreachable", p.Proto, m.Type(), m.Code())
+			case v6 && (p.Proto != wire.ProtoICMPv6 || m.Type() != wire.ICMPv6DestUnreach || m.Code() != 4):
+				t.Fatalf("ICMPv6 type %d code %d, want port unreachable", m.Type(), m.Code())
+			}
+			inner := m[wire.ICMPLen:]
+			if len(inner) != ipLen+wire.UDPLen+len(payload) {
+				t.Fatalf("quoted %d bytes, want %d", len(inner), ipLen+wire.UDPLen+len(payload))
+			}
+			var isrc, idst netip.Addr
+			if v6 {
+				ih := wire.IPv6(inner)
+				isrc, idst = ih.Src(), ih.Dst()
+				if ih.NextHeader() != wire.ProtoUDP || ih.PayloadLen() != wire.UDPLen+len(payload) {
+					t.Fatalf("inner next %d len %d", ih.NextHeader(), ih.PayloadLen())
+				}
+			} else {
+				ih := wire.IPv4(inner)
+				isrc, idst = ih.Src(), ih.Dst()
+				if ih.Protocol() != wire.ProtoUDP || ih.TotalLen() != ipLen+wire.UDPLen+len(payload) {
+					t.Fatalf("inner proto %d len %d", ih.Protocol(), ih.TotalLen())
+				}
+				if wire.Fold(wire.Checksum(inner[:ipLen], 0)) != 0 {
+					t.Fatal("inner IPv4 header checksum wrong")
+				}
+			}
+			if isrc != tc.guest || idst != tc.gw {
+				t.Fatalf("inner %v -> %v", isrc, idst)
+			}
+			u := wire.UDP(inner[ipLen:])
+			if u.SrcPort() != guest.Port() || u.DstPort() != closed || u.Length() != wire.UDPLen+len(payload) {
+				t.Fatalf("inner UDP %d -> %d len %d", u.SrcPort(), u.DstPort(), u.Length())
+			}
+			if !bytes.Equal(u[wire.UDPLen:], payload) {
+				t.Fatal("inner payload differs")
+			}
+			// The quoted datagram is the guest's own, checksum included.
+			gs, fs := tc.guest.AsSlice(), tc.gw.AsSlice()
+			if s := wire.Fold(wire.Checksum(u, wire.PseudoHeaderSum(gs, fs, wire.ProtoUDP, len(u)))); s != 0 {
+				t.Fatalf("inner UDP checksum does not verify (%#x)", s)
+			}
+			if UDPStats.ICMPErrors.Load() == before {
+				t.Fatal("ICMPErrors counter did not move")
+			}
+		})
+	}
+}
+
+// TestUDPMalformed feeds frames whose UDP length lies and checks they are
+// dropped and counted, not sent.
+func TestUDPMalformed(t *testing.T) {
+	te := newUDPTestEnv(t, nil)
+	echo := udpEcho(t, "127.0.0.1:0")
+	guest := netip.AddrPortFrom(tGuest4, freeUDPPort(t, "127.0.0.1:0"))
+	far := netip.AddrPortFrom(tGW4, echo.Port())
+	h := StartUDP(te.Env, udpKey(guest, far), guestUDP(t, guest, far, []byte("ok")))
+	te.readGuest(t, time.Second)
+	before := UDPStats.Malformed.Load()
+	f := guestUDP(t, guest, far, []byte("bad length"))
+	binary.BigEndian.PutUint16(f.Data[f.L4+4:], 2000)
+	h.In <- f
+	f = guestUDP(t, guest, far, []byte("short"))
+	f.L4 = len(f.Data) - 3
+	h.In <- f
+	te.noGuestFrame(t, 200*time.Millisecond)
+	if got := UDPStats.Malformed.Load() - before; got != 2 {
+		t.Fatalf("Malformed grew by %d, want 2", got)
+	}
+	h.In <- guestUDP(t, guest, far, []byte("still works"))
+	b, p := te.readGuest(t, time.Second)
+	if string(b[p.Payload:p.End]) != "still works" {
+		t.Fatal("flow broken after malformed frames")
+	}
+}
+
+// TestUDPNoUDP checks that --no-udp refuses flows.
+func TestUDPNoUDP(t *testing.T) {
+	te := newUDPTestEnv(t, &conf.Config{NoUDP: true})
+	guest := netip.AddrPortFrom(tGuest4, 40000)
+	far := netip.AddrPortFrom(tGW4, 53)
+	if h := StartUDP(te.Env, udpKey(guest, far), guestUDP(t, guest, far, nil)); h != nil {
+		t.Fatal("flow started with NoUDP")
+	}
+}
