@@ -1,12 +1,788 @@
 package actors
 
-import "github.com/gopasta/gopasta/link"
+// # TCP translation: theory of operation
+//
+// gopasta has no TCP stack. Each guest connection is mirrored by one
+// ordinary host socket, and one actor goroutine translates between the
+// guest's segments and that socket, in the manner of passt's tcp.c:
+//
+//   - The host kernel does the real TCP towards the far end: congestion
+//     control, retransmission, buffering. The guest's kernel does it on the
+//     other side. The actor only keeps the two sequence spaces in step.
+//
+//   - Host -> guest: data stays in the socket's receive queue until the
+//     guest acknowledges it. The actor peeks it (MSG_PEEK, starting at the
+//     kernel-kept SO_PEEK_OFF) straight into pooled frames whose headers are
+//     pre-built, within the guest's window, and discards from the queue only
+//     what the guest ACKs. Retransmission is rewinding the peek offset.
+//
+//   - Guest -> host: the guest's segments are written to the socket, and
+//     the guest is acknowledged for what the socket took. The window we
+//     advertise is bounded by the room in the socket's send buffer, and
+//     whatever the guest sends inside it is kept (the frames are held in the
+//     actor) until the socket takes it: no byte inside an advertised window
+//     is ever dropped. Dropping the tail of a partial write is what makes
+//     pasta collapse namespace->host on small machines; holding the frames
+//     costs nothing but the frames themselves.
+//
+//   - The actor waits in one select on its inbox, its socket's readability
+//     and writability (Wakers, armed only when it has hit EAGAIN), one timer
+//     and the daemon's context, like a gVisor endpoint's protocol goroutine.
+//
+// States are kept as event bits, as passt does, because closing is two
+// independent half-closes: the guest's FIN turns into shutdown(SHUT_WR) once
+// everything before it is written, and the socket's end of stream turns
+// into a FIN to the guest once everything before it is acknowledged.
+
+import (
+	"fmt"
+	"net/netip"
+	"runtime/debug"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
+)
+
+// Connection events (state bits).
+const (
+	tcpConnecting  = 1 << iota // outbound: host connect() in progress
+	tcpSynSent                 // inbound: SYN sent to the guest
+	tcpSynRcvd                 // outbound: SYN,ACK sent to the guest
+	tcpEstablished             // handshake done on both sides
+	tcpGuestFin                // FIN received from the guest, in order
+	tcpSockShut                // shutdown(SHUT_WR) done on the socket
+	tcpHostEOF                 // end of stream read from the socket
+	tcpFinSent                 // FIN sent to the guest (at finSeq)
+	tcpFinAcked                // the guest acknowledged our FIN
+	tcpClosed                  // the flow is over
+)
+
+var tcpStateNames = []string{"CONNECTING", "SYN_SENT", "SYN_RCVD", "ESTABLISHED",
+	"GUEST_FIN", "SOCK_SHUT", "HOST_EOF", "FIN_SENT", "FIN_ACKED", "CLOSED"}
+
+func tcpStateString(s uint16) string {
+	var b strings.Builder
+	for i, n := range tcpStateNames {
+		if s&(1<<i) != 0 {
+			if b.Len() > 0 {
+				b.WriteByte('|')
+			}
+			b.WriteString(n)
+		}
+	}
+	if b.Len() == 0 {
+		return "NONE"
+	}
+	return b.String()
+}
+
+// Timeouts, as passt lists them.
+const (
+	tcpHandshakeTimeout = 10 * time.Second
+	tcpActTimeout       = 2 * time.Hour
+	tcpRTOInit          = time.Second
+	tcpRTOMin           = 200 * time.Millisecond
+	tcpRTOMax           = 60 * time.Second
+	tcpMaxRetries       = 8
+	tcpMaxOOO           = 64 // out-of-order segments held per flow
+	tcpDrain            = 64 // inbox frames handled before writing and ACKing
+	tcpSendBatches      = 4  // peeks per wakeup before yielding to the inbox
+	tcpSendFrames       = 32 // frames per peek
+)
+
+// tcpSeg is a piece of guest payload held in its frame.
+type tcpSeg struct {
+	f   *link.Frame
+	b   []byte
+	seq uint32
+	fin bool
+}
+
+// tcpConn is one TCP flow's actor.
+type tcpConn struct {
+	env     *Env
+	h       *Handle
+	key     Key
+	inbound bool
+	sock    *tcpSock
+	tmpl    tcpTemplate
+	state   uint16
+	linkMTU int
+
+	// Host -> guest (our sending sequence space).
+	iss      uint32
+	sndUna   uint32 // oldest byte not acknowledged by the guest
+	sndNxt   uint32 // next byte to peek and send (peek offset = sndNxt-sndUna)
+	sndHigh  uint32 // highest data sequence ever sent, plus one
+	finSeq   uint32
+	finEver  bool // a FIN was sent at finSeq (maybe to be resent)
+	sndWnd   uint32
+	sndWS    uint8
+	mss      int // payload per segment to the guest
+	dupAcks  int
+	sockData bool // the socket may have unread data: peek before arming
+
+	// Guest -> host (the guest's sequence space).
+	irs       uint32
+	rcvNxt    uint32 // next byte expected from the guest
+	rcvWS     int    // our window scale, -1 when the guest does not scale
+	rcvEdge   uint32 // right edge of the window last advertised
+	rcvMax    int    // largest window we advertise
+	lastWin   uint16 // window field last sent
+	guestMSS  int
+	pend      []tcpSeg // accepted, not yet written to the socket
+	pendBytes int
+	ooo       []tcpSeg // beyond a hole, sorted by sequence
+	ackDue    bool     // something to acknowledge
+	dupDue    int      // duplicate ACKs to send (for the guest's fast retransmit)
+	sndbuf    int
+	sndbufAge int
+
+	// Timers: one time.Timer set to the earliest deadline, lazily.
+	timer     *time.Timer
+	timerAt   time.Time
+	now       time.Time
+	rto       time.Duration
+	rtoAt     time.Time
+	retries   int
+	persistAt time.Time
+	hsAt      time.Time // handshake deadline
+	lastAct   time.Time
+	rttOn     bool
+	rttSeq    uint32
+	rttAt     time.Time
+	srtt      time.Duration
+	rttvar    time.Duration
+
+	frames [tcpMaxIov]*link.Frame
+	synOpt [tcpSynOptsLen]byte
+}
+
+// tcpISNFunc picks initial sequence numbers; tests replace it to exercise
+// wrap-around.
+var tcpISNFunc = tcpISN
+
+// tcpTestHook, when set (by tests, before any actor starts), is called for
+// every frame an actor handles.
+var tcpTestHook atomic.Pointer[func(k Key, f *link.Frame)]
 
 // StartTCP is called by the dispatcher for a TCP frame from the guest that
 // matches no flow. It starts an actor and returns its Handle (the dispatcher
 // puts it into the flow table; f is already consumed by the actor), or
 // returns nil after consuming f itself (answered with RST, or dropped).
+//
+// Only a SYN opens a connection. Anything else for an unknown flow is
+// answered with a reset (so that a guest whose connection we forgot learns
+// at once), except a reset, which is dropped.
 func StartTCP(env *Env, k Key, f *link.Frame) *Handle {
-	f.Release()
+	th := wire.TCP(f.Data[f.L4:])
+	flags := th.Flags()
+	switch {
+	case flags&wire.TCPRst != 0:
+		f.Release()
+		return nil
+	case flags&(wire.TCPSyn|wire.TCPAck) != wire.TCPSyn:
+		env.Out.TrySend(tcpRSTFor(env, k, th, segEnd(f)-f.Payload))
+		f.Release()
+		return nil
+	}
+	h := NewHandle(k)
+	c := newTCPConn(env, h, k, false)
+	env.Stats.TCPFlows.Add(1)
+	env.Stats.TCPOpened.Add(1)
+	go c.runOutbound(f)
+	return h
+}
+
+func newTCPConn(env *Env, h *Handle, k Key, inbound bool) *tcpConn {
+	c := &tcpConn{env: env, h: h, key: k, inbound: inbound, rto: tcpRTOInit, rcvWS: -1}
+	c.tmpl.init(env.Peer.OurMAC, k.Far, k.Guest)
+	c.linkMTU = 65520
+	if env.Conf != nil && env.Conf.MTU > 0 {
+		c.linkMTU = env.Conf.MTU
+	}
+	c.iss = tcpISNFunc(k.Far, k.Guest)
+	c.now = time.Now()
+	c.lastAct = c.now
+	return c
+}
+
+// ourMSS is the MSS we announce to the guest: what the link carries.
+func (c *tcpConn) ourMSS() int {
+	m := c.linkMTU - (c.tmpl.l4 - wire.EthernetLen) - wire.TCPMinLen
+	return min(m, link.MaxFrameSize-c.tmpl.hlen, 0xffff)
+}
+
+// setGuestOpts records what the guest's SYN or SYN,ACK says.
+func (c *tcpConn) setGuestOpts(th wire.TCP, f *link.Frame) {
+	var o wire.TCPOptions
+	o.WScale = -1
+	if f.Payload > f.L4+wire.TCPMinLen && f.Payload <= len(f.Data) {
+		o = wire.ParseTCPOptions(f.Data[f.L4+wire.TCPMinLen : f.Payload])
+	}
+	c.guestMSS = int(o.MSS)
+	if c.guestMSS == 0 {
+		c.guestMSS = 536
+		if c.tmpl.v6 {
+			c.guestMSS = 1220
+		}
+	}
+	c.mss = max(min(c.guestMSS, c.ourMSS()), 64)
+	if o.WScale >= 0 {
+		c.sndWS = uint8(o.WScale)
+		if c.rcvWS < 0 {
+			wmem, _ := tcpSysMax()
+			c.rcvWS = windowScale(wmem + wmem/2)
+		}
+	} else {
+		c.sndWS = 0
+		c.rcvWS = -1
+	}
+	// The window we offer: the socket's buffer with headroom, at most what
+	// the scale expresses, and never more than the dispatcher can queue in
+	// our inbox while we are busy, which would be a drop inside the window.
+	ws := max(c.rcvWS, 0)
+	c.rcvMax = min(0xffff<<ws, tcpMaxWindow, (InboxDepth-InboxDepth/4)*c.mss)
+}
+
+func (c *tcpConn) log() *logrus.Entry { return c.env.FlowLog(c.key) }
+
+func (c *tcpConn) debugf(format string, args ...any) {
+	if c.env.Log.IsLevelEnabled(logrus.DebugLevel) {
+		c.log().Debugf(format, args...)
+	}
+}
+
+// runOutbound is the actor of a connection the guest opened with syn.
+func (c *tcpConn) runOutbound(syn *link.Frame) {
+	defer c.finish()
+	c.timer = time.NewTimer(time.Hour)
+	th := wire.TCP(syn.Data[syn.L4:])
+	c.irs = th.Seq()
+	c.rcvNxt = c.irs + 1
+	c.sndWnd = uint32(th.Window())
+	c.setGuestOpts(th, syn)
+	syn.Release()
+	if err := c.connect(); err != nil {
+		c.debugf("connect: %v", err)
+		c.sendRST()
+		c.state = tcpClosed
+		return
+	}
+	c.loop()
+}
+
+// runInbound is the actor of a connection accepted on a forwarder: it puts
+// itself into the flow table, then opens the connection to the guest.
+func (c *tcpConn) runInbound() {
+	defer c.finish()
+	c.timer = time.NewTimer(time.Hour)
+	select {
+	case c.env.Register <- c.h:
+	case <-c.env.Ctx.Done():
+		c.sock.close(true)
+		c.state = tcpClosed
+		return
+	}
+	c.state = tcpSynSent
+	wmem, _ := tcpSysMax()
+	c.rcvWS = windowScale(wmem + wmem/2)
+	c.mss = c.ourMSS()
+	c.rcvMax = min(0xffff, tcpMaxWindow)
+	c.sendSyn()
+	c.hsAt = c.now.Add(tcpHandshakeTimeout)
+	c.rtoAt = c.now.Add(c.rto)
+	c.loop()
+}
+
+func (c *tcpConn) loop() {
+	for c.state&tcpClosed == 0 {
+		c.armTimer()
+		select {
+		case f := <-c.h.In:
+			c.onFrames(f)
+		case <-c.sock.rw.C:
+			c.sock.rw.Fired()
+			c.now = time.Now()
+			c.lastAct = c.now
+			c.sockData = true
+			c.output()
+		case <-c.sock.ww.C:
+			c.sock.ww.Fired()
+			c.now = time.Now()
+			c.onWritable()
+		case <-c.timer.C:
+			c.timerAt = time.Time{}
+			c.now = time.Now()
+			c.onTimer()
+		case <-c.env.Ctx.Done():
+			c.reset("shutting down")
+		}
+	}
+}
+
+// armTimer points the timer at the earliest deadline. It is lazy: a later
+// deadline leaves an earlier timer alone, which then fires early and is
+// re-armed.
+func (c *tcpConn) armTimer() {
+	next := c.lastAct.Add(tcpActTimeout)
+	for _, t := range [...]time.Time{c.rtoAt, c.persistAt, c.hsAt} {
+		if !t.IsZero() && t.Before(next) {
+			next = t
+		}
+	}
+	if c.timerAt.IsZero() || next.Before(c.timerAt) {
+		c.timer.Reset(time.Until(next))
+		c.timerAt = next
+	}
+}
+
+func (c *tcpConn) onFrames(f *link.Frame) {
+	c.now = time.Now()
+	c.lastAct = c.now
+	c.onFrame(f)
+	for i := 0; i < tcpDrain && c.state&tcpClosed == 0; i++ {
+		select {
+		case f = <-c.h.In:
+			c.onFrame(f)
+			continue
+		default:
+		}
+		break
+	}
+	c.flush()
+	c.output()
+}
+
+// output does what the flow can do now: send data the guest has room for,
+// acknowledge, finish closing.
+func (c *tcpConn) output() {
+	if c.state&tcpClosed != 0 {
+		return
+	}
+	if c.state&tcpEstablished != 0 {
+		c.trySend()
+	}
+	if c.state&tcpClosed != 0 {
+		return
+	}
+	for ; c.dupDue > 0; c.dupDue-- {
+		c.sendFlags(wire.TCPAck, c.lastWin)
+		c.ackDue = false
+	}
+	if c.ackDue {
+		c.sendAck()
+	}
+	if c.state&(tcpSockShut|tcpFinAcked) == tcpSockShut|tcpFinAcked {
+		c.closeFlow("closed", false)
+	}
+}
+
+func (c *tcpConn) onTimer() {
+	now := c.now
+	if !c.hsAt.IsZero() && !now.Before(c.hsAt) {
+		c.reset("handshake timeout")
+		return
+	}
+	if !c.rtoAt.IsZero() && !now.Before(c.rtoAt) {
+		c.onRTO()
+	}
+	if c.state&tcpClosed == 0 && !c.persistAt.IsZero() && !now.Before(c.persistAt) {
+		// The guest's window is closed: a segment just below the window
+		// makes it answer with an ACK carrying its current window.
+		c.sendFlagsSeq(c.sndUna-1, wire.TCPAck, c.lastWin)
+		c.persistAt = now.Add(min(c.rto*2, tcpRTOMax))
+	}
+	if c.state&tcpClosed == 0 && now.Sub(c.lastAct) >= tcpActTimeout {
+		c.reset("inactivity timeout")
+	}
+}
+
+func (c *tcpConn) onRTO() {
+	c.retries++
+	if c.retries > tcpMaxRetries {
+		c.reset("retransmission timeout")
+		return
+	}
+	c.rto = min(c.rto*2, tcpRTOMax)
+	c.rtoAt = c.now.Add(c.rto)
+	switch {
+	case c.state&tcpSynSent != 0:
+		c.sendSyn()
+	case c.state&tcpSynRcvd != 0:
+		c.sendSynAck()
+	case c.state&tcpEstablished != 0:
+		if !c.outstanding() {
+			c.rtoAt = time.Time{}
+			c.retries = 0
+			return
+		}
+		c.retransmit("timeout")
+		c.output()
+	}
+}
+
+// reset ends the flow abortively both ways.
+func (c *tcpConn) reset(reason string) {
+	if c.state&tcpClosed != 0 {
+		return
+	}
+	c.sendRST()
+	c.closeFlow(reason, true)
+}
+
+// closeFlow closes the socket (with a reset towards the host peer if reset)
+// and marks the flow over.
+func (c *tcpConn) closeFlow(reason string, reset bool) {
+	if c.state&tcpClosed != 0 {
+		return
+	}
+	if c.env.Log.IsLevelEnabled(logrus.DebugLevel) || reset && reason != "shutting down" {
+		lvl := logrus.DebugLevel
+		c.log().Logf(lvl, "%s in %s", reason, tcpStateString(c.state))
+	}
+	if c.sock != nil {
+		c.sock.close(reset)
+		c.sock = nil
+	}
+	c.state = c.state | tcpClosed
+}
+
+// finish runs when the actor returns, normally or by panic: whatever
+// happened, the socket is closed, held frames are released and the
+// dispatcher is told, exactly once.
+func (c *tcpConn) finish() {
+	if r := recover(); r != nil {
+		c.env.Stats.Panics.Add(1)
+		c.env.FlowLog(c.key).WithField("panic", fmt.Sprint(r)).Errorf("TCP flow crashed, resetting it\n%s", debug.Stack())
+		func() {
+			defer func() { _ = recover() }()
+			if c.state&tcpClosed == 0 {
+				c.sendRST()
+			}
+		}()
+		if c.sock != nil {
+			c.sock.close(true)
+			c.sock = nil
+		}
+		c.state |= tcpClosed
+	}
+	if c.sock != nil {
+		c.sock.close(true)
+		c.sock = nil
+	}
+	for _, s := range c.pend {
+		s.f.Release()
+	}
+	for _, s := range c.ooo {
+		s.f.Release()
+	}
+	c.pend, c.ooo = nil, nil
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.env.Stats.TCPFlows.Add(-1)
+	select {
+	case c.env.Ended <- c.h:
+	case <-c.env.Ctx.Done():
+	}
+}
+
+// connect opens the host socket of an outbound flow and starts connecting.
+func (c *tcpConn) connect() error {
+	dst := c.env.NAT.Outbound(c.key.Far)
+	v6 := !dst.Addr().Unmap().Is4()
+	fam := unix.AF_INET
+	if v6 {
+		fam = unix.AF_INET6
+	}
+	fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if c.guestMSS > 0 {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG, c.guestMSS)
+	}
+	if c.rcvWS < 0 {
+		// The guest cannot take more than 64 KiB in flight; neither
+		// should the far end send us more than that ahead.
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP, 0xffff)
+	}
+	if err := bindOutbound(fd, c.env, v6); err != nil {
+		unix.Close(fd)
+		return err
+	}
+	s, err := newTCPSock(fd)
+	if err != nil {
+		unix.Close(fd)
+		return err
+	}
+	c.sock = s
+	err = unix.Connect(fd, sockaddrOf(dst))
+	switch err {
+	case nil:
+		c.onConnected()
+		return nil
+	case unix.EINPROGRESS:
+		c.state = tcpConnecting
+		c.sock.ww.Arm()
+		return nil
+	}
+	s.close(false)
+	c.sock = nil
+	return err
+}
+
+// bindOutbound applies -o and --outbound-if4/6 to a new socket.
+func bindOutbound(fd int, env *Env, v6 bool) error {
+	if env.Conf == nil {
+		return nil
+	}
+	ifname, addr := env.Conf.OutboundIf4, env.Conf.Outbound4
+	if v6 {
+		ifname, addr = env.Conf.OutboundIf6, env.Conf.Outbound6
+	}
+	if ifname != "" {
+		if err := unix.BindToDevice(fd, ifname); err != nil {
+			return fmt.Errorf("bind to %s: %w", ifname, err)
+		}
+	}
+	if addr.IsValid() {
+		if err := unix.Bind(fd, sockaddrOf(netip.AddrPortFrom(addr, 0))); err != nil {
+			return fmt.Errorf("bind to %s: %w", addr, err)
+		}
+	}
 	return nil
+}
+
+// onConnected answers the guest's SYN once the host connection is up.
+func (c *tcpConn) onConnected() {
+	c.state = tcpSynRcvd
+	c.sndUna, c.sndNxt, c.sndHigh = c.iss, c.iss+1, c.iss+1
+	c.sendSynAck()
+	c.hsAt = c.now.Add(tcpHandshakeTimeout)
+	c.rtoAt = c.now.Add(c.rto)
+}
+
+func (c *tcpConn) onWritable() {
+	if c.state&tcpConnecting != 0 {
+		if err := c.sock.soError(); err != nil {
+			c.debugf("connect: %v", err)
+			c.sendRST()
+			c.closeFlow("connect: "+err.Error(), false)
+			return
+		}
+		c.onConnected()
+		return
+	}
+	old := c.lastWin
+	c.flush()
+	if c.state&tcpClosed != 0 {
+		return
+	}
+	// A window update is worth a segment when the window was closed or
+	// small; otherwise the next ACK carries it.
+	if c.state&tcpEstablished != 0 && int(old)<<max(c.rcvWS, 0) < c.rcvMax/4 {
+		if w := c.rcvWindow(); w > old {
+			c.ackDue = true
+		}
+	}
+	c.output()
+}
+
+// establish moves to ESTABLISHED once the three-way handshake is done.
+func (c *tcpConn) establish() {
+	c.state = tcpEstablished
+	c.hsAt = time.Time{}
+	c.rtoAt = time.Time{}
+	c.retries = 0
+	c.rto = tcpRTOInit
+	c.sndUna, c.sndNxt, c.sndHigh = c.iss+1, c.iss+1, c.iss+1
+	c.sockData = true
+	c.sndbuf = c.sock.getInt(unix.SOL_SOCKET, unix.SO_SNDBUF)
+}
+
+// onFrame handles one segment from the guest.
+func (c *tcpConn) onFrame(f *link.Frame) {
+	keep := false
+	defer func() {
+		if !keep {
+			f.Release()
+		}
+	}()
+	if h := tcpTestHook.Load(); h != nil {
+		(*h)(c.key, f)
+	}
+	if f.L4+wire.TCPMinLen > len(f.Data) || f.Payload < f.L4+wire.TCPMinLen {
+		return
+	}
+	th := wire.TCP(f.Data[f.L4:])
+	end := segEnd(f)
+	payload := f.Data[f.Payload:end]
+	flags := th.Flags()
+	seq := th.Seq()
+
+	if flags&wire.TCPRst != 0 {
+		c.onRST(th)
+		return
+	}
+	switch {
+	case c.state&tcpConnecting != 0:
+		return // the guest repeats its SYN; nothing to say until connected
+	case c.state&tcpSynSent != 0:
+		if flags&(wire.TCPSyn|wire.TCPAck) == wire.TCPSyn|wire.TCPAck && th.Ack() == c.iss+1 {
+			c.irs = seq
+			c.rcvNxt = seq + 1
+			c.rcvEdge = c.rcvNxt
+			c.setGuestOpts(th, f)
+			c.sndWnd = uint32(th.Window())
+			c.establish()
+			c.ackDue = true
+		}
+		return
+	case c.state&tcpSynRcvd != 0:
+		if flags&wire.TCPSyn != 0 {
+			if seq == c.irs {
+				c.sendSynAck() // ours was lost
+			}
+			return
+		}
+		if flags&wire.TCPAck == 0 || th.Ack() != c.iss+1 {
+			return
+		}
+		c.establish()
+	}
+	if flags&wire.TCPSyn != 0 {
+		c.ackDue = true
+		return
+	}
+	if flags&wire.TCPAck == 0 {
+		return
+	}
+	c.onAck(th, len(payload))
+	if len(payload) > 0 || flags&wire.TCPFin != 0 {
+		keep = c.onData(f, seq, payload, flags&wire.TCPFin != 0)
+	}
+}
+
+// onRST ends the flow if the guest's reset is plausible (in the window we
+// offered), closing the socket abortively so that the host peer sees a
+// reset too.
+func (c *tcpConn) onRST(th wire.TCP) {
+	switch {
+	case c.state&tcpConnecting != 0:
+	case c.state&tcpSynSent != 0:
+		if th.Flags()&wire.TCPAck == 0 || th.Ack() != c.iss+1 {
+			return
+		}
+	default:
+		if !seqInRange(th.Seq(), c.ackNum()-1, c.rcvEdge+1) {
+			return
+		}
+	}
+	c.closeFlow("reset by guest", true)
+}
+
+// segEnd returns where the TCP payload of f ends (the IP length, not the
+// frame's, which may carry Ethernet padding).
+func segEnd(f *link.Frame) int {
+	d := f.Data
+	end := len(d)
+	if f.L3+wire.IPv6Len <= len(d) && d[f.L3]>>4 == 6 {
+		end = f.L3 + wire.IPv6Len + wire.IPv6(d[f.L3:]).PayloadLen()
+	} else if f.L3+wire.IPv4MinLen <= len(d) && d[f.L3]>>4 == 4 {
+		end = f.L3 + wire.IPv4(d[f.L3:]).TotalLen()
+	}
+	if end > len(d) {
+		end = len(d)
+	}
+	if end < f.Payload {
+		end = f.Payload
+	}
+	return end
+}
+
+// sendSyn opens an inbound connection towards the guest.
+func (c *tcpConn) sendSyn() {
+	win := uint16(min(c.rcvWindowRaw(), 0xffff))
+	f := link.GetFrame(c.tmpl.hlen + tcpSynOptsLen)
+	n := putSynOpts(f.Data[c.tmpl.hlen:], uint16(c.mss), c.rcvWS)
+	c.tmpl.fill(f, c.env.Peer.MAC(), c.iss, 0, wire.TCPSyn, win, n, 0)
+	c.lastWin = win
+	c.send(f)
+}
+
+// sendSynAck answers the guest's SYN.
+func (c *tcpConn) sendSynAck() {
+	win := uint16(min(c.rcvWindowRaw(), 0xffff))
+	f := link.GetFrame(c.tmpl.hlen + tcpSynOptsLen)
+	n := putSynOpts(f.Data[c.tmpl.hlen:], uint16(c.ourMSS()), c.rcvWS)
+	c.tmpl.fill(f, c.env.Peer.MAC(), c.iss, c.rcvNxt, wire.TCPSyn|wire.TCPAck, win, n, 0)
+	c.lastWin = win
+	c.rcvEdge = c.rcvNxt + uint32(win)
+	c.send(f)
+}
+
+// sendRST resets the guest's side of the connection.
+func (c *tcpConn) sendRST() {
+	f := link.GetFrame(c.tmpl.hlen)
+	if c.state == 0 || c.state&tcpConnecting != 0 {
+		c.tmpl.fill(f, c.env.Peer.MAC(), 0, c.rcvNxt, wire.TCPRst|wire.TCPAck, 0, 0, 0)
+	} else {
+		c.tmpl.fill(f, c.env.Peer.MAC(), c.sndSeq(), c.ackNum(), wire.TCPRst|wire.TCPAck, 0, 0, 0)
+	}
+	c.send(f)
+}
+
+// send hands a frame to the link writer, blocking while its queue is full
+// (back-pressure), but not past shutdown.
+func (c *tcpConn) send(f *link.Frame) {
+	c.env.Out.SendCtx(c.env.Ctx, f)
+}
+
+// sendAck sends a pure ACK with the current window.
+func (c *tcpConn) sendAck() {
+	c.sendFlags(wire.TCPAck, c.rcvWindow())
+}
+
+func (c *tcpConn) sendFlags(flags uint8, win uint16) {
+	c.sendFlagsSeq(c.sndSeq(), flags, win)
+}
+
+func (c *tcpConn) sendFlagsSeq(seq uint32, flags uint8, win uint16) {
+	f := link.GetFrame(c.tmpl.hlen)
+	c.tmpl.fill(f, c.env.Peer.MAC(), seq, c.ackNum(), flags, win, 0, 0)
+	c.ackDue = false
+	c.send(f)
+}
+
+// sndSeq is the sequence number of our next segment without data.
+func (c *tcpConn) sndSeq() uint32 {
+	if c.state&tcpFinSent != 0 {
+		return c.finSeq + 1
+	}
+	return c.sndNxt
+}
+
+// ackNum acknowledges what the socket took, and the guest's FIN once the
+// socket is shut down for writing.
+func (c *tcpConn) ackNum() uint32 {
+	a := c.rcvNxt - uint32(c.pendBytes)
+	if c.state&tcpSockShut != 0 {
+		a++
+	}
+	return a
+}
+
+// hostError turns a socket error into a reset of the guest's side.
+func (c *tcpConn) hostError(op string, err error) {
+	c.debugf("%s: %v", op, err)
+	c.reset(op + ": " + err.Error())
 }

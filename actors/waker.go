@@ -2,6 +2,8 @@ package actors
 
 import (
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Waker turns readiness of a non-blocking socket into a value on a channel,
@@ -12,8 +14,10 @@ import (
 // The protocol is: the actor does its I/O non-blocking until EAGAIN, then
 // calls Arm; the next readiness edge after that (or one that arrived since
 // the last wait) sends one value on C. Spurious wakeups are possible and
-// harmless; lost ones are not, because the poller remembers an edge that
-// arrives before the wait begins.
+// harmless; lost ones are not: the runtime poller forgets edges that arrived
+// before its wait is prepared (RawConn resets the readiness flag), so the
+// first look is a zero-timeout poll(2) of the socket itself, which catches
+// readiness that arrived between the owner's EAGAIN and this wait.
 //
 // The goroutine belongs to the Waker and exits when the socket is closed (the
 // pending wait fails) or Stop is called.
@@ -28,19 +32,22 @@ type Waker struct {
 }
 
 // NewReadWaker returns a Waker for readability of rc.
-func NewReadWaker(rc syscall.RawConn) *Waker { return newWaker(rc.Read) }
+func NewReadWaker(rc syscall.RawConn) *Waker {
+	return newWaker(rc.Read, unix.POLLIN|unix.POLLRDHUP)
+}
 
 // NewWriteWaker returns a Waker for writability of rc.
-func NewWriteWaker(rc syscall.RawConn) *Waker { return newWaker(rc.Write) }
+func NewWriteWaker(rc syscall.RawConn) *Waker { return newWaker(rc.Write, unix.POLLOUT) }
 
-func newWaker(wait func(func(uintptr) bool) error) *Waker {
+func newWaker(wait func(func(uintptr) bool) error, events int16) *Waker {
 	w := &Waker{c: make(chan struct{}, 1), arm: make(chan struct{}, 1), stop: make(chan struct{})}
 	w.C = w.c
-	go w.run(wait)
+	go w.run(wait, events)
 	return w
 }
 
-func (w *Waker) run(wait func(func(uintptr) bool) error) {
+func (w *Waker) run(wait func(func(uintptr) bool) error, events int16) {
+	pfd := make([]unix.PollFd, 1)
 	for {
 		select {
 		case <-w.arm:
@@ -48,10 +55,12 @@ func (w *Waker) run(wait func(func(uintptr) bool) error) {
 			return
 		}
 		first := true
-		err := wait(func(uintptr) bool {
+		err := wait(func(fd uintptr) bool {
 			if first {
 				first = false
-				return false // "would block": let the poller wait
+				pfd[0] = unix.PollFd{Fd: int32(fd), Events: events}
+				n, _ := unix.Poll(pfd, 0)
+				return n > 0 // not ready yet: let the poller wait
 			}
 			return true
 		})

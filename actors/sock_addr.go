@@ -1,0 +1,52 @@
+package actors
+
+import (
+	"net/netip"
+
+	"golang.org/x/sys/unix"
+)
+
+// sockaddrOf converts an address and port to the unix.Sockaddr of its own
+// family (IPv4-mapped IPv6 addresses become IPv4).
+func sockaddrOf(ap netip.AddrPort) unix.Sockaddr {
+	a := ap.Addr().Unmap()
+	if a.Is4() {
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: a.As4()}
+	}
+	sa := &unix.SockaddrInet6{Port: int(ap.Port()), Addr: a.As16()}
+	if z := a.Zone(); z != "" {
+		if ifi, err := netInterfaceIndex(z); err == nil {
+			sa.ZoneId = uint32(ifi)
+		}
+	}
+	return sa
+}
+
+// addrPortOf converts a unix.Sockaddr of an IP socket back; IPv4-mapped
+// IPv6 addresses are unmapped. ok is false for other families.
+func addrPortOf(sa unix.Sockaddr) (netip.AddrPort, bool) {
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port)), true
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port)), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// netInterfaceIndex resolves an interface name to its index.
+func netInterfaceIndex(name string) (int, error) {
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return 0, err
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr); err != nil {
+		return 0, err
+	}
+	return int(ifr.Uint32()), nil
+}

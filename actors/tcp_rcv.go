@@ -1,0 +1,199 @@
+package actors
+
+import (
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link"
+)
+
+// Guest -> host: the guest's payload is accepted in sequence into pend,
+// holding its frames, and written to the socket with one sendmsg per inbox
+// drain. The guest is acknowledged only for bytes the socket took, and the
+// window offered to it is the socket's free send space less what we hold,
+// never moving its right edge backwards. Whatever arrives inside that edge
+// is kept until written, however long the socket stays full: this is the
+// difference from pasta, which drops the tail of a partial write and makes
+// the guest wait out a retransmission timeout.
+
+// onData accepts payload (and fin) at seq from frame f. It returns true if
+// the frame is now held by the flow.
+func (c *tcpConn) onData(f *link.Frame, seq uint32, payload []byte, fin bool) bool {
+	if c.state&tcpGuestFin != 0 {
+		c.ackDue = true // a retransmission after the FIN: repeat our ACK
+		return false
+	}
+	if seqLT(seq, c.rcvNxt) {
+		d := c.rcvNxt - seq
+		if d > uint32(len(payload)) || d == uint32(len(payload)) && !fin {
+			c.dupDue = min(c.dupDue+1, 3) // old data: tell the guest where we are
+			return false
+		}
+		payload = payload[d:]
+		seq = c.rcvNxt
+	}
+	if seq != c.rcvNxt {
+		// A hole before this segment: hold it, and send a duplicate ACK
+		// so that the guest retransmits the missing part quickly.
+		c.dupDue = min(c.dupDue+1, 3)
+		return c.oooInsert(f, seq, payload, fin)
+	}
+	kept := c.accept(f, payload, fin)
+	if len(c.ooo) > 0 {
+		c.oooPull()
+	}
+	return kept
+}
+
+// accept appends in-sequence payload at rcvNxt.
+func (c *tcpConn) accept(f *link.Frame, payload []byte, fin bool) bool {
+	if room := c.rcvEdge - c.rcvNxt; seqGT(c.rcvNxt+uint32(len(payload)), c.rcvEdge) {
+		// Beyond what we offered (a window probe, or a guest ignoring
+		// our window): take what fits, the guest will send the rest.
+		if int32(room) < 0 {
+			room = 0
+		}
+		payload = payload[:room]
+		fin = false
+		c.ackDue = true
+	}
+	c.ackDue = true
+	kept := false
+	if len(payload) > 0 {
+		c.pend = append(c.pend, tcpSeg{f: f, b: payload})
+		c.pendBytes += len(payload)
+		c.rcvNxt += uint32(len(payload))
+		kept = true
+	}
+	if fin {
+		c.state |= tcpGuestFin
+		c.debugf("FIN from guest")
+	}
+	return kept
+}
+
+// oooInsert holds a segment that arrived after a hole, if it is inside our
+// window and there is room.
+func (c *tcpConn) oooInsert(f *link.Frame, seq uint32, payload []byte, fin bool) bool {
+	if len(c.ooo) >= tcpMaxOOO || len(payload) == 0 || !seqLT(seq, c.rcvEdge) {
+		return false
+	}
+	i := len(c.ooo)
+	for i > 0 && seqGT(c.ooo[i-1].seq, seq) {
+		i--
+	}
+	if i > 0 && c.ooo[i-1].seq == seq {
+		return false
+	}
+	c.ooo = append(c.ooo, tcpSeg{})
+	copy(c.ooo[i+1:], c.ooo[i:])
+	c.ooo[i] = tcpSeg{f: f, b: payload, seq: seq, fin: fin}
+	return true
+}
+
+// oooPull moves held segments that the hole's filling made contiguous.
+func (c *tcpConn) oooPull() {
+	n := 0
+	for n < len(c.ooo) && seqLE(c.ooo[n].seq, c.rcvNxt) && c.state&tcpGuestFin == 0 {
+		s := c.ooo[n]
+		n++
+		d := c.rcvNxt - s.seq
+		if d > uint32(len(s.b)) || d == uint32(len(s.b)) && !s.fin {
+			s.f.Release()
+			continue
+		}
+		if !c.accept(s.f, s.b[d:], s.fin) {
+			s.f.Release()
+		}
+	}
+	m := copy(c.ooo, c.ooo[n:])
+	clear(c.ooo[m:])
+	c.ooo = c.ooo[:m]
+}
+
+// flush writes held payload to the socket, releasing the frames it took,
+// and shuts the socket down for writing once the guest's FIN is reached.
+func (c *tcpConn) flush() {
+	for len(c.pend) > 0 && c.state&tcpClosed == 0 {
+		n := min(len(c.pend), tcpMaxIov)
+		for i := 0; i < n; i++ {
+			setIov(&c.sock.iov[i], c.pend[i].b)
+		}
+		w, err := c.sock.sendmsg(n)
+		if err == unix.EAGAIN {
+			w = 0
+		} else if err != nil {
+			c.hostError("write", err)
+			return
+		}
+		c.pendBytes -= w
+		c.ackDue = c.ackDue || w > 0
+		i := 0
+		for ; i < n && w >= len(c.pend[i].b); i++ {
+			w -= len(c.pend[i].b)
+			c.pend[i].f.Release()
+		}
+		if i < len(c.pend) {
+			c.pend[i].b = c.pend[i].b[w:]
+		}
+		m := copy(c.pend, c.pend[i:])
+		clear(c.pend[m:])
+		c.pend = c.pend[:m]
+		if i < n {
+			// The socket is full: keep the rest and wait for room.
+			c.sock.ww.Arm()
+			return
+		}
+	}
+	if c.state&(tcpGuestFin|tcpSockShut) == tcpGuestFin && c.state&tcpClosed == 0 {
+		if err := unix.Shutdown(c.sock.fd, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
+			c.hostError("shutdown", err)
+			return
+		}
+		c.state |= tcpSockShut
+		c.ackDue = true
+	}
+}
+
+// rcvWindowRaw is the room we can offer the guest, in bytes: the socket's
+// free send space plus half its size again (so that writes do fill it, and
+// the kernel's autotuning grows it), less what we already hold.
+func (c *tcpConn) rcvWindowRaw() int {
+	if c.sock == nil {
+		return 0
+	}
+	if c.sndbufAge++; c.sndbufAge >= 16 || c.sndbuf == 0 {
+		c.sndbuf = c.sock.getInt(unix.SOL_SOCKET, unix.SO_SNDBUF)
+		c.sndbufAge = 0
+	}
+	free := c.sndbuf + c.sndbuf/2 - c.sock.sendQueued() - c.pendBytes
+	if c.rcvMax > 0 {
+		free = min(free, c.rcvMax)
+	}
+	return max(free, 0)
+}
+
+// rcvWindow returns the window field for our next segment and records the
+// right edge it offers. The edge never moves backwards (RFC 9293 3.8.6):
+// if the socket's room shrank, we keep offering what we offered and hold
+// whatever the guest sends into it.
+func (c *tcpConn) rcvWindow() uint16 {
+	ws := max(c.rcvWS, 0)
+	ack := c.ackNum()
+	free := c.rcvWindowRaw()
+	if d := c.rcvEdge - ack; seqGT(c.rcvEdge, ack) && int(d) > free {
+		free = int(d)
+	}
+	w := free >> ws
+	if w > 0xffff {
+		w = 0xffff
+	}
+	if e := ack + uint32(w<<ws); seqGT(e, c.rcvEdge) {
+		c.rcvEdge = e
+	}
+	// Arm for a window update if the socket is what keeps us small.
+	if w<<ws < c.rcvMax/4 && c.state&tcpGuestFin == 0 {
+		c.sock.ww.Arm()
+	}
+	c.lastWin = uint16(w)
+	return uint16(w)
+}

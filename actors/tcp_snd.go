@@ -1,0 +1,245 @@
+package actors
+
+import (
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
+)
+
+// Host -> guest: the socket's receive queue is our retransmission buffer.
+// Bytes from sndUna to sndNxt have been sent to the guest and are still in
+// the queue; the kernel's peek offset (SO_PEEK_OFF) points at sndNxt, so a
+// peek returns the next bytes to send. One recvmsg scatters them straight
+// into the payload areas of up to tcpSendFrames pooled frames, whose headers
+// are then filled from the flow's template: the data is copied once, from
+// the kernel into the frame that goes to the link. When the guest
+// acknowledges, as many bytes are discarded from the queue (MSG_TRUNC);
+// to retransmit we set the peek offset back to zero.
+
+// trySend sends what the guest's window allows, if the socket may have data.
+func (c *tcpConn) trySend() {
+	if !c.sockData || c.state&(tcpFinSent|tcpClosed) != 0 {
+		return
+	}
+	for range tcpSendBatches {
+		if !c.sendBatch() {
+			return
+		}
+	}
+}
+
+// sendBatch peeks once and sends the segments. It returns true if it
+// should be called again (the window and the socket may both have more).
+func (c *tcpConn) sendBatch() bool {
+	inflight := c.sndNxt - c.sndUna
+	wnd := min(c.sndWnd, tcpMaxWindow)
+	if inflight >= wnd {
+		if wnd == 0 && c.persistAt.IsZero() && !c.outstanding() {
+			c.persistAt = c.now.Add(c.rto)
+		}
+		return false
+	}
+	c.persistAt = time.Time{}
+	room := int(wnd - inflight)
+	s := c.sock
+	hlen := c.tmpl.hlen
+	iv := 0
+	if !s.peekOff && inflight > 0 {
+		setIov(&s.iov[0], getDiscard()[:inflight])
+		iv = 1
+	}
+	want := 0
+	nf := 0
+	for nf < tcpSendFrames && room > 0 && iv < tcpMaxIov {
+		l := min(c.mss, room)
+		f := link.GetFrame(hlen + c.mss)
+		c.frames[nf] = f
+		setIov(&s.iov[iv], f.Data[hlen:hlen+l])
+		nf++
+		iv++
+		room -= l
+		want += l
+	}
+	n, err := s.recvmsg(iv, unix.MSG_PEEK)
+	if !s.peekOff && err == nil && n > 0 {
+		if n -= int(inflight); n <= 0 {
+			err = unix.EAGAIN // nothing beyond what is in flight
+		}
+	}
+	switch {
+	case err == unix.EAGAIN:
+		c.releaseFrames(0, nf)
+		c.sockData = false
+		s.rw.Arm()
+		return false
+	case err != nil:
+		c.releaseFrames(0, nf)
+		c.hostError("read", err)
+		return false
+	case n <= 0:
+		c.releaseFrames(0, nf)
+		c.sockData = false
+		c.state |= tcpHostEOF
+		c.debugf("end of stream from host")
+		c.sendFin()
+		return false
+	}
+	mac := c.env.Peer.MAC()
+	ack := c.ackNum()
+	win := c.rcvWindow()
+	seq := c.sndNxt
+	off := 0
+	i := 0
+	for ; off < n; i++ {
+		l := min(c.mss, n-off)
+		flags := uint8(wire.TCPAck)
+		if off+l == n {
+			flags |= wire.TCPPsh
+		}
+		f := c.frames[i]
+		c.frames[i] = nil
+		c.tmpl.fill(f, mac, seq+uint32(off), ack, flags, win, 0, l)
+		c.send(f)
+		off += l
+	}
+	c.releaseFrames(i, nf)
+	c.ackDue = false
+	c.dupDue = 0
+	if !c.rttOn && seq == c.sndHigh {
+		c.rttOn, c.rttSeq, c.rttAt = true, seq+uint32(n), c.now
+	}
+	c.sndNxt += uint32(n)
+	if seqGT(c.sndNxt, c.sndHigh) {
+		c.sndHigh = c.sndNxt
+	}
+	if c.rtoAt.IsZero() {
+		c.rtoAt = c.now.Add(c.rto)
+	}
+	if n < want {
+		// The queue is drained: wait for more.
+		c.sockData = false
+		s.rw.Arm()
+		return false
+	}
+	return true
+}
+
+func (c *tcpConn) releaseFrames(from, to int) {
+	for i := from; i < to; i++ {
+		c.frames[i].Release()
+		c.frames[i] = nil
+	}
+}
+
+// sendFin sends our FIN once every byte before it has been sent.
+func (c *tcpConn) sendFin() {
+	if c.state&tcpFinSent != 0 {
+		return
+	}
+	c.finSeq = c.sndNxt
+	c.finEver = true
+	c.state |= tcpFinSent
+	f := link.GetFrame(c.tmpl.hlen)
+	c.tmpl.fill(f, c.env.Peer.MAC(), c.finSeq, c.ackNum(), wire.TCPFin|wire.TCPAck, c.rcvWindow(), 0, 0)
+	c.ackDue = false
+	c.send(f)
+	if c.rtoAt.IsZero() {
+		c.rtoAt = c.now.Add(c.rto)
+	}
+}
+
+// outstanding reports whether anything we sent awaits the guest's ACK.
+func (c *tcpConn) outstanding() bool {
+	return c.sndNxt != c.sndUna || c.state&(tcpFinSent|tcpFinAcked) == tcpFinSent
+}
+
+// onAck processes the guest's acknowledgement and window.
+func (c *tcpConn) onAck(th wire.TCP, payLen int) {
+	ack := th.Ack()
+	win := uint32(th.Window()) << c.sndWS
+	high := c.sndHigh
+	if c.finEver {
+		high = c.finSeq + 1
+	}
+	switch {
+	case seqGT(ack, high):
+		c.ackDue = true // acknowledges what we never sent
+		return
+	case seqLT(ack, c.sndUna):
+		return // old
+	case ack == c.sndUna:
+		if payLen == 0 && win == c.sndWnd && c.outstanding() && th.Flags()&wire.TCPFin == 0 {
+			if c.dupAcks++; c.dupAcks == 3 {
+				c.retransmit("3 duplicate ACKs")
+			}
+		}
+		c.sndWnd = win
+		return
+	}
+	data := ack
+	if c.finEver && ack == c.finSeq+1 {
+		c.state |= tcpFinAcked
+		data = c.finSeq
+		c.debugf("guest acknowledged our FIN")
+	}
+	if n := data - c.sndUna; n > 0 {
+		if err := c.sock.discard(int(n)); err != nil {
+			c.hostError("discard", err)
+			return
+		}
+	}
+	c.sndUna = data
+	if seqLT(c.sndNxt, c.sndUna) {
+		c.sndNxt = c.sndUna // acknowledged beyond a rewind
+		c.sock.setPeekOff(0)
+	}
+	c.sndWnd = win
+	c.dupAcks = 0
+	c.retries = 0
+	if c.rttOn && seqGE(ack, c.rttSeq) {
+		c.rttSample(c.now.Sub(c.rttAt))
+		c.rttOn = false
+	}
+	if c.outstanding() {
+		c.rtoAt = c.now.Add(c.rto)
+	} else {
+		c.rtoAt = time.Time{}
+	}
+}
+
+// retransmit rewinds to the oldest unacknowledged byte (go-back-N: without
+// SACK there is nothing better to know) and clears the FIN so that it is
+// sent again after the data.
+func (c *tcpConn) retransmit(why string) {
+	c.debugf("retransmit from %d (%s)", c.sndUna, why)
+	c.sndNxt = c.sndUna
+	c.sock.setPeekOff(0)
+	if c.state&(tcpFinSent|tcpFinAcked) == tcpFinSent {
+		c.state &^= tcpFinSent
+		if c.state&tcpHostEOF != 0 && c.sndUna == c.finSeq {
+			c.sendFin()
+			return
+		}
+	}
+	c.sockData = true
+	c.rttOn = false
+	c.dupAcks = 0
+}
+
+// rttSample updates the smoothed RTT and the RTO as RFC 6298 says.
+func (c *tcpConn) rttSample(r time.Duration) {
+	if c.srtt == 0 {
+		c.srtt, c.rttvar = r, r/2
+	} else {
+		d := c.srtt - r
+		if d < 0 {
+			d = -d
+		}
+		c.rttvar = (3*c.rttvar + d) / 4
+		c.srtt = (7*c.srtt + r) / 8
+	}
+	c.rto = min(max(c.srtt+max(4*c.rttvar, time.Millisecond), tcpRTOMin), tcpRTOMax)
+}

@@ -1,0 +1,196 @@
+package actors
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// tcpSock is the host side of a flow: a non-blocking TCP socket, wrapped in
+// an os.File only so that the runtime poller can tell the Wakers when it is
+// ready. All I/O is done with raw system calls on fd, with iovecs and the
+// message header kept in the flow, so that the data path allocates nothing.
+type tcpSock struct {
+	fd   int
+	file *os.File
+	rw   *Waker // readable
+	ww   *Waker // writable
+
+	// peekOff says whether the kernel keeps our peek offset (SO_PEEK_OFF
+	// on TCP, Linux 6.10+). Without it every peek starts at the head of
+	// the receive queue and skips the bytes in flight into discardBuf.
+	peekOff bool
+
+	msg  unix.Msghdr
+	iov  [tcpMaxIov]unix.Iovec
+	ival int32 // getsockopt/ioctl result
+	ilen uint32
+}
+
+// tcpMaxIov bounds one recvmsg/writev: UIO_MAXIOV is 1024; this many
+// MSS-sized frames (4 MiB at a 65480-byte MSS) is more than any window.
+const tcpMaxIov = 128
+
+// discardBuf receives already-sent bytes when a peek must start at offset 0
+// (kernels without SO_PEEK_OFF for TCP). Only the kernel writes it and no
+// one reads it, so sharing it between flows is harmless.
+var discardBuf []byte
+
+var discardOnce sync.Once
+
+func getDiscard() []byte {
+	discardOnce.Do(func() { discardBuf = make([]byte, tcpMaxWindow) })
+	return discardBuf
+}
+
+// newTCPSock wraps a non-blocking socket fd and starts its Wakers.
+func newTCPSock(fd int) (*tcpSock, error) {
+	s := &tcpSock{fd: fd}
+	s.file = os.NewFile(uintptr(fd), "tcp")
+	rc, err := s.file.SyscallConn()
+	if err != nil {
+		s.file.Close()
+		return nil, err
+	}
+	s.rw = NewReadWaker(rc)
+	s.ww = NewWriteWaker(rc)
+	s.peekOff = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0) == nil
+	return s, nil
+}
+
+// close closes the socket, abortively (RST to the host peer) if reset.
+func (s *tcpSock) close(reset bool) {
+	if reset {
+		_ = unix.SetsockoptLinger(s.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+	}
+	s.file.Close()
+	s.rw.Stop()
+	s.ww.Stop()
+}
+
+func errnoErr(e unix.Errno) error {
+	if e == 0 {
+		return nil
+	}
+	return e
+}
+
+// recvmsg reads into the first n iovecs with flags.
+func (s *tcpSock) recvmsg(n int, flags int) (int, error) {
+	s.msg = unix.Msghdr{Iov: &s.iov[0]}
+	s.msg.SetIovlen(n)
+	r, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&s.msg)), uintptr(flags|unix.MSG_DONTWAIT))
+	return int(r), errnoErr(e)
+}
+
+// sendmsg writes the first n iovecs (MSG_NOSIGNAL: a reset peer is an
+// error to handle, not a signal).
+func (s *tcpSock) sendmsg(n int) (int, error) {
+	s.msg = unix.Msghdr{Iov: &s.iov[0]}
+	s.msg.SetIovlen(n)
+	r, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&s.msg)), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+	return int(r), errnoErr(e)
+}
+
+// discard drops n bytes from the head of the receive queue without copying
+// them (TCP honours MSG_TRUNC on receive as "discard").
+func (s *tcpSock) discard(n int) error {
+	for n > 0 {
+		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(s.fd), 0, uintptr(n), unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+		if e != 0 {
+			return e
+		}
+		if r == 0 {
+			return nil
+		}
+		n -= int(r)
+	}
+	return nil
+}
+
+// setPeekOff sets the kernel's peek offset.
+func (s *tcpSock) setPeekOff(off int) {
+	if s.peekOff {
+		_ = unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, off)
+	}
+}
+
+// sendQueued returns the bytes in the send queue, unsent or unacknowledged
+// (SIOCOUTQ).
+func (s *tcpSock) sendQueued() int {
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(s.fd), unix.SIOCOUTQ, uintptr(unsafe.Pointer(&s.ival)))
+	if e != 0 {
+		return 0
+	}
+	return int(s.ival)
+}
+
+// getInt reads an integer socket option.
+func (s *tcpSock) getInt(level, opt int) int {
+	s.ilen = 4
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(s.fd), uintptr(level), uintptr(opt),
+		uintptr(unsafe.Pointer(&s.ival)), uintptr(unsafe.Pointer(&s.ilen)), 0)
+	if e != 0 {
+		return 0
+	}
+	return int(s.ival)
+}
+
+// soError returns and clears the socket's pending error.
+func (s *tcpSock) soError() error {
+	v, err := unix.GetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	if err != nil {
+		return err
+	}
+	return errnoErr(unix.Errno(v))
+}
+
+func setIov(v *unix.Iovec, b []byte) {
+	if len(b) == 0 {
+		v.Base, v.Len = nil, 0
+		return
+	}
+	v.Base = &b[0]
+	v.SetLen(len(b))
+}
+
+// tcpMaxWindow is the largest window gopasta advertises or uses: the
+// scale factors below are chosen so that buffers up to this size fit.
+const tcpMaxWindow = 16 << 20
+
+// tcpSysMax returns the largest send and receive buffers the kernel's TCP
+// autotuning may grow a socket to (tcp_wmem/tcp_rmem maxima), read once.
+var tcpSysMax = sync.OnceValues(func() (wmem, rmem int) {
+	return readSysctlMax("/proc/sys/net/ipv4/tcp_wmem", 4<<20), readSysctlMax("/proc/sys/net/ipv4/tcp_rmem", 6<<20)
+})
+
+func readSysctlMax(path string, def int) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return def
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 3 {
+		return def
+	}
+	v, err := strconv.Atoi(f[2])
+	if err != nil || v <= 0 {
+		return def
+	}
+	return v
+}
+
+// windowScale returns the smallest shift that fits buf bytes of window in
+// the 16-bit field, at most 14 (RFC 7323).
+func windowScale(buf int) int {
+	buf = min(buf, tcpMaxWindow)
+	ws := 0
+	for ws < 14 && buf>>ws > 0xffff {
+		ws++
+	}
+	return ws
+}

@@ -1,0 +1,444 @@
+package actors
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
+)
+
+// server listens on loopback and hands out accepted connections.
+type server struct {
+	ln    *net.TCPListener
+	conns chan *net.TCPConn
+}
+
+func newServer(t testing.TB, network, addr string) *server {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Skipf("listen %s %s: %v", network, addr, err)
+	}
+	s := &server{ln: ln.(*net.TCPListener), conns: make(chan *net.TCPConn, 16)}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.conns <- c.(*net.TCPConn)
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return s
+}
+
+func (s *server) port() uint16 { return uint16(s.ln.Addr().(*net.TCPAddr).Port) }
+
+func (s *server) accept(t testing.TB) *net.TCPConn {
+	t.Helper()
+	select {
+	case c := <-s.conns:
+		t.Cleanup(func() { c.Close() })
+		return c
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no connection at the server")
+		return nil
+	}
+}
+
+func randBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
+// Outbound handshake, data both ways, guest closes first, then the host.
+func TestTCPOutboundGuestClosesFirst(t *testing.T) {
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 1000)
+	sa := g.connect()
+	if sa.opts.MSS != 65480 || sa.opts.WScale < 0 {
+		t.Fatalf("SYN,ACK options %+v", sa.opts)
+	}
+	sc := srv.accept(t)
+	if got := sc.RemoteAddr().(*net.TCPAddr).IP.String(); got != "127.0.0.1" {
+		t.Fatalf("server sees %s", got)
+	}
+	g.send(wire.TCPPsh, []byte("hello"))
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(sc, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("server read %q %v", buf, err)
+	}
+	a := te.next(time.Second)
+	if a.ack != g.sndNxt {
+		t.Fatalf("ACK %d, want %d", a.ack, g.sndNxt)
+	}
+	// Guest half-closes; the host still answers, then closes.
+	g.send(wire.TCPFin, nil)
+	if n, err := sc.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("server expected EOF, got %d %v", n, err)
+	}
+	if _, err := sc.Write([]byte("world")); err != nil {
+		t.Fatal(err)
+	}
+	sc.Close()
+	g.readUntil(5, true)
+	if string(g.rx) != "world" {
+		t.Fatalf("guest got %q", g.rx)
+	}
+	te.waitEnded(g.h)
+}
+
+// The host closes first; the guest keeps sending, then closes.
+func TestTCPOutboundHostClosesFirst(t *testing.T) {
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 2000)
+	g.connect()
+	sc := srv.accept(t)
+	sc.Write([]byte("bye"))
+	sc.CloseWrite()
+	g.readUntil(3, true)
+	g.send(wire.TCPPsh, []byte("still here"))
+	g.send(wire.TCPFin, nil)
+	b, err := io.ReadAll(sc)
+	if err != nil || string(b) != "still here" {
+		t.Fatalf("server read %q %v", b, err)
+	}
+	// Our FIN is acknowledged by the last ACK, which closes the flow.
+	for {
+		s := te.next(2 * time.Second)
+		if s.ack == g.sndNxt {
+			break
+		}
+	}
+	te.waitEnded(g.h)
+}
+
+func TestTCPRefused(t *testing.T) {
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	port := srv.port()
+	srv.ln.Close()
+	g := newGuest(te, netip.AddrPortFrom(testGW4, port), 3000)
+	start := time.Now()
+	g.h = StartTCP(te.env, g.k, buildFrame(g.k, wire.TCPSyn, g.iss, 0, 0xffff, synOpts(1460, 7), nil))
+	s := te.next(time.Second)
+	if el := time.Since(start); el > 100*time.Millisecond {
+		t.Errorf("RST after %v", el)
+	}
+	if !s.has(wire.TCPRst|wire.TCPAck) || s.ack != g.iss+1 {
+		t.Fatalf("want RST,ACK acking %d, got %#x ack %d", g.iss+1, s.flags, s.ack)
+	}
+	te.waitEnded(g.h)
+}
+
+func TestTCPUnknownFlowGetsRST(t *testing.T) {
+	te := newTestEnv(t)
+	g := newGuest(te, netip.AddrPortFrom(testGW4, 9), 4000)
+	if h := StartTCP(te.env, g.k, buildFrame(g.k, wire.TCPAck, 5, 777, 100, nil, []byte("x"))); h != nil {
+		t.Fatal("StartTCP started a flow for a stray ACK")
+	}
+	s := te.next(time.Second)
+	if !s.has(wire.TCPRst) || s.seq != 777 {
+		t.Fatalf("want RST seq 777, got %#x seq %d", s.flags, s.seq)
+	}
+	if h := StartTCP(te.env, g.k, buildFrame(g.k, wire.TCPRst, 5, 0, 0, nil, nil)); h != nil {
+		t.Fatal("StartTCP started a flow for a RST")
+	}
+	if s, ok := te.tryNext(100 * time.Millisecond); ok {
+		t.Fatalf("answered a RST with %#x", s.flags)
+	}
+}
+
+// bulk moves n bytes each way, with both sequence spaces starting just
+// below 2^32 so that they wrap.
+func bulk(t *testing.T, network, addr string, far netip.Addr, n int) {
+	te := newTestEnv(t)
+	old := tcpISNFunc
+	tcpISNFunc = func(l, r netip.AddrPort) uint32 { return 0xffffffff - 100000 }
+	t.Cleanup(func() { tcpISNFunc = old })
+	srv := newServer(t, network, addr)
+	g := newGuest(te, netip.AddrPortFrom(far, srv.port()), 0xffffffff-200000)
+	g.connect()
+	sc := srv.accept(t)
+
+	up := randBytes(n)
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(sc)
+		got <- b
+	}()
+	g.write(up)
+	g.send(wire.TCPFin, nil)
+	select {
+	case b := <-got:
+		if sha256.Sum256(b) != sha256.Sum256(up) {
+			t.Fatalf("guest->host: %d bytes arrived, %d sent, checksum mismatch", len(b), len(up))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("guest->host transfer stuck")
+	}
+
+	down := randBytes(n)
+	go func() {
+		sc.Write(down)
+		sc.Close()
+	}()
+	g.readUntil(n, true)
+	if sha256.Sum256(g.rx) != sha256.Sum256(down) {
+		t.Fatalf("host->guest: %d bytes, checksum mismatch", len(g.rx))
+	}
+	te.waitEnded(g.h)
+}
+
+func TestTCPBulkWrapV4(t *testing.T) { bulk(t, "tcp4", "127.0.0.1:0", testGW4, 8<<20) }
+func TestTCPBulkWrapV6(t *testing.T) { bulk(t, "tcp6", "[::1]:0", testGW6, 8<<20) }
+
+// A zero window from the guest stops data; opening it restarts it.
+func TestTCPGuestZeroWindow(t *testing.T) {
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 5000)
+	g.wnd = 0
+	g.connect()
+	sc := srv.accept(t)
+	sc.Write([]byte("data"))
+	// Nothing may come but, after a while, a window probe.
+	if s, ok := te.tryNext(300 * time.Millisecond); ok && len(s.data) > 0 {
+		t.Fatalf("data sent into a zero window")
+	}
+	g.wnd = 0xffff
+	g.ack()
+	g.readUntil(4, false)
+	if string(g.rx) != "data" {
+		t.Fatalf("got %q", g.rx)
+	}
+}
+
+// The host does not read: the window we offer closes, everything the guest
+// sent inside it is still delivered, and the window reopens.
+func TestTCPHostFullNoDrop(t *testing.T) {
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 6000)
+	g.connect()
+	sc := srv.accept(t)
+	sc.SetReadBuffer(64 << 10)
+	// Fill: send while the window allows, without the server reading.
+	var sent []byte
+	una := g.sndNxt
+	deadline := time.Now().Add(10 * time.Second)
+	zero := false
+	for !zero && time.Now().Before(deadline) {
+		if g.sndNxt-una < g.peerWnd {
+			n := min(g.mss, int(g.peerWnd-(g.sndNxt-una)))
+			d := randBytes(n)
+			g.send(wire.TCPPsh, d)
+			sent = append(sent, d...)
+			continue
+		}
+		s := te.next(2 * time.Second)
+		una = g.absorb(s, una)
+		// Closed: the right edge offered is where the guest already is.
+		zero = !seqGT(s.ack+uint32(s.win)<<g.peerWS, g.sndNxt)
+	}
+	if !zero {
+		t.Fatalf("window never closed (sent %d)", len(sent))
+	}
+	if len(sent) < 64<<10 {
+		t.Fatalf("window closed after only %d bytes", len(sent))
+	}
+	// Now read everything: all of it must arrive, and the window reopen.
+	got := make(chan []byte, 1)
+	go func() {
+		b := make([]byte, len(sent))
+		_, err := io.ReadFull(sc, b)
+		if err != nil {
+			b = nil
+		}
+		got <- b
+	}()
+	reopened := false
+	for !reopened {
+		s := te.next(5 * time.Second)
+		una = g.absorb(s, una)
+		reopened = s.win > 0 && s.ack == g.sndNxt
+	}
+	if b := <-got; !bytes.Equal(b, sent) {
+		t.Fatalf("host got %d bytes, guest sent %d inside the window", len(b), len(sent))
+	}
+}
+
+// Three duplicate ACKs make gopasta resend from the first unacknowledged
+// byte; so does the retransmission timer.
+func TestTCPRetransmit(t *testing.T) {
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 7000)
+	g.connect()
+	sc := srv.accept(t)
+	msg := randBytes(3000)
+	sc.Write(msg)
+	first := te.next(time.Second) // "lost"
+	if first.seq != g.rcvNxt || len(first.data) == 0 {
+		t.Fatalf("unexpected first segment seq %d len %d", first.seq, len(first.data))
+	}
+	// Fast retransmit: three duplicate ACKs.
+	g.ack()
+	g.ack()
+	g.ack()
+	s := te.next(time.Second)
+	if s.seq != g.rcvNxt || !bytes.Equal(s.data, msg[:len(s.data)]) {
+		t.Fatalf("fast retransmit: seq %d len %d, want seq %d", s.seq, len(s.data), g.rcvNxt)
+	}
+	// Timeout: drop that one too, and wait.
+	start := time.Now()
+	s = te.next(3 * time.Second)
+	if el := time.Since(start); s.seq != g.rcvNxt || el < 150*time.Millisecond {
+		t.Fatalf("RTO retransmit: seq %d after %v", s.seq, el)
+	}
+	g.absorb(s, g.sndNxt)
+	g.readUntil(len(msg), false)
+	if !bytes.Equal(g.rx, msg) {
+		t.Fatal("data differs after retransmissions")
+	}
+}
+
+// Out-of-order segments from the guest are held and delivered once the
+// hole is filled.
+func TestTCPOutOfOrderFromGuest(t *testing.T) {
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 8000)
+	g.connect()
+	sc := srv.accept(t)
+	a, b := []byte("first-"), []byte("second")
+	base := g.sndNxt
+	g.input(buildFrame(g.k, wire.TCPAck, base+uint32(len(a)), g.rcvNxt, g.wnd, nil, b))
+	d := te.next(time.Second)
+	if d.ack != base {
+		t.Fatalf("duplicate ACK %d, want %d", d.ack, base)
+	}
+	g.input(buildFrame(g.k, wire.TCPAck, base, g.rcvNxt, g.wnd, nil, a))
+	g.sndNxt = base + uint32(len(a)+len(b))
+	buf := make([]byte, len(a)+len(b))
+	sc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(sc, buf); err != nil || string(buf) != "first-second" {
+		t.Fatalf("server got %q %v", buf, err)
+	}
+}
+
+func TestTCPGuestReset(t *testing.T) {
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 9000)
+	g.connect()
+	sc := srv.accept(t)
+	g.input(buildFrame(g.k, wire.TCPRst, g.sndNxt, 0, 0, nil, nil))
+	sc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := sc.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("server read: %v, want ECONNRESET", err)
+	}
+	te.waitEnded(g.h)
+}
+
+func TestTCPHostReset(t *testing.T) {
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 10000)
+	g.connect()
+	sc := srv.accept(t)
+	sc.SetLinger(0)
+	sc.Close()
+	for {
+		s := te.next(5 * time.Second)
+		if s.has(wire.TCPRst) {
+			break
+		}
+	}
+	te.waitEnded(g.h)
+}
+
+// A panic in one flow resets that flow only.
+func TestTCPPanicResetsOnlyThatFlow(t *testing.T) {
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	bad := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 11000)
+	good := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 12001)
+	hook := func(k Key, f *link.Frame) {
+		if k == bad.k && f.Payload < len(f.Data) {
+			panic("injected")
+		}
+	}
+	tcpTestHook.Store(&hook)
+	t.Cleanup(func() { tcpTestHook.Store(nil) })
+	bad.connect()
+	srv.accept(t)
+	good.connect()
+	gc := srv.accept(t)
+	bad.send(wire.TCPPsh, []byte("boom"))
+	s := te.next(5 * time.Second)
+	if !s.has(wire.TCPRst) || s.dst != bad.k.Guest {
+		t.Fatalf("expected RST to the panicking flow, got %#x to %v", s.flags, s.dst)
+	}
+	te.waitEnded(bad.h)
+	if te.env.Stats.Panics.Load() != 1 {
+		t.Fatalf("Panics = %d", te.env.Stats.Panics.Load())
+	}
+	good.send(wire.TCPPsh, []byte("fine"))
+	buf := make([]byte, 4)
+	gc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(gc, buf); err != nil || string(buf) != "fine" {
+		t.Fatalf("other flow: %q %v", buf, err)
+	}
+}
+
+func TestSipHashVector(t *testing.T) {
+	// Reference vector from the SipHash paper: key 00..0f, message 00..0e.
+	var k [16]byte
+	for i := range k {
+		k[i] = byte(i)
+	}
+	msg := make([]byte, 15)
+	for i := range msg {
+		msg[i] = byte(i)
+	}
+	k0 := uint64(0)
+	k1 := uint64(0)
+	for i := 7; i >= 0; i-- {
+		k0 = k0<<8 | uint64(k[i])
+		k1 = k1<<8 | uint64(k[8+i])
+	}
+	if h := sipHash24(k0, k1, msg); h != 0xa129ca6149be45e5 {
+		t.Fatalf("siphash = %#x", h)
+	}
+}
+
+func TestSeqArithmetic(t *testing.T) {
+	if !seqLT(0xfffffff0, 0x10) || seqLT(0x10, 0xfffffff0) || !seqGT(5, 0xffffffff) {
+		t.Fatal("wrap-around comparison")
+	}
+	if !seqInRange(2, 0xfffffffe, 5) || seqInRange(6, 0xfffffffe, 5) {
+		t.Fatal("range across wrap")
+	}
+	if windowScale(65535) != 0 || windowScale(65536) != 1 || windowScale(6<<20) != 7 || windowScale(1<<30) != 9 {
+		t.Fatal("window scale")
+	}
+	a := netip.MustParseAddrPort("10.0.0.1:80")
+	b := netip.MustParseAddrPort("10.0.0.2:4000")
+	if tcpISN(a, b) == tcpISN(b, a) {
+		t.Fatal("ISN does not depend on the direction")
+	}
+}
