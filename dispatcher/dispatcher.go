@@ -2,17 +2,79 @@
 // the link, answers the link-level services itself (ARP, NDP, DHCP, DHCPv6)
 // and hands TCP, UDP and ICMP to flow actors by their 4-tuple. It alone owns
 // the flow table.
+//
+// # Theory of operation
+//
+// Two goroutines belong to Run. The reader blocks in Device.ReadBatch and
+// passes each batch of frames to the dispatcher goroutine over a channel;
+// the dispatcher goroutine selects on those batches, on actors ending
+// (Env.Ended), on inbound actors to register (Env.Register), on a one-second
+// tick for periodic work and on the context. Splitting the two means the
+// table is never touched by more than one goroutine and the dispatcher never
+// sits in a read while an actor waits to be removed.
+//
+// The reader owns a fixed set of batch slices (two) and the large frames in
+// them; the slices travel to the dispatcher and back on two channels, so
+// steady-state reading allocates nothing. The dispatcher treats each frame
+// in one of three ways: it drops it (counted), answers it inline (ARP, NDP,
+// DHCP: the reply is a fresh small frame queued with Writer.TrySend, never a
+// blocking Send), or hands it to a flow actor. Frames that fit the small
+// size class are copied into a small pooled frame before the hand-over, so a
+// queue of ACKs in an actor's inbox does not pin 64 KiB buffers and the
+// reader's large buffers stay where they are; only large frames themselves
+// change owner, and the reader takes a fresh one from the pool in their
+// place.
+//
+// The dispatcher never blocks on an actor: a full inbox means the frame is
+// dropped and counted (TCP retransmits, UDP is lossy).
+//
+// # Shutdown
+//
+// When the context is done, Run closes the Device so that the reader's
+// ReadBatch returns, waits for the reader to exit, releases every frame it
+// still holds and returns ctx.Err(). The caller may Close the device again
+// (Device.Close must tolerate that). When ReadBatch fails (link.ErrClosed:
+// the peer went away) Run returns that error. Actors still running after
+// Run returned must not block sending on Env.Ended or Env.Register: those
+// channels are buffered, and senders should also select on Env.Ctx.
 package dispatcher
 
 import (
 	"context"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
 )
+
+// Channel depths for Env.Ended and Env.Register. Generous, so that a burst
+// of actors ending at once (shutdown, a timeout sweep) does not make them
+// wait for the dispatcher.
+const (
+	endedDepth    = 1024
+	registerDepth = 256
+)
+
+// Timing of periodic work.
+const (
+	// raInterval is how often an unsolicited router advertisement is sent
+	// once the guest has shown it speaks IPv6, well inside routerLifetime
+	// so the guest never loses its default route.
+	raInterval = 5 * time.Minute
+	// flowLimitLogInterval rate-limits the "flow limit reached" warning.
+	flowLimitLogInterval = 10 * time.Second
+	tick                 = time.Second
+)
+
+// startFunc is the signature of actors.StartTCP and friends.
+type startFunc func(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle
 
 // Dispatcher reads the link and routes frames. Create it with New and run
 // it with Run.
@@ -21,16 +83,276 @@ type Dispatcher struct {
 	dev link.Device
 	env *actors.Env
 	log *logrus.Logger
+
+	ended    chan *actors.Handle
+	register chan *actors.Handle
+
+	// Owned by the dispatcher goroutine.
+	flows  map[actors.Key]*actors.Handle
+	parsed wire.Parsed
+	trace  bool // tracing enabled, sampled once per batch
+
+	// Start functions: actors.Start* in production; tests replace them to
+	// watch what the dispatcher starts.
+	startTCP, startUDP, startICMP startFunc
+
+	// Link services state, also the dispatcher goroutine's.
+	svc services
+
+	// Rate limiting of the flow limit warning.
+	lastLimitLog time.Time
+
+	n      counters
+	active atomic.Int64 // len(flows), for Stats
 }
 
 // New returns a dispatcher for dev. env.Out must write to dev; New sets
 // env.Ended and env.Register to the dispatcher's own channels.
 func New(cfg *conf.Config, dev link.Device, env *actors.Env, log *logrus.Logger) *Dispatcher {
-	return &Dispatcher{cfg: cfg, dev: dev, env: env, log: log}
+	d := &Dispatcher{
+		cfg:       cfg,
+		dev:       dev,
+		env:       env,
+		log:       log,
+		ended:     make(chan *actors.Handle, endedDepth),
+		register:  make(chan *actors.Handle, registerDepth),
+		flows:     make(map[actors.Key]*actors.Handle),
+		startTCP:  actors.StartTCP,
+		startUDP:  actors.StartUDP,
+		startICMP: actors.StartICMP,
+	}
+	env.Ended = d.ended
+	env.Register = d.register
+	d.svc.init(cfg, env)
+	return d
 }
 
-// Run reads and dispatches frames until ctx is done or the link fails.
+// Run reads and dispatches frames until ctx is done (it then returns
+// ctx.Err()) or the link fails (it returns ReadBatch's error, link.ErrClosed
+// when the peer went away). See the package comment for what Run does with
+// the device on the way out.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	<-ctx.Done()
-	return ctx.Err()
+	batches := make(chan []*link.Frame, 1)
+	free := make(chan []*link.Frame, 2)
+	for range cap(free) {
+		free <- make([]*link.Frame, link.BatchSize)
+	}
+	errc := make(chan error, 1)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.read(batches, free, errc, done)
+	}()
+
+	stop := func() {
+		close(done)
+		wg.Wait()
+		// The reader is gone: every frame is in a slice in one of the
+		// two channels.
+		for {
+			select {
+			case s := <-batches:
+				link.ReleaseAll(s[:cap(s)])
+			case s := <-free:
+				link.ReleaseAll(s)
+			default:
+				return
+			}
+		}
+	}
+
+	ticker := time.NewTicker(tick)
+	defer ticker.Stop()
+	if d.cfg.Stats > 0 {
+		d.svc.nextStats = time.Now().Add(time.Duration(d.cfg.Stats) * time.Second)
+	}
+	for {
+		select {
+		case s := <-batches:
+			d.handleBatch(s)
+			free <- s[:cap(s)]
+		case h := <-d.ended:
+			d.endFlow(h)
+		case h := <-d.register:
+			d.registerFlow(h)
+		case now := <-ticker.C:
+			d.periodic(now)
+		case err := <-errc:
+			stop()
+			return err
+		case <-ctx.Done():
+			d.dev.Close()
+			stop()
+			return ctx.Err()
+		}
+	}
+}
+
+// read is the reader goroutine. It fills each free slice's empty slots
+// with large frames, reads a batch into it and hands it on.
+func (d *Dispatcher) read(batches chan<- []*link.Frame, free <-chan []*link.Frame, errc chan<- error, done <-chan struct{}) {
+	for {
+		var s []*link.Frame
+		select {
+		case s = <-free:
+		case <-done:
+			return
+		}
+		for i, f := range s {
+			if f == nil {
+				s[i] = link.GetFrame(link.MaxFrameSize)
+			} else {
+				f.Data = f.Data[:cap(f.Data)]
+			}
+		}
+		n, err := d.dev.ReadBatch(s)
+		if err != nil {
+			link.ReleaseAll(s)
+			errc <- err
+			return
+		}
+		select {
+		case batches <- s[:n]:
+		case <-done:
+			link.ReleaseAll(s)
+			return
+		}
+	}
+}
+
+// handleBatch dispatches every frame of s. Frames it hands over leave nil
+// slots behind; the others stay for the reader to reuse.
+func (d *Dispatcher) handleBatch(s []*link.Frame) {
+	d.trace = d.log.IsLevelEnabled(logrus.TraceLevel)
+	d.n[cBatches].Add(1)
+	d.n[cFramesIn].Add(uint64(len(s)))
+	toFlows := uint64(0)
+	for i := range s {
+		if d.handleFrame(s, i) {
+			toFlows++
+		}
+	}
+	if toFlows > 0 {
+		d.n[cToFlows].Add(toFlows)
+	}
+}
+
+// handleFrame parses s[i] and acts on it. It reports whether the frame went
+// to a flow's inbox.
+func (d *Dispatcher) handleFrame(s []*link.Frame, i int) bool {
+	b := s[i].Data
+	p := &d.parsed
+	if err := wire.ParseFrame(b, p); err != nil {
+		r, _ := err.(wire.Reason)
+		d.n[r].Add(1)
+		if d.trace {
+			d.log.WithField("frame", frameString(p)).Tracef("frame in, %d bytes: dropped, %v", len(b), err)
+		}
+		return false
+	}
+	b = b[:p.End]
+	s[i].Data = b
+
+	if p.SrcMAC[0]&1 == 0 && p.SrcMAC != ([6]byte{}) && d.env.Peer.MAC() != p.SrcMAC {
+		d.env.Peer.SetMAC(p.SrcMAC)
+	}
+
+	switch p.EtherType {
+	case wire.EtherTypeARP:
+		if d.cfg.IPv6Only {
+			d.n[cDropFamily].Add(1)
+			return false
+		}
+		d.traceFrame(p, len(b))
+		d.handleARP(b)
+		return false
+	case wire.EtherTypeIPv4:
+		if d.cfg.IPv6Only {
+			d.n[cDropFamily].Add(1)
+			return false
+		}
+		d.learn(p.Src)
+		if p.Proto == wire.ProtoUDP && p.DstPort == dhcpServerPort && !d.cfg.NoDHCP {
+			d.traceFrame(p, len(b))
+			d.handleDHCP(b, p)
+			return false
+		}
+	case wire.EtherTypeIPv6:
+		if d.cfg.IPv4Only {
+			d.n[cDropFamily].Add(1)
+			return false
+		}
+		d.learn(p.Src)
+		d.svc.guestSpeaksIPv6(d)
+		if p.Proto == wire.ProtoICMPv6 && p.ICMPType >= wire.ICMPv6RouterSolicit && p.ICMPType <= icmpv6Redirect {
+			d.traceFrame(p, len(b))
+			d.handleNDP(b, p)
+			return false
+		}
+		if p.Proto == wire.ProtoUDP && p.DstPort == dhcpv6ServerPort && !d.cfg.NoDHCPv6 {
+			d.traceFrame(p, len(b))
+			d.handleDHCPv6(b, p)
+			return false
+		}
+	}
+	return d.demux(s, i, p)
+}
+
+// learn records a as the guest's address of its kind. Peer.Set* store a
+// new pointer (an allocation), so they are only called on a change, which
+// keeps the per-frame path allocation free.
+func (d *Dispatcher) learn(a netip.Addr) {
+	pe := d.env.Peer
+	switch {
+	case a.IsUnspecified() || a.IsMulticast():
+		return
+	case a.Is4():
+		if pe.Addr4() == a {
+			return
+		}
+	case a.IsLinkLocalUnicast():
+		if pe.LinkLocal6() == a {
+			return
+		}
+	case a.IsGlobalUnicast():
+		if pe.Addr6() == a {
+			return
+		}
+	default:
+		return
+	}
+	pe.SetAddr(a)
+}
+
+// traceFrame logs a frame that is not for a flow, if tracing.
+func (d *Dispatcher) traceFrame(p *wire.Parsed, n int) {
+	if d.trace {
+		d.log.WithField("frame", frameString(p)).Tracef("frame in, %d bytes", n)
+	}
+}
+
+// periodic runs once a tick: unsolicited router advertisements and the
+// --stats log line.
+func (d *Dispatcher) periodic(now time.Time) {
+	d.svc.periodicRA(d, now)
+	if d.cfg.Stats > 0 && !now.Before(d.svc.nextStats) {
+		d.svc.nextStats = now.Add(time.Duration(d.cfg.Stats) * time.Second)
+		st := d.Stats()
+		f := logrus.Fields{}
+		for k, v := range st {
+			if v != 0 {
+				f[k] = v
+			}
+		}
+		d.log.WithFields(f).Info("dispatcher statistics")
+	}
+}
+
+// send queues a reply frame without blocking, counting a full queue.
+func (d *Dispatcher) send(f *link.Frame) {
+	if !d.env.Out.TrySend(f) {
+		d.n[cDropOutFull].Add(1)
+	}
 }

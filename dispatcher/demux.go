@@ -1,0 +1,217 @@
+package dispatcher
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
+)
+
+// defaultFlowLimit applies when the configuration leaves FlowLimit unset.
+const defaultFlowLimit = 65536
+
+var ipv4Broadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
+
+// unicast reports whether a can be the far end of a flow.
+func unicast(a netip.Addr) bool {
+	return !a.IsUnspecified() && !a.IsMulticast() && a != ipv4Broadcast
+}
+
+// demux finds or starts the flow for the TCP, UDP or ICMP frame s[i] and
+// hands the frame to it. It reports whether the frame went to a flow.
+func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
+	var k actors.Key
+	var start startFunc
+	v4 := p.EtherType == wire.EtherTypeIPv4
+	switch {
+	case p.Proto == wire.ProtoTCP:
+		if d.cfg.NoTCP {
+			return d.drop(cDropNoTCP)
+		}
+		if !unicast(p.Dst) {
+			return d.drop(cDropBadDest)
+		}
+		if p.Src.IsUnspecified() {
+			return d.drop(counter(wire.ReasonBadSource))
+		}
+		start = d.startTCP
+		k = actors.Key{Proto: p.Proto, Guest: netip.AddrPortFrom(p.Src, p.SrcPort), Far: netip.AddrPortFrom(p.Dst, p.DstPort)}
+	case p.Proto == wire.ProtoUDP:
+		if d.cfg.NoUDP {
+			return d.drop(cDropNoUDP)
+		}
+		// Multicast beyond the link (SSDP, mDNS to routable groups)
+		// goes to the actors, as pasta lets it through; link-scope
+		// multicast and broadcast concern this link only, where
+		// nobody but us listens.
+		if p.Dst.IsUnspecified() || p.Dst == ipv4Broadcast || p.Dst.IsLinkLocalMulticast() || p.Dst.IsInterfaceLocalMulticast() {
+			return d.drop(cDropBadDest)
+		}
+		if p.Src.IsUnspecified() {
+			return d.drop(counter(wire.ReasonBadSource))
+		}
+		start = d.startUDP
+		k = actors.Key{Proto: p.Proto, Guest: netip.AddrPortFrom(p.Src, p.SrcPort), Far: netip.AddrPortFrom(p.Dst, p.DstPort)}
+	case p.Proto == wire.ProtoICMP && v4, p.Proto == wire.ProtoICMPv6 && !v4:
+		if d.cfg.NoICMP {
+			return d.drop(cDropNoICMP)
+		}
+		// Only echo requests start or feed flows: the guest's own
+		// errors and replies have no host socket to go to.
+		if (v4 && p.ICMPType != wire.ICMPv4EchoRequest) || (!v4 && p.ICMPType != wire.ICMPv6EchoRequest) || p.ICMPCode != 0 {
+			return d.drop(cDropICMPOther)
+		}
+		if !unicast(p.Dst) {
+			return d.drop(cDropBadDest)
+		}
+		if p.Src.IsUnspecified() {
+			return d.drop(counter(wire.ReasonBadSource))
+		}
+		id := binary.BigEndian.Uint16(s[i].Data[p.L4+4:])
+		start = d.startICMP
+		k = actors.Key{Proto: p.Proto, Guest: netip.AddrPortFrom(p.Src, id), Far: netip.AddrPortFrom(p.Dst, 0)}
+	default:
+		return d.drop(cDropUnknownProto)
+	}
+
+	if h, ok := d.flows[k]; ok {
+		n := len(s[i].Data)
+		f := d.take(s, i, p)
+		select {
+		case h.In <- f:
+			if d.trace {
+				d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes", n)
+			}
+			return true
+		default:
+			f.Release()
+			d.n[cDropInboxFull].Add(1)
+			if d.trace {
+				d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes: inbox full, dropped", n)
+			}
+			return false
+		}
+	}
+
+	limit := d.cfg.FlowLimit
+	if limit <= 0 {
+		limit = defaultFlowLimit
+	}
+	if len(d.flows) >= limit {
+		d.n[cDropFlowLimit].Add(1)
+		d.env.Stats.Refused.Add(1)
+		if now := time.Now(); now.Sub(d.lastLimitLog) >= flowLimitLogInterval {
+			d.lastLimitLog = now
+			d.log.Warnf("flow limit %d reached, dropping new flows", limit)
+		}
+		if d.trace {
+			d.log.WithField("flow", k.String()).Trace("new flow over the flow limit, dropped")
+		}
+		return false
+	}
+
+	f := d.take(s, i, p)
+	n := len(f.Data)
+	h := start(d.env, k, f) // f belongs to the actor (or was released) now
+	if h == nil {
+		d.n[cFlowsNotStarted].Add(1)
+		if d.trace {
+			d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes: no flow started", n)
+		}
+		return false
+	}
+	d.flows[h.Key] = h
+	d.active.Store(int64(len(d.flows)))
+	d.n[cFlowsStarted].Add(1)
+	if d.trace {
+		d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes: flow started", n)
+	}
+	return true
+}
+
+// take returns the frame s[i] ready for an actor, with its offsets set.
+// A frame that fits the small size class is copied, leaving the large
+// buffer in its slot for the reader; a bigger one changes hands and leaves
+// its slot empty.
+func (d *Dispatcher) take(s []*link.Frame, i int, p *wire.Parsed) *link.Frame {
+	f := s[i]
+	if len(f.Data) <= link.SmallFrameSize {
+		g := link.GetFrame(len(f.Data))
+		copy(g.Data, f.Data)
+		f = g
+	} else {
+		s[i] = nil
+	}
+	f.L3, f.L4, f.Payload = p.L3, p.L4, p.Payload
+	return f
+}
+
+func (d *Dispatcher) drop(c counter) bool {
+	d.n[c].Add(1)
+	if d.trace {
+		d.log.WithField("frame", frameString(&d.parsed)).Tracef("frame in: dropped, %s", counterNames[c])
+	}
+	return false
+}
+
+// endFlow removes an ended actor from the table, unless the key already
+// belongs to a newer actor.
+func (d *Dispatcher) endFlow(h *actors.Handle) {
+	if cur, ok := d.flows[h.Key]; !ok || cur != h {
+		d.n[cFlowsEndedStale].Add(1)
+		return
+	}
+	delete(d.flows, h.Key)
+	d.active.Store(int64(len(d.flows)))
+	d.n[cFlowsEnded].Add(1)
+	if d.log.IsLevelEnabled(logrus.TraceLevel) {
+		d.log.WithField("flow", h.Key.String()).Trace("flow ended")
+	}
+}
+
+// registerFlow puts an inbound actor into the table.
+//
+// If the key already belongs to another live actor, the table keeps the
+// old one: it is the one the guest has been talking to. The new actor then
+// receives no frames, gives up at its handshake or idle timeout and sends
+// its Handle on Ended, which endFlow ignores because the table does not
+// point at it. This only happens when a host peer reuses the exact 4-tuple
+// of a live flow, or when the old actor has ended but its Ended message is
+// still queued behind this Register.
+func (d *Dispatcher) registerFlow(h *actors.Handle) {
+	if cur, ok := d.flows[h.Key]; ok && cur != h {
+		d.n[cRegisterConflict].Add(1)
+		d.log.WithField("flow", h.Key.String()).Debug("inbound flow collides with a live flow, keeping the old one")
+		return
+	}
+	d.flows[h.Key] = h
+	d.active.Store(int64(len(d.flows)))
+	d.n[cFlowsRegistered].Add(1)
+	if d.log.IsLevelEnabled(logrus.TraceLevel) {
+		d.log.WithField("flow", h.Key.String()).Trace("inbound flow registered")
+	}
+}
+
+// frameString describes a parsed frame for trace logs.
+func frameString(p *wire.Parsed) string {
+	switch p.EtherType {
+	case wire.EtherTypeARP:
+		return fmt.Sprintf("arp %s -> %s", p.Src, p.Dst)
+	case wire.EtherTypeIPv4, wire.EtherTypeIPv6:
+		if p.Proto == wire.ProtoICMP || p.Proto == wire.ProtoICMPv6 {
+			return fmt.Sprintf("icmp type %d %s -> %s", p.ICMPType, p.Src, p.Dst)
+		}
+		if p.SrcPort != 0 || p.DstPort != 0 {
+			return fmt.Sprintf("proto %d %s -> %s", p.Proto,
+				netip.AddrPortFrom(p.Src, p.SrcPort), netip.AddrPortFrom(p.Dst, p.DstPort))
+		}
+		return fmt.Sprintf("proto %d %s -> %s", p.Proto, p.Src, p.Dst)
+	}
+	return fmt.Sprintf("ethertype 0x%04x %x -> %x", p.EtherType, p.SrcMAC, p.DstMAC)
+}

@@ -1,0 +1,123 @@
+package dispatcher
+
+import (
+	"net/netip"
+	"time"
+
+	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/conf"
+	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
+)
+
+// Well-known ports of the DHCP services.
+const (
+	dhcpServerPort   = 67
+	dhcpClientPort   = 68
+	dhcpv6ClientPort = 546
+	dhcpv6ServerPort = 547
+)
+
+// infinite is the "forever" value of DHCP lease times and NDP lifetimes.
+const infinite = 0xffffffff
+
+// services is what the link services need, computed once from the
+// configuration: what to advertise and from which addresses.
+type services struct {
+	cfg  *conf.Config
+	peer *link.Peer
+
+	ourMAC [6]byte
+	// ll6 is our link-local address: the source of router advertisements
+	// and DHCPv6 replies, hence the guest's default IPv6 gateway.
+	ll6 netip.Addr
+
+	dns4, dns6 []netip.Addr // resolvers to advertise
+	search     []string     // search domains to advertise
+	mtu        int          // MTU to advertise, 0 for none
+
+	raEnabled bool
+	ipv6Seen  bool
+	nextRA    time.Time // zero: no unsolicited RA due
+
+	nextStats time.Time
+}
+
+func (s *services) init(cfg *conf.Config, env *actors.Env) {
+	s.cfg = cfg
+	s.peer = env.Peer
+	s.ourMAC = env.Peer.OurMAC
+	if s.ourMAC == ([6]byte{}) {
+		s.ourMAC = cfg.OurMAC
+	}
+	if cfg.Gateway6.IsLinkLocalUnicast() {
+		s.ll6 = cfg.Gateway6
+	} else {
+		s.ll6 = wire.LinkLocalFromMAC(s.ourMAC)
+	}
+
+	// DNS: advertise the configured resolvers, or the DNS forwarding
+	// address when none is configured. --dhcp-dns/--no-dhcp-dns override;
+	// with neither, advertise whatever is configured. Loopback resolvers
+	// (a host's 127.0.0.53) mean nothing to the guest and are left out.
+	advertise := cfg.DHCPDNS == nil || *cfg.DHCPDNS
+	if advertise && !cfg.DNSNone {
+		for _, a := range cfg.DNS {
+			a = a.Unmap()
+			switch {
+			case a.IsLoopback() || a.IsUnspecified() || a.IsMulticast():
+			case a.Is4():
+				s.dns4 = append(s.dns4, a)
+			case a.Is6():
+				s.dns6 = append(s.dns6, a)
+			}
+		}
+		if len(s.dns4) == 0 && cfg.DNSForward4.IsValid() && cfg.DNSForward4.Is4() {
+			s.dns4 = append(s.dns4, cfg.DNSForward4)
+		}
+		if len(s.dns6) == 0 && cfg.DNSForward6.IsValid() && cfg.DNSForward6.Is6() {
+			s.dns6 = append(s.dns6, cfg.DNSForward6)
+		}
+	}
+	if !cfg.SearchNone && (cfg.DHCPSearch == nil || *cfg.DHCPSearch) {
+		s.search = cfg.Search
+	}
+	if !(cfg.MTUSet && cfg.MTU == 0) {
+		s.mtu = cfg.MTU
+	}
+
+	s.raEnabled = !cfg.NoNDP && !cfg.NoRA && !cfg.IPv4Only && cfg.Addr6.IsValid()
+}
+
+// isGuest4 reports whether a is the guest's own IPv4 address.
+func (s *services) isGuest4(a netip.Addr) bool {
+	return a == s.cfg.Addr4.Addr() || a == s.peer.Addr4()
+}
+
+// isGuest6 reports whether a is one of the guest's own IPv6 addresses.
+func (s *services) isGuest6(a netip.Addr) bool {
+	return a == s.cfg.Addr6 || a == s.peer.Addr6() || a == s.peer.LinkLocal6()
+}
+
+// guestSpeaksIPv6 is called for every valid IPv6 frame; the first one makes
+// an unsolicited router advertisement due at the next tick, so a guest
+// that does not solicit (or whose solicitation we missed while starting)
+// still learns its prefix and route promptly.
+func (s *services) guestSpeaksIPv6(d *Dispatcher) {
+	if s.ipv6Seen {
+		return
+	}
+	s.ipv6Seen = true
+	if s.raEnabled && s.nextRA.IsZero() {
+		s.nextRA = time.Now()
+	}
+}
+
+// periodicRA sends the unsolicited router advertisement when due.
+func (s *services) periodicRA(d *Dispatcher, now time.Time) {
+	if !s.raEnabled || !s.ipv6Seen || s.nextRA.IsZero() || now.Before(s.nextRA) {
+		return
+	}
+	d.sendRA(allNodes, wire.MulticastMAC(allNodes))
+	d.log.Debug("NDP: unsolicited router advertisement sent")
+}
