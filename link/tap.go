@@ -10,7 +10,6 @@ import (
 
 	"github.com/songgao/water"
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasta/gopasta/link/netns"
@@ -60,7 +59,20 @@ func OpenTap(name string, nsFD int, mtu int) (*Tap, error) {
 			// (syscalls_linux.go: flags start as cIFFNOPI).
 			PlatformSpecificParams: water.PlatformSpecificParams{Name: name, Persist: false, MultiQueue: false},
 		})
-		return err
+		if err != nil {
+			return err
+		}
+		// netlink's package functions open their socket in the
+		// calling thread's namespace: this one.
+		l, err := netlink.LinkByName(ifce.Name())
+		if err == nil {
+			err = netlink.LinkSetTxQLen(l, TapTxQueueLen)
+		}
+		if err != nil {
+			ifce.Close()
+			return fmt.Errorf("set txqueuelen: %w", err)
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create tap device %q: %w", name, err)
@@ -77,25 +89,7 @@ func OpenTap(name string, nsFD int, mtu int) (*Tap, error) {
 		f.Close()
 		return nil, fmt.Errorf("tap: %w", err)
 	}
-	t := &Tap{f: f, rc: rc, name: ifce.Name(), mtu: mtu}
-	if err := setTxQueueLen(nsFD, t.name, TapTxQueueLen); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("tap %s: set txqueuelen: %w", t.name, err)
-	}
-	return t, nil
-}
-
-func setTxQueueLen(nsFD int, name string, qlen int) error {
-	h, err := netlink.NewHandleAt(vnetns.NsHandle(nsFD), unix.NETLINK_ROUTE)
-	if err != nil {
-		return err
-	}
-	defer h.Close()
-	l, err := h.LinkByName(name)
-	if err != nil {
-		return err
-	}
-	return h.LinkSetTxQLen(l, qlen)
+	return &Tap{f: f, rc: rc, name: ifce.Name(), mtu: mtu}, nil
 }
 
 // Name is the interface name inside the namespace.

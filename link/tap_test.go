@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasta/gopasta/link/netns"
@@ -45,7 +44,7 @@ func newTestTap(t *testing.T, mtu int) (*Tap, int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := netlink.NewHandleAt(vnetns.NsHandle(nsFD))
+	h, err := nsNetlink(nsFD)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -262,7 +261,7 @@ func TestTapInNamespaceOnly(t *testing.T) {
 
 func TestTapDownInterfaceIsNotAnError(t *testing.T) {
 	tap, nsFD := newTestTap(t, 1500)
-	h, err := netlink.NewHandleAt(vnetns.NsHandle(nsFD))
+	h, err := nsNetlink(nsFD)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,4 +275,14 @@ func TestTapDownInterfaceIsNotAnError(t *testing.T) {
 		t.Fatalf("write to a down tap: %v", err)
 	}
 	t.Logf("skipped on a down interface: %d", tap.Skipped.Load()-before)
+}
+
+// nsNetlink returns a netlink handle whose sockets live in nsFD.
+func nsNetlink(nsFD int) (*netlink.Handle, error) {
+	var h *netlink.Handle
+	err := netns.Do(nsFD, func() (err error) {
+		h, err = netlink.NewHandle()
+		return err
+	})
+	return h, err
 }

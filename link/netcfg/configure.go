@@ -8,7 +8,6 @@ import (
 	"os"
 
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasta/gopasta/conf"
@@ -22,7 +21,7 @@ import (
 // exactly what was given. Routes that cannot apply in the namespace are
 // skipped and reported in the returned warnings.
 func Configure(nsFD int, cfg *conf.Config, tapName string, host *Host) (warnings []string, err error) {
-	h, err := netlink.NewHandleAt(vnetns.NsHandle(nsFD), unix.NETLINK_ROUTE)
+	h, err := Netlink(nsFD)
 	if err != nil {
 		return nil, fmt.Errorf("netlink in namespace: %w", err)
 	}
@@ -234,6 +233,23 @@ func routeString(r netlink.Route) string {
 func SetPingGroupRange(nsFD int) error {
 	// /proc/sys/net shows the namespace of the thread that opens it.
 	return netns.Do(nsFD, func() error {
-		return os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte("0 2147483647"), 0)
+		const path = "/proc/sys/net/ipv4/ping_group_range"
+		if os.WriteFile(path, []byte("0 2147483647"), 0) == nil {
+			return nil
+		}
+		// In a user namespace only the mapped groups can be named.
+		return os.WriteFile(path, []byte("0 0"), 0)
 	})
+}
+
+// Netlink returns a netlink handle whose socket lives in the namespace
+// nsFD, so that it can be used from any thread. (netlink.NewHandleAt does
+// the same but switches its thread back without checking that it could.)
+func Netlink(nsFD int) (*netlink.Handle, error) {
+	var h *netlink.Handle
+	err := netns.Do(nsFD, func() (err error) {
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+		return err
+	})
+	return h, err
 }

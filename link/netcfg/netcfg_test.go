@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasta/gopasta/conf"
@@ -28,7 +27,7 @@ func nsHandle(t *testing.T) (*netlink.Handle, int) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Close(fd) })
-	h, err := netlink.NewHandleAt(vnetns.NsHandle(fd))
+	h, err := Netlink(fd)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,10 +15,11 @@
 // Host sockets are created anywhere else and so live in the namespace the
 // process started in, which is the whole point of pasta.
 //
-// Each switch runs on a fresh goroutine. If the thread cannot be switched
-// back, that goroutine ends while still locked, and the Go runtime then
-// destroys the thread instead of returning a thread in the wrong namespace to
-// its pool.
+// Each switch runs on a fresh goroutine that ends while still locked, so
+// the Go runtime destroys its thread instead of returning a thread in the
+// wrong namespace to its pool. For the same reason netlink sockets are
+// created with netlink.NewHandle inside Do, never with NewHandleAt, which
+// switches back and ignores a failure to do so.
 //
 // Joining a user namespace is different: setns(CLONE_NEWUSER) is refused to
 // a multi-threaded process, and a Go program has several threads before main
@@ -80,37 +81,29 @@ func checkType(fd int, want int) error {
 	return nil
 }
 
-// Do runs fn on a thread that is inside the network namespace nsFD, then
-// puts the thread back. fn must not start goroutines that expect to be in
-// the namespace: only fn's own goroutine is.
+// Do runs fn on a thread that is inside the network namespace nsFD. fn
+// must not start goroutines that expect to be in the namespace: only fn's
+// own goroutine is.
+//
+// The thread is never switched back: it ends with fn's goroutine. Switching
+// back is not always possible (a daemon that is root only in its own user
+// namespace has no rights over the host's network namespace), and a thread
+// left in the wrong namespace must never return to the scheduler, where it
+// would silently create host sockets in the guest. A thread per call is
+// cheap for the handful of calls setup makes.
 func Do(nsFD int, fn func() error) error {
-	type result struct{ err error }
-	done := make(chan result, 1)
+	done := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			done <- result{fmt.Errorf("open current network namespace: %w", err)}
-			return
-		}
-		defer unix.Close(orig)
+		// Never unlocked: the runtime destroys the thread when this
+		// goroutine returns.
 		if err := unix.Setns(nsFD, unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			done <- result{fmt.Errorf("enter network namespace: %w", err)}
+			done <- fmt.Errorf("enter network namespace: %w", err)
 			return
 		}
-		ferr := fn()
-		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
-			// Stay locked: the goroutine ends and the runtime kills the
-			// thread rather than reuse it in the wrong namespace.
-			done <- result{errors.Join(ferr, fmt.Errorf("leave network namespace: %w", err))}
-			return
-		}
-		runtime.UnlockOSThread()
-		done <- result{ferr}
+		done <- fn()
 	}()
-	return (<-done).err
+	return <-done
 }
 
 // NewUnshared creates a new network namespace and returns a descriptor for

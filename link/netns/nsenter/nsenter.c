@@ -13,10 +13,12 @@ int gopasta_userns_joined;
 
 __attribute__((constructor)) static void gopasta_nsenter(void)
 {
+	const char *stage = getenv("GOPASTA_STAGE");
 	const char *path = getenv("GOPASTA_USERNS");
 	int fd;
 
-	if (!path || !*path)
+	/* Only the daemon child the front process started acts on it. */
+	if (!stage || strcmp(stage, "daemon") || !path || !*path)
 		return;
 
 	fd = open(path, O_RDONLY | O_CLOEXEC);

@@ -19,7 +19,8 @@
 // __attribute__((constructor)) runs when the dynamic loader initialises the
 // program, before the Go runtime exists, while the process is still single
 // threaded. Ours is much smaller than runc's: if the environment variable
-// GOPASTA_USERNS names a user namespace file, it opens it and calls setns;
+// GOPASTA_USERNS names a user namespace file (and GOPASTA_STAGE is
+// "daemon"), it opens it and calls setns;
 // on failure it prints one line and exits 1. The front process sets that
 // variable only for the daemon child it starts, so the constructor is inert
 // in every other run of the binary.
