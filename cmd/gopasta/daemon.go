@@ -1,0 +1,360 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/conf"
+	"github.com/gopasta/gopasta/dispatcher"
+	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/netcfg"
+	"github.com/gopasta/gopasta/link/netns"
+	"github.com/gopasta/gopasta/link/netns/nsenter"
+)
+
+// writerDepth is the link writer's queue: deep enough for a burst from many
+// flows, bounded so that a stalled guest pushes back on the actors.
+const writerDepth = 4096
+
+// shutdownGrace is how long the daemon waits for its goroutines at exit.
+const shutdownGrace = 2 * time.Second
+
+// daemon is the child process: it owns every resource gopasta uses.
+type daemon struct {
+	cfg        *conf.Config
+	log        *logging
+	foreground bool
+	command    bool
+
+	nsFD  int
+	nsArg string // the namespace file to watch ("" in command mode)
+	tap   *link.Tap
+	w     *link.Writer
+	disp  *dispatcher.Dispatcher
+	env   *actors.Env
+	stops []func()
+	cmd   *exec.Cmd
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+// errQuit is the cancel cause of an orderly exit (signal, namespace or PID
+// gone, command ended).
+var errQuit = errors.New("quit")
+
+func daemonMain(prog string) int {
+	start := time.Now()
+	ready := os.NewFile(readyFD, "ready")
+	report := func(line string) {
+		if ready != nil {
+			fmt.Fprintln(ready, line)
+			ready.Close()
+			ready = nil
+		}
+	}
+	userns := os.Getenv(nsenter.EnvVar)
+	nsenter.Clean()
+	os.Unsetenv(stageEnv)
+
+	cfg, err := conf.Parse(os.Args[0], os.Args[1:])
+	if err != nil {
+		report("err " + err.Error())
+		return 1
+	}
+	if userns != "" && !nsenter.Joined() {
+		report("err cannot join user namespace " + userns)
+		return 1
+	}
+	log, err := newLogging(cfg, start)
+	if err != nil {
+		report("err " + err.Error())
+		return 1
+	}
+	d := &daemon{cfg: cfg, log: log, nsFD: -1, command: commandMode(cfg)}
+	d.foreground = cfg.Foreground || d.command
+	d.ctx, d.cancel = context.WithCancelCause(context.Background())
+
+	// Signals are caught from the start, so that a SIGTERM during setup
+	// is a clean exit after it rather than a kill in the middle.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGUSR1)
+
+	if err := d.setup(); err != nil {
+		log.WithError(err).Debug("setup failed")
+		d.teardown()
+		report("err " + err.Error())
+		return 1
+	}
+	log.afterReady(d.foreground)
+	if !d.foreground {
+		if err := detachStdio(); err != nil {
+			d.teardown()
+			report("err " + err.Error())
+			return 1
+		}
+	}
+	log.Debugf("ready after %v", time.Since(start).Round(time.Microsecond))
+	report("ok")
+	return d.run(sigs)
+}
+
+// detachStdio points fds 0, 1 and 2 at /dev/null, so that the daemon holds
+// nothing of its parent's pipes once it is ready.
+func detachStdio() error {
+	null, err := unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open /dev/null: %v", err)
+	}
+	defer unix.Close(null)
+	for fd := 0; fd <= 2; fd++ {
+		if err := unix.Dup3(null, fd, 0); err != nil {
+			return fmt.Errorf("redirect fd %d: %v", fd, err)
+		}
+	}
+	return nil
+}
+
+// setup does everything that can fail, before readiness.
+func (d *daemon) setup() error {
+	cfg, log := d.cfg, d.log
+
+	host, err := netcfg.Resolve(cfg)
+	if err != nil {
+		return err
+	}
+	for _, w := range host.Warnings {
+		log.Warn(w)
+	}
+	if err := d.openNetns(); err != nil {
+		return err
+	}
+	if d.command {
+		// pasta configures a namespace it created itself.
+		cfg.ConfigNet = true
+	}
+
+	d.tap, err = link.OpenTap(cfg.NSIfname, d.nsFD, cfg.MTU)
+	if err != nil {
+		return err
+	}
+	if cfg.ConfigNet {
+		warns, err := netcfg.Configure(d.nsFD, cfg, d.tap.Name(), host)
+		for _, w := range warns {
+			log.Warn(w)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if d.command {
+		if err := netcfg.SetPingGroupRange(d.nsFD); err != nil {
+			log.Debugf("ping_group_range: %v", err)
+		}
+	}
+	d.logConfig(host)
+
+	d.w = link.NewWriter(d.tap, writerDepth)
+	peer := &link.Peer{OurMAC: cfg.OurMAC}
+	d.env = &actors.Env{Ctx: d.ctx, Conf: cfg, Out: d.w, Peer: peer, Log: log.Logger, NAT: host.NAT}
+	d.disp = dispatcher.New(cfg, d.tap, d.env, log.Logger)
+
+	// Listening sockets are bound now, so that a port in use is a setup
+	// error that podman sees.
+	stop, err := actors.StartTCPForwarders(d.env)
+	if err != nil {
+		return err
+	}
+	d.stops = append(d.stops, stop)
+	stop, err = actors.StartUDPForwarders(d.env)
+	if err != nil {
+		return err
+	}
+	d.stops = append(d.stops, stop)
+
+	if cfg.PIDFile != "" {
+		if err := os.WriteFile(cfg.PIDFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+			return fmt.Errorf("PID file: %v", err)
+		}
+	}
+	if d.command {
+		if err := d.startCommand(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// openNetns opens the target network namespace, or creates one.
+func (d *daemon) openNetns() error {
+	var err error
+	switch cfg := d.cfg; {
+	case cfg.NetNS != "":
+		d.nsArg = netns.ResolvePath(cfg.NetNS)
+		d.nsFD, err = netns.Open(d.nsArg)
+	case cfg.TargetPID != 0:
+		d.nsFD, err = netns.Open("/proc/" + strconv.Itoa(cfg.TargetPID) + "/ns/net")
+	default:
+		d.nsFD, err = netns.NewUnshared()
+	}
+	return err
+}
+
+func (d *daemon) logConfig(host *netcfg.Host) {
+	cfg, log := d.cfg, d.log
+	if host.If4 != "" || host.If6 != "" {
+		log.Infof("Template interface: %s (IPv4), %s (IPv6)", orNone(host.If4), orNone(host.If6))
+	}
+	if !cfg.IPv6Only {
+		log.Infof("IPv4: %s gateway %s", cfg.Addr4, cfg.Gateway4)
+	}
+	if !cfg.IPv4Only {
+		log.Infof("IPv6: %s gateway %s", orNone(addrString(cfg.Addr6)), cfg.Gateway6)
+	}
+	log.Infof("Namespace interface: %s, MTU %d", d.tap.Name(), cfg.MTU)
+	log.Debugf("NAT: %+v", *host.NAT)
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+func addrString(a interface {
+	IsValid() bool
+	String() string
+}) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
+}
+
+// run is the daemon's life after readiness: the writer, the dispatcher and
+// the watchers run until something cancels the context.
+func (d *daemon) run(sigs <-chan os.Signal) int {
+	var wg sync.WaitGroup
+	goOwned := func(name string, fn func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := fn()
+			if d.ctx.Err() == nil {
+				// Nothing asked it to stop: the link failed.
+				d.log.WithError(err).Errorf("%s stopped", name)
+				d.cancel(fmt.Errorf("%s: %w", name, err))
+			}
+		}()
+	}
+	goOwned("writer", func() error { return d.w.Run(d.ctx) })
+	goOwned("dispatcher", func() error { return d.disp.Run(d.ctx) })
+	d.startWatchers(&wg)
+
+	status := 0
+	var cmdDone chan int
+	if d.cmd != nil {
+		cmdDone = make(chan int, 1)
+		go func() { cmdDone <- exitStatus(d.cmd.Wait()) }()
+	}
+	var statsTick <-chan time.Time
+	if d.cfg.Stats > 0 {
+		t := time.NewTicker(time.Duration(d.cfg.Stats) * time.Second)
+		defer t.Stop()
+		statsTick = t.C
+	}
+loop:
+	for {
+		select {
+		case <-d.ctx.Done():
+			break loop
+		case status = <-cmdDone:
+			d.log.Debugf("command exited with status %d", status)
+			cmdDone = nil
+			d.cancel(errQuit)
+		case s := <-sigs:
+			switch {
+			case s == syscall.SIGUSR1:
+				d.logStats(logrus.InfoLevel)
+			case d.cmd != nil:
+				// COMMAND decides; we exit when it does.
+				if s == syscall.SIGTERM || s == syscall.SIGHUP {
+					_ = d.cmd.Process.Signal(s)
+				}
+			case s == syscall.SIGQUIT:
+			default:
+				d.log.Infof("%v, exiting", s)
+				d.cancel(errQuit)
+			}
+		case <-statsTick:
+			d.logStats(logrus.InfoLevel)
+		}
+	}
+	cause := context.Cause(d.ctx)
+	d.teardown()
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(shutdownGrace):
+		d.log.Warn("goroutines still running at exit")
+	}
+	if cmdDone != nil {
+		// The namespace went away under a running command: stop it.
+		_ = d.cmd.Process.Signal(syscall.SIGTERM)
+		status = <-cmdDone
+	}
+	d.logStats(logrus.DebugLevel)
+	if !errors.Is(cause, errQuit) && d.cmd == nil {
+		return 1
+	}
+	return status
+}
+
+// teardown releases what setup acquired. Closing the tap ends the
+// dispatcher's read and the writer.
+func (d *daemon) teardown() {
+	for _, stop := range d.stops {
+		stop()
+	}
+	d.stops = nil
+	d.cancel(errQuit)
+	if d.tap != nil {
+		d.tap.Close()
+	}
+	if d.nsFD >= 0 {
+		unix.Close(d.nsFD)
+		d.nsFD = -1
+	}
+}
+
+func (d *daemon) logStats(level logrus.Level) {
+	if d.w == nil || !d.log.IsLevelEnabled(level) {
+		return
+	}
+	e := d.log.WithFields(logrus.Fields{
+		"written": d.w.Frames.Load(), "dropped": d.w.Dropped.Load(),
+		"write_errors": d.w.Errors.Load(), "tap_skipped": d.tap.Skipped.Load(),
+		"tcp_flows": d.env.Stats.TCPFlows.Load(), "udp_flows": d.env.Stats.UDPFlows.Load(),
+		"icmp_flows": d.env.Stats.ICMPFlows.Load(),
+	})
+	if s, ok := any(d.disp).(interface{ Stats() map[string]uint64 }); ok {
+		for k, v := range s.Stats() {
+			e = e.WithField(k, v)
+		}
+	}
+	e.Log(level, "statistics")
+}

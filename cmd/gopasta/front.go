@@ -1,0 +1,222 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/conf"
+	"github.com/gopasta/gopasta/link/netns"
+	"github.com/gopasta/gopasta/link/netns/nsenter"
+)
+
+// readyFD is the daemon's end of the readiness pipe (ExtraFiles[0]).
+const readyFD = 3
+
+// commandMode reports whether gopasta creates the namespace and runs a
+// command in it (no PID, no --netns).
+func commandMode(cfg *conf.Config) bool {
+	return cfg.Mode == conf.ModePasta && cfg.TargetPID == 0 && cfg.NetNS == ""
+}
+
+// front starts the daemon child and waits for its readiness line; see the
+// package documentation.
+func front(prog string, cfg *conf.Config) int {
+	foreground := cfg.Foreground || commandMode(cfg)
+	fail := func(f string, a ...any) int {
+		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, fmt.Sprintf(f, a...))
+		return 1
+	}
+
+	// Descriptors we inherited without close-on-exec (anything our caller
+	// leaked to us) must not reach the daemon: it would hold them for its
+	// whole life, and a caller waiting for EOF on such a pipe would hang,
+	// as pasta's closing of inherited files avoids.
+	markInheritedCloexec()
+
+	readR, readW, err := os.Pipe()
+	if err != nil {
+		return fail("pipe: %v", err)
+	}
+	cmd := exec.Command("/proc/self/exe", os.Args[1:]...)
+	cmd.Args[0] = os.Args[0]
+	cmd.ExtraFiles = []*os.File{readW}
+	cmd.Env = append(cleanEnv(os.Environ()), stageEnv+"="+stageDaemon)
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+
+	userns, err := usernsToJoin(cfg)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if userns != "" {
+		if !nsenter.Supported {
+			return fail("cannot join user namespace %s: gopasta was built without cgo", userns)
+		}
+		cmd.Env = append(cmd.Env, nsenter.EnvVar+"="+userns)
+	}
+	if commandMode(cfg) && os.Geteuid() != 0 {
+		// Root in a user namespace of our own, still in our network
+		// namespace: enough to create and configure the new one.
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWUSER
+		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}}
+		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}}
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = false
+	}
+
+	var relay sync.WaitGroup
+	var errW *os.File
+	if foreground {
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	} else {
+		var errR *os.File
+		if errR, errW, err = os.Pipe(); err != nil {
+			return fail("pipe: %v", err)
+		}
+		cmd.Stdout, cmd.Stderr = errW, errW
+		cmd.SysProcAttr.Setsid = true
+		relay.Add(1)
+		go func() {
+			defer relay.Done()
+			io.Copy(os.Stderr, errR)
+			errR.Close()
+		}()
+	}
+
+	// Signals that arrive while we wait are the daemon's business.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
+
+	err = cmd.Start()
+	// From here on only the daemon holds the write ends, so its exit or
+	// its switch to /dev/null is EOF for us.
+	readW.Close()
+	if errW != nil {
+		errW.Close()
+	}
+	if err != nil {
+		readR.Close()
+		relay.Wait()
+		return fail("start daemon: %v", err)
+	}
+	go relaySignals(sigs, cmd.Process, commandMode(cfg))
+
+	line, _ := bufio.NewReader(readR).ReadString('\n')
+	readR.Close()
+	line = strings.TrimSuffix(line, "\n")
+	ready := line == "ok"
+
+	if !ready {
+		status := exitStatus(cmd.Wait())
+		relay.Wait()
+		if msg, ok := strings.CutPrefix(line, "err "); ok {
+			return fail("%s", msg)
+		}
+		if foreground && status != 0 && line == "" {
+			// The daemon said nothing: it died or was killed.
+			return status
+		}
+		return fail("daemon exited during setup (status %d)", status)
+	}
+	if foreground {
+		return exitStatus(cmd.Wait())
+	}
+	// The daemon has pointed its stdio at /dev/null: the copy ends.
+	relay.Wait()
+	return 0
+}
+
+// cleanEnv drops our own control variables from an environment.
+func cleanEnv(env []string) []string {
+	out := env[:0:0]
+	for _, e := range env {
+		if strings.HasPrefix(e, stageEnv+"=") || strings.HasPrefix(e, nsenter.EnvVar+"=") {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// usernsToJoin returns the user namespace the daemon must join: --userns,
+// or the target PID's if it differs from ours, unless --netns-only.
+func usernsToJoin(cfg *conf.Config) (string, error) {
+	if cfg.NetNSOnly {
+		return "", nil
+	}
+	path := cfg.UserNS
+	if path == "" && cfg.TargetPID != 0 {
+		path = "/proc/" + strconv.Itoa(cfg.TargetPID) + "/ns/user"
+	}
+	if path == "" {
+		return "", nil
+	}
+	same, err := netns.SameFile(path, "/proc/self/ns/user")
+	if err != nil {
+		if cfg.TargetPID != 0 && cfg.UserNS == "" {
+			return "", fmt.Errorf("no such process: %d", cfg.TargetPID)
+		}
+		return "", fmt.Errorf("user namespace %s: %v", path, err)
+	}
+	if same {
+		return "", nil
+	}
+	return path, nil
+}
+
+// relaySignals passes termination signals to the daemon. In command mode
+// SIGINT and SIGQUIT come from the terminal, which delivers them to the
+// whole foreground process group, COMMAND included: passing them on would
+// deliver them twice.
+func relaySignals(sigs <-chan os.Signal, p *os.Process, command bool) {
+	for s := range sigs {
+		if command && (s == syscall.SIGINT || s == syscall.SIGQUIT) {
+			continue
+		}
+		if s == syscall.SIGQUIT {
+			continue
+		}
+		_ = p.Signal(s)
+	}
+}
+
+// exitStatus turns a Wait result into a shell-style exit status.
+func exitStatus(err error) int {
+	if err == nil {
+		return 0
+	}
+	if ee, ok := err.(*exec.ExitError); ok {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		return ee.ExitCode()
+	}
+	return 1
+}
+
+// markInheritedCloexec sets close-on-exec on every descriptor above 2.
+// The Go runtime opens its own with it already.
+func markInheritedCloexec() {
+	if unix.CloseRange(3, math.MaxUint32, unix.CLOSE_RANGE_CLOEXEC) == nil {
+		return
+	}
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+		}
+	}
+}

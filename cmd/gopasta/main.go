@@ -1,0 +1,47 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/gopasta/gopasta/conf"
+	// The user namespace join must happen before the Go runtime starts.
+	_ "github.com/gopasta/gopasta/link/netns/nsenter"
+)
+
+// Environment variables between the front process and the daemon child.
+const (
+	stageEnv    = "GOPASTA_STAGE"
+	stageDaemon = "daemon"
+)
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	prog := filepath.Base(os.Args[0])
+	if os.Getenv(stageEnv) == stageDaemon {
+		return daemonMain(prog)
+	}
+	mode := conf.ModeFromArgv0(os.Args[0])
+	cfg, err := conf.Parse(os.Args[0], os.Args[1:])
+	switch {
+	case errors.Is(err, conf.ErrHelp):
+		fmt.Print(conf.Usage(mode))
+		return 0
+	case errors.Is(err, conf.ErrVersion):
+		fmt.Printf("gopasta %s\n", conf.Version)
+		return 0
+	case err != nil:
+		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
+		return 1
+	}
+	if cfg.Mode == conf.ModePasst {
+		fmt.Fprintln(os.Stderr, "gopasta: passt mode is not implemented yet (run as pasta)")
+		return 1
+	}
+	return front(prog, cfg)
+}
