@@ -202,7 +202,6 @@ func (a *icmpActor) send(f *link.Frame) {
 }
 
 func (a *icmpActor) receive() {
-	a.drainErrors()
 	ipLen, etype := wire.IPv4MinLen, uint16(wire.EtherTypeIPv4)
 	reply := uint8(wire.ICMPv4EchoReply)
 	if a.v6 {
@@ -210,7 +209,7 @@ func (a *icmpActor) receive() {
 	}
 	hl := wire.EthernetLen + ipLen
 	maxLen := min(linkMTU(a.env), 65535) - ipLen
-	for range 64 {
+	for i := range 64 {
 		if a.spare == nil {
 			a.spare = link.GetFrame(hl + maxLen)
 		}
@@ -219,6 +218,9 @@ func (a *icmpActor) receive() {
 		n, e := recvfrom(a.sock.fd, f.Data[hl:hl+maxLen], &from)
 		if e != 0 {
 			if e == unix.EAGAIN {
+				if i == 0 {
+					a.drainErrors() // woken, but not for a reply
+				}
 				return
 			}
 			a.drainErrors()

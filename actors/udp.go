@@ -508,8 +508,12 @@ drain:
 
 // receive moves datagrams from the socket to the guest until the socket is
 // empty or a budget is used up (then moreRx is set).
+//
+// The error queue is read only when a call reports an error (IP_RECVERR
+// sets the socket error along with every queued entry, and the next call
+// returns it) or when a wakeup found no datagram, so that the common path
+// costs no extra syscall.
 func (b *udpBinding) receive() {
-	b.drainErrors()
 	rx := b.rx
 	for budget := 8; budget > 0; budget-- {
 		k := b.want
@@ -532,6 +536,9 @@ func (b *udpBinding) receive() {
 		if e != 0 {
 			b.moreRx = false
 			if e == unix.EAGAIN {
+				if budget == 8 {
+					b.drainErrors()
+				}
 				if b.want > 4 {
 					b.want /= 2
 				}

@@ -48,22 +48,26 @@ func newWaker(wait func(func(uintptr) bool) error, events int16) *Waker {
 
 func (w *Waker) run(wait func(func(uintptr) bool) error, events int16) {
 	pfd := make([]unix.PollFd, 1)
+	// One closure for the Waker's life: a fresh one per wait would be an
+	// allocation per wakeup.
+	var first bool
+	ready := func(fd uintptr) bool {
+		if first {
+			first = false
+			pfd[0] = unix.PollFd{Fd: int32(fd), Events: events}
+			n, _ := unix.Poll(pfd, 0)
+			return n > 0 // not ready yet: let the poller wait
+		}
+		return true
+	}
 	for {
 		select {
 		case <-w.arm:
 		case <-w.stop:
 			return
 		}
-		first := true
-		err := wait(func(fd uintptr) bool {
-			if first {
-				first = false
-				pfd[0] = unix.PollFd{Fd: int32(fd), Events: events}
-				n, _ := unix.Poll(pfd, 0)
-				return n > 0 // not ready yet: let the poller wait
-			}
-			return true
-		})
+		first = true
+		err := wait(ready)
 		select {
 		case w.c <- struct{}{}:
 		default:
