@@ -21,7 +21,7 @@ type notifyDevice struct {
 }
 
 func (d *notifyDevice) ReadBatch([]*link.Frame) (int, error) { return 0, link.ErrClosed }
-func (d *notifyDevice) WriteBatch(fs []*link.Frame) error   { d.written <- len(fs); return nil }
+func (d *notifyDevice) WriteBatch(fs []*link.Frame) error    { d.written <- len(fs); return nil }
 func (d *notifyDevice) MTU() int                             { return 65520 }
 func (d *notifyDevice) Close() error                         { return nil }
 
