@@ -132,18 +132,14 @@ func conflicts(prev []PortSpec, spec PortSpec) error {
 	if len(spec.Ranges) == 0 {
 		return nil
 	}
+	mine := spec.Forwards()
 	for _, old := range prev {
 		if old.Bind != spec.Bind || old.Ifname != spec.Ifname || len(old.Ranges) == 0 {
 			continue
 		}
-		for _, a := range spec.Rules() {
-			for _, b := range old.Rules() {
-				if a.First <= b.Last && b.First <= a.Last {
-					port := max(a.First, b.First)
-					return fmt.Errorf("forwarding conflict: port %d in '%s %s' is already forwarded by '%s %s'",
-						port, spec.Option, spec.Raw, old.Option, old.Raw)
-				}
-			}
+		if port, dup := firstOverlap(mine, old.Forwards()); dup {
+			return fmt.Errorf("forwarding conflict: port %d in '%s %s' is already forwarded by '%s %s'",
+				port, spec.Option, spec.Raw, old.Option, old.Raw)
 		}
 	}
 	return nil
@@ -580,9 +576,9 @@ func buildTable() []*option {
 			apply: func(*parser, string, string) error { return nil }}, // loaded before the other options
 		{long: []string{"flow-limit"}, hasArg: true, toml: tomlInt, argName: "N", help: "Most concurrent flows (default: 65536)",
 			apply: intOption(1<<24, 1, func(c *Config, v uint64) { c.FlowLimit = int(v) })},
-		{long: []string{"udp-timeout"}, hasArg: true, toml: tomlString, argName: "DURATION", help: "Idle timeout of UDP flows (default: 180s)",
+		{long: []string{"udp-timeout"}, hasArg: true, toml: tomlInt, argName: "DURATION", help: "Idle timeout of UDP flows (default: 180s)",
 			apply: durationOption(func(c *Config, d time.Duration) { c.UDPTimeout = d })},
-		{long: []string{"icmp-timeout"}, hasArg: true, toml: tomlString, argName: "DURATION", help: "Idle timeout of ICMP echo flows (default: 60s)",
+		{long: []string{"icmp-timeout"}, hasArg: true, toml: tomlInt, argName: "DURATION", help: "Idle timeout of ICMP echo flows (default: 60s)",
 			apply: durationOption(func(c *Config, d time.Duration) { c.ICMPTimeout = d })},
 	}
 }

@@ -57,6 +57,11 @@ func (e completeError) Error() string { return string(e) }
 // ErrVersion when the caller should print Usage or the version and exit 0;
 // other errors are one line for "<prog>: <msg>" and exit status 1.
 func Parse(argv0 string, args []string) (*Config, error) {
+	c, err := parse(argv0, args)
+	return c, oneLine(err)
+}
+
+func parse(argv0 string, args []string) (*Config, error) {
 	c := Defaults(ModeFromArgv0(argv0))
 	p := &parser{c: c}
 	events, operand, syntaxErr := tokenize(optionTable, args)
@@ -106,6 +111,29 @@ func Parse(argv0 string, args []string) (*Config, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// lineError is an error whose message had control characters escaped.
+type lineError struct {
+	msg string
+	err error
+}
+
+func (e *lineError) Error() string { return e.msg }
+func (e *lineError) Unwrap() error { return e.err }
+
+// oneLine escapes control characters (a newline in an option value) so
+// that every error prints as the single line podman and users expect.
+func oneLine(err error) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	if !strings.ContainsFunc(msg, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return err
+	}
+	q := strconv.Quote(msg)
+	return &lineError{msg: q[1 : len(q)-1], err: err}
 }
 
 // helpFirst reports whether --help or --version comes before --config, in

@@ -118,12 +118,10 @@ func ParsePortSpec(option, raw string) (PortSpec, error) {
 			s.Ranges = append(s.Ranges, r)
 		}
 	}
-	for i, r := range s.Ranges {
-		for _, o := range s.Ranges[:i] {
-			if r.First <= o.Last && o.First <= r.Last {
-				return bad("port %d forwarded twice", max(r.First, o.First))
-			}
-		}
+	if p, dup := firstOverlap(s.Ranges, nil); dup {
+		return bad("port %d forwarded twice", p)
+	}
+	for _, r := range s.Ranges {
 		if r.ToAddr.IsValid() && s.Bind.IsValid() && r.ToAddr.Is4() != s.Bind.Is4() {
 			return bad("target address %s and listening address %s are of different IP versions", r.ToAddr, s.Bind)
 		}
@@ -132,6 +130,40 @@ func ParsePortSpec(option, raw string) (PortSpec, error) {
 		return bad("target address %s and listening address %s are of different IP versions", s.AllToAddr, s.Bind)
 	}
 	return s, nil
+}
+
+// firstOverlap reports the lowest port covered twice: within a, or (if b is
+// not nil) by a range of a and a range of b. Sorting keeps this O(n log n)
+// for specs with thousands of entries.
+func firstOverlap(a, b []PortRange) (uint16, bool) {
+	type iv struct {
+		first, last uint16
+		side        int
+	}
+	all := make([]iv, 0, len(a)+len(b))
+	for _, r := range a {
+		all = append(all, iv{r.First, r.Last, 0})
+	}
+	for _, r := range b {
+		all = append(all, iv{r.First, r.Last, 1})
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].first < all[j].first })
+	// Track the furthest-reaching interval of each side seen so far.
+	var reach [2]int
+	reach[0], reach[1] = -1, -1
+	for _, x := range all {
+		other := 1 - x.side
+		if b == nil {
+			other = 0
+		}
+		if int(x.first) <= reach[other] {
+			return x.first, true
+		}
+		if int(x.last) > reach[x.side] {
+			reach[x.side] = int(x.last)
+		}
+	}
+	return 0, false
 }
 
 // isAddrText says whether head (the text before the first '%' or '/') is a

@@ -245,3 +245,27 @@ func FuzzPortSpec(f *testing.F) {
 		}
 	})
 }
+
+// Specs with thousands of entries must not make conflict checks quadratic.
+func TestPortSpecManyEntries(t *testing.T) {
+	var odd, even []string
+	for i := 1; i < 30000; i++ {
+		if i%2 == 1 {
+			odd = append(odd, fmt.Sprint(i))
+		} else {
+			even = append(even, fmt.Sprint(i))
+		}
+	}
+	c := mustParse(t, "pasta", "-t", strings.Join(odd, ","), "-t", strings.Join(even, ","))
+	if to, ok := NewPortMap(c.TCPPorts).To(29998); !ok || to != 29998 {
+		t.Errorf("29998 -> %d %v", to, ok)
+	}
+	_, err := Parse("pasta", []string{"-t", strings.Join(odd, ","), "-t", "29999"})
+	if err == nil || !strings.HasPrefix(err.Error(), "forwarding conflict: port 29999 in '-t 29999'") {
+		t.Errorf("conflict: %v", err)
+	}
+	_, err = ParsePortSpec("-t", strings.Join(odd, ",")+",3")
+	if err == nil || !strings.HasPrefix(err.Error(), "port 3 forwarded twice") {
+		t.Errorf("dup: %v", err)
+	}
+}

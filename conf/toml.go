@@ -58,11 +58,11 @@ func LoadFile(mode Mode, path string) (*Config, error) {
 	c := Defaults(mode)
 	p := &parser{c: c}
 	if _, err := loadFile(p, path); err != nil {
-		return nil, err
+		return nil, oneLine(err)
 	}
 	c.ConfigFile = path
 	if err := finish(c); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, oneLine(fmt.Errorf("%s: %w", path, err))
 	}
 	return c, nil
 }
