@@ -112,8 +112,13 @@ func daemonMain(prog string) int {
 }
 
 // detachStdio points fds 0, 1 and 2 at /dev/null, so that the daemon holds
-// nothing of its parent's pipes once it is ready.
+// nothing of its parent's pipes once it is ready, and leaves the working
+// directory, so that it pins no mount its caller may want to remove. Every
+// path from the options has been opened by now.
 func detachStdio() error {
+	if err := os.Chdir("/"); err != nil {
+		return fmt.Errorf("chdir /: %v", err)
+	}
 	null, err := unix.Open("/dev/null", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("open /dev/null: %v", err)

@@ -2,8 +2,10 @@ package main
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math"
 	"os"
 	"os/exec"
@@ -74,6 +76,7 @@ func front(prog string, cfg *conf.Config) int {
 	}
 
 	var relay sync.WaitGroup
+	var relayed int64 // bytes the daemon wrote to stderr during setup
 	var errW *os.File
 	if foreground {
 		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
@@ -87,7 +90,7 @@ func front(prog string, cfg *conf.Config) int {
 		relay.Add(1)
 		go func() {
 			defer relay.Done()
-			io.Copy(os.Stderr, errR)
+			relayed, _ = io.Copy(os.Stderr, errR)
 			errR.Close()
 		}()
 	}
@@ -122,8 +125,10 @@ func front(prog string, cfg *conf.Config) int {
 		if msg, ok := strings.CutPrefix(line, "err "); ok {
 			return fail("%s", msg)
 		}
-		if foreground && status != 0 && line == "" {
-			// The daemon said nothing: it died or was killed.
+		if (foreground || relayed > 0) && status != 0 && line == "" {
+			// The daemon died before reporting; whatever it had to
+			// say is on stderr already (the nsenter constructor's
+			// message, a crash).
 			return status
 		}
 		return fail("daemon exited during setup (status %d)", status)
@@ -163,7 +168,7 @@ func usernsToJoin(cfg *conf.Config) (string, error) {
 	}
 	same, err := netns.SameFile(path, "/proc/self/ns/user")
 	if err != nil {
-		if cfg.TargetPID != 0 && cfg.UserNS == "" {
+		if cfg.TargetPID != 0 && cfg.UserNS == "" && errors.Is(err, fs.ErrNotExist) {
 			return "", fmt.Errorf("no such process: %d", cfg.TargetPID)
 		}
 		return "", fmt.Errorf("user namespace %s: %v", path, err)
