@@ -149,13 +149,7 @@ func (b *udpBinding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) 
 	}
 	ga := b.fwdAddr
 	if !ga.IsValid() {
-		if b.v6 {
-			if ga = b.env.Peer.Addr6(); !ga.IsValid() {
-				ga = b.env.Peer.LinkLocal6()
-			}
-		} else {
-			ga = b.env.Peer.Addr4()
-		}
+		ga = guestAddr(b.env, b.v6)
 	}
 	if !ga.IsValid() || ga.Is6() != far.Addr().Is6() {
 		UDPStats.Unmappable.Add(1)
@@ -235,4 +229,26 @@ func putCmsg(out []byte, level, typ int32, p unsafe.Pointer, n int) int {
 	h.SetLen(unix.CmsgLen(n))
 	copy(out[unix.CmsgLen(0):], unsafe.Slice((*byte)(p), n))
 	return sp
+}
+
+// guestAddr is the guest's address of a family: the one it was seen using,
+// else the configured one (a guest that only listens has sent nothing yet),
+// else for IPv6 its link-local address.
+func guestAddr(env *Env, v6 bool) netip.Addr {
+	if !v6 {
+		if a := env.Peer.Addr4(); a.IsValid() {
+			return a
+		}
+		if env.Conf != nil && env.Conf.Addr4.IsValid() {
+			return env.Conf.Addr4.Addr()
+		}
+		return netip.Addr{}
+	}
+	if a := env.Peer.Addr6(); a.IsValid() {
+		return a
+	}
+	if env.Conf != nil && env.Conf.Addr6.IsValid() {
+		return env.Conf.Addr6
+	}
+	return env.Peer.LinkLocal6()
 }

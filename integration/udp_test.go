@@ -1,0 +1,282 @@
+package integration
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// InNetns runs fn on a thread moved into the namespace ns and waits for
+// it. The thread is never moved back: it exits with its goroutine, so no
+// other goroutine runs in ns by accident. Sockets fn opens stay in ns and
+// can be used from anywhere afterwards.
+func InNetns(t testing.TB, ns Netns, fn func()) {
+	t.Helper()
+	errc := make(chan error, 1)
+	enter := func() {
+		runtime.LockOSThread()
+		h, err := netns.GetFromPath(ns.Path())
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer h.Close()
+		if err := netns.Set(h); err != nil {
+			errc <- err
+			return
+		}
+		fn()
+		errc <- nil
+	}
+	go func() {
+		// The main thread must never change namespace: when its locked
+		// goroutine exits it is wedged, not ended, and "ip netns pids"
+		// would then find (and the harness kill) the test process. Hold
+		// it locked here so that enter gets another thread.
+		runtime.LockOSThread()
+		if unix.Gettid() != unix.Getpid() {
+			enter()
+			return
+		}
+		done := make(chan struct{})
+		go func() { enter(); close(done) }()
+		<-done
+		runtime.UnlockOSThread()
+	}()
+	if err := <-errc; err != nil {
+		t.Fatalf("enter netns %s: %v", ns.Name, err)
+	}
+}
+
+// ListenUDPIn opens a UDP socket on addr inside ns.
+func ListenUDPIn(t testing.TB, ns Netns, network, addr string) *net.UDPConn {
+	t.Helper()
+	var c net.PacketConn
+	var err error
+	InNetns(t, ns, func() { c, err = net.ListenPacket(network, addr) })
+	if err != nil {
+		t.Fatalf("listen %s in %s: %v", addr, ns.Name, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	uc := c.(*net.UDPConn)
+	_ = uc.SetReadBuffer(4 << 20)
+	return uc
+}
+
+// DialUDPIn opens a connected UDP socket to addr inside ns.
+func DialUDPIn(t testing.TB, ns Netns, network, addr string) *net.UDPConn {
+	t.Helper()
+	var c net.Conn
+	var err error
+	InNetns(t, ns, func() { c, err = net.Dial(network, addr) })
+	if err != nil {
+		t.Fatalf("dial %s in %s: %v", addr, ns.Name, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	uc := c.(*net.UDPConn)
+	_ = uc.SetReadBuffer(4 << 20)
+	return uc
+}
+
+// ServeUDPEcho echoes every datagram on c until it is closed.
+func ServeUDPEcho(c *net.UDPConn) {
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := c.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+}
+
+// udpExchange sends count numbered datagrams of varying size on the
+// connected socket c, paced in bursts, and checks that every one comes
+// back byte for byte.
+func udpExchange(t *testing.T, c *net.UDPConn, count int) {
+	t.Helper()
+	payload := func(i int) []byte {
+		b := make([]byte, 8+(i*131)%1200)
+		binary.BigEndian.PutUint64(b, uint64(i))
+		for j := 8; j < len(b); j++ {
+			b[j] = byte(i + j)
+		}
+		return b
+	}
+	got := make([]bool, count)
+	received := 0
+	done := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 2048)
+		for received < count {
+			_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+			n, err := c.Read(buf)
+			if err != nil {
+				done <- fmt.Errorf("after %d of %d echoes: %w", received, count, err)
+				return
+			}
+			if n < 8 {
+				done <- fmt.Errorf("short echo of %d bytes", n)
+				return
+			}
+			i := int(binary.BigEndian.Uint64(buf))
+			if i >= count || !bytes.Equal(buf[:n], payload(i)) {
+				done <- fmt.Errorf("echo %d corrupted (%d bytes)", i, n)
+				return
+			}
+			if got[i] {
+				done <- fmt.Errorf("echo %d duplicated", i)
+				return
+			}
+			got[i] = true
+			received++
+		}
+		done <- nil
+	}()
+	start := time.Now()
+	const burst = 10
+	for i := 0; i < count; i++ {
+		if _, err := c.Write(payload(i)); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+		if i%burst == burst-1 {
+			time.Sleep(time.Millisecond) // paced: ~10k datagrams/s at most
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d datagrams echoed intact, zero loss, in %v", count, time.Since(start).Round(time.Millisecond))
+}
+
+func randPort() int { return 20000 + int(binary.BigEndian.Uint16([]byte(uniq())[:2]))%20000 }
+
+// TestUDPOutboundEcho: 10,000 datagrams from the guest to an echo server
+// on the host's loopback, through the gateway mapping, both families.
+func TestUDPOutboundEcho(t *testing.T) {
+	gp := StartGopasta(t)
+	for _, tc := range []struct{ network, listen, gw string }{
+		{"udp4", "127.0.0.1:0", HostGW4},
+		{"udp6", "[::1]:0", HostGW6},
+	} {
+		t.Run(tc.network, func(t *testing.T) {
+			srv := ListenUDPIn(t, gp.Host, tc.network, tc.listen)
+			ServeUDPEcho(srv)
+			port := srv.LocalAddr().(*net.UDPAddr).Port
+			c := DialUDPIn(t, gp.Guest, tc.network, net.JoinHostPort(tc.gw, fmt.Sprint(port)))
+			t.Cleanup(func() {
+				if t.Failed() {
+					if pid := gp.PID(); pid > 0 {
+						_ = syscall.Kill(pid, syscall.SIGUSR1)
+						time.Sleep(200 * time.Millisecond)
+					}
+					for _, ns := range []Netns{gp.Host, gp.Guest} {
+						out, _ := ns.Try("sh", "-c", "nstat -az | grep -i -E 'udp|Ip6?InDiscards|OutDiscards' | grep -v ' 0 '; ip -s link")
+						t.Logf("%s:\n%s", ns.Name, out)
+					}
+				}
+			})
+			udpExchange(t, c, 10000)
+		})
+	}
+}
+
+// TestUDPInboundEcho: the same through a -u forward, from a host client to
+// an echo server in the guest, with a remapped port.
+func TestUDPInboundEcho(t *testing.T) {
+	hostPort := randPort()
+	guestPort := hostPort + 1
+	gp := StartGopasta(t, "-u", fmt.Sprintf("%d:%d", hostPort, guestPort))
+	for _, tc := range []struct{ network, listen, dst string }{
+		{"udp4", "0.0.0.0", "127.0.0.1"},
+		{"udp6", "[::]", "::1"},
+	} {
+		t.Run(tc.network, func(t *testing.T) {
+			srv := ListenUDPIn(t, gp.Guest, tc.network, fmt.Sprintf("%s:%d", tc.listen, guestPort))
+			ServeUDPEcho(srv)
+			c := DialUDPIn(t, gp.Host, tc.network, net.JoinHostPort(tc.dst, fmt.Sprint(hostPort)))
+			udpExchange(t, c, 10000)
+		})
+	}
+}
+
+// TestUDPPortUnreachable: a datagram from the guest to a closed host port
+// fails the guest's connected socket with ECONNREFUSED at once, because
+// the host's ICMP error is relayed. Also with nc -u.
+func TestUDPPortUnreachable(t *testing.T) {
+	gp := StartGopasta(t)
+	for _, tc := range []struct{ network, gw string }{
+		{"udp4", HostGW4},
+		{"udp6", HostGW6},
+	} {
+		t.Run(tc.network, func(t *testing.T) {
+			closed := randPort()
+			c := DialUDPIn(t, gp.Guest, tc.network, net.JoinHostPort(tc.gw, fmt.Sprint(closed)))
+			start := time.Now()
+			var err error
+			buf := make([]byte, 16)
+			for i := 0; i < 3 && err == nil; i++ {
+				_, err = c.Write([]byte("anyone?"))
+				if err == nil {
+					_ = c.SetReadDeadline(time.Now().Add(time.Second))
+					_, err = c.Read(buf)
+				}
+			}
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("got %v, want ECONNREFUSED", err)
+			}
+			if el := time.Since(start); el > 500*time.Millisecond {
+				t.Fatalf("refusal took %v", el)
+			}
+			t.Logf("ECONNREFUSED after %v", time.Since(start).Round(time.Microsecond))
+		})
+	}
+	needTool(t, "nc")
+	start := time.Now()
+	out, err := gp.Guest.Try("sh", "-c", fmt.Sprintf("echo x | nc -u -w 3 %s %d; echo x | nc -u -w 3 %s %d", HostGW4, randPort(), HostGW4, randPort()))
+	el := time.Since(start)
+	t.Logf("nc -u twice: %v %q after %v", err, out, el.Round(time.Millisecond))
+	if el > 2*time.Second {
+		t.Fatalf("nc -u waited %v for its -w 3 timeouts instead of failing at once", el)
+	}
+}
+
+// TestDNSForward: dig in the guest asks --dns-forward 169.254.1.1, which
+// reaches dnsmasq on the host's 127.0.0.1:53 (--dns-host), over UDP and
+// TCP.
+func TestDNSForward(t *testing.T) {
+	needTool(t, "dig", "dnsmasq")
+	gp := StartGopasta(t, "--dns-forward", "169.254.1.1", "--dns-host", "127.0.0.1")
+	gp.Host.Start(t, "dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--listen-address=127.0.0.1",
+		"--port=53", "--bind-interfaces", "--pid-file=", "--user=root", "--address=/test.example/192.0.2.77")
+	if !Eventually(5*time.Second, func() bool {
+		out, _ := gp.Host.Try("dig", "+short", "+time=1", "+tries=1", "@127.0.0.1", "test.example")
+		return strings.TrimSpace(out) == "192.0.2.77"
+	}) {
+		t.Fatal("dnsmasq did not come up")
+	}
+	for _, mode := range []string{"+notcp", "+tcp"} {
+		out, err := gp.Guest.Try("dig", "+short", "+time=2", "+tries=1", mode, "@169.254.1.1", "test.example")
+		if err != nil || strings.TrimSpace(out) != "192.0.2.77" {
+			t.Fatalf("dig %s: %v\n%s", mode, err, out)
+		}
+		// The answer must come from the forward address, or dig would
+		// complain ("reply from unexpected source").
+		out, err = gp.Guest.Try("dig", "+time=2", "+tries=1", mode, "@169.254.1.1", "test.example")
+		if err != nil || !strings.Contains(out, "SERVER: 169.254.1.1#53") {
+			t.Fatalf("dig %s: %v\n%s", mode, err, out)
+		}
+	}
+}
