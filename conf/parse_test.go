@@ -300,6 +300,7 @@ func TestGetoptErrors(t *testing.T) {
 		{"pasta", []string{"-t", "80", "-t", "70-90"}, "forwarding conflict: port 80 in '-t 70-90' is already forwarded by '-t 80'"},
 		{"pasta", []string{"--udp-timeout", "0s"}, "option '--udp-timeout': invalid duration '0s' (e.g. 180s, 3m, or seconds)"},
 		{"pasta", []string{"0"}, "Invalid PID 0"},
+		{"pasta", []string{"-a", "\n"}, `option '-a': invalid address '\n'`}, // found by FuzzParseArgs: one line
 		{"pasta", []string{"99999999999"}, "Invalid PID 99999999999"},
 		{"pasta", []string{"--config", "/nonexistent/gopasta.toml"}, "can't read configuration file: open /nonexistent/gopasta.toml: no such file or directory"},
 	} {
