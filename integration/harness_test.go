@@ -247,10 +247,25 @@ func (g *Gopasta) PID() int {
 	return pid
 }
 
-// Alive reports whether the daemon process still exists.
+// Alive reports whether the daemon process still runs (a zombie waiting
+// for a slow reaper counts as gone).
 func (g *Gopasta) Alive() bool {
-	pid := g.PID()
-	return pid > 0 && syscall.Kill(pid, 0) == nil
+	return pidAlive(g.PID())
+}
+
+// pidAlive reports whether pid exists and is not a zombie.
+func pidAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name in parentheses, which may itself
+	// contain spaces or parentheses: look after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	return i < 0 || i+2 >= len(b) || b[i+2] != 'Z'
 }
 
 // Kill stops the daemon with SIGTERM, then SIGKILL after a second.
@@ -261,7 +276,7 @@ func (g *Gopasta) Kill() {
 	}
 	_ = syscall.Kill(pid, syscall.SIGTERM)
 	for range 20 {
-		if syscall.Kill(pid, 0) != nil {
+		if !pidAlive(pid) {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
