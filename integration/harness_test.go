@@ -216,11 +216,18 @@ type Gopasta struct {
 // defaults. The daemon is killed at cleanup.
 func StartGopasta(t testing.TB, extra ...string) *Gopasta {
 	t.Helper()
+	return LaunchGopasta(t, append([]string{"--config-net"}, extra...)...)
+}
+
+// LaunchGopasta is StartGopasta without the implied --config-net: args are
+// all the options but --netns, -P and -l.
+func LaunchGopasta(t testing.TB, extra ...string) *Gopasta {
+	t.Helper()
 	h := HostNetns(t)
 	g := NewNetns(t, "g")
 	dir := t.TempDir()
 	gp := &Gopasta{Host: h, Guest: g, LogFile: filepath.Join(dir, "gopasta.log"), PIDFile: filepath.Join(dir, "gopasta.pid")}
-	args := append([]string{gopastaBin, "--config-net", "--netns", g.Path(), "-P", gp.PIDFile, "-l", gp.LogFile}, extra...)
+	args := append([]string{gopastaBin, "--netns", g.Path(), "-P", gp.PIDFile, "-l", gp.LogFile}, extra...)
 	out, err := h.Try(args...)
 	if err != nil {
 		t.Fatalf("gopasta %v: %v\n%s", extra, err, out)
