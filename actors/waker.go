@@ -67,13 +67,16 @@ func (w *Waker) run(wait func(func(uintptr) bool) error, events int16) {
 			return
 		}
 		first = true
-		err := wait(ready)
+		// An error is reported as readiness too, and the goroutine goes
+		// on: the runtime answers a bare EPOLLERR (an error queued on the
+		// socket while nothing else is ready) with "not pollable" until the
+		// next event, and only the owner's I/O (reading the error queue)
+		// clears that. A closed socket also fails the wait; its owner stops
+		// the Waker right after closing, so this never spins.
+		_ = wait(ready)
 		select {
 		case w.c <- struct{}{}:
 		default:
-		}
-		if err != nil {
-			return
 		}
 	}
 }
