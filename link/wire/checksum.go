@@ -8,9 +8,10 @@ package wire
 import "encoding/binary"
 
 // Checksum adds b to the running one's-complement sum initial (RFC 1071) and
-// returns the unfolded 32-bit partial sum, so that partial sums over a
-// pseudo-header, a header and a payload can be chained without re-reading
-// any byte.
+// returns the partial sum, so that partial sums over a pseudo-header, a
+// header and a payload can be chained without re-reading any byte. The
+// result is at most 0x1fffe, so a handful of partial sums may be added
+// together before Fold without overflowing.
 func Checksum(b []byte, initial uint32) uint32 {
 	s := uint64(initial)
 	for len(b) >= 32 {
@@ -31,8 +32,18 @@ func Checksum(b []byte, initial uint32) uint32 {
 	if len(b) == 1 {
 		s += uint64(b[0]) << 8
 	}
+	return fold64(s)
+}
+
+// fold64 folds a 64-bit one's-complement sum to 16 bits (plus at most a
+// carry bit), so that callers may add a few partial sums and small values
+// with plain uint32 arithmetic without overflowing (2^32 is congruent to 1
+// modulo 0xffff, so a lost carry out of bit 31 would corrupt the sum).
+func fold64(s uint64) uint32 {
 	s = (s >> 32) + (s & 0xffffffff)
 	s = (s >> 32) + (s & 0xffffffff)
+	s = (s >> 16) + (s & 0xffff)
+	s = (s >> 16) + (s & 0xffff)
 	return uint32(s)
 }
 
@@ -51,6 +62,5 @@ func Fold(sum uint32) uint16 {
 func PseudoHeaderSum(src, dst []byte, proto uint8, length int) uint32 {
 	s := Checksum(src, 0)
 	s = Checksum(dst, s)
-	s += uint32(proto) + uint32(length)
-	return s
+	return fold64(uint64(s) + uint64(proto) + uint64(length))
 }
