@@ -84,14 +84,19 @@ func drainFakes(handles []*actors.Handle) {
 
 func FuzzDispatch(f *testing.F) {
 	for _, b := range serviceSeeds() {
-		f.Add(b)
+		f.Add(b, true)
 	}
 	d, guest, handles := offline(f)
 	batch := make([]*link.Frame, 1)
 	var p wire.Parsed
-	f.Fuzz(func(t *testing.T, b []byte) {
+	f.Fuzz(func(t *testing.T, b []byte, fix bool) {
 		if len(b) > link.MaxFrameSize {
 			return
+		}
+		if fix {
+			// Let mutations reach the DHCP, NDP and demux code
+			// rather than dying at a checksum.
+			fixChecksums(b)
 		}
 		if batch[0] == nil {
 			batch[0] = link.GetFrame(link.MaxFrameSize)
@@ -118,6 +123,20 @@ func FuzzDispatch(f *testing.F) {
 			break
 		}
 	})
+}
+
+// fixChecksums repairs the IPv4 header and transport checksums of b where
+// its structure allows, leaving other damage alone.
+func fixChecksums(b []byte) {
+	var p wire.Parsed
+	if len(b) >= wire.EthernetLen+wire.IPv4MinLen && wire.Ethernet(b).Type() == wire.EtherTypeIPv4 {
+		if hl := int(b[14]&15) * 4; hl >= wire.IPv4MinLen && len(b) >= 14+hl {
+			fixIPv4(b)
+		}
+	}
+	if wire.ParseFrame(b, &p) == wire.ReasonL4Checksum {
+		wiretest.FixChecksum(p.Src, p.Dst, p.Proto, b[p.L4:p.End])
+	}
 }
 
 // BenchmarkDispatchTCP measures a guest TCP segment going from a read batch
