@@ -153,7 +153,7 @@ func (a *icmpActor) echoBytes(f *link.Frame) []byte {
 	if f.L3 < wire.EthernetLen || f.L4 <= f.L3 || f.L4+wire.ICMPLen > len(d) {
 		return nil
 	}
-	end := len(d)
+	var end int
 	if a.v6 {
 		if f.L3+wire.IPv6Len > f.L4 || d[f.L3]>>4 != 6 {
 			return nil

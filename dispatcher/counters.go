@@ -104,8 +104,6 @@ func init() {
 // so the hot path pays one atomic add per batch, not per frame.
 type counters [numCounters]atomic.Uint64
 
-func (c *counters) inc(i counter) { c[i].Add(1) }
-
 // Stats returns a snapshot of the dispatcher's counters by name, plus
 // "flows_active", the size of the flow table. Counters that are zero are
 // included, so that callers can rely on every name being present.
