@@ -1,0 +1,469 @@
+package actors
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/conf"
+)
+
+// Theory of operation: port forwarding
+//
+// The four options are four directions (fwdDir): -t and -u listen on the
+// host and forward to the namespace, -T and -U listen in the namespace
+// (on its loopback addresses) and forward to the host's loopback. Each
+// direction has the concrete rules of its specs (conf.Rule: port ranges
+// with exclusions cut out, remapping, bind address and interface) and the
+// listeners it holds, keyed by rule and port.
+//
+// Static rules are bound once, before the daemon reports readiness, so a
+// port in use is an error podman shows ("Failed to bind port 8000 (Address
+// already in use) for option '-t 8000-8000:80-80', exiting"). Weak rules
+// ("all", exclusion-only specs) skip the ephemeral range and ports that
+// cannot be bound, and fail only when none could be.
+//
+// Scan rules ("auto") are driven by the scanner: once a second it reads
+// the socket tables of the other side (fwd_scan.go) and opens a listener
+// for every port of the rule whose target port is bound there, and closes
+// listeners whose target went away. Ports that gopasta itself holds on the
+// other side (the listeners of the opposite direction) are not "bound
+// there" for this purpose: with the pasta default of auto everywhere, a
+// host port forwarded into the namespace by -T would otherwise come back
+// out through -t, forever.
+//
+// Where connections go: a -t/-u client on a loopback address is spliced
+// (splice_tcp.go, splice_udp.go) to a socket made in the namespace that
+// connects to the namespace's own address (or its loopback with
+// --host-lo-to-ns-lo); every other client takes the tap path (the TCP and
+// UDP actors), so the guest sees its real address. -T/-U are splice only.
+
+// fwdScanInterval is how often "auto" rescans the other side.
+var fwdScanInterval = time.Second
+
+// fwdListener is the listening socket(s) of one forwarded port.
+type fwdListener interface{ close() }
+
+// fwdKey names a listener: the rule it serves and its port.
+type fwdKey struct {
+	rule int
+	port uint16
+}
+
+// forwarder is all port forwarding of a daemon.
+type forwarder struct {
+	env    *Env
+	ns     *nsWorker // nil: no namespace (passt)
+	splice bool
+	dirs   []*fwdDir
+	stopc  chan struct{}
+	wg     sync.WaitGroup
+}
+
+// fwdDir is the live state of one option (-t, -u, -T or -U).
+type fwdDir struct {
+	f       *forwarder
+	opt     string
+	udp     bool
+	out     bool // listens in the namespace, forwards to the host
+	rules   []conf.Rule
+	eph     [2]uint16 // ephemeral range of the listening side
+	ls      map[fwdKey]fwdListener
+	dyn     []portSet // per rule: ports with a listener opened by the scanner
+	ours    portSet   // ports we listen on, on the listening side
+	failed  portSet   // scanner binds that failed (logged once)
+	scan    *procNetFiles
+	rev     *fwdDir // the opposite direction of the same protocol
+	bound   portSet // scratch for the scanner
+	scanned bool    // has Scan rules
+}
+
+// StartForwarding binds the listeners of every -t/-u/-T/-U option, starts
+// the "auto" scanner, and enables the loopback splice path. nsFD is the
+// namespace (pasta); without one (nsFD < 0) only -t/-u forward, through
+// the tap. Call it before reporting readiness: its error is the one line
+// the user (or podman) must see. stop closes every listener and waits for
+// their goroutines; spliced connections and flows already running end on
+// their own.
+func StartForwarding(env *Env, nsFD int) (stop func(), err error) {
+	c := env.Conf
+	f := &forwarder{env: env, stopc: make(chan struct{})}
+	if nsFD >= 0 && c.Mode == conf.ModePasta {
+		if f.ns, err = newNSWorker(nsFD); err != nil {
+			return nil, fmt.Errorf("port forwarding: %v", err)
+		}
+		f.splice = !c.NoSplice
+	}
+	hostEph := [2]uint16{}
+	hostEph[0], hostEph[1] = ephemeralRange()
+	nsEph := hostEph
+	if f.ns != nil {
+		if fd, err := f.ns.open("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+			var buf [64]byte
+			if n, err := unix.Read(fd, buf[:]); err == nil {
+				nsEph[0], nsEph[1] = parsePortRange(string(buf[:n]), hostEph)
+			}
+			unix.Close(fd)
+		}
+	}
+	mk := func(opt string, udp, out bool, specs []conf.PortSpec, off bool) *fwdDir {
+		d := &fwdDir{f: f, opt: opt, udp: udp, out: out, ls: make(map[fwdKey]fwdListener), eph: hostEph}
+		if out {
+			d.eph = nsEph
+		}
+		if off {
+			return d
+		}
+		if out && (f.ns == nil || !f.splice) {
+			// -T/-U are splice only: nothing to do without it.
+			if hasRules(specs) {
+				env.Log.Debugf("%s: no loopback splice path (--no-splice or no namespace), ignored", opt)
+			}
+			return d
+		}
+		d.rules = conf.NewPortMap(specs).Rules()
+		d.dyn = make([]portSet, len(d.rules))
+		for _, r := range d.rules {
+			d.scanned = d.scanned || r.Scan
+		}
+		return d
+	}
+	tIn := mk("-t", false, false, c.TCPPorts, c.NoTCP)
+	uIn := mk("-u", true, false, c.UDPPorts, c.NoUDP)
+	tOut := mk("-T", false, true, c.TCPNSPorts, c.NoTCP)
+	uOut := mk("-U", true, true, c.UDPNSPorts, c.NoUDP)
+	tIn.rev, tOut.rev, uIn.rev, uOut.rev = tOut, tIn, uOut, uIn
+	f.dirs = []*fwdDir{tIn, uIn, tOut, uOut}
+
+	fail := func(err error) (func(), error) {
+		f.stop()
+		return nil, err
+	}
+	for _, d := range f.dirs {
+		if err := d.bindStatic(); err != nil {
+			return fail(err)
+		}
+	}
+	for _, d := range f.dirs {
+		if !d.scanned {
+			continue
+		}
+		if f.ns == nil {
+			return fail(fmt.Errorf("'auto' port forwarding needs a namespace (option %s)", d.opt))
+		}
+		proto := "tcp"
+		if d.udp {
+			proto = "udp"
+		}
+		// -t/-u look at the namespace, -T/-U at the host.
+		if d.out {
+			d.scan, err = openProcNetHere(proto)
+		} else {
+			d.scan, err = openProcNet(proto, f.ns.open)
+		}
+		if err != nil {
+			return fail(fmt.Errorf("port forwarding: cannot read socket table for %s auto: %v", d.opt, err))
+		}
+	}
+	// A first scan before readiness: whatever is bound now is forwarded
+	// when our caller goes on.
+	f.scanOnce()
+	f.scanOnce() // settles ports the first pass bound in both directions
+	f.wg.Add(1)
+	go f.scanLoop()
+	return f.stop, nil
+}
+
+func hasRules(specs []conf.PortSpec) bool {
+	for _, s := range specs {
+		if !s.None {
+			return true
+		}
+	}
+	return false
+}
+
+// parsePortRange parses "LO\tHI\n" (ip_local_port_range), def on error.
+func parsePortRange(s string, def [2]uint16) (uint16, uint16) {
+	var lo, hi uint16
+	if n, err := fmt.Sscan(s, &lo, &hi); err != nil || n != 2 || lo > hi {
+		return def[0], def[1]
+	}
+	return lo, hi
+}
+
+// stop ends the scanner, closes every listener and the namespace worker.
+func (f *forwarder) stop() {
+	select {
+	case <-f.stopc:
+		return
+	default:
+	}
+	close(f.stopc)
+	f.wg.Wait()
+	for _, d := range f.dirs {
+		for k, l := range d.ls {
+			l.close()
+			delete(d.ls, k)
+		}
+		if d.scan != nil {
+			d.scan.close()
+			d.scan = nil
+		}
+	}
+	f.ns.stop()
+}
+
+func (f *forwarder) scanLoop() {
+	defer f.wg.Done()
+	t := time.NewTicker(fwdScanInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.stopc:
+			return
+		case <-t.C:
+			f.scanOnce()
+		}
+	}
+}
+
+// scanOnce updates every direction with Scan rules from its other side.
+func (f *forwarder) scanOnce() {
+	for _, d := range f.dirs {
+		if d.scan == nil {
+			continue
+		}
+		d.bound.clear()
+		if err := d.scan.scan(&d.bound); err != nil {
+			f.env.Log.Debugf("%s auto: %v", d.opt, err)
+			continue
+		}
+		d.bound.andNot(&d.rev.ours)
+		d.update()
+	}
+}
+
+func (d *fwdDir) ephemeral(p uint16) bool { return p >= d.eph[0] && p <= d.eph[1] }
+
+// bindStatic opens the listeners of the rules that are not scanned.
+func (d *fwdDir) bindStatic() error {
+	weakBound := make(map[string]int) // spec -> ports bound, for weak rules
+	for ri, r := range d.rules {
+		if r.Scan {
+			continue
+		}
+		spec := r.Option + " " + r.Raw
+		if r.Weak {
+			weakBound[spec] += 0
+		}
+		for p := int(r.First); p <= int(r.Last); p++ {
+			port := uint16(p)
+			if r.Weak && (d.ephemeral(port) || d.ours.has(port)) {
+				continue
+			}
+			l, err := d.open(r, port, r.Weak)
+			if err != nil {
+				if r.Weak {
+					continue
+				}
+				return fmt.Errorf("Failed to bind port %d (%s) for option '%s', exiting", port, strerror(err), spec)
+			}
+			d.ls[fwdKey{ri, port}] = l
+			d.ours.add(port)
+			if r.Weak {
+				weakBound[spec]++
+			}
+		}
+	}
+	for spec, n := range weakBound {
+		if n == 0 {
+			return fmt.Errorf("Failed to bind any port for option '%s', exiting", spec)
+		}
+	}
+	return nil
+}
+
+// update opens and closes the listeners of Scan rules after a scan.
+func (d *fwdDir) update() {
+	log := d.f.env.Log
+	for ri, r := range d.rules {
+		if !r.Scan {
+			continue
+		}
+		dyn := &d.dyn[ri]
+		shift := int(r.To) - int(r.First)
+		for p := int(r.First); p <= int(r.Last); p++ {
+			// Skip quickly over words where nothing is bound and
+			// nothing is open (the common case for most of the space).
+			if shift == 0 && p%64 == 0 && p+63 <= int(r.Last) && d.bound[p/64] == 0 && dyn[p/64] == 0 {
+				p += 63
+				continue
+			}
+			port := uint16(p)
+			want := d.bound.has(uint16(p+shift)) && !(r.Weak && d.ephemeral(port))
+			have := dyn.has(port)
+			if want == have {
+				continue
+			}
+			k := fwdKey{ri, port}
+			if have {
+				d.ls[k].close()
+				delete(d.ls, k)
+				dyn.del(port)
+				d.ours.del(port)
+				log.Debugf("%s auto: port %d no longer bound, not forwarded", d.opt, port)
+				continue
+			}
+			if d.ours.has(port) {
+				continue // a static rule or another spec forwards it
+			}
+			l, err := d.open(r, port, true)
+			if err != nil {
+				if !d.failed.has(port) {
+					d.failed.add(port)
+					log.Debugf("%s auto: cannot forward port %d: %v", d.opt, port, err)
+				}
+				continue
+			}
+			d.failed.del(port)
+			d.ls[k] = l
+			dyn.add(port)
+			d.ours.add(port)
+			log.Debugf("%s auto: forwarding port %d", d.opt, port)
+		}
+	}
+}
+
+// families lists the IP versions a rule listens on (true: IPv6).
+func (d *fwdDir) families(r conf.Rule) []bool {
+	c := d.f.env.Conf
+	switch {
+	case r.Bind.IsValid():
+		return []bool{!r.Bind.Unmap().Is4()}
+	case r.ToAddr.IsValid():
+		return []bool{!r.ToAddr.Unmap().Is4()}
+	case c.IPv4Only:
+		return []bool{false}
+	case c.IPv6Only:
+		return []bool{true}
+	}
+	return []bool{false, true}
+}
+
+// multiListener is the per-family listeners of one port.
+type multiListener []fwdListener
+
+func (m multiListener) close() {
+	for _, l := range m {
+		l.close()
+	}
+}
+
+// open binds port p of rule r in every family. With weak set, or for the
+// IPv6 half of an any-address rule on a host without IPv6, a family that
+// cannot be bound is skipped; otherwise any failure is the error.
+func (d *fwdDir) open(r conf.Rule, p uint16, weak bool) (fwdListener, error) {
+	fams := d.families(r)
+	var m multiListener
+	var firstErr error
+	for _, v6 := range fams {
+		l, err := d.openFamily(r, p, v6)
+		if err != nil {
+			if firstErr == nil {
+				firstErr = err
+			}
+			optional := weak || (len(fams) == 2 && v6 && (errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EADDRNOTAVAIL)))
+			if optional {
+				continue
+			}
+			m.close()
+			return nil, err
+		}
+		m = append(m, l)
+	}
+	if len(m) == 0 {
+		return nil, firstErr
+	}
+	return m, nil
+}
+
+func (d *fwdDir) openFamily(r conf.Rule, p uint16, v6 bool) (fwdListener, error) {
+	to := r.To + (p - r.First)
+	switch {
+	case !d.out && !d.udp:
+		return d.f.openTCPIn(r, p, to, v6)
+	case !d.out:
+		return d.f.openUDPIn(r, p, to, v6)
+	case !d.udp:
+		return d.f.openTCPOut(p, to, v6)
+	default:
+		return d.f.openUDPOut(p, to, v6)
+	}
+}
+
+// strerror spells an errno as the C library does ("Address already in
+// use"), which is what pasta's messages show.
+func strerror(err error) string {
+	s := err.Error()
+	var errno unix.Errno
+	if errors.As(err, &errno) {
+		s = errno.Error()
+	}
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
+}
+
+func loopback(v6 bool) netip.Addr {
+	if v6 {
+		return netip.IPv6Loopback()
+	}
+	return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+}
+
+func family(v6 bool) int {
+	if v6 {
+		return unix.AF_INET6
+	}
+	return unix.AF_INET
+}
+
+// nsTarget is where a spliced -t/-u client goes in the namespace: the
+// rule's target address if it is a loopback one, else the namespace's own
+// address (the one it uses, else the configured one), or its loopback
+// with --host-lo-to-ns-lo. ok is false when the connection must take the
+// tap path (a non-loopback target address).
+func (f *forwarder) nsTarget(v6 bool, toAddr netip.Addr, port uint16) (netip.AddrPort, bool) {
+	if toAddr.IsValid() {
+		toAddr = toAddr.Unmap()
+		if !toAddr.IsLoopback() || toAddr.Is6() != v6 {
+			return netip.AddrPort{}, false
+		}
+		return netip.AddrPortFrom(toAddr, port), true
+	}
+	c := f.env.Conf
+	if c.HostLoToNsLo {
+		return netip.AddrPortFrom(loopback(v6), port), true
+	}
+	var a netip.Addr
+	if v6 {
+		if a = f.env.Peer.Addr6(); !a.IsValid() {
+			a = c.Addr6
+		}
+	} else {
+		if a = f.env.Peer.Addr4(); !a.IsValid() && c.Addr4.IsValid() {
+			a = c.Addr4.Addr()
+		}
+	}
+	if !a.IsValid() || a.IsLinkLocalUnicast() {
+		a = loopback(v6)
+	}
+	return netip.AddrPortFrom(a, port), true
+}

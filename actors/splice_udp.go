@@ -1,0 +1,241 @@
+package actors
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Theory of operation: the UDP splice path
+//
+// Datagrams from a loopback client to a forwarded port (-u on the host,
+// -U in the namespace) are relayed socket to socket: for each client
+// address the relay keeps a connected socket on the other side (made in
+// the other namespace), sends the client's datagrams on it, and a
+// goroutine per client returns the replies through the listening socket,
+// so that they come from the address and port the client sent to. Like
+// pasta, the relay socket is bound to the client's source port when that
+// port is free on the other side, so the server sees the same port.
+//
+// The listening socket is the relay's own for -U; for -u it is shared
+// with the tap path's udpBinding, which hands over loopback datagrams
+// (udpBinding.splice) and keeps the rest; the relay sends replies on a
+// dup(2) of it, so that each closes its own descriptor.
+//
+// A client's socket is closed after the UDP timeout without traffic.
+
+var errNoTarget = errors.New("no splice target")
+
+// udpSplice relays datagrams of loopback clients of one listening socket.
+type udpSplice struct {
+	lfd     int                                                // listening socket (owned: a dup or our own)
+	target  func(client netip.AddrPort) (netip.AddrPort, bool) // where its datagrams go
+	newSock func(v6 bool) (int, error)
+	timeout time.Duration
+
+	mu    sync.Mutex
+	flows map[netip.AddrPort]*udpSpliceFlow
+	wg    sync.WaitGroup
+	done  chan struct{}
+	once  sync.Once
+}
+
+// udpSpliceFlow is one client's socket on the other side.
+type udpSpliceFlow struct {
+	fd     int
+	file   *os.File
+	client netip.AddrPort
+	sa     unix.RawSockaddrInet6
+	salen  uint32
+	mu     sync.Mutex
+	last   int64 // monoNow of the last datagram either way; mu
+}
+
+func newUDPSplice(lfd int, target func(netip.AddrPort) (netip.AddrPort, bool), newSock func(bool) (int, error), timeout time.Duration) *udpSplice {
+	if timeout <= 0 {
+		timeout = 180 * time.Second
+	}
+	return &udpSplice{lfd: lfd, target: target, newSock: newSock, timeout: timeout,
+		flows: make(map[netip.AddrPort]*udpSpliceFlow), done: make(chan struct{})}
+}
+
+// take relays one datagram from client; false if it cannot (the caller
+// then uses the tap path).
+func (s *udpSplice) take(client netip.AddrPort, payload []byte) bool {
+	s.mu.Lock()
+	fl := s.flows[client]
+	if fl == nil {
+		select {
+		case <-s.done:
+			s.mu.Unlock()
+			return true
+		default:
+		}
+		var err error
+		if fl, err = s.open(client); err != nil {
+			s.mu.Unlock()
+			return false
+		}
+		s.flows[client] = fl
+		s.wg.Add(1)
+		go s.replies(fl)
+	}
+	s.mu.Unlock()
+	fl.mu.Lock()
+	fl.last = monoNow()
+	fl.mu.Unlock()
+	for {
+		_, err := unix.Write(fl.fd, payload)
+		if err != unix.EINTR {
+			break
+		}
+	}
+	SpliceStats.UDPDatagrams.Add(1)
+	return true
+}
+
+// open makes the client's socket on the other side, connected to target.
+func (s *udpSplice) open(client netip.AddrPort) (*udpSpliceFlow, error) {
+	dst, ok := s.target(client)
+	if !ok {
+		return nil, errNoTarget
+	}
+	v6 := dst.Addr().Is6()
+	fd, err := s.newSock(v6)
+	if err != nil {
+		return nil, err
+	}
+	if v6 {
+		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
+	}
+	// Keep the client's port if it is free there; any port otherwise.
+	any := netip.IPv4Unspecified()
+	if v6 {
+		any = netip.IPv6Unspecified()
+	}
+	_ = bindAddrPort(fd, netip.AddrPortFrom(any, client.Port()))
+	if err := unix.Connect(fd, sockaddrOf(dst)); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	fl := &udpSpliceFlow{fd: fd, file: os.NewFile(uintptr(fd), "udp-splice"), client: client}
+	fl.salen = putSockaddr(&fl.sa, client)
+	SpliceStats.UDPFlows.Add(1)
+	return fl, nil
+}
+
+// replies returns the other side's datagrams to the client until the flow
+// times out or the relay stops.
+func (s *udpSplice) replies(fl *udpSpliceFlow) {
+	defer s.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		delete(s.flows, fl.client)
+		s.mu.Unlock()
+		fl.file.Close()
+		SpliceStats.UDPFlows.Add(-1)
+	}()
+	rc, err := fl.file.SyscallConn()
+	if err != nil {
+		return
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		// Stopping the relay ends the pending read.
+		select {
+		case <-s.done:
+			fl.file.SetReadDeadline(time.Unix(1, 0))
+		case <-stop:
+		}
+	}()
+	buf := make([]byte, 65536)
+	var n int
+	var rerr error
+	read := func(fd uintptr) bool {
+		n, rerr = unix.Read(int(fd), buf)
+		return rerr != unix.EAGAIN
+	}
+	for {
+		fl.file.SetReadDeadline(time.Now().Add(s.timeout))
+		if err := rc.Read(read); err != nil {
+			select {
+			case <-s.done:
+				return
+			default:
+			}
+			fl.mu.Lock()
+			idle := time.Duration(monoNow() - fl.last)
+			fl.mu.Unlock()
+			if idle >= s.timeout {
+				return
+			}
+			continue
+		}
+		if rerr != nil {
+			// ECONNREFUSED: nobody listens there (yet); keep the flow.
+			continue
+		}
+		fl.mu.Lock()
+		fl.last = monoNow()
+		fl.mu.Unlock()
+		sendto(s.lfd, buf[:n], &fl.sa, fl.salen)
+		SpliceStats.UDPDatagrams.Add(1)
+	}
+}
+
+// stop ends every flow and closes the listening descriptor.
+func (s *udpSplice) stop() {
+	s.once.Do(func() {
+		s.mu.Lock()
+		close(s.done)
+		s.mu.Unlock()
+		s.wg.Wait()
+		unix.Close(s.lfd)
+	})
+}
+
+// udpSpliceListener is a -U listening socket in the namespace, relaying to
+// the host.
+type udpSpliceListener struct {
+	file  *os.File
+	relay *udpSplice
+	wg    sync.WaitGroup
+}
+
+// serve receives datagrams on l until it is closed.
+func (l *udpSpliceListener) serve() {
+	defer l.wg.Done()
+	rc, err := l.file.SyscallConn()
+	if err != nil {
+		return
+	}
+	buf := make([]byte, 65536)
+	var sa unix.RawSockaddrInet6
+	var n int
+	var rerr syscall.Errno
+	recv := func(fd uintptr) bool {
+		n, rerr = recvfrom(int(fd), buf, &sa)
+		return rerr != unix.EAGAIN
+	}
+	for {
+		if err := rc.Read(recv); err != nil {
+			return
+		}
+		if rerr != 0 || n > len(buf) {
+			continue
+		}
+		l.relay.take(getSockaddr(&sa), buf[:n])
+	}
+}
+
+func (l *udpSpliceListener) close() {
+	l.file.Close()
+	l.wg.Wait()
+	l.relay.stop()
+}
