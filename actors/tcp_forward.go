@@ -150,6 +150,9 @@ type tcpListener struct {
 	fw   tcpForward
 	fd   int
 	file *os.File
+	// splice, if set, may take over a connection from a loopback client
+	// (the loopback splice path, fwd_listen.go); false: the tap path.
+	splice func(fd int, client netip.AddrPort) bool
 }
 
 func listenTCP(fw tcpForward) (*tcpListener, error) {
@@ -234,6 +237,9 @@ func (l *tcpListener) run(env *Env) {
 // accepted starts the actor for a new inbound connection.
 func (l *tcpListener) accepted(env *Env, fd int, sa unix.Sockaddr) {
 	client, ok := addrPortOf(sa)
+	if ok && l.splice != nil && client.Addr().IsLoopback() && l.splice(fd, client) {
+		return
+	}
 	far, shown := env.NAT.Inbound(client)
 	var guest netip.Addr
 	switch {

@@ -96,7 +96,8 @@ type udpBinding struct {
 	fwdAddr   netip.Addr
 	fwdPort   uint16
 	wildcard  bool
-	pending   []*Handle // joined by StartUDP, not yet seen by the actor; udpReg.Mutex
+	splice    *udpSplice // inbound: relays loopback clients (splice_udp.go)
+	pending   []*Handle  // joined by StartUDP, not yet seen by the actor; udpReg.Mutex
 	flows     map[Key]*udpFlow
 	byHost    map[netip.AddrPort]*udpFlow
 	last      int64 // last datagram either way
@@ -583,6 +584,9 @@ func (b *udpBinding) deliver(i int, now int64) bool {
 		fl.last = now
 		far, dst = fl.key.Far, fl.key.Guest
 	} else if b.inbound {
+		if b.splice != nil && src.Addr().IsLoopback() && b.splice.take(src, b.stash[i].Data[b.hdrLen:b.hdrLen+n]) {
+			return true
+		}
 		fl := b.newInboundFlow(src, rx.ctrl[i][:h.Hdr.Controllen], now)
 		if fl == nil {
 			return true

@@ -177,13 +177,8 @@ func (d *daemon) setup() error {
 	d.disp = dispatcher.New(cfg, d.tap, d.env, log.Logger)
 
 	// Listening sockets are bound now, so that a port in use is a setup
-	// error that podman sees.
-	stop, err := actors.StartTCPForwarders(d.env)
-	if err != nil {
-		return err
-	}
-	d.stops = append(d.stops, stop)
-	stop, err = actors.StartUDPForwarders(d.env)
+	// error that podman sees, and "auto" has scanned once.
+	stop, err := actors.StartForwarding(d.env, d.nsFD)
 	if err != nil {
 		return err
 	}
