@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -1090,5 +1091,97 @@ func TestQemuZeroAllocs(t *testing.T) {
 	d2.ReadBatch(fs)
 	if a := testing.AllocsPerRun(100, func() { resetFrames(fs); d2.ReadBatch(fs) }); a != 0 {
 		t.Errorf("ReadBatch: %v allocs per call", a)
+	}
+}
+
+// --- interoperability -------------------------------------------------------
+
+// TestQemuFrameProbe runs the VM-less smoke test client
+// (../shared/vm/frame-probe.py, an independent implementation of QEMU's
+// framing in Python) against a ReconnectingDevice and plays the part of the
+// dispatcher by hand: it must see the probe's DHCPDISCOVER and ARP request
+// intact, and the probe must accept the hand-made offer and ARP reply.
+func TestQemuFrameProbe(t *testing.T) {
+	const probe = "/work/shared/vm/frame-probe.py"
+	py, err := exec.LookPath("python3")
+	if _, serr := os.Stat(probe); err != nil || serr != nil {
+		t.Skip("python3 or frame-probe.py not available")
+	}
+	g := newReconnectRig(t, true)
+	r := g.r
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, py, probe, r.Path())
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); cmd.Wait() })
+
+	probeMAC := []byte{0x52, 0x54, 0x00, 0x12, 0x34, 0x57}
+	ourMAC := []byte{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55}
+	fs := newFrames(1)
+	defer ReleaseAll(fs)
+	next := func() []byte {
+		t.Helper()
+		resetFrames(fs)
+		if n, err := r.ReadBatch(fs); n != 1 || err != nil {
+			t.Fatalf("ReadBatch: %d, %v; probe said:\n%s", n, err, out.String())
+		}
+		return fs[0].Data
+	}
+
+	// DHCPDISCOVER: broadcast, IPv4, UDP 68 -> 67, BOOTP op 1.
+	d := next()
+	if !bytes.Equal(d[0:6], Broadcast[:]) || !bytes.Equal(d[6:12], probeMAC) ||
+		binary.BigEndian.Uint16(d[12:]) != 0x0800 || d[23] != 17 ||
+		binary.BigEndian.Uint16(d[34:]) != 68 || binary.BigEndian.Uint16(d[36:]) != 67 ||
+		int(binary.BigEndian.Uint16(d[16:]))+14 != len(d) || d[42] != 1 {
+		t.Fatalf("not the probe's DHCPDISCOVER: % x", d[:min(len(d), 64)])
+	}
+	xid := binary.BigEndian.Uint32(d[46:])
+
+	// DHCPOFFER: yiaddr 10.0.2.15, router 10.0.2.2. Only what the probe
+	// reads must be right.
+	bootp := make([]byte, 240)
+	bootp[0], bootp[1], bootp[2] = 2, 1, 6
+	binary.BigEndian.PutUint32(bootp[4:], xid)
+	copy(bootp[16:], []byte{10, 0, 2, 15})
+	copy(bootp[28:], probeMAC)
+	copy(bootp[236:], []byte{0x63, 0x82, 0x53, 0x63})
+	bootp = append(bootp, 53, 1, 2, 3, 4, 10, 0, 2, 2, 255)
+	udp := binary.BigEndian.AppendUint16(nil, 67)
+	udp = binary.BigEndian.AppendUint16(udp, 68)
+	udp = binary.BigEndian.AppendUint16(udp, uint16(8+len(bootp)))
+	udp = append(binary.BigEndian.AppendUint16(udp, 0), bootp...)
+	ip := []byte{0x45, 0, 0, 0, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 2, 2, 10, 0, 2, 15}
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
+	offer := append(append(append(append([]byte{}, probeMAC...), ourMAC...), 0x08, 0x00), append(ip, udp...)...)
+	if err := r.WriteBatch([]*Frame{{Data: offer}}); err != nil {
+		t.Fatal(err)
+	}
+
+	// ARP request for the router, answered.
+	a := next()
+	if binary.BigEndian.Uint16(a[12:]) != 0x0806 || binary.BigEndian.Uint16(a[20:]) != 1 ||
+		!bytes.Equal(a[38:42], []byte{10, 0, 2, 2}) {
+		t.Fatalf("not the probe's ARP request: % x", a)
+	}
+	reply := append(append(append([]byte{}, probeMAC...), ourMAC...), 0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 2)
+	reply = append(append(append(reply, ourMAC...), 10, 0, 2, 2), append(probeMAC, 10, 0, 2, 15)...)
+	if err := r.WriteBatch([]*Frame{{Data: reply}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("frame-probe failed: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "RESULT PASS") {
+		t.Fatalf("frame-probe:\n%s", out.String())
+	}
+	// The probe has gone: the one-off device ends.
+	resetFrames(fs)
+	if _, err := r.ReadBatch(fs); err != ErrClosed {
+		t.Fatalf("after the probe left: %v", err)
 	}
 }
