@@ -211,6 +211,23 @@ func (d *QemuDevice) MTU() int { return d.mtu }
 // lines, or -1 if unknown.
 func (d *QemuDevice) PeerPID() int { return d.pid }
 
+// PeerGone reports whether the peer has closed its end (or the connection
+// failed), without consuming anything: frames it sent before leaving may
+// still be waiting to be read.
+func (d *QemuDevice) PeerGone() bool {
+	if d.closed.Load() {
+		return true
+	}
+	gone := false
+	err := d.rc.Control(func(fd uintptr) {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		if n, err := unix.Poll(pfd, 0); err == nil && n > 0 {
+			gone = pfd[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+		}
+	})
+	return gone || err != nil
+}
+
 // Close implements Device. It wakes a ReadBatch or WriteBatch blocked in the
 // poller; both return ErrClosed from then on. Closing twice is harmless.
 func (d *QemuDevice) Close() error {

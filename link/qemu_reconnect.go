@@ -14,7 +14,8 @@ package link
 //   - the accept goroutine (owned by the device, ends on Close) accepts
 //     clients; while one is being served it accepts and closes any other
 //     at once (passt's "discarding connection"), so QEMU fails fast instead
-//     of hanging in the listen backlog;
+//     of hanging in the listen backlog. A client that arrives after the
+//     previous one hung up, but before the reader noticed, is kept;
 //   - the reader (ReadBatch) takes over a new client, runs OnConnect before
 //     the first frame of that client is returned, reads until the client
 //     goes, closes it and waits for the next. It alone retires clients, so
@@ -143,7 +144,11 @@ func (r *ReconnectingDevice) acceptLoop() {
 			r.mu.Unlock()
 			c.Close()
 			return
-		case r.pending != nil || r.active != nil || (r.cfg.OneOff && r.served):
+		case r.pending != nil || (r.active != nil && !r.active.PeerGone()) || (r.cfg.OneOff && r.served):
+			// Busy. A client whose predecessor has hung up but not yet
+			// been retired by the reader is not refused: it waits as
+			// pending and is taken over right after the retirement, so
+			// a quickly reconnecting QEMU is not turned away by a race.
 			r.mu.Unlock()
 			c.Close()
 			r.Refused.Add(1)

@@ -1185,3 +1185,28 @@ func TestQemuFrameProbe(t *testing.T) {
 		t.Fatalf("after the probe left: %v", err)
 	}
 }
+
+// TestReconnectingDeviceQuickReconnect: a client that connects after the
+// previous one hung up, before the reader noticed, is served, not refused.
+func TestReconnectingDeviceQuickReconnect(t *testing.T) {
+	g := newReconnectRig(t, false)
+	r := g.r
+	ch := readOne(r)
+	c1 := dialQemu(t, r.Path())
+	f1, f2 := testFrame(1, 60), testFrame(2, 70)
+	c1.send(f1)
+	expectFrame(t, ch, f1)
+	// No ReadBatch is running: nobody retires client 1 yet.
+	c1.c.Close()
+	c2 := dialQemu(t, r.Path())
+	c2.send(f2)
+	waitFor(t, "client 2 pending", func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.pending != nil
+	})
+	expectFrame(t, readOne(r), f2)
+	if g.disconnects.Load() != 1 || g.connects.Load() != 2 || r.Refused.Load() != 0 {
+		t.Fatalf("disconnects %d connects %d refused %d", g.disconnects.Load(), g.connects.Load(), r.Refused.Load())
+	}
+}
