@@ -13,8 +13,9 @@ import (
 )
 
 // watchInterval is the fallback check of the namespace file and the target
-// PID: gopasta must notice within a second that either went away.
-const watchInterval = time.Second
+// PID: gopasta must notice within a second that either went away, so the
+// fallback looks four times a second (a stat(2), nothing more).
+const watchInterval = 250 * time.Millisecond
 
 // startWatchers starts the goroutines that end the daemon when its
 // namespace file is deleted (--netns) or its target process exits (PID),
@@ -36,7 +37,7 @@ func (d *daemon) startWatchers(wg *sync.WaitGroup) {
 // watchNetnsFile waits for the namespace file to disappear: an inotify
 // watch on its directory reports deletions at once (ip netns del and
 // podman unmount the bind mount, then unlink the file), and a check every
-// second catches what inotify cannot see (an unmount without unlink, a
+// watchInterval catches what inotify cannot see (an unmount without unlink, a
 // procfs path).
 func (d *daemon) watchNetnsFile(path string) {
 	gone := func() bool { return !netns.IsFD(path, d.nsFD) }
@@ -63,6 +64,9 @@ func (d *daemon) watchNetnsFile(path string) {
 			}()
 		}
 	}
+	// The file may have gone between readiness and the watch above (podman
+	// can remove a namespace that fast): look once before waiting.
+	events <- struct{}{}
 	t := time.NewTicker(watchInterval)
 	defer t.Stop()
 	for {
