@@ -179,12 +179,15 @@ var tcpTestHook atomic.Pointer[func(k Key, f *link.Frame)]
 //
 // Only a SYN opens a connection. Anything else for an unknown flow is
 // answered with a reset (so that a guest whose connection we forgot learns
-// at once), except a reset, which is dropped.
+// at once), except a reset or a SYN,ACK, which are dropped.
 func StartTCP(env *Env, k Key, f *link.Frame) *Handle {
 	th := wire.TCP(f.Data[f.L4:])
 	flags := th.Flags()
 	switch {
-	case flags&wire.TCPRst != 0:
+	case flags&wire.TCPRst != 0, flags&(wire.TCPSyn|wire.TCPAck) == wire.TCPSyn|wire.TCPAck:
+		// A SYN,ACK for no flow is dropped, not reset: it may answer an
+		// inbound actor's SYN that raced ahead of its registration, and
+		// the guest repeats it (as we repeat our SYN) once the flow is in.
 		f.Release()
 		return nil
 	case flags&(wire.TCPSyn|wire.TCPAck) != wire.TCPSyn:

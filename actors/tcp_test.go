@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )
@@ -442,3 +444,63 @@ func TestSeqArithmetic(t *testing.T) {
 		t.Fatal("ISN does not depend on the direction")
 	}
 }
+
+// inbound accepts a host client on a -t forward and runs it to the guest.
+func inbound(t *testing.T, network, bind string, gw netip.Addr) {
+	te := newTestEnv(t)
+	probe := newServer(t, network, net.JoinHostPort(bind, "0"))
+	port := probe.port()
+	probe.ln.Close()
+	te.env.Conf.TCPPorts = []conf.PortSpec{{Raw: "test", Option: "-t", Bind: netip.MustParseAddr(bind),
+		Ranges: []conf.PortRange{{First: port, Last: port, To: 8080}}}}
+	stop, err := StartTCPForwarders(te.env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	cl, err := net.Dial(network, net.JoinHostPort(bind, fmt.Sprint(port)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var h *Handle
+	select {
+	case h = <-te.register:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no flow registered")
+	}
+	syn := te.next(5 * time.Second)
+	cport := uint16(cl.LocalAddr().(*net.TCPAddr).Port)
+	if !syn.has(wire.TCPSyn) || syn.has(wire.TCPAck) || syn.src != netip.AddrPortFrom(gw, cport) || syn.dst.Port() != 8080 {
+		t.Fatalf("SYN %#x %v -> %v, want from %v:%d to port 8080", syn.flags, syn.src, syn.dst, gw, cport)
+	}
+	if syn.opts.MSS == 0 || syn.opts.WScale < 0 {
+		t.Fatalf("SYN options %+v", syn.opts)
+	}
+	if h.Key.Guest != syn.dst || h.Key.Far != syn.src {
+		t.Fatalf("registered key %v, SYN %v -> %v", h.Key, syn.src, syn.dst)
+	}
+	g := &guest{te: te, k: h.Key, h: h, iss: 77, sndNxt: 78, rcvNxt: syn.seq + 1, wnd: 0xffff, ws: 7,
+		mss: int(syn.opts.MSS), peerWS: uint8(syn.opts.WScale), peerWnd: uint32(syn.win)}
+	g.input(buildFrame(g.k, wire.TCPSyn|wire.TCPAck, 77, syn.seq+1, 0xffff, synOpts(65480, 7), nil))
+	a := te.next(5 * time.Second)
+	if a.ack != 78 || !a.has(wire.TCPAck) {
+		t.Fatalf("handshake ACK %#x ack %d", a.flags, a.ack)
+	}
+	g.peerWnd = uint32(a.win) << g.peerWS
+	cl.Write([]byte("ping"))
+	g.readUntil(4, false)
+	g.send(wire.TCPPsh, []byte("pong"))
+	buf := make([]byte, 4)
+	cl.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(cl, buf); err != nil || string(buf) != "pong" || string(g.rx) != "ping" {
+		t.Fatalf("client got %q %v, guest got %q", buf, err, g.rx)
+	}
+	cl.Close()
+	g.readUntil(4, true)
+	g.send(wire.TCPFin, nil)
+	te.waitEnded(h)
+}
+
+func TestTCPInboundV4(t *testing.T) { inbound(t, "tcp4", "127.0.0.1", testGW4) }
+func TestTCPInboundV6(t *testing.T) { inbound(t, "tcp6", "::1", testGW6) }
