@@ -21,9 +21,9 @@ import (
 type discardDevice struct{ closed chan struct{} }
 
 func (d *discardDevice) ReadBatch([]*link.Frame) (int, error) { <-d.closed; return 0, link.ErrClosed }
-func (d *discardDevice) WriteBatch([]*link.Frame) error        { return nil }
-func (d *discardDevice) MTU() int                              { return 65520 }
-func (d *discardDevice) Close() error                          { return nil }
+func (d *discardDevice) WriteBatch([]*link.Frame) error       { return nil }
+func (d *discardDevice) MTU() int                             { return 65520 }
+func (d *discardDevice) Close() error                         { return nil }
 
 // benchConn returns an established flow over a real loopback connection,
 // driven directly (no actor goroutine), and the host-side peer.

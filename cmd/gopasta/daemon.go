@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -41,11 +42,17 @@ type daemon struct {
 	nsFD  int
 	nsArg string // the namespace file to watch ("" in command mode)
 	tap   *link.Tap
+	dev   link.Device // the guest link: tap, or passt's QEMU socket
+	peer  *link.Peer
 	w     *link.Writer
 	disp  *dispatcher.Dispatcher
 	env   *actors.Env
 	stops []func()
 	cmd   *exec.Cmd
+
+	// passt mode: the listening device, or the -F socket (passt.go).
+	qemu   *link.ReconnectingDevice
+	qemuFD *link.QemuDevice
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -143,38 +150,20 @@ func (d *daemon) setup() error {
 	for _, w := range host.Warnings {
 		log.Warn(w)
 	}
-	if err := d.openNetns(); err != nil {
-		return err
+	d.peer = &link.Peer{OurMAC: cfg.OurMAC}
+	if cfg.Mode == conf.ModePasst {
+		err = d.openPasst()
+	} else {
+		err = d.openTapLink(host)
 	}
-	if d.command {
-		// pasta configures a namespace it created itself.
-		cfg.ConfigNet = true
-	}
-
-	d.tap, err = link.OpenTap(cfg.NSIfname, d.nsFD, cfg.MTU)
 	if err != nil {
 		return err
 	}
-	if cfg.ConfigNet {
-		warns, err := netcfg.Configure(d.nsFD, cfg, d.tap.Name(), host)
-		for _, w := range warns {
-			log.Warn(w)
-		}
-		if err != nil {
-			return err
-		}
-	}
-	if d.command {
-		if err := netcfg.SetPingGroupRange(d.nsFD); err != nil {
-			log.Debugf("ping_group_range: %v", err)
-		}
-	}
 	d.logConfig(host)
 
-	d.w = link.NewWriter(d.tap, writerDepth)
-	peer := &link.Peer{OurMAC: cfg.OurMAC}
-	d.env = &actors.Env{Ctx: d.ctx, Conf: cfg, Out: d.w, Peer: peer, Log: log.Logger, NAT: host.NAT}
-	d.disp = dispatcher.New(cfg, d.tap, d.env, log.Logger)
+	d.w = link.NewWriter(d.dev, writerDepth)
+	d.env = &actors.Env{Ctx: d.ctx, Conf: cfg, Out: d.w, Peer: d.peer, Log: log.Logger, NAT: host.NAT}
+	d.disp = dispatcher.New(cfg, d.dev, d.env, log.Logger)
 
 	// Listening sockets are bound now, so that a port in use is a setup
 	// error that podman sees, and "auto" has scanned once.
@@ -192,6 +181,41 @@ func (d *daemon) setup() error {
 	if d.command {
 		if err := d.startCommand(); err != nil {
 			return err
+		}
+	}
+	return nil
+}
+
+// openTapLink enters or creates the namespace and opens (and with
+// --config-net configures) the tap in it: pasta mode's link.
+func (d *daemon) openTapLink(host *netcfg.Host) error {
+	cfg, log := d.cfg, d.log
+	if err := d.openNetns(); err != nil {
+		return err
+	}
+	if d.command {
+		// pasta configures a namespace it created itself.
+		cfg.ConfigNet = true
+	}
+
+	var err error
+	d.tap, err = link.OpenTap(cfg.NSIfname, d.nsFD, cfg.MTU)
+	if err != nil {
+		return err
+	}
+	d.dev = d.tap
+	if cfg.ConfigNet {
+		warns, err := netcfg.Configure(d.nsFD, cfg, d.tap.Name(), host)
+		for _, w := range warns {
+			log.Warn(w)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if d.command {
+		if err := netcfg.SetPingGroupRange(d.nsFD); err != nil {
+			log.Debugf("ping_group_range: %v", err)
 		}
 	}
 	return nil
@@ -223,7 +247,11 @@ func (d *daemon) logConfig(host *netcfg.Host) {
 	if !cfg.IPv4Only {
 		log.Infof("IPv6: %s gateway %s", orNone(addrString(cfg.Addr6)), cfg.Gateway6)
 	}
-	log.Infof("Namespace interface: %s, MTU %d", d.tap.Name(), cfg.MTU)
+	if d.tap != nil {
+		log.Infof("Namespace interface: %s, MTU %d", d.tap.Name(), cfg.MTU)
+	} else {
+		log.Infof("Guest link: QEMU stream socket, MTU %d", d.dev.MTU())
+	}
 	log.Debugf("NAT: %+v", *host.NAT)
 }
 
@@ -334,6 +362,8 @@ func (d *daemon) teardown() {
 	d.cancel(errQuit)
 	if d.tap != nil {
 		d.tap.Close()
+	} else if d.dev != nil {
+		d.dev.Close()
 	}
 	if d.nsFD >= 0 {
 		unix.Close(d.nsFD)
@@ -347,10 +377,15 @@ func (d *daemon) logStats(level logrus.Level) {
 	}
 	e := d.log.WithFields(logrus.Fields{
 		"written": d.w.Frames.Load(), "dropped": d.w.Dropped.Load(),
-		"write_errors": d.w.Errors.Load(), "tap_skipped": d.tap.Skipped.Load(),
+		"write_errors": d.w.Errors.Load(),
 		"tcp_flows": d.env.Stats.TCPFlows.Load(), "udp_flows": d.env.Stats.UDPFlows.Load(),
-		"icmp_flows": d.env.Stats.ICMPFlows.Load(),
+		"icmp_flows": d.env.Stats.ICMPFlows.Load(), "goroutines": runtime.NumGoroutine(),
 	})
+	if d.tap != nil {
+		e = e.WithField("tap_skipped", d.tap.Skipped.Load())
+	} else {
+		e = e.WithFields(d.passtStats())
+	}
 	if s, ok := any(d.disp).(interface{ Stats() map[string]uint64 }); ok {
 		for k, v := range s.Stats() {
 			e = e.WithField(k, v)
