@@ -378,7 +378,7 @@ func (d *daemon) logStats(level logrus.Level) {
 	e := d.log.WithFields(logrus.Fields{
 		"written": d.w.Frames.Load(), "dropped": d.w.Dropped.Load(),
 		"write_errors": d.w.Errors.Load(),
-		"tcp_flows": d.env.Stats.TCPFlows.Load(), "udp_flows": d.env.Stats.UDPFlows.Load(),
+		"tcp_flows":    d.env.Stats.TCPFlows.Load(), "udp_flows": d.env.Stats.UDPFlows.Load(),
 		"icmp_flows": d.env.Stats.ICMPFlows.Load(), "goroutines": runtime.NumGoroutine(),
 	})
 	if d.tap != nil {

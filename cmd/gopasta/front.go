@@ -54,6 +54,15 @@ func front(prog string, cfg *conf.Config) int {
 	cmd.Args[0] = os.Args[0]
 	cmd.ExtraFiles = []*os.File{readW}
 	cmd.Env = append(cleanEnv(os.Environ()), stageEnv+"="+stageDaemon)
+	qemuFile, err := passtFD(cfg)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if qemuFile != nil {
+		// passt -F: the daemon gets the socket as qemuFDChild.
+		cmd.ExtraFiles = append(cmd.ExtraFiles, qemuFile)
+		cmd.Env = append(cmd.Env, qemuFDEnv+"="+strconv.Itoa(qemuFDChild))
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{}
 
 	userns, err := usernsToJoin(cfg)
@@ -107,6 +116,10 @@ func front(prog string, cfg *conf.Config) int {
 	if errW != nil {
 		errW.Close()
 	}
+	if qemuFile != nil {
+		// The VM's end must see EOF when the daemon closes the socket.
+		qemuFile.Close()
+	}
 	if err != nil {
 		readR.Close()
 		relay.Wait()
@@ -145,7 +158,7 @@ func front(prog string, cfg *conf.Config) int {
 func cleanEnv(env []string) []string {
 	out := env[:0:0]
 	for _, e := range env {
-		if strings.HasPrefix(e, stageEnv+"=") || strings.HasPrefix(e, nsenter.EnvVar+"=") {
+		if strings.HasPrefix(e, stageEnv+"=") || strings.HasPrefix(e, nsenter.EnvVar+"=") || strings.HasPrefix(e, qemuFDEnv+"=") {
 			continue
 		}
 		out = append(out, e)

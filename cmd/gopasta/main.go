@@ -39,9 +39,5 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
 		return 1
 	}
-	if cfg.Mode == conf.ModePasst {
-		fmt.Fprintln(os.Stderr, "gopasta: passt mode is not implemented yet (run as pasta)")
-		return 1
-	}
 	return front(prog, cfg)
 }
