@@ -62,6 +62,9 @@ func (o *option) key() string { return o.long[0] }
 // parser carries state that spans several options.
 type parser struct {
 	c *Config
+	// modeSet: --mode was given on the command line, which overrides the
+	// file's "mode" key.
+	modeSet bool
 	// a4Prefix: the IPv4 -a carried /PLEN (so -n is redundant).
 	a4Prefix bool
 }
@@ -541,6 +544,8 @@ func buildTable() []*option {
 			apply: flag(func(c *Config) { c.NoNetNSQuit = true })},
 
 		// VM attachment.
+		{long: []string{"mode"}, hasArg: true, toml: tomlString, argName: "pasta|passt", help: "Run as pasta or passt whatever the program is called",
+			apply: func(_ *parser, _, arg string) error { _, err := ParseMode(arg); return err }},
 		{long: []string{"socket", "socket-path"}, short: 's', hasArg: true, mode: passtOnly, toml: tomlString, argName: "PATH", help: "UNIX socket path for the VM (qemu/vhost-user)",
 			apply: str(path("socket path"), func(c *Config, v string) { c.Socket, c.FD = v, -1 })},
 		{long: []string{"fd"}, short: 'F', hasArg: true, toml: tomlInt, argName: "FD", help: "Use FD as pre-opened connected socket (implies --one-off)",

@@ -29,6 +29,17 @@ func ModeFromArgv0(argv0 string) Mode {
 	return ModePasta
 }
 
+// ParseMode parses the --mode / "mode" value: "pasta" or "passt".
+func ParseMode(s string) (Mode, error) {
+	switch s {
+	case "pasta":
+		return ModePasta, nil
+	case "passt":
+		return ModePasst, nil
+	}
+	return ModePasta, fmt.Errorf("invalid mode %q (pasta or passt)", s)
+}
+
 // Defaults returns the built-in configuration of mode, before any file or
 // option: MTU 65520, our MAC 9a:55:9a:55:9a:55, no FD, flow and timeout
 // limits. Host-derived values (addresses, gateway, interface names) are
@@ -70,13 +81,29 @@ func parse(argv0 string, args []string) (*Config, error) {
 	// --config (the file sits below the command line), and --vhost-user
 	// (passt selects its mode before looking at the other options).
 	var file string
+	vhost, modeSet := false, false
 	for _, ev := range events {
 		switch ev.opt.key() {
 		case "config":
 			file = ev.arg
 		case "vhost-user":
-			c.VhostUser = c.Mode == ModePasst
+			vhost = true
+		case "mode":
+			if m, err := ParseMode(ev.arg); err == nil {
+				c.Mode, modeSet = m, true
+			}
 		}
+	}
+	// The mode comes first of all: the command line's --mode, else the
+	// file's "mode" key, else the program name.
+	if file != "" && !modeSet && !helpFirst(events) {
+		if m, ok := peekFileMode(file); ok {
+			c.Mode = m
+		}
+	}
+	p.modeSet = modeSet
+	if vhost {
+		c.VhostUser = c.Mode == ModePasst
 	}
 	fileKeys := map[string]bool{}
 	if file != "" && !helpFirst(events) {

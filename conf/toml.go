@@ -88,6 +88,11 @@ func applyTOML(p *parser, name string, data []byte) (map[string]bool, error) {
 		return nil, fmt.Errorf("%s: %v", name, err)
 	}
 	c := p.c
+	if v, ok := raw["mode"].(string); ok && !p.modeSet {
+		if m, err := ParseMode(v); err == nil {
+			c.Mode = m // the mode comes first (an invalid one is reported below)
+		}
+	}
 	if v, ok := raw["vhost-user"].(bool); ok && v && c.Mode == ModePasst {
 		c.VhostUser = true // see Parse: the mode comes first
 	}
@@ -108,6 +113,23 @@ func applyTOML(p *parser, name string, data []byte) (map[string]bool, error) {
 		}
 	}
 	return seen, nil
+}
+
+// peekFileMode returns the "mode" key of a configuration file, if it has a
+// valid one; the file's errors are reported when it is loaded for real.
+func peekFileMode(path string) (Mode, bool) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ModePasta, false
+	}
+	var v struct {
+		Mode string `toml:"mode"`
+	}
+	if _, err := toml.Decode(string(data), &v); err != nil || v.Mode == "" {
+		return ModePasta, false
+	}
+	m, err := ParseMode(v.Mode)
+	return m, err == nil
 }
 
 // tomlError is an error about one key's value.
