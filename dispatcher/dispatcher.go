@@ -171,6 +171,11 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	for {
 		select {
 		case s := <-batches:
+			// An inbound actor registers itself and then sends its SYN to
+			// the guest; the guest's SYN,ACK may already be in this batch.
+			// Take every pending registration first, or that answer would
+			// find no flow.
+			d.drainRegister()
 			d.handleBatch(s)
 			free <- s[:cap(s)]
 		case h := <-d.ended:
@@ -186,6 +191,19 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			d.dev.Close()
 			stop()
 			return ctx.Err()
+		}
+	}
+}
+
+// drainRegister registers every inbound actor already queued, without
+// blocking.
+func (d *Dispatcher) drainRegister() {
+	for {
+		select {
+		case h := <-d.register:
+			d.registerFlow(h)
+		default:
+			return
 		}
 	}
 }
