@@ -94,18 +94,6 @@ func TestUnknownOption(t *testing.T) {
 	}
 }
 
-func TestPasstNotImplemented(t *testing.T) {
-	needRoot(t)
-	passt := filepath.Join(t.TempDir(), "passt")
-	if err := os.Symlink(gopastaBin, passt); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(passt).CombinedOutput()
-	if exitCode(err) != 1 || !strings.Contains(string(out), "passt mode is not implemented") {
-		t.Errorf("as passt: %v, %q", err, out)
-	}
-}
-
 // TestSetupFailureIsOneLine: an error during the daemon's setup is the
 // front's exit status 1 and one line naming the problem.
 func TestSetupFailureIsOneLine(t *testing.T) {
