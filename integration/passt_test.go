@@ -603,3 +603,66 @@ func TestPasstVM(t *testing.T) {
 		}
 	}
 }
+
+// TestPasstDNSForward: the host's resolver is on loopback (as with
+// systemd-resolved), so passt mode offers the gateway as DNS server and
+// forwards its port 53 there; a query from the "VM" is answered through it.
+func TestPasstDNSForward(t *testing.T) {
+	h := HostNetns(t)
+	// ip netns exec bind-mounts /etc/netns/NAME/resolv.conf over
+	// /etc/resolv.conf for what it runs.
+	etc := "/etc/netns/" + h.Name
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(etc) })
+	if err := os.WriteFile(etc+"/resolv.conf", []byte("nameserver 127.0.0.53\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The "resolver": echoes each query back with a marker.
+	var pc net.PacketConn
+	var err error
+	InNetns(t, h, func() { pc, err = net.ListenPacket("udp4", "127.0.0.53:53") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		b := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(b)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(append([]byte("answer:"), b[:n]...), from)
+		}
+	}()
+
+	sock := filepath.Join(t.TempDir(), "p.sock")
+	startFgPasst(t, h, nil, passtBin(t), "-f", "-s", sock)
+	waitSocket(t, sock, 5*time.Second)
+	q := dialQemu(t, sock, macA)
+	m, _ := q.dhcp()
+	if d := m.DNS(); len(d) != 1 || d[0].String() != HostGW4 {
+		t.Fatalf("DNS offered %v, want the gateway %s", d, HostGW4)
+	}
+	query := []byte("\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x07example\x03org\x00\x00\x01\x00\x01")
+	q.send(udp4Frame(macA, ourMAC, net.ParseIP(HostAddr4), net.ParseIP(HostGW4), 40053, 53, query))
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		f, err := q.recv(time.Until(deadline))
+		if err != nil {
+			t.Fatalf("no DNS answer: %v", err)
+		}
+		if len(f) < 42 || binary.BigEndian.Uint16(f[12:]) != 0x0800 || f[23] != 17 || binary.BigEndian.Uint16(f[36:]) != 40053 {
+			continue
+		}
+		if src := net.IP(f[26:30]).String(); src != HostGW4 || binary.BigEndian.Uint16(f[34:]) != 53 {
+			t.Errorf("answer from %s:%d, want %s:53", src, binary.BigEndian.Uint16(f[34:]), HostGW4)
+		}
+		if got := f[42:]; !bytes.Equal(got, append([]byte("answer:"), query...)) {
+			t.Errorf("answer %q", got)
+		}
+		break
+	}
+}

@@ -66,6 +66,9 @@ func resolveDNS(cfg *conf.Config, path string, warn func(string, ...any)) {
 		}
 		// A loopback resolver is unreachable from the guest as is; the
 		// --dns-forward address leads to it.
+		if loopback && len(cfg.DNS) == 0 && cfg.Mode == conf.ModePasst {
+			passtDNSForward(cfg, servers)
+		}
 		if loopback && len(cfg.DNS) == 0 {
 			for _, a := range []netip.Addr{cfg.DNSForward4, cfg.DNSForward6} {
 				if a.IsValid() {
@@ -79,5 +82,28 @@ func resolveDNS(cfg *conf.Config, path string, warn func(string, ...any)) {
 	}
 	if len(cfg.Search) == 0 && !cfg.SearchNone {
 		cfg.Search = search
+	}
+}
+
+// passtDNSForward makes the gateway the guest's resolver when the host's is
+// on loopback (systemd-resolved's 127.0.0.53) and nothing says otherwise,
+// as passt does: a VM has no podman passing --dns-forward, and without it
+// the guest would be offered no resolver at all. Queries to the gateway's
+// port 53 then go to the loopback resolver (--dns-host), and everything
+// else sent to the gateway still reaches the host's loopback.
+func passtDNSForward(cfg *conf.Config, servers []netip.Addr) {
+	if cfg.NoMapGW {
+		return
+	}
+	for _, a := range servers {
+		if !a.IsLoopback() {
+			continue
+		}
+		switch {
+		case a.Is4() && !cfg.IPv6Only && !cfg.DNSForward4.IsValid() && cfg.Gateway4.IsValid():
+			cfg.DNSForward4 = cfg.Gateway4
+		case a.Is6() && !cfg.IPv4Only && !cfg.DNSForward6.IsValid() && cfg.Gateway6.IsValid():
+			cfg.DNSForward6 = cfg.Gateway6
+		}
 	}
 }
