@@ -666,3 +666,53 @@ func TestPasstDNSForward(t *testing.T) {
 		break
 	}
 }
+
+// TestPasstUDPForward: -u into the VM. A datagram to the host's forwarded
+// port reaches the guest (from the gateway, which stands for host
+// loopback), and the guest's reply reaches the host client.
+func TestPasstUDPForward(t *testing.T) {
+	h := HostNetns(t)
+	sock := filepath.Join(t.TempDir(), "p.sock")
+	startFgPasst(t, h, nil, passtBin(t), "-f", "-s", sock, "-u", "19185:5353")
+	waitSocket(t, sock, 5*time.Second)
+	q := dialQemu(t, sock, macA)
+	q.dhcp() // the guest has spoken: its MAC is known
+
+	var pc net.PacketConn
+	var err error
+	InNetns(t, h, func() { pc, err = net.ListenPacket("udp4", "127.0.0.1:0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	fwd, _ := net.ResolveUDPAddr("udp4", "127.0.0.1:19185")
+	if _, err := pc.WriteTo([]byte("ping from host"), fwd); err != nil {
+		t.Fatal(err)
+	}
+	clientPort := uint16(pc.LocalAddr().(*net.UDPAddr).Port)
+	deadline := time.Now().Add(5 * time.Second)
+	var f []byte
+	for {
+		f, err = q.recv(time.Until(deadline))
+		if err != nil {
+			t.Fatalf("no forwarded datagram: %v", err)
+		}
+		if len(f) >= 42 && binary.BigEndian.Uint16(f[12:]) == 0x0800 && f[23] == 17 && binary.BigEndian.Uint16(f[36:]) == 5353 {
+			break
+		}
+	}
+	if !bytes.Equal(f[0:6], macA) || string(f[42:]) != "ping from host" {
+		t.Errorf("datagram to %s: %q", net.HardwareAddr(f[0:6]), f[42:])
+	}
+	src, sport := net.IP(f[26:30]).String(), binary.BigEndian.Uint16(f[34:])
+	if src != HostGW4 || sport != clientPort || net.IP(f[30:34]).String() != HostAddr4 {
+		t.Errorf("datagram %s:%d -> %s, want %s:%d -> %s", src, sport, net.IP(f[30:34]), HostGW4, clientPort, HostAddr4)
+	}
+	q.send(udp4Frame(macA, ourMAC, net.ParseIP(HostAddr4), net.ParseIP(HostGW4), 5353, sport, []byte("pong from guest")))
+	pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	b := make([]byte, 100)
+	n, from, err := pc.ReadFrom(b)
+	if err != nil || string(b[:n]) != "pong from guest" || from.String() != "127.0.0.1:19185" {
+		t.Errorf("reply %q from %v: %v", b[:n], from, err)
+	}
+}
