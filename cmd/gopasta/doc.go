@@ -1,6 +1,9 @@
 // Command gopasta is a pasta-compatible user-mode network for containers:
 // it connects a network namespace to the host through a tap device, turning
-// the namespace's frames into ordinary host sockets.
+// the namespace's frames into ordinary host sockets. Run as passt (or with
+// --mode passt) it serves a virtual machine over QEMU's stream socket
+// instead; the process model below is the same, only the link differs
+// (passt.go).
 //
 // # Theory of operation: processes
 //
