@@ -115,6 +115,7 @@ func daemonMain(prog string) int {
 	}
 	log.Debugf("ready after %v", time.Since(start).Round(time.Microsecond))
 	report("ok")
+	defer startProfile(log)()
 	return d.run(sigs)
 }
 
