@@ -1,0 +1,249 @@
+package actors
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// splicedConn builds, in this namespace, client -> [front listener] ->
+// splice pair -> [server], and returns the client's and the server's ends.
+func splicedConn(t testing.TB, network, addr string) (client, server *net.TCPConn) {
+	t.Helper()
+	front, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer front.Close()
+	back, err := net.Listen(network, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Close()
+	c, err := net.Dial(network, front.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	acc, err := front.(*net.TCPListener).AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Take the accepted socket's descriptor, as the forwarders own theirs.
+	af, err := acc.File()
+	acc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	accFD, err := unix.Dup(int(af.Fd()))
+	af.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = unix.SetNonblock(accFD, true)
+	v6 := network == "tcp6"
+	nfd, err := unix.Socket(family(v6), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spliceConnect(accFD, nfd, netip.MustParseAddrPort(back.Addr().String()))
+	s, err := back.(*net.TCPListener).AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s
+}
+
+// pushPull sends n random bytes from w to r and compares digests; w is
+// half-closed after, r must then read EOF.
+func pushPull(t *testing.T, w, r *net.TCPConn, n int) {
+	t.Helper()
+	data := randBytes(1 << 20)
+	sent := sha256.New()
+	errc := make(chan error, 1)
+	go func() {
+		for left := n; left > 0; {
+			k := min(left, len(data))
+			if _, err := w.Write(data[:k]); err != nil {
+				errc <- err
+				return
+			}
+			sent.Write(data[:k])
+			left -= k
+		}
+		errc <- w.CloseWrite()
+	}()
+	got := sha256.New()
+	m, err := io.Copy(got, r)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if int(m) != n || !bytes.Equal(got.Sum(nil), sent.Sum(nil)) {
+		t.Fatalf("received %d bytes, digest mismatch (sent %d)", m, n)
+	}
+}
+
+func spliceSettled(t *testing.T, active int64) {
+	t.Helper()
+	for i := 0; i < 200 && SpliceStats.TCPActive.Load() != active; i++ {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if a := SpliceStats.TCPActive.Load(); a != active {
+		t.Fatalf("%d spliced pairs active, want %d", a, active)
+	}
+}
+
+// TestSpliceBulkHalfClose: 64 MiB each way, one direction after the other
+// was half-closed, checked by digest; then the pair ends and its
+// descriptors are gone.
+func TestSpliceBulkHalfClose(t *testing.T) {
+	for _, tc := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
+		t.Run(tc.network, func(t *testing.T) {
+			active := SpliceStats.TCPActive.Load()
+			before := fdCount(t)
+			c, s := splicedConn(t, tc.network, tc.addr)
+			pushPull(t, c, s, 64<<20) // client -> server, then client's FIN
+			pushPull(t, s, c, 64<<20) // server still sends after it
+			spliceSettled(t, active)
+			c.Close()
+			s.Close()
+			if n := fdCount(t); n > before {
+				t.Fatalf("%d descriptors leaked", n-before)
+			}
+		})
+	}
+}
+
+// TestSpliceConcurrentBothWays moves data both ways at once.
+func TestSpliceConcurrentBothWays(t *testing.T) {
+	c, s := splicedConn(t, "tcp4", "127.0.0.1:0")
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		pushPull(t, c, s, 16<<20)
+	}()
+	pushPull(t, s, c, 16<<20)
+	wg.Wait()
+}
+
+// TestSpliceResetPropagates: a peer that aborts makes the other peer see
+// a reset, not an orderly end of stream.
+func TestSpliceResetPropagates(t *testing.T) {
+	resets := SpliceStats.TCPResets.Load()
+	c, s := splicedConn(t, "tcp4", "127.0.0.1:0")
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(s, buf); err != nil {
+		t.Fatal(err)
+	}
+	_ = s.SetLinger(0)
+	s.Close()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := c.Read(buf)
+	if !errors.Is(err, unix.ECONNRESET) {
+		t.Fatalf("client read: %v, want connection reset", err)
+	}
+	if SpliceStats.TCPResets.Load() == resets {
+		t.Fatal("reset not counted")
+	}
+}
+
+// TestSpliceRefused: a target that refuses the connection resets the
+// client at once.
+func TestSpliceRefused(t *testing.T) {
+	front, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer front.Close()
+	dead, _ := net.Listen("tcp4", "127.0.0.1:0")
+	deadAddr := netip.MustParseAddrPort(dead.Addr().String())
+	dead.Close()
+	c, err := net.Dial("tcp4", front.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	acc, _ := front.(*net.TCPListener).AcceptTCP()
+	af, _ := acc.File()
+	acc.Close()
+	accFD, _ := unix.Dup(int(af.Fd()))
+	af.Close()
+	_ = unix.SetNonblock(accFD, true)
+	nfd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	spliceConnect(accFD, nfd, deadAddr)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
+		t.Fatalf("client read: %v, want connection reset", err)
+	}
+}
+
+// TestUDPSpliceRelay: through a -U style listener, a client's datagrams
+// reach the server, the replies come back from the address the client
+// sent to, and an idle client's flow times out.
+func TestUDPSpliceRelay(t *testing.T) {
+	echo := udpEcho(t, "127.0.0.1:0")
+	lfd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bindAddrPort(lfd, netip.MustParseAddrPort("127.0.0.1:0")); err != nil {
+		t.Fatal(err)
+	}
+	laddr := netip.AddrPortFrom(lo4, localPort(lfd))
+	dup, err := unix.FcntlInt(uintptr(lfd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := SpliceStats.UDPFlows.Load()
+	relay := newUDPSplice(dup, func(netip.AddrPort) (netip.AddrPort, bool) { return echo, true },
+		func(v6 bool) (int, error) {
+			return unix.Socket(family(v6), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		}, 200*time.Millisecond)
+	l := &udpSpliceListener{file: os.NewFile(uintptr(lfd), "test"), relay: relay}
+	l.wg.Add(1)
+	go l.serve()
+	defer l.close()
+
+	cl, err := net.Dial("udp4", laddr.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for i := 0; i < 3; i++ {
+		msg := []byte{'m', byte('0' + i)}
+		if _, err := cl.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		_ = cl.SetReadDeadline(time.Now().Add(2 * time.Second))
+		buf := make([]byte, 100)
+		n, err := cl.Read(buf) // connected: only from the listener's address
+		if err != nil || !bytes.Equal(buf[:n], msg) {
+			t.Fatalf("reply %q, %v", buf[:n], err)
+		}
+	}
+	if got := SpliceStats.UDPFlows.Load() - before; got != 1 {
+		t.Fatalf("%d relay flows for one client", got)
+	}
+	for i := 0; i < 100 && SpliceStats.UDPFlows.Load() != before; i++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if SpliceStats.UDPFlows.Load() != before {
+		t.Fatal("idle relay flow did not time out")
+	}
+}
