@@ -272,7 +272,7 @@ func (d *fwdDir) bindStatic() error {
 				if r.Weak {
 					continue
 				}
-				return fmt.Errorf("Failed to bind port %d (%s) for option '%s', exiting", port, strerror(err), spec)
+				return &ForwardError{fmt.Sprintf("Failed to bind port %d (%s) for option '%s', exiting", port, strerror(err), spec)}
 			}
 			d.ls[fwdKey{ri, port}] = l
 			d.ours.add(port)
@@ -283,7 +283,7 @@ func (d *fwdDir) bindStatic() error {
 	}
 	for spec, n := range weakBound {
 		if n == 0 {
-			return fmt.Errorf("Failed to bind any port for option '%s', exiting", spec)
+			return &ForwardError{fmt.Sprintf("Failed to bind any port for option '%s', exiting", spec)}
 		}
 	}
 	return nil
@@ -406,6 +406,13 @@ func (d *fwdDir) openFamily(r conf.Rule, p uint16, v6 bool) (fwdListener, error)
 		return d.f.openUDPOut(p, to, v6)
 	}
 }
+
+// ForwardError is a port forwarding failure worded as pasta words it
+// ("Failed to bind port 8000 (Address already in use) for option '-t
+// 8000-8000:80-80', exiting"): the complete line to show the user.
+type ForwardError struct{ Msg string }
+
+func (e *ForwardError) Error() string { return e.Msg }
 
 // strerror spells an errno as the C library does ("Address already in
 // use"), which is what pasta's messages show.

@@ -102,7 +102,13 @@ func daemonMain(prog string) int {
 	if err := d.setup(); err != nil {
 		log.WithError(err).Debug("setup failed")
 		d.teardown()
-		report("err " + err.Error())
+		var fe *actors.ForwardError
+		if errors.As(err, &fe) {
+			// pasta's own wording, shown as is (podman users see it).
+			report("die " + fe.Error())
+		} else {
+			report("err " + err.Error())
+		}
 		return 1
 	}
 	log.afterReady(d.foreground)

@@ -138,6 +138,10 @@ func front(prog string, cfg *conf.Config) int {
 		if msg, ok := strings.CutPrefix(line, "err "); ok {
 			return fail("%s", msg)
 		}
+		if msg, ok := strings.CutPrefix(line, "die "); ok {
+			fmt.Fprintln(os.Stderr, msg)
+			return 1
+		}
 		if (foreground || relayed > 0) && status != 0 && line == "" {
 			// The daemon died before reporting; whatever it had to
 			// say is on stderr already (the nsenter constructor's
