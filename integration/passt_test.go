@@ -399,8 +399,17 @@ func TestPasstReconnect(t *testing.T) {
 	if !strings.Contains(log, "discarding connection") {
 		t.Error("refusal not logged")
 	}
-	if pid := (&Gopasta{PIDFile: pidf}).PID(); !pidAlive(pid) {
-		t.Error("daemon gone although not one-off")
+	pid := (&Gopasta{PIDFile: pidf}).PID()
+	if !pidAlive(pid) {
+		t.Fatal("daemon gone although not one-off")
+	}
+	// SIGTERM: exit, socket file removed.
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	if _, ok := waitGone(pid, 3*time.Second); !ok {
+		t.Fatal("daemon still running 3s after SIGTERM")
+	}
+	if _, err := os.Lstat(sock); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket file left behind after SIGTERM: %v", err)
 	}
 }
 
