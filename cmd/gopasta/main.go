@@ -26,7 +26,7 @@ func run() int {
 	if os.Getenv(stageEnv) == stageDaemon {
 		return daemonMain(prog)
 	}
-	mode := conf.ModeFromArgv0(os.Args[0])
+	mode := usageMode(os.Args[0], os.Args[1:])
 	cfg, err := conf.Parse(os.Args[0], os.Args[1:])
 	switch {
 	case errors.Is(err, conf.ErrHelp):

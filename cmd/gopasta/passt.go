@@ -42,6 +42,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/gopasta/gopasta/conf"
@@ -208,4 +209,23 @@ func (d *daemon) passtStats() map[string]any {
 		m["tx_short_writes"] = c.Stats.TxShortWrites.Load()
 	}
 	return m
+}
+
+// usageMode is the mode whose --help to print: the program name's, unless
+// --mode says otherwise (a file's "mode" key is not read for --help).
+func usageMode(argv0 string, args []string) conf.Mode {
+	mode := conf.ModeFromArgv0(argv0)
+	for i, a := range args {
+		v, ok := strings.CutPrefix(a, "--mode=")
+		if a == "--mode" && i+1 < len(args) {
+			v, ok = args[i+1], true
+		}
+		if a == "--" {
+			break
+		}
+		if m, err := conf.ParseMode(v); ok && err == nil {
+			mode = m
+		}
+	}
+	return mode
 }
