@@ -142,6 +142,9 @@ func (f *forwarder) nsListen(typ int, p uint16, v6 bool) (int, error) {
 		unix.Close(fd)
 		return -1, err
 	}
+	if typ == unix.SOCK_DGRAM {
+		setBufs(fd)
+	}
 	if typ == unix.SOCK_STREAM {
 		if err := unix.Listen(fd, 4096); err != nil {
 			unix.Close(fd)

@@ -113,6 +113,9 @@ func (s *udpSplice) open(client netip.AddrPort) (*udpSpliceFlow, error) {
 	if v6 {
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
 	}
+	// Bursts from a fast client must not overflow a default-sized buffer
+	// while the reply goroutine is scheduled.
+	setBufs(fd)
 	// Keep the client's port if it is free there; any port otherwise.
 	any := netip.IPv4Unspecified()
 	if v6 {

@@ -1,0 +1,156 @@
+package integration
+
+import (
+	"bytes"
+	"net"
+	"testing"
+	"time"
+)
+
+// Bulk transfers over the loopback splice path, checked by digest: the
+// client sends n bytes and half-closes; the server reads to EOF, then
+// sends n bytes of its own and closes; each side's digest must match what
+// the other sent. The server still sending after the client's FIN is the
+// half-close check.
+
+type bulkResult struct {
+	got    [32]byte // what the server received
+	gotN   int64
+	sent   [32]byte // what it sent back
+	err    error
+	remote string
+}
+
+// ServeBulk serves one bulk exchange per connection, reporting each.
+func ServeBulk(l net.Listener, n int64) <-chan bulkResult {
+	res := make(chan bulkResult, 4)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bulkResult{remote: c.RemoteAddr().String()}
+				r.got, r.gotN, r.err = drain(c)
+				if r.err == nil {
+					r.sent, r.err = stream(c, n, 2)
+				}
+				res <- r
+			}()
+		}
+	}()
+	return res
+}
+
+// bulkClient runs the client side from ns against addr.
+func bulkClient(t *testing.T, ns Netns, network, addr string, n int64, server <-chan bulkResult) {
+	t.Helper()
+	c, err := DialTCPIn(t, ns, network, "", addr)
+	if err != nil {
+		t.Fatalf("dial %s: %v", addr, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(120 * time.Second))
+	start := time.Now()
+	sent, err := stream(c, n, 1)
+	if err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, gotN, err := drain(c)
+	if err != nil {
+		t.Fatalf("receive: %v", err)
+	}
+	elapsed := time.Since(start)
+	var r bulkResult
+	select {
+	case r = <-server:
+	case <-time.After(10 * time.Second):
+		t.Fatal("server did not finish")
+	}
+	if r.err != nil {
+		t.Fatalf("server: %v", r.err)
+	}
+	if r.gotN != n || !bytes.Equal(r.got[:], sent[:]) {
+		t.Fatalf("client -> server: %d of %d bytes, digest match %v", r.gotN, n, r.got == sent)
+	}
+	if gotN != n || got != r.sent {
+		t.Fatalf("server -> client: %d of %d bytes, digest match %v", gotN, n, got == r.sent)
+	}
+	t.Logf("%s %s: 2 x %d MiB in %v (%.1f Gbit/s), server saw the client as %s", network, addr, n>>20,
+		elapsed.Round(time.Millisecond), float64(2*n*8)/elapsed.Seconds()/1e9, r.remote)
+}
+
+// TestSpliceHostToNamespace: 256 MiB each way through -t from the host's
+// loopback, IPv4 and IPv6.
+func TestSpliceHostToNamespace(t *testing.T) {
+	gp := StartGopasta(t, "-t", "18900:28900", "-u", "none", "-T", "none", "-U", "none")
+	h, g := gp.Host, gp.Guest
+	res := ServeBulk(ListenTCPIn(t, g, "tcp", ":28900"), 256<<20)
+	bulkClient(t, h, "tcp4", "127.0.0.1:18900", 256<<20, res)
+	bulkClient(t, h, "tcp6", "[::1]:18900", 256<<20, res)
+}
+
+// TestSpliceNamespaceToHost: 256 MiB each way through -T to a server on
+// the host's loopback, IPv4 and IPv6.
+func TestSpliceNamespaceToHost(t *testing.T) {
+	gp := StartGopasta(t, "-t", "none", "-u", "none", "-T", "18901", "-U", "none")
+	h, g := gp.Host, gp.Guest
+	res4 := ServeBulk(ListenTCPIn(t, h, "tcp4", "127.0.0.1:18901"), 256<<20)
+	res6 := ServeBulk(ListenTCPIn(t, h, "tcp6", "[::1]:18901"), 256<<20)
+	bulkClient(t, g, "tcp4", "127.0.0.1:18901", 256<<20, res4)
+	bulkClient(t, g, "tcp6", "[::1]:18901", 256<<20, res6)
+}
+
+// TestSpliceHostLoToNsLo: with --host-lo-to-ns-lo a spliced client comes
+// from the namespace's loopback, and services bound only there are
+// reachable.
+func TestSpliceHostLoToNsLo(t *testing.T) {
+	gp := StartGopasta(t, "--host-lo-to-ns-lo", "-t", "18902", "-u", "none", "-T", "none", "-U", "none")
+	ServeInfo(ListenTCPIn(t, gp.Guest, "tcp4", "127.0.0.1:18902"))
+	_, peer, err := askInfo(t, gp.Host, "tcp4", "127.0.0.1:18902")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hostOf(peer) != "127.0.0.1" {
+		t.Errorf("client seen from %s, want 127.0.0.1", peer)
+	}
+}
+
+// TestSpliceNsLoopbackNotExposed: without --host-lo-to-ns-lo a service
+// bound only to the namespace's loopback is not reachable from the host.
+func TestSpliceNsLoopbackNotExposed(t *testing.T) {
+	gp := StartGopasta(t, "-t", "18903", "-u", "none", "-T", "none", "-U", "none")
+	ServeInfo(ListenTCPIn(t, gp.Guest, "tcp4", "127.0.0.1:18903"))
+	if _, _, err := askInfo(t, gp.Host, "tcp4", "127.0.0.1:18903"); !refused(err) {
+		t.Fatalf("got %v, want the connection refused", err)
+	}
+}
+
+// TestSpliceUDPEcho: UDP from the host's loopback through -u and from the
+// namespace's loopback through -U, IPv4 and IPv6, many datagrams.
+func TestSpliceUDPEcho(t *testing.T) {
+	gp := StartGopasta(t, "-t", "none", "-u", "18904:28904", "-T", "none", "-U", "18905")
+	h, g := gp.Host, gp.Guest
+	ServeUDPEcho(ListenUDPIn(t, g, "udp4", ":28904"))
+	ServeUDPEcho(ListenUDPIn(t, g, "udp6", ":28904"))
+	ServeUDPEcho(ListenUDPIn(t, h, "udp4", "127.0.0.1:18905"))
+	ServeUDPEcho(ListenUDPIn(t, h, "udp6", "[::1]:18905"))
+	for _, tc := range []struct {
+		ns            Netns
+		network, addr string
+	}{
+		{h, "udp4", "127.0.0.1:18904"}, {h, "udp6", "[::1]:18904"},
+		{g, "udp4", "127.0.0.1:18905"}, {g, "udp6", "[::1]:18905"},
+	} {
+		c := DialUDPIn(t, tc.ns, tc.network, tc.addr)
+		if !udpPing(c, "hello") {
+			t.Fatalf("%s: no echo", tc.addr)
+		}
+		udpExchange(t, c, 2000)
+	}
+}
