@@ -310,16 +310,17 @@ func (c *tcpConn) loop() {
 		select {
 		case f := <-c.h.In:
 			c.onFrames(f)
-		case <-c.sock.rw.C:
-			c.sock.rw.Fired()
+		case <-c.sock.wake:
+			ev := c.sock.fired()
 			c.now = time.Now()
-			c.lastAct = c.now
-			c.sockData = true
-			c.output()
-		case <-c.sock.ww.C:
-			c.sock.ww.Fired()
-			c.now = time.Now()
-			c.onWritable()
+			if ev&sockReadable != 0 {
+				c.lastAct = c.now
+				c.sockData = true
+				c.output()
+			}
+			if ev&sockWritable != 0 && c.state&tcpClosed == 0 {
+				c.onWritable()
+			}
 		case <-c.timer.C:
 			c.timerAt = time.Time{}
 			c.now = time.Now()
@@ -522,20 +523,26 @@ func (c *tcpConn) connect() error {
 		unix.Close(fd)
 		return err
 	}
-	s, err := newTCPSock(fd)
+	s, err := newTCPSock(c.env, fd, true)
 	if err != nil {
 		unix.Close(fd)
 		return err
 	}
 	c.sock = s
 	err = unix.Connect(fd, sockaddrOf(dst))
+	if err == nil || err == unix.EINPROGRESS {
+		// Registered only now: see newTCPSock.
+		if rerr := s.register(); rerr != nil {
+			err = rerr
+		}
+	}
 	switch err {
 	case nil:
 		c.onConnected()
 		return nil
 	case unix.EINPROGRESS:
 		c.state = tcpConnecting
-		c.sock.ww.Arm()
+		c.sock.arm(sockWritable)
 		return nil
 	}
 	s.close(false)
@@ -580,6 +587,10 @@ func (c *tcpConn) onWritable() {
 			c.debugf("connect: %v", err)
 			c.sendRST()
 			c.closeFlow("connect: "+err.Error(), false)
+			return
+		}
+		if _, err := unix.Getpeername(c.sock.fd); err != nil {
+			c.sock.arm(sockWritable) // not connected yet: a spurious event
 			return
 		}
 		c.onConnected()

@@ -64,7 +64,7 @@ func benchConn(b *testing.B) (*tcpConn, *net.TCPConn) {
 	env := &Env{Ctx: ctx, Conf: &conf.Config{MTU: 65520}, Out: w, Peer: peerInfo, Log: log, NAT: &NAT{}}
 	k := Key{Proto: wire.ProtoTCP, Guest: netip.MustParseAddrPort("10.0.2.100:40000"), Far: netip.MustParseAddrPort("10.0.2.2:80")}
 	c := newTCPConn(env, NewHandle(k), k, false)
-	s, err := newTCPSock(fd)
+	s, err := newTCPSock(env, fd, false)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -264,7 +264,7 @@ func (l *tcpListener) accepted(env *Env, fd int, sa unix.Sockaddr) {
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	k := Key{Proto: wire.ProtoTCP, Guest: netip.AddrPortFrom(guest, l.fw.to), Far: far}
-	s, err := newTCPSock(fd)
+	s, err := newTCPSock(env, fd, false)
 	if err != nil {
 		unix.Close(fd)
 		return

@@ -118,6 +118,7 @@ func (c *tcpConn) flush() {
 		for i := 0; i < n; i++ {
 			setIov(&c.sock.iov[i], c.pend[i].b)
 		}
+		c.sock.clear(sockWritable)
 		w, err := c.sock.sendmsg(n)
 		if err == unix.EAGAIN {
 			w = 0
@@ -140,7 +141,7 @@ func (c *tcpConn) flush() {
 		c.pend = c.pend[:m]
 		if i < n {
 			// The socket is full: keep the rest and wait for room.
-			c.sock.ww.Arm()
+			c.sock.arm(sockWritable)
 			return
 		}
 	}
@@ -192,7 +193,7 @@ func (c *tcpConn) rcvWindow() uint16 {
 	}
 	// Arm for a window update if the socket is what keeps us small.
 	if w<<ws < c.rcvMax/4 && c.state&tcpGuestFin == 0 {
-		c.sock.ww.Arm()
+		c.sock.arm(sockWritable)
 	}
 	c.lastWin = uint16(w)
 	return uint16(w)

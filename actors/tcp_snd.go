@@ -63,6 +63,7 @@ func (c *tcpConn) sendBatch() bool {
 		room -= l
 		want += l
 	}
+	s.clear(sockReadable)
 	n, err := s.recvmsg(iv, unix.MSG_PEEK)
 	if !s.peekOff && err == nil && n > 0 {
 		if n -= int(inflight); n <= 0 {
@@ -73,7 +74,7 @@ func (c *tcpConn) sendBatch() bool {
 	case err == unix.EAGAIN:
 		c.releaseFrames(0, nf)
 		c.sockData = false
-		s.rw.Arm()
+		s.arm(sockReadable)
 		return false
 	case err != nil:
 		c.releaseFrames(0, nf)
@@ -118,10 +119,12 @@ func (c *tcpConn) sendBatch() bool {
 	if c.rtoAt.IsZero() {
 		c.rtoAt = c.now.Add(c.rto)
 	}
-	if n < want {
-		// The queue is drained: wait for more.
+	if n < want && !s.hungUp() {
+		// The queue is drained: wait for more. (An end of stream or
+		// error whose event came before our last clear raises no new
+		// edge: after one, peek on until the socket says so itself.)
 		c.sockData = false
-		s.rw.Arm()
+		s.arm(sockReadable)
 		return false
 	}
 	return true

@@ -5,20 +5,25 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
 
-// tcpSock is the host side of a flow: a non-blocking TCP socket, wrapped in
-// an os.File only so that the runtime poller can tell the Wakers when it is
-// ready. All I/O is done with raw system calls on fd, with iovecs and the
-// message header kept in the flow, so that the data path allocates nothing.
+// tcpSock is the host side of a flow: a non-blocking TCP socket. All I/O
+// is done with raw system calls on fd, with iovecs and the message header
+// kept in the flow, so that the data path allocates nothing. Readiness
+// comes from the Env's shared edge-triggered epoll (tcp_poll.go) on wake.
 type tcpSock struct {
 	fd   int
-	file *os.File
-	rw   *Waker // readable
-	ww   *Waker // writable
+	poll *tcpPoller
+	slot int32 // in poll, -1 once removed
+
+	// wake receives a value when an armed kind of event is pending.
+	wake    chan struct{}
+	pending atomic.Uint32 // events seen since the owner last cleared them
+	armed   atomic.Uint32 // events the owner waits for
 
 	// peekOff says whether the kernel keeps our peek offset (SO_PEEK_OFF
 	// on TCP, Linux 6.10+). Without it every peek starts at the head of
@@ -47,29 +52,36 @@ func getDiscard() []byte {
 	return discardBuf
 }
 
-// newTCPSock wraps a non-blocking socket fd and starts its Wakers.
-func newTCPSock(fd int) (*tcpSock, error) {
-	s := &tcpSock{fd: fd}
-	s.file = os.NewFile(uintptr(fd), "tcp")
-	rc, err := s.file.SyscallConn()
+// newTCPSock wraps a non-blocking socket fd. Unless later is set, it is
+// registered with env's poller at once; otherwise the caller calls
+// register (an outbound socket, once connect is under way: an unconnected
+// socket reports a hang-up that would read as "connected").
+func newTCPSock(env *Env, fd int, later bool) (*tcpSock, error) {
+	p, err := tcpPollerFor(env)
 	if err != nil {
-		s.file.Close()
 		return nil, err
 	}
-	s.rw = NewReadWaker(rc)
-	s.ww = NewWriteWaker(rc)
+	s := &tcpSock{fd: fd, poll: p, slot: -1, wake: make(chan struct{}, 1)}
 	s.peekOff = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0) == nil
+	if !later {
+		if err := s.register(); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
+
+// register adds the socket to its poller.
+func (s *tcpSock) register() error { return s.poll.add(s) }
 
 // close closes the socket, abortively (RST to the host peer) if reset.
 func (s *tcpSock) close(reset bool) {
 	if reset {
 		_ = unix.SetsockoptLinger(s.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
 	}
-	s.file.Close()
-	s.rw.Stop()
-	s.ww.Stop()
+	s.poll.remove(s)
+	unix.Close(s.fd)
+	s.fd = -1
 }
 
 func errnoErr(e unix.Errno) error {

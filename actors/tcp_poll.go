@@ -1,0 +1,256 @@
+package actors
+
+import (
+	"context"
+	"os"
+	"sync"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// # TCP socket readiness: one edge-triggered epoll for all flows
+//
+// A TCP actor waits in a select on its inbox, its timer and its socket. Go
+// cannot select on a descriptor, so something must turn readiness into a
+// channel value. The generic Waker does it with a goroutine per direction
+// and a level-triggered poll(2) at each Arm, which is wrong for TCP in two
+// ways. A socket whose receive queue holds data the guest has not yet
+// acknowledged is always readable, though there is nothing new to peek:
+// every Arm would fire at once, and an idle request/response flow spins
+// until the guest's ACK arrives. And two goroutines, two channels and an
+// os.File per connection are what a connect/request/response/close
+// benchmark pays for on every connection.
+//
+// So all TCP flow sockets of an Env share one epoll instance, registered
+// edge-triggered once, when the socket is created. An edge is a new event
+// (data arrived, room in the send buffer, a FIN, an error), which is
+// exactly what the actor wants to hear about; data it has already peeked
+// raises none. One goroutine harvests the epoll instance, itself waiting
+// in the runtime's poller (an epoll descriptor is pollable), and for each
+// event records it in the socket's pending bits and, if the actor armed
+// that kind, sends on the socket's wake channel (capacity 1, so bursts
+// coalesce and the harvester never blocks).
+//
+// No edge is lost: the actor clears a pending bit before the I/O that may
+// end in EAGAIN, and arms after it. An event after the clear sets the bit
+// again; the harvester sets pending before it reads armed and the actor
+// sets armed before it reads pending, so (the atomics being sequentially
+// consistent) at least one of them sees the other and the actor is woken.
+// A stale pending bit costs one spurious wakeup, never a missed one.
+//
+// Sockets are named in the kernel's event by a slot index and a generation
+// (Go pointers cannot be kept by the kernel), so an event harvested just
+// before a flow closed finds its slot empty or reused and is dropped.
+
+// Readiness bits of tcpSock.pending and tcpSock.armed.
+// sockHup is sticky: the socket reported end of stream, a hang-up or an
+// error, so a short peek no longer means the queue is drained.
+const (
+	sockReadable = 1 << iota
+	sockWritable
+	sockHup
+)
+
+// tcpPollEvents is what every flow socket is registered for.
+const tcpPollEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+
+// tcpPoller is the epoll instance of one Env's TCP flows and its harvester.
+type tcpPoller struct {
+	file *os.File // the epoll descriptor, in the runtime's poller
+	rc   syscall.RawConn
+
+	mu     sync.Mutex // guards the rest, and epfd against use after close
+	epfd   int
+	closed bool
+	slots  []*tcpSock
+	gens   []uint32
+	free   []int32
+}
+
+var (
+	tcpPollersMu sync.Mutex
+	tcpPollers   = map[*Env]*tcpPoller{}
+)
+
+// tcpPollerFor returns env's poller, starting it on first use. It lives
+// until env.Ctx is done: its goroutine is owned by the Env.
+func tcpPollerFor(env *Env) (*tcpPoller, error) {
+	tcpPollersMu.Lock()
+	defer tcpPollersMu.Unlock()
+	if p := tcpPollers[env]; p != nil {
+		return p, nil
+	}
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	// Non-blocking, so that os.NewFile hands it to the runtime's poller.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	p := &tcpPoller{file: os.NewFile(uintptr(epfd), "tcp-epoll"), epfd: epfd}
+	if p.rc, err = p.file.SyscallConn(); err != nil {
+		p.file.Close()
+		return nil, err
+	}
+	tcpPollers[env] = p
+	ctx := env.Ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	go p.run()
+	context.AfterFunc(ctx, func() {
+		tcpPollersMu.Lock()
+		delete(tcpPollers, env)
+		tcpPollersMu.Unlock()
+		p.close()
+	})
+	return p, nil
+}
+
+// run harvests events until the poller is closed.
+func (p *tcpPoller) run() {
+	evs := make([]unix.EpollEvent, 256)
+	harvest := func(fd uintptr) bool {
+		for {
+			n, err := unix.EpollWait(int(fd), evs, 0)
+			if err == unix.EINTR {
+				continue
+			}
+			if n <= 0 {
+				return false // nothing ready: wait in the runtime's poller
+			}
+			p.deliver(evs[:n])
+			if n < len(evs) {
+				return true
+			}
+		}
+	}
+	for {
+		if err := p.rc.Read(harvest); err != nil {
+			return // closed
+		}
+	}
+}
+
+func (p *tcpPoller) deliver(evs []unix.EpollEvent) {
+	p.mu.Lock()
+	for i := range evs {
+		e := &evs[i]
+		slot := int(e.Fd)
+		if slot < 0 || slot >= len(p.slots) || p.gens[slot] != uint32(e.Pad) {
+			continue
+		}
+		if s := p.slots[slot]; s != nil {
+			s.notify(e.Events)
+		}
+	}
+	p.mu.Unlock()
+}
+
+// add registers s (its fd set) with the poller.
+func (p *tcpPoller) add(s *tcpSock) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return unix.EBADF
+	}
+	var slot int32
+	if n := len(p.free); n > 0 {
+		slot = p.free[n-1]
+		p.free = p.free[:n-1]
+	} else {
+		slot = int32(len(p.slots))
+		p.slots = append(p.slots, nil)
+		p.gens = append(p.gens, 0)
+	}
+	p.gens[slot]++
+	ev := unix.EpollEvent{Events: tcpPollEvents, Fd: slot, Pad: int32(p.gens[slot])}
+	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
+		p.free = append(p.free, slot)
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	p.slots[slot] = s
+	s.slot = slot
+	return nil
+}
+
+// remove unregisters s; it must be called before s.fd is closed.
+func (p *tcpPoller) remove(s *tcpSock) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if s.slot < 0 {
+		return
+	}
+	if !p.closed {
+		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+	}
+	p.slots[s.slot] = nil
+	p.gens[s.slot]++
+	p.free = append(p.free, s.slot)
+	s.slot = -1
+}
+
+func (p *tcpPoller) close() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.file.Close()
+}
+
+// notify is the harvester's half of the protocol described above.
+func (s *tcpSock) notify(events uint32) {
+	var b uint32
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		b |= sockReadable
+	}
+	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		b |= sockWritable
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		b |= sockHup
+	}
+	s.pending.Or(b)
+	if s.armed.Load()&b != 0 {
+		s.kick()
+	}
+}
+
+func (s *tcpSock) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// clear forgets pending events of kind b: the owner calls it right before
+// the I/O whose EAGAIN would make it arm b.
+func (s *tcpSock) clear(b uint32) { s.pending.And(^b) }
+
+// arm asks for a value on wake at the next event of kind b (or at once, if
+// one arrived since clear). Owner only.
+func (s *tcpSock) arm(b uint32) {
+	if s.armed.Load()&b == b {
+		return
+	}
+	s.armed.Or(b)
+	if s.pending.Load()&b != 0 {
+		s.kick()
+	}
+}
+
+// hungUp reports whether the socket ever reported end of stream, a
+// hang-up or an error.
+func (s *tcpSock) hungUp() bool { return s.pending.Load()&sockHup != 0 }
+
+// fired returns the armed kinds that have an event pending, disarms them
+// and clears their pending bits: the owner calls it after receiving from
+// wake, and then looks at the socket for each kind returned.
+func (s *tcpSock) fired() uint32 {
+	f := s.armed.Load() & s.pending.Load()
+	s.armed.And(^f)
+	s.pending.And(^f)
+	return f
+}
