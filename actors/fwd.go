@@ -98,6 +98,12 @@ func StartForwarding(env *Env, nsFD int) (stop func(), err error) {
 			return nil, fmt.Errorf("port forwarding: %v", err)
 		}
 		f.splice = !c.NoSplice
+		// pasta brings the namespace's loopback up whatever else it is
+		// told: -T/-U listen there, and spliced connections land there.
+		if err := f.ns.do(loopbackUp); err != nil {
+			f.ns.stop()
+			return nil, fmt.Errorf("port forwarding: %v", err)
+		}
 	}
 	hostEph := [2]uint16{}
 	hostEph[0], hostEph[1] = ephemeralRange()
@@ -413,6 +419,23 @@ func (d *fwdDir) openFamily(r conf.Rule, p uint16, v6 bool) (fwdListener, error)
 type ForwardError struct{ Msg string }
 
 func (e *ForwardError) Error() string { return e.Msg }
+
+// loopbackUp sets the calling thread's namespace's "lo" up.
+func loopbackUp() {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil || unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr) != nil {
+		return
+	}
+	if ifr.Uint16()&unix.IFF_UP == 0 {
+		ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+		_ = unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+	}
+}
 
 // strerror spells an errno as the C library does ("Address already in
 // use"), which is what pasta's messages show.
