@@ -7,6 +7,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -27,7 +28,11 @@ import (
 // (udpBinding.splice) and keeps the rest; the relay sends replies on a
 // dup(2) of it, so that each closes its own descriptor.
 //
-// A client's socket is closed after the UDP timeout without traffic.
+// Replies move in batches: one recvmmsg on the client's socket, one
+// sendmmsg of the same buffers to the client; the -U listener receives
+// with recvmmsg too. The deadline timer is touched only when it fires, not
+// per datagram. A client's socket is closed after the UDP timeout without
+// traffic.
 
 var errNoTarget = errors.New("no splice target")
 
@@ -157,15 +162,24 @@ func (s *udpSplice) replies(fl *udpSpliceFlow) {
 		case <-stop:
 		}
 	}()
-	buf := make([]byte, 65536)
+	var b *udpSpliceBuf
 	var n int
-	var rerr error
+	var e syscall.Errno
 	read := func(fd uintptr) bool {
-		n, rerr = unix.Read(int(fd), buf)
-		return rerr != unix.EAGAIN
+		if b == nil {
+			b = getUDPSpliceBuf(false)
+		}
+		n, e = recvmmsg(int(fd), b.hdrs[:])
+		if e == unix.EAGAIN {
+			// Nothing to hold on to while parked.
+			putUDPSpliceBuf(b)
+			b = nil
+			return false
+		}
+		return true
 	}
+	fl.file.SetReadDeadline(time.Now().Add(s.timeout))
 	for {
-		fl.file.SetReadDeadline(time.Now().Add(s.timeout))
 		if err := rc.Read(read); err != nil {
 			select {
 			case <-s.done:
@@ -173,24 +187,84 @@ func (s *udpSplice) replies(fl *udpSpliceFlow) {
 			default:
 			}
 			fl.mu.Lock()
-			idle := time.Duration(monoNow() - fl.last)
+			last := fl.last
 			fl.mu.Unlock()
+			idle := time.Duration(monoNow() - last)
 			if idle >= s.timeout {
 				return
 			}
+			fl.file.SetReadDeadline(time.Now().Add(s.timeout - idle))
 			continue
 		}
-		if rerr != nil {
+		if e != 0 {
 			// ECONNREFUSED: nobody listens there (yet); keep the flow.
 			continue
 		}
 		fl.mu.Lock()
 		fl.last = monoNow()
 		fl.mu.Unlock()
-		sendto(s.lfd, buf[:n], &fl.sa, fl.salen)
-		SpliceStats.UDPDatagrams.Add(1)
+		// The same buffers go back out to the client in one sendmmsg.
+		for i := 0; i < n; i++ {
+			h := &b.hdrs[i]
+			b.iovs[i].SetLen(int(min(h.Len, udpSpliceMax)))
+			h.Hdr.Name = (*byte)(unsafe.Pointer(&fl.sa))
+			h.Hdr.Namelen = fl.salen
+		}
+		for sent := 0; sent < n; {
+			k, e := sendmmsg(s.lfd, b.hdrs[sent:n])
+			if e != 0 {
+				if e == unix.EINTR {
+					continue
+				}
+				break // full or gone: the rest is lost, as on a wire
+			}
+			sent += k
+		}
+		SpliceStats.UDPDatagrams.Add(int64(n))
+		putUDPSpliceBuf(b)
+		b = nil
 	}
 }
+
+// udpSpliceBatch is how many datagrams one recvmmsg/sendmmsg of the relay
+// moves; udpSpliceMax the largest datagram.
+const (
+	udpSpliceBatch = 16
+	udpSpliceMax   = 65536
+)
+
+// udpSpliceBuf is a relay's batch: headers, iovecs, addresses and room
+// for udpSpliceBatch datagrams of any size. A megabyte each, so they are
+// pooled: a relay goroutine holds one only while it moves datagrams, not
+// while it is parked.
+type udpSpliceBuf struct {
+	hdrs  [udpSpliceBatch]unix.Mmsghdr
+	iovs  [udpSpliceBatch]unix.Iovec
+	names [udpSpliceBatch]unix.RawSockaddrInet6
+	data  [udpSpliceBatch][udpSpliceMax]byte
+}
+
+var udpSplicePool = sync.Pool{New: func() any { return new(udpSpliceBuf) }}
+
+// getUDPSpliceBuf returns a batch ready for recvmmsg (with room for the
+// senders' addresses if names is set).
+func getUDPSpliceBuf(names bool) *udpSpliceBuf {
+	b := udpSplicePool.Get().(*udpSpliceBuf)
+	for i := range b.hdrs {
+		b.iovs[i].Base = &b.data[i][0]
+		b.iovs[i].SetLen(udpSpliceMax)
+		b.hdrs[i] = unix.Mmsghdr{}
+		b.hdrs[i].Hdr.Iov = &b.iovs[i]
+		b.hdrs[i].Hdr.SetIovlen(1)
+		if names {
+			b.hdrs[i].Hdr.Name = (*byte)(unsafe.Pointer(&b.names[i]))
+			b.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+		}
+	}
+	return b
+}
+
+func putUDPSpliceBuf(b *udpSpliceBuf) { udpSplicePool.Put(b) }
 
 // stop ends every flow and closes the listening descriptor.
 func (s *udpSplice) stop() {
@@ -218,22 +292,39 @@ func (l *udpSpliceListener) serve() {
 	if err != nil {
 		return
 	}
-	buf := make([]byte, 65536)
-	var sa unix.RawSockaddrInet6
+	var b *udpSpliceBuf
 	var n int
-	var rerr syscall.Errno
+	var e syscall.Errno
 	recv := func(fd uintptr) bool {
-		n, rerr = recvfrom(int(fd), buf, &sa)
-		return rerr != unix.EAGAIN
+		if b == nil {
+			b = getUDPSpliceBuf(true)
+		}
+		n, e = recvmmsg(int(fd), b.hdrs[:])
+		if e == unix.EAGAIN {
+			putUDPSpliceBuf(b)
+			b = nil
+			return false
+		}
+		return true
 	}
 	for {
 		if err := rc.Read(recv); err != nil {
+			if b != nil {
+				putUDPSpliceBuf(b)
+			}
 			return
 		}
-		if rerr != 0 || n > len(buf) {
-			continue
+		if e == 0 {
+			for i := 0; i < n; i++ {
+				h := &b.hdrs[i]
+				if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
+					continue
+				}
+				l.relay.take(getSockaddr(&b.names[i]), b.data[i][:h.Len])
+			}
 		}
-		l.relay.take(getSockaddr(&sa), buf[:n])
+		putUDPSpliceBuf(b)
+		b = nil
 	}
 }
 
