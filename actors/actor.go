@@ -64,6 +64,31 @@ type Handle struct {
 	// In carries frames from the guest for this flow. Each frame sent is
 	// owned by the actor from then on.
 	In chan *link.Frame
+	// Q, if set, is the flow's inbox instead of In: a queue that grows
+	// with the backlog (UDP bindings, see Inbox).
+	Q *Inbox
+}
+
+// Offer hands f to the actor without blocking and reports whether it did;
+// if not (the inbox is full) the caller still owns f.
+func (h *Handle) Offer(f *link.Frame) bool {
+	if h.Q != nil {
+		return h.Q.Push(f)
+	}
+	select {
+	case h.In <- f:
+		return true
+	default:
+		return false
+	}
+}
+
+// Backlog is the number of frames waiting in the actor's inbox.
+func (h *Handle) Backlog() int {
+	if h.Q != nil {
+		return h.Q.Len()
+	}
+	return len(h.In)
 }
 
 // NewHandle returns a Handle with an inbox of InboxDepth frames.

@@ -84,7 +84,7 @@ type udpBinding struct {
 	log     *logrus.Entry
 	sock    *dgramSock
 	v6      bool
-	in      chan *link.Frame
+	in      *Inbox
 	done    <-chan struct{}
 	timeout time.Duration
 
@@ -111,7 +111,9 @@ type udpBinding struct {
 	want       int // frames offered to the next recvmmsg
 	stash      [udpBatch]*link.Frame
 	tx, rx     *mmsgBatch
-	txFrames   [udpBatch]*link.Frame
+	txq        []*link.Frame // backlog taken from the inbox, sent from txOff on
+	txOff      int
+	spare      []*link.Frame // the Inbox's other slice (Inbox.Take)
 	errBuf     []byte
 	oob        []byte
 }
@@ -123,7 +125,7 @@ func newBinding(env *Env, v6 bool, sock *dgramSock) *udpBinding {
 	}
 	return &udpBinding{
 		env: env, sock: sock, v6: v6, timeout: timeout,
-		in:         make(chan *link.Frame, InboxDepth),
+		in:         NewInbox(udpInboxLimit),
 		flows:      make(map[Key]*udpFlow),
 		byHost:     make(map[netip.AddrPort]*udpFlow),
 		maxPayload: maxUDPPayload(env, v6),
@@ -136,6 +138,13 @@ func newBinding(env *Env, v6 bool, sock *dgramSock) *udpBinding {
 		last:       monoNow(),
 	}
 }
+
+// udpInboxLimit bounds a binding's backlog of guest datagrams: 400 ms at
+// 10k datagrams/s, more than the host socket buffers (setBufs) hold, so
+// that a binding's actor falling behind for a while, as it does on a
+// loaded machine, loses nothing the rest of the path would have kept.
+// Memory is only taken while the backlog exists (see Inbox).
+const udpInboxLimit = 4096
 
 var monoBase = time.Now()
 
@@ -171,12 +180,10 @@ func StartUDP(env *Env, k Key, f *link.Frame) *Handle {
 		udpReg.m[rk] = b
 		go b.run()
 	}
-	h := &Handle{Key: k, In: b.in}
+	h := &Handle{Key: k, Q: b.in}
 	b.pending = append(b.pending, h)
 	udpReg.Unlock()
-	select {
-	case b.in <- f:
-	default:
+	if !b.in.Push(f) {
 		UDPStats.InboxDropped.Add(1)
 		f.Release()
 	}
@@ -256,25 +263,43 @@ func (b *udpBinding) run() {
 	w := b.sock.waker
 	w.Arm()
 	for {
-		if b.moreRx {
-			// recvmmsg stopped before the socket was empty, to serve the
-			// inbox too: no readiness edge will come for what is queued.
+		if b.moreRx || len(b.txq) > 0 {
+			// Busy: datagrams are left in the socket (recvmmsg stopped
+			// at its budget, and no readiness edge will come for what is
+			// queued) or in the inbox's taken backlog. Serve both in
+			// turns, a budget each, so that a backlog one way does not
+			// leave the other way's buffer to overflow meanwhile.
 			select {
-			case f := <-b.in:
-				b.send(f)
 			case <-b.done:
 				return
+			case <-w.C:
+				w.Fired()
+				b.moreRx = true
+			case <-b.in.Ready:
+				if len(b.txq) == 0 {
+					b.takeInbox()
+				}
+			case <-t.C:
+				if b.sweep() {
+					return
+				}
+				t.Reset(sweep)
 			default:
 			}
-			b.receive()
-			if !b.moreRx {
-				w.Arm()
+			if len(b.txq) > 0 {
+				b.send()
+			}
+			if b.moreRx {
+				b.receive()
+				if !b.moreRx {
+					w.Arm()
+				}
 			}
 			continue
 		}
 		select {
-		case f := <-b.in:
-			b.send(f)
+		case <-b.in.Ready:
+			b.takeInbox()
 		case <-w.C:
 			w.Fired()
 			b.receive()
@@ -351,6 +376,13 @@ func (b *udpBinding) sweep() bool {
 	if b.lastRx == b.rxAtSweep {
 		b.releaseStash()
 	}
+	if b.in.Len() == 0 {
+		// A backlog is over: give its memory back.
+		b.in.Shrink()
+		if cap(b.spare) > inboxKeep {
+			b.spare = nil
+		}
+	}
 	b.rxAtSweep = b.lastRx
 	if b.inbound || len(b.flows) > 0 || now-b.last < int64(b.timeout) {
 		return false
@@ -380,6 +412,11 @@ func (b *udpBinding) shutdown() {
 		b.endFlow(fl)
 	}
 	b.releaseStash()
+	for _, f := range b.txq[b.txOff:] {
+		f.Release()
+	}
+	b.txq = nil
+	b.in.Drain()
 	b.sock.close()
 }
 
@@ -439,19 +476,45 @@ func (b *udpBinding) frameFlow(f *link.Frame, now int64) (*udpFlow, []byte) {
 	return fl, d[f.L4+wire.UDPLen : f.L4+ulen]
 }
 
-// send sends first and whatever else is queued in the inbox with one
-// sendmmsg, then releases the frames.
-func (b *udpBinding) send(first *link.Frame) {
-	frames := append(b.txFrames[:0], first)
-drain:
-	for len(frames) < udpBatch {
-		select {
-		case f := <-b.in:
-			frames = append(frames, f)
-		default:
-			break drain
+// takeInbox takes the inbox's backlog as the frames to send next. Called
+// only when the previous backlog is done: Ready may then be stale (a
+// spurious wakeup) but never lost, since every frame queued since is in
+// what Take returns.
+func (b *udpBinding) takeInbox() {
+	q := b.in.Take(b.spare)
+	b.txOff = 0
+	if len(q) == 0 {
+		b.spare, b.txq = q, nil
+		return
+	}
+	b.txq, b.spare = q, nil
+}
+
+// udpTxBudget is how many sendmmsg calls send makes before the actor looks
+// at its socket again.
+const udpTxBudget = 4
+
+// send sends up to udpTxBudget batches of the taken backlog, udpBatch
+// datagrams per sendmmsg; when the backlog is done it takes the next.
+func (b *udpBinding) send() {
+	for range udpTxBudget {
+		rest := b.txq[b.txOff:]
+		k := min(len(rest), udpBatch)
+		b.sendBatch(rest[:k]) // releases and clears them
+		b.txOff += k
+		if b.txOff == len(b.txq) {
+			b.spare, b.txq = b.txq[:0], nil
+			b.takeInbox()
+			if b.txq == nil {
+				return
+			}
 		}
 	}
+}
+
+// sendBatch sends up to udpBatch frames with one sendmmsg and releases
+// them.
+func (b *udpBinding) sendBatch(frames []*link.Frame) {
 	now := monoNow()
 	b.last = now
 	tx := b.tx

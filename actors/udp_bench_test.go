@@ -63,7 +63,7 @@ func BenchmarkUDPRoundTrip(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				h.In <- frame()
+				put(b, h, frame())
 				<-dev.written
 			}
 			b.StopTimer()

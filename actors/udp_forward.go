@@ -170,7 +170,7 @@ func (b *udpBinding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) 
 	if b.wildcard {
 		fl.clen = pktinfoReply(fl.ctrl[:], ctrl, b.v6)
 	}
-	fl.h = &Handle{Key: k, In: b.in}
+	fl.h = &Handle{Key: k, Q: b.in}
 	b.env.Stats.UDPOpened.Add(1)
 	b.env.Stats.UDPFlows.Add(1)
 	select {

@@ -73,8 +73,8 @@ func TestUDPInbound(t *testing.T) {
 				t.Fatalf("payload %q", b[p.Payload:p.End])
 			}
 			// The guest answers twice; the second time in a batch of two.
-			h.In <- guestUDP(t, wantKey.Guest, wantKey.Far, []byte("answer 1"))
-			h.In <- guestUDP(t, wantKey.Guest, wantKey.Far, []byte("answer 2"))
+			put(t, h, guestUDP(t, wantKey.Guest, wantKey.Far, []byte("answer 1")))
+			put(t, h, guestUDP(t, wantKey.Guest, wantKey.Far, []byte("answer 2")))
 			buf := make([]byte, 100)
 			for i := 1; i <= 2; i++ {
 				_ = uc.SetReadDeadline(time.Now().Add(2 * time.Second))

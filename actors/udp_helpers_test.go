@@ -217,3 +217,18 @@ func fdCount(t testing.TB) int {
 	}
 	return len(ents)
 }
+
+// put hands f to the actor behind h as the dispatcher would, but waits
+// for room instead of dropping: the tests play a dispatcher that must not
+// lose the frames it checks for.
+func put(t testing.TB, h *Handle, f *link.Frame) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !h.Offer(f) {
+		if time.Now().After(deadline) {
+			f.Release()
+			t.Fatal("actor's inbox stayed full")
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}

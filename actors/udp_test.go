@@ -46,7 +46,7 @@ func TestUDPEcho(t *testing.T) {
 					payload = []byte("first")
 				} else {
 					payload = bytes.Repeat([]byte{byte(i)}, i*37)
-					h.In <- guestUDP(t, guest, far, payload)
+					put(t, h, guestUDP(t, guest, far, payload))
 				}
 				b, p := te.readGuest(t, 2*time.Second)
 				if p.EtherType != tc.etherType || p.Proto != wire.ProtoUDP {
@@ -90,7 +90,7 @@ func TestUDPBatch(t *testing.T) {
 	pl := func(i int) []byte { return []byte(fmt.Sprintf("datagram %04d %s", i, bytes.Repeat([]byte("x"), i))) }
 	h := StartUDP(te.Env, udpKey(guest, far), guestUDP(t, guest, far, pl(0)))
 	for i := 1; i < n; i++ {
-		h.In <- guestUDP(t, guest, far, pl(i))
+		put(t, h, guestUDP(t, guest, far, pl(i)))
 	}
 	seen := make(map[string]bool)
 	for range n {
@@ -140,7 +140,7 @@ func TestUDPAnyFarEnd(t *testing.T) {
 	if h2 == nil || h2 == h1 || h2.Key != udpKey(guest, far2) {
 		t.Fatalf("second flow handle %+v", h2)
 	}
-	if h2.In != h1.In {
+	if h2.Q == nil || h2.Q != h1.Q {
 		t.Fatal("second flow of the same guest port got its own actor")
 	}
 	buf := make([]byte, 100)
@@ -302,15 +302,15 @@ func TestUDPMalformed(t *testing.T) {
 	before := UDPStats.Malformed.Load()
 	f := guestUDP(t, guest, far, []byte("bad length"))
 	binary.BigEndian.PutUint16(f.Data[f.L4+4:], 2000)
-	h.In <- f
+	put(t, h, f)
 	f = guestUDP(t, guest, far, []byte("short"))
 	f.L4 = len(f.Data) - 3
-	h.In <- f
+	put(t, h, f)
 	te.noGuestFrame(t, 200*time.Millisecond)
 	if got := UDPStats.Malformed.Load() - before; got != 2 {
 		t.Fatalf("Malformed grew by %d, want 2", got)
 	}
-	h.In <- guestUDP(t, guest, far, []byte("still works"))
+	put(t, h, guestUDP(t, guest, far, []byte("still works")))
 	b, p := te.readGuest(t, time.Second)
 	if string(b[p.Payload:p.End]) != "still works" {
 		t.Fatal("flow broken after malformed frames")

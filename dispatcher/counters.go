@@ -26,6 +26,7 @@ const (
 	cDropInboxFull
 	cDropFlowLimit
 	cDropOutFull
+	cInboxHighWater
 
 	cFlowsStarted
 	cFlowsNotStarted
@@ -68,6 +69,7 @@ var counterNames = [numCounters]string{
 	cDropInboxFull:    "drop_inbox_full",
 	cDropFlowLimit:    "drop_flow_limit",
 	cDropOutFull:      "drop_out_full",
+	cInboxHighWater:   "inbox_high_water",
 
 	cFlowsStarted:     "flows_started",
 	cFlowsNotStarted:  "flows_not_started",
@@ -115,7 +117,9 @@ type counters [numCounters]atomic.Uint64
 // dispatcher's drops (drop_family_disabled, drop_unknown_proto,
 // drop_bad_dest, drop_no_tcp, drop_no_udp, drop_no_icmp, drop_icmp_other,
 // drop_inbox_full, drop_flow_limit, drop_out_full, drop_ndp_invalid,
-// drop_dhcp_invalid, drop_dhcpv6_invalid); flow events (flows_started,
+// drop_dhcp_invalid, drop_dhcpv6_invalid); inbox_high_water, the most
+// frames ever seen queued in one actor's inbox right after a hand-over
+// (near actors.InboxDepth: an actor fell behind); flow events (flows_started,
 // flows_not_started, flows_ended, flows_ended_stale, flows_registered,
 // flows_register_conflict); and link services (arp_replies, arp_ignored,
 // ndp_neighbor_adverts, ndp_router_adverts, ndp_ignored, dhcp_offers,

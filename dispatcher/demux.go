@@ -83,13 +83,7 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 	if h, ok := d.flows[k]; ok {
 		n := len(s[i].Data)
 		f := d.take(s, i, p)
-		select {
-		case h.In <- f:
-			if d.trace {
-				d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes", n)
-			}
-			return true
-		default:
+		if !h.Offer(f) {
 			f.Release()
 			d.n[cDropInboxFull].Add(1)
 			if d.trace {
@@ -97,6 +91,14 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 			}
 			return false
 		}
+		if l := uint64(h.Backlog()); l > d.inboxHigh {
+			d.inboxHigh = l
+			d.n[cInboxHighWater].Store(l)
+		}
+		if d.trace {
+			d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes", n)
+		}
+		return true
 	}
 
 	limit := d.cfg.FlowLimit

@@ -102,8 +102,9 @@ type Dispatcher struct {
 	// Rate limiting of the flow limit warning.
 	lastLimitLog time.Time
 
-	n      counters
-	active atomic.Int64 // len(flows), for Stats
+	n         counters
+	inboxHigh uint64       // cInboxHighWater's value, kept here to compare cheaply
+	active    atomic.Int64 // len(flows), for Stats
 }
 
 // New returns a dispatcher for dev. env.Out must write to dev; New sets
