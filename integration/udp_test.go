@@ -161,12 +161,38 @@ func udpExchange(t *testing.T, c *net.UDPConn, count int) {
 	t.Logf("%d datagrams echoed intact, zero loss, in %v", count, time.Since(start).Round(time.Millisecond))
 }
 
+// dumpOnFailure logs, if the test fails, where datagrams went: the
+// daemon's statistics (SIGUSR1 writes them to its log, which the harness
+// prints) and the kernel's UDP and interface counters in both namespaces.
+func dumpOnFailure(t *testing.T, gp *Gopasta) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		if pid := gp.PID(); pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGUSR1)
+			time.Sleep(200 * time.Millisecond)
+		}
+		for _, ns := range []Netns{gp.Host, gp.Guest} {
+			out, _ := ns.Try("sh", "-c", "nstat -az | grep -i -E 'udp|Ip6?InDiscards|OutDiscards' | grep -v ' 0 '; ip -s link")
+			t.Logf("%s:\n%s", ns.Name, out)
+		}
+	})
+}
+
 func randPort() int { return 20000 + int(binary.BigEndian.Uint16([]byte(uniq())[:2]))%20000 }
 
 // TestUDPOutboundEcho: 10,000 datagrams from the guest to an echo server
 // on the host's loopback, through the gateway mapping, both families.
 func TestUDPOutboundEcho(t *testing.T) {
 	gp := StartGopasta(t)
+	// The gateways are permanent neighbours: the first datagrams must not
+	// wait for (and overflow) neighbour resolution.
+	for _, gw := range []string{HostGW4, HostGW6} {
+		if out := gp.Guest.Exec(t, "ip", "neigh", "show", gw); !strings.Contains(out, "PERMANENT") {
+			t.Errorf("neighbour entry of %s: %q, want PERMANENT", gw, out)
+		}
+	}
 	for _, tc := range []struct{ network, listen, gw string }{
 		{"udp4", "127.0.0.1:0", HostGW4},
 		{"udp6", "[::1]:0", HostGW6},
@@ -176,18 +202,7 @@ func TestUDPOutboundEcho(t *testing.T) {
 			ServeUDPEcho(srv)
 			port := srv.LocalAddr().(*net.UDPAddr).Port
 			c := DialUDPIn(t, gp.Guest, tc.network, net.JoinHostPort(tc.gw, fmt.Sprint(port)))
-			t.Cleanup(func() {
-				if t.Failed() {
-					if pid := gp.PID(); pid > 0 {
-						_ = syscall.Kill(pid, syscall.SIGUSR1)
-						time.Sleep(200 * time.Millisecond)
-					}
-					for _, ns := range []Netns{gp.Host, gp.Guest} {
-						out, _ := ns.Try("sh", "-c", "nstat -az | grep -i -E 'udp|Ip6?InDiscards|OutDiscards' | grep -v ' 0 '; ip -s link")
-						t.Logf("%s:\n%s", ns.Name, out)
-					}
-				}
-			})
+			dumpOnFailure(t, gp)
 			udpExchange(t, c, 10000)
 		})
 	}
@@ -207,6 +222,7 @@ func TestUDPInboundEcho(t *testing.T) {
 			srv := ListenUDPIn(t, gp.Guest, tc.network, fmt.Sprintf("%s:%d", tc.listen, guestPort))
 			ServeUDPEcho(srv)
 			c := DialUDPIn(t, gp.Host, tc.network, net.JoinHostPort(tc.dst, fmt.Sprint(hostPort)))
+			dumpOnFailure(t, gp)
 			udpExchange(t, c, 10000)
 		})
 	}
