@@ -398,5 +398,8 @@ func (d *daemon) logStats(level logrus.Level) {
 			e = e.WithField(k, v)
 		}
 	}
+	for k, v := range actors.StatsSnapshot(d.env) {
+		e = e.WithField(k, v)
+	}
 	e.Log(level, "statistics")
 }

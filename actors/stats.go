@@ -1,0 +1,46 @@
+package actors
+
+// StatsSnapshot returns every actor counter by name, for the daemon's
+// statistics log (SIGUSR1, --stats): the flow counts and events of env, the
+// process-wide UDP and ICMP counters (UDPStats) and the loopback splice
+// counters (SpliceStats). Zero counters are included, so that a reader can
+// tell "none" from "not counted".
+//
+// The drop counters to look at first when datagrams go missing:
+// udp_inbox_dropped (a binding's inbox was full: its actor fell behind),
+// udp_send_dropped (host socket buffer full), udp_too_big, udp_unmappable,
+// udp_malformed, icmp_echo_dropped; the dispatcher's drop_inbox_full and the
+// writer's "dropped" count the same kind of loss on their edges.
+func StatsSnapshot(env *Env) map[string]uint64 {
+	s, u := &env.Stats, &UDPStats
+	return map[string]uint64{
+		"tcp_flows":            uint64(max(s.TCPFlows.Load(), 0)),
+		"tcp_opened":           s.TCPOpened.Load(),
+		"udp_flows":            uint64(max(s.UDPFlows.Load(), 0)),
+		"udp_opened":           s.UDPOpened.Load(),
+		"icmp_flows":           uint64(max(s.ICMPFlows.Load(), 0)),
+		"icmp_opened":          s.ICMPOpened.Load(),
+		"actor_panics":         s.Panics.Load(),
+		"flows_refused":        s.Refused.Load(),
+		"udp_sent":             u.Sent.Load(),
+		"udp_received":         u.Received.Load(),
+		"udp_malformed":        u.Malformed.Load(),
+		"udp_no_flow":          u.NoFlow.Load(),
+		"udp_inbox_dropped":    u.InboxDropped.Load(),
+		"udp_send_dropped":     u.SendDropped.Load(),
+		"udp_send_errors":      u.SendErrors.Load(),
+		"udp_too_big":          u.TooBig.Load(),
+		"udp_unmappable":       u.Unmappable.Load(),
+		"udp_icmp_errors":      u.ICMPErrors.Load(),
+		"udp_socket_errors":    u.SocketErrors.Load(),
+		"udp_port_translated":  u.PortTranslated.Load(),
+		"icmp_echo_sent":       u.EchoSent.Load(),
+		"icmp_echo_replies":    u.EchoReplies.Load(),
+		"icmp_echo_dropped":    u.EchoDropped.Load(),
+		"splice_tcp_opened":    uint64(max(SpliceStats.TCPOpened.Load(), 0)),
+		"splice_tcp_active":    uint64(max(SpliceStats.TCPActive.Load(), 0)),
+		"splice_tcp_resets":    uint64(max(SpliceStats.TCPResets.Load(), 0)),
+		"splice_udp_flows":     uint64(max(SpliceStats.UDPFlows.Load(), 0)),
+		"splice_udp_datagrams": uint64(max(SpliceStats.UDPDatagrams.Load(), 0)),
+	}
+}
