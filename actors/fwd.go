@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -260,18 +261,33 @@ func (d *fwdDir) ephemeral(p uint16) bool { return p >= d.eph[0] && p <= d.eph[1
 // bindStatic opens the listeners of the rules that are not scanned.
 func (d *fwdDir) bindStatic() error {
 	weakBound := make(map[string]int) // spec -> ports bound, for weak rules
+	budget, limited := -1, false
 	for ri, r := range d.rules {
 		if r.Scan {
 			continue
 		}
 		spec := r.Option + " " + r.Raw
+		perPort := len(d.families(r))
+		if d.udp && d.f.splice && !d.out {
+			perPort *= 2 // the relay's dup of each socket
+		}
 		if r.Weak {
 			weakBound[spec] += 0
+			if budget < 0 {
+				budget = fdBudget()
+			}
 		}
 		for p := int(r.First); p <= int(r.Last); p++ {
 			port := uint16(p)
 			if r.Weak && (d.ephemeral(port) || d.ours.has(port)) {
 				continue
+			}
+			if r.Weak && budget < perPort {
+				limited = true
+				break
+			}
+			if r.Weak {
+				budget -= perPort
 			}
 			l, err := d.open(r, port, r.Weak)
 			if err != nil {
@@ -287,12 +303,32 @@ func (d *fwdDir) bindStatic() error {
 			}
 		}
 	}
+	if limited {
+		d.f.env.Log.Warnf("%s: descriptor limit (RLIMIT_NOFILE) reached, not every port is forwarded", d.opt)
+	}
 	for spec, n := range weakBound {
 		if n == 0 {
 			return &ForwardError{fmt.Sprintf("Failed to bind any port for option '%s', exiting", spec)}
 		}
 	}
 	return nil
+}
+
+// fdBudget is how many more descriptors "all" may take: the soft
+// RLIMIT_NOFILE (the Go runtime raises it to the hard one) minus those
+// open now, minus a quarter kept for connections, flows and files. pasta
+// binds what it can; with a limit below the port count that would leave
+// nothing to accept a connection with.
+func fdBudget() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<24 {
+		return 1 << 20
+	}
+	open := 0
+	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
+		open = len(ents)
+	}
+	return int(rl.Cur) - open - max(int(rl.Cur)/4, 256)
 }
 
 // update opens and closes the listeners of Scan rules after a scan.
