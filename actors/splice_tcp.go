@@ -19,7 +19,8 @@ import (
 // kernel, never through user space and never through the tap.
 //
 // Each direction has its own pipe (enlarged with F_SETPIPE_SZ, so that one
-// splice moves up to a megabyte) and its own goroutine, parked in the Go
+// splice moves megabytes: 4 MiB where allowed, else the 1 MiB an
+// unprivileged process gets) and its own goroutine, parked in the Go
 // runtime poller while neither of its sockets can make progress. Two
 // goroutines per pair cost less than one goroutine with four Wakers (each
 // a goroutine of its own) or one with a private epoll (a blocking
@@ -37,8 +38,32 @@ import (
 // both with SO_LINGER 0, so the other peer gets an RST rather than a FIN
 // that would make a truncated stream look complete.
 
-// splicePipeSize is the capacity asked for each direction's pipe.
-var splicePipeSize = 1 << 20
+// splicePipeSize is the capacity asked for each direction's pipe. Above
+// /proc/sys/fs/pipe-max-size (1 MiB by default) it takes CAP_SYS_RESOURCE
+// in the initial user namespace; without it the size steps down to what
+// is allowed, and later pipes ask for that at once (pipeSizeOK).
+var splicePipeSize = 4 << 20
+
+var pipeSizeOK atomic.Int64
+
+// setPipeSize enlarges the pipe whose write end is pw as far as allowed
+// and returns its capacity.
+func setPipeSize(pw int) int {
+	want := splicePipeSize
+	if ok := int(pipeSizeOK.Load()); ok > 0 {
+		want = ok
+	}
+	for ; want >= 64<<10; want /= 2 {
+		if got, err := unix.FcntlInt(uintptr(pw), unix.F_SETPIPE_SZ, want); err == nil {
+			pipeSizeOK.Store(int64(want))
+			return got
+		}
+	}
+	if got, err := unix.FcntlInt(uintptr(pw), unix.F_GETPIPE_SZ, 0); err == nil {
+		return got
+	}
+	return 64 << 10
+}
 
 // SpliceStats count spliced connections and datagrams, for tests and logs.
 var SpliceStats struct {
@@ -162,12 +187,7 @@ func (p *splicePair) pump(src, dst *spliceSock) {
 	pr, pw := fds[0], fds[1]
 	defer unix.Close(pr)
 	defer unix.Close(pw)
-	size := splicePipeSize
-	if got, err := unix.FcntlInt(uintptr(pw), unix.F_SETPIPE_SZ, size); err == nil {
-		size = got
-	} else if got, err := unix.FcntlInt(uintptr(pw), unix.F_GETPIPE_SZ, 0); err == nil {
-		size = got
-	}
+	size := setPipeSize(pw)
 
 	inPipe := 0
 	eof := false
