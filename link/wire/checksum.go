@@ -5,34 +5,60 @@
 // caller validated the length first (the Parse functions do).
 package wire
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"math/bits"
+)
 
 // Checksum adds b to the running one's-complement sum initial (RFC 1071) and
 // returns the partial sum, so that partial sums over a pseudo-header, a
 // header and a payload can be chained without re-reading any byte. The
 // result is at most 0x1fffe, so a handful of partial sums may be added
 // together before Fold without overflowing.
+//
+// The one's-complement sum does not depend on byte order (RFC 1071 2(B)):
+// b is summed as little-endian 64-bit words with add-with-carry, eight
+// bytes per instruction, and the folded 16-bit result is byte-swapped once
+// at the end. This is the one loop that touches every payload byte of every
+// TCP segment, in both directions.
 func Checksum(b []byte, initial uint32) uint32 {
-	s := uint64(initial)
-	for len(b) >= 32 {
-		s += uint64(binary.BigEndian.Uint32(b[0:])) + uint64(binary.BigEndian.Uint32(b[4:])) +
-			uint64(binary.BigEndian.Uint32(b[8:])) + uint64(binary.BigEndian.Uint32(b[12:])) +
-			uint64(binary.BigEndian.Uint32(b[16:])) + uint64(binary.BigEndian.Uint32(b[20:])) +
-			uint64(binary.BigEndian.Uint32(b[24:])) + uint64(binary.BigEndian.Uint32(b[28:]))
-		b = b[32:]
+	var sum, carries, c uint64
+	for len(b) >= 64 {
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(b[0:]), 0)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(b[8:]), c)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(b[16:]), c)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(b[24:]), c)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(b[32:]), c)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(b[40:]), c)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(b[48:]), c)
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(b[56:]), c)
+		carries += c
+		b = b[64:]
 	}
-	for len(b) >= 4 {
-		s += uint64(binary.BigEndian.Uint32(b))
-		b = b[4:]
+	for len(b) >= 8 {
+		sum, c = bits.Add64(sum, binary.LittleEndian.Uint64(b), 0)
+		carries += c
+		b = b[8:]
 	}
-	if len(b) >= 2 {
-		s += uint64(binary.BigEndian.Uint16(b))
-		b = b[2:]
+	if len(b) > 0 {
+		// The tail as a zero-padded little-endian word: a lone last byte
+		// lands in the low half of its 16-bit word, which is the high
+		// half in network order, as RFC 1071 pads it.
+		var t uint64
+		for i, v := range b {
+			t |= uint64(v) << (8 * i)
+		}
+		sum, c = bits.Add64(sum, t, 0)
+		carries += c
 	}
-	if len(b) == 1 {
-		s += uint64(b[0]) << 8
-	}
-	return fold64(s)
+	sum, c = bits.Add64(sum, carries, 0)
+	sum += c // cannot carry again: sum is now below carries
+	// Fold to 16 bits, back to network byte order, then add initial.
+	sum = (sum >> 32) + (sum & 0xffffffff)
+	sum = (sum >> 32) + (sum & 0xffffffff)
+	sum = (sum >> 16) + (sum & 0xffff)
+	sum = (sum >> 16) + (sum & 0xffff)
+	return fold64(uint64(bits.ReverseBytes16(uint16(sum))) + uint64(initial))
 }
 
 // fold64 folds a 64-bit one's-complement sum to 16 bits (plus at most a
