@@ -139,7 +139,10 @@ type tcpConn struct {
 	pend      []tcpSeg // accepted, not yet written to the socket
 	pendBytes int
 	ooo       []tcpSeg // beyond a hole, sorted by sequence
-	ackDue    bool     // something to acknowledge
+	ackDue    bool     // something to acknowledge, if the ACK says anything new
+	ackForce  bool     // send the ACK even if it repeats the last one
+	ackSent   uint32   // acknowledgement number of the last segment sent
+	winSent   uint16   // window field of the last segment sent
 	dupDue    int      // duplicate ACKs to send (for the guest's fast retransmit)
 	sndbuf    int
 	sndbufAge int
@@ -658,7 +661,7 @@ func (c *tcpConn) onFrame(f *link.Frame) {
 			c.setGuestOpts(th, f)
 			c.sndWnd = uint32(th.Window())
 			c.establish()
-			c.ackDue = true
+			c.ackDue, c.ackForce = true, true
 		}
 		return
 	case c.state&tcpSynRcvd != 0:
@@ -674,7 +677,7 @@ func (c *tcpConn) onFrame(f *link.Frame) {
 		c.establish()
 	}
 	if flags&wire.TCPSyn != 0 {
-		c.ackDue = true
+		c.ackDue, c.ackForce = true, true
 		return
 	}
 	if flags&wire.TCPAck == 0 {
@@ -741,6 +744,7 @@ func (c *tcpConn) sendSynAck() {
 	c.tmpl.fill(f, c.env.Peer.MAC(), c.iss, c.rcvNxt, wire.TCPSyn|wire.TCPAck, win, n, 0)
 	c.lastWin = win
 	c.rcvEdge = c.rcvNxt + uint32(win)
+	c.noteSent(c.rcvNxt, win)
 	c.send(f)
 }
 
@@ -761,9 +765,25 @@ func (c *tcpConn) send(f *link.Frame) {
 	c.env.Out.SendCtx(c.env.Ctx, f)
 }
 
-// sendAck sends a pure ACK with the current window.
+// sendAck sends a pure ACK with the current window, unless it would repeat
+// the last segment's acknowledgement and window and nothing forces it. A
+// repeated ACK is a duplicate ACK to the guest: while the socket is full
+// and we hold what the guest sent, every inbox drain used to send one, and
+// three of them make the guest retransmit and halve its window for
+// nothing lost.
 func (c *tcpConn) sendAck() {
-	c.sendFlags(wire.TCPAck, c.rcvWindow())
+	w := c.rcvWindow()
+	if !c.ackForce && c.ackNum() == c.ackSent && w == c.winSent {
+		c.ackDue = false
+		return
+	}
+	c.sendFlags(wire.TCPAck, w)
+}
+
+// noteSent records what a segment to the guest acknowledged and offered.
+func (c *tcpConn) noteSent(ack uint32, win uint16) {
+	c.ackSent, c.winSent = ack, win
+	c.ackDue, c.ackForce = false, false
 }
 
 func (c *tcpConn) sendFlags(flags uint8, win uint16) {
@@ -772,8 +792,9 @@ func (c *tcpConn) sendFlags(flags uint8, win uint16) {
 
 func (c *tcpConn) sendFlagsSeq(seq uint32, flags uint8, win uint16) {
 	f := link.GetFrame(c.tmpl.hlen)
-	c.tmpl.fill(f, c.env.Peer.MAC(), seq, c.ackNum(), flags, win, 0, 0)
-	c.ackDue = false
+	ack := c.ackNum()
+	c.tmpl.fill(f, c.env.Peer.MAC(), seq, ack, flags, win, 0, 0)
+	c.noteSent(ack, win)
 	c.send(f)
 }
 

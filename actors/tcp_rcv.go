@@ -19,13 +19,21 @@ import (
 // the frame is now held by the flow.
 func (c *tcpConn) onData(f *link.Frame, seq uint32, payload []byte, fin bool) bool {
 	if c.state&tcpGuestFin != 0 {
-		c.ackDue = true // a retransmission after the FIN: repeat our ACK
+		c.ackDue, c.ackForce = true, true // a retransmission after the FIN: repeat our ACK
 		return false
 	}
 	if seqLT(seq, c.rcvNxt) {
 		d := c.rcvNxt - seq
 		if d > uint32(len(payload)) || d == uint32(len(payload)) && !fin {
-			c.dupDue = min(c.dupDue+1, 3) // old data: tell the guest where we are
+			// Old data. If we acknowledged it already, our ACK was lost
+			// or the guest probes (keepalive): say where we are, once.
+			// If we hold it, unwritten, the guest's timer fired before
+			// the socket took it: the ACK comes when the socket does,
+			// and a duplicate now would only make the guest retransmit
+			// more.
+			if seqLE(seq+uint32(len(payload)), c.ackNum()) {
+				c.ackDue, c.ackForce = true, true
+			}
 			return false
 		}
 		payload = payload[d:]
@@ -54,7 +62,7 @@ func (c *tcpConn) accept(f *link.Frame, payload []byte, fin bool) bool {
 		}
 		payload = payload[:room]
 		fin = false
-		c.ackDue = true
+		c.ackForce = true
 	}
 	c.ackDue = true
 	kept := false

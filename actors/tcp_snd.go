@@ -107,7 +107,7 @@ func (c *tcpConn) sendBatch() bool {
 		off += l
 	}
 	c.releaseFrames(i, nf)
-	c.ackDue = false
+	c.noteSent(ack, win)
 	c.dupDue = 0
 	if !c.rttOn && seq == c.sndHigh {
 		c.rttOn, c.rttSeq, c.rttAt = true, seq+uint32(n), c.now
@@ -146,8 +146,9 @@ func (c *tcpConn) sendFin() {
 	c.finEver = true
 	c.state |= tcpFinSent
 	f := link.GetFrame(c.tmpl.hlen)
-	c.tmpl.fill(f, c.env.Peer.MAC(), c.finSeq, c.ackNum(), wire.TCPFin|wire.TCPAck, c.rcvWindow(), 0, 0)
-	c.ackDue = false
+	ack, win := c.ackNum(), c.rcvWindow()
+	c.tmpl.fill(f, c.env.Peer.MAC(), c.finSeq, ack, wire.TCPFin|wire.TCPAck, win, 0, 0)
+	c.noteSent(ack, win)
 	c.send(f)
 	if c.rtoAt.IsZero() {
 		c.rtoAt = c.now.Add(c.rto)
@@ -169,7 +170,7 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 	}
 	switch {
 	case seqGT(ack, high):
-		c.ackDue = true // acknowledges what we never sent
+		c.ackDue, c.ackForce = true, true // acknowledges what we never sent
 		return
 	case seqLT(ack, c.sndUna):
 		return // old
