@@ -355,3 +355,28 @@ func TestNSWorkerStopped(t *testing.T) {
 		t.Fatalf("nil worker: %v", err)
 	}
 }
+
+// FuzzParseProcNet: any table text parses without panicking, and every
+// port found appears in the text as the local address's hex port.
+func FuzzParseProcNet(f *testing.F) {
+	f.Add([]byte(procTCPSample), true)
+	f.Add([]byte(procTCP6Sample), true)
+	f.Add([]byte(procUDPSample), false)
+	f.Add([]byte("0: 1:1 0:0 0A\n"), true)
+	f.Fuzz(func(t *testing.T, data []byte, tcp bool) {
+		state := "07"
+		if tcp {
+			state = "0A"
+		}
+		var s portSet
+		parseProcNet(data, state, &s)
+		for _, p := range ports(&s) {
+			if p == 0 {
+				t.Fatal("port 0 reported")
+			}
+			if !strings.Contains(strings.ToUpper(string(data)), fmt.Sprintf(":%04X", p)) {
+				t.Fatalf("port %d not in the input", p)
+			}
+		}
+	})
+}
