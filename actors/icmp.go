@@ -254,7 +254,7 @@ func (a *icmpActor) receive() {
 		}
 		a.spare = nil
 		UDPStats.EchoReplies.Add(1)
-		if !a.env.Out.SendCtx(a.env.Ctx, f) {
+		if !a.env.Out.SendNow(a.env.Ctx, f) {
 			return
 		}
 	}

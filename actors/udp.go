@@ -618,7 +618,7 @@ func (b *udpBinding) receive() {
 		now := monoNow()
 		b.last, b.lastRx = now, now
 		for i := 0; i < n; i++ {
-			if !b.deliver(i, now) {
+			if !b.deliver(i, now, n == 1) {
 				return
 			}
 		}
@@ -632,8 +632,11 @@ func (b *udpBinding) receive() {
 }
 
 // deliver turns received message i into a frame for the guest. It returns
-// false when the actor is shutting down.
-func (b *udpBinding) deliver(i int, now int64) bool {
+// false when the actor is shutting down. A lone datagram (alone is true) is
+// written to the link at once if the link is idle (Writer.SendNow): for
+// request/response traffic that saves a goroutine wakeup per reply, while
+// a burst is left to the writer goroutine to write as the actor reads on.
+func (b *udpBinding) deliver(i int, now int64, alone bool) bool {
 	rx := b.rx
 	h := &rx.hdrs[i]
 	if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
@@ -673,6 +676,9 @@ func (b *udpBinding) deliver(i int, now int64) bool {
 	b.ipID++
 	writeUDPHeaders(b.env, f.Data, far, dst, n, b.ipID)
 	UDPStats.Received.Add(1)
+	if alone {
+		return b.env.Out.SendNow(b.env.Ctx, f)
+	}
 	return b.env.Out.SendCtx(b.env.Ctx, f)
 }
 

@@ -2,6 +2,7 @@ package link
 
 import (
 	"context"
+	"sync"
 	"sync/atomic"
 )
 
@@ -13,9 +14,21 @@ import (
 // The queue is bounded: Send blocks when it is full, which is the
 // back-pressure that makes actors stop reading their host sockets when the
 // guest cannot keep up. The dispatcher must never block, so it uses TrySend.
+//
+// SendNow is the shortcut for a lone frame (request/response traffic):
+// when nothing is queued or being written it writes the frame from the
+// caller's goroutine, which saves waking the writer goroutine, often on the
+// other CPU, for every reply. Order is kept: queued counts every frame
+// accepted and not yet written, and mu is held across every write, so a
+// frame is only written directly when all frames accepted before it are
+// on the link.
 type Writer struct {
 	dev Device
 	q   chan *Frame
+
+	mu     sync.Mutex // held while writing to dev
+	queued atomic.Int64
+	one    [1]*Frame // SendNow's batch; mu
 
 	// Tee, if set before Run, sees every frame after it is written (pcap).
 	// It must not keep the frame.
@@ -36,28 +49,70 @@ func NewWriter(dev Device, depth int) *Writer {
 // Send queues f, blocking while the queue is full. Ownership of f passes to
 // the Writer.
 func (w *Writer) Send(f *Frame) {
+	w.queued.Add(1)
 	w.q <- f
 }
 
 // SendCtx is Send that gives up when ctx is done; it returns false (and
 // releases f) in that case.
 func (w *Writer) SendCtx(ctx context.Context, f *Frame) bool {
+	w.queued.Add(1)
 	select {
 	case w.q <- f:
 		return true
 	case <-ctx.Done():
+		w.queued.Add(-1)
 		f.Release()
 		return false
 	}
 }
 
+// SendNow writes f at once from the calling goroutine if no other frame is
+// queued or being written, and otherwise queues it as SendCtx does. It
+// returns false (f released) when ctx is done or the link is closed.
+// Meant for a producer with a single frame to send; a burst is better
+// queued, so that the writer goroutine writes it while the producer goes
+// on reading.
+func (w *Writer) SendNow(ctx context.Context, f *Frame) bool {
+	if w.queued.Load() == 0 && w.mu.TryLock() {
+		if w.queued.Load() == 0 {
+			w.one[0] = f
+			err := w.write(w.one[:])
+			w.one[0] = nil
+			w.mu.Unlock()
+			f.Release()
+			return err != ErrClosed
+		}
+		w.mu.Unlock()
+	}
+	return w.SendCtx(ctx, f)
+}
+
+// write writes batch to the device and counts it; mu held.
+func (w *Writer) write(batch []*Frame) error {
+	err := w.dev.WriteBatch(batch)
+	if err != nil {
+		w.Errors.Add(1)
+	} else {
+		w.Frames.Add(uint64(len(batch)))
+	}
+	if w.Tee != nil {
+		for _, f := range batch {
+			w.Tee(f)
+		}
+	}
+	return err
+}
+
 // TrySend queues f if there is room and reports whether it did. If not, f is
 // released and counted as dropped. Either way the caller no longer owns f.
 func (w *Writer) TrySend(f *Frame) bool {
+	w.queued.Add(1)
 	select {
 	case w.q <- f:
 		return true
 	default:
+		w.queued.Add(-1)
 		w.Dropped.Add(1)
 		f.Release()
 		return false
@@ -84,17 +139,10 @@ func (w *Writer) Run(ctx context.Context) error {
 				break drain
 			}
 		}
-		err := w.dev.WriteBatch(batch)
-		if err != nil {
-			w.Errors.Add(1)
-		} else {
-			w.Frames.Add(uint64(len(batch)))
-		}
-		if w.Tee != nil {
-			for _, f := range batch {
-				w.Tee(f)
-			}
-		}
+		w.mu.Lock()
+		err := w.write(batch)
+		w.queued.Add(-int64(len(batch)))
+		w.mu.Unlock()
 		ReleaseAll(batch)
 		if err == ErrClosed {
 			return err
