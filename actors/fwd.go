@@ -247,9 +247,24 @@ func (f *forwarder) scanOnce() {
 			continue
 		}
 		d.bound.clear()
+		if d.udp && d.out {
+			// The tap path's UDP sockets on the host are bound to the
+			// guest's source ports and unconnected: they look like
+			// services, but are ours.
+			d.scan.skip = ourSocketInodes()
+		}
 		if err := d.scan.scan(&d.bound); err != nil {
 			f.env.Log.Debugf("%s auto: %v", d.opt, err)
 			continue
+		}
+		if d.udp {
+			// As pasta: a port bound for TCP over there is forwarded
+			// for UDP too (DNS, QUIC next to HTTPS).
+			for _, t := range f.dirs {
+				if !t.udp && t.out == d.out && t.scan != nil {
+					d.bound.or(&t.bound)
+				}
+			}
 		}
 		d.bound.andNot(&d.rev.ours)
 		d.update()

@@ -53,6 +53,8 @@ type procNetFiles struct {
 	fds   [2]int // -1: not open (no IPv6 in the kernel)
 	state string // "0A" (TCP listen) or "07" (UDP unconnected)
 	buf   []byte
+	// skip, if set, lists socket inodes to leave out: our own.
+	skip map[uint64]struct{}
 }
 
 // openProcNet opens the tables of proto ("tcp" or "udp") with open, which
@@ -122,7 +124,7 @@ func (f *procNetFiles) scan(out *portSet) error {
 				carry += n
 				continue
 			}
-			parseProcNet(data[:last+1], f.state, out)
+			parseProcNet(data[:last+1], f.state, f.skip, out)
 			carry = copy(f.buf, data[last+1:])
 		}
 	}
@@ -131,8 +133,10 @@ func (f *procNetFiles) scan(out *portSet) error {
 
 // parseProcNet parses complete lines of a /proc/net/{tcp,udp}[6] table.
 // A line is "sl: local_address rem_address st ...", local_address being
-// HEXADDR:HEXPORT. The header line and malformed lines are skipped.
-func parseProcNet(data []byte, state string, out *portSet) {
+// HEXADDR:HEXPORT; the tenth field is the socket's inode, checked
+// against skip (if not nil). The header line and malformed lines are
+// skipped.
+func parseProcNet(data []byte, state string, skip map[uint64]struct{}, out *portSet) {
 	for len(data) > 0 {
 		nl := 0
 		for nl < len(data) && data[nl] != '\n' {
@@ -144,9 +148,12 @@ func parseProcNet(data []byte, state string, out *portSet) {
 		} else {
 			data = nil
 		}
-		var fields [4][]byte
-		nf := 0
-		for i := 0; i < len(line) && nf < 4; {
+		var fields [10][]byte
+		nf, want := 0, 4
+		if skip != nil {
+			want = 10
+		}
+		for i := 0; i < len(line) && nf < want; {
 			for i < len(line) && line[i] == ' ' {
 				i++
 			}
@@ -160,8 +167,14 @@ func parseProcNet(data []byte, state string, out *portSet) {
 			}
 			i = j
 		}
-		if nf < 4 || string(fields[3]) != state {
+		if nf < want || string(fields[3]) != state {
 			continue
+		}
+		if skip != nil {
+			ino, ok := parseDec(fields[9])
+			if _, ours := skip[ino]; ok && ours {
+				continue
+			}
 		}
 		local := fields[1]
 		colon := -1
@@ -174,12 +187,67 @@ func parseProcNet(data []byte, state string, out *portSet) {
 		if colon < 0 || len(local)-colon-1 != 4 {
 			continue
 		}
-		p, err := strconv.ParseUint(string(local[colon+1:]), 16, 16)
-		if err != nil || p == 0 {
+		p, ok := parseHex16(local[colon+1:])
+		if !ok || p == 0 {
 			continue
 		}
-		out.add(uint16(p))
+		out.add(p)
 	}
+}
+
+func parseHex16(b []byte) (uint16, bool) {
+	var v uint16
+	for _, c := range b {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		default:
+			return 0, false
+		}
+		v = v<<4 | uint16(c)
+	}
+	return v, len(b) > 0 && len(b) <= 4
+}
+
+func parseDec(b []byte) (uint64, bool) {
+	var v uint64
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		v = v*10 + uint64(c-'0')
+	}
+	return v, len(b) > 0
+}
+
+// ourSocketInodes lists the inodes of this process's sockets, from the
+// "socket:[INODE]" links in /proc/self/fd.
+func ourSocketInodes() map[uint64]struct{} {
+	m := make(map[uint64]struct{})
+	d, err := os.Open("/proc/self/fd")
+	if err != nil {
+		return m
+	}
+	defer d.Close()
+	names, _ := d.Readdirnames(-1)
+	buf := make([]byte, 64)
+	for _, n := range names {
+		k, err := unix.Readlink("/proc/self/fd/"+n, buf)
+		if err != nil {
+			continue
+		}
+		l := buf[:k]
+		if len(l) > 9 && string(l[:8]) == "socket:[" && l[len(l)-1] == ']' {
+			if ino, ok := parseDec(l[8 : len(l)-1]); ok {
+				m[ino] = struct{}{}
+			}
+		}
+	}
+	return m
 }
 
 // ephemeralRange reads the kernel's ephemeral port range (in the calling

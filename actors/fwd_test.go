@@ -41,17 +41,20 @@ const procUDPSample = `   sl  local_address rem_address   st tx_queue rx_queue t
 func TestParseProcNet(t *testing.T) {
 	for _, tc := range []struct {
 		name, data, state string
+		skip              map[uint64]struct{}
 		want              []uint16
 	}{
-		{"tcp listeners only", procTCPSample, "0A", []uint16{8080, 22}},
-		{"tcp6", procTCP6Sample, "0A", []uint16{8081}},
-		{"udp unconnected only", procUDPSample, "07", []uint16{5353}},
-		{"empty", "", "0A", nil},
-		{"header only", "  sl  local_address rem_address   st\n", "0A", nil},
+		{"tcp listeners only", procTCPSample, "0A", nil, []uint16{8080, 22}},
+		{"tcp6", procTCP6Sample, "0A", nil, []uint16{8081}},
+		{"udp unconnected only", procUDPSample, "07", nil, []uint16{5353}},
+		{"our own socket skipped", procTCPSample, "0A", map[uint64]struct{}{1: {}}, []uint16{22}},
+		{"skip set, other inodes", procUDPSample, "07", map[uint64]struct{}{6: {}}, []uint16{5353}},
+		{"empty", "", "0A", nil, nil},
+		{"header only", "  sl  local_address rem_address   st\n", "0A", nil, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var got portSet
-			parseProcNet([]byte(tc.data), tc.state, &got)
+			parseProcNet([]byte(tc.data), tc.state, tc.skip, &got)
 			var want portSet
 			for _, p := range tc.want {
 				want.add(p)
@@ -369,7 +372,7 @@ func FuzzParseProcNet(f *testing.F) {
 			state = "0A"
 		}
 		var s portSet
-		parseProcNet(data, state, &s)
+		parseProcNet(data, state, nil, &s)
 		for _, p := range ports(&s) {
 			if p == 0 {
 				t.Fatal("port 0 reported")

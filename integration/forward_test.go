@@ -284,3 +284,29 @@ udp-ns = ["none"]
 		}
 	}
 }
+
+// TestForwardAutoSkipsOwnSockets: the host socket of a guest's UDP flow is
+// bound to the guest's (non-ephemeral) source port and unconnected, so it
+// looks like a host service; -U auto must not forward it back into the
+// namespace.
+func TestForwardAutoSkipsOwnSockets(t *testing.T) {
+	gp := StartGopasta(t)
+	h, g := gp.Host, gp.Guest
+	ServeUDPEcho(ListenUDPIn(t, h, "udp4", "127.0.0.1:18306"))
+	var c *net.UDPConn
+	var err error
+	InNetns(t, g, func() {
+		c, err = net.DialUDP("udp4", &net.UDPAddr{Port: 5001}, &net.UDPAddr{IP: net.ParseIP(HostGW4), Port: 18306})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if !Eventually(3*time.Second, func() bool { return udpPing(c, "own") }) {
+		t.Fatal("no echo from the host through the gateway")
+	}
+	time.Sleep(2500 * time.Millisecond) // two scans
+	if ss := g.Exec(t, "ss", "-Hlun", "sport = :5001"); strings.Contains(ss, "127.0.0.1:5001") {
+		t.Fatalf("the flow's own host socket was forwarded back: %q", ss)
+	}
+}
