@@ -310,3 +310,18 @@ func TestForwardAutoSkipsOwnSockets(t *testing.T) {
 		t.Fatalf("the flow's own host socket was forwarded back: %q", ss)
 	}
 }
+
+// TestForwardNoSpliceNoMapping: with --no-splice and no host-loopback
+// mapping a loopback client cannot be shown to the namespace at all: it
+// is refused, not hung.
+func TestForwardNoSpliceNoMapping(t *testing.T) {
+	gp := StartGopasta(t, "-t", "18610:28610", "--no-splice", "--no-map-gw", "-u", "none", "-T", "none", "-U", "none")
+	ServeInfo(ListenTCPIn(t, gp.Guest, "tcp", ":28610"))
+	start := time.Now()
+	if _, _, err := askInfo(t, gp.Host, "tcp4", "127.0.0.1:18610"); !refused(err) || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("got %v, want the connection reset", err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("refusal took %v", d)
+	}
+}
