@@ -767,8 +767,16 @@ func (c *tcpConn) sendRST() {
 }
 
 // send hands a frame to the link writer, blocking while its queue is full
-// (back-pressure), but not past shutdown.
+// (back-pressure), but not past shutdown. A lone frame (control segments,
+// a request's answer) is written from the actor itself when the link is
+// idle, which saves a hop through the writer goroutine on every exchange
+// of request/response traffic; bursts are queued (sendBurst), so that
+// the writer writes while the actor goes on peeking.
 func (c *tcpConn) send(f *link.Frame) {
+	c.env.Out.SendNow(c.env.Ctx, f)
+}
+
+func (c *tcpConn) sendBurst(f *link.Frame) {
 	c.env.Out.SendCtx(c.env.Ctx, f)
 }
 

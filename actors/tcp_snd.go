@@ -103,7 +103,11 @@ func (c *tcpConn) sendBatch() bool {
 		f := c.frames[i]
 		c.frames[i] = nil
 		c.tmpl.fill(f, mac, seq+uint32(off), ack, flags, win, 0, l)
-		c.send(f)
+		if l == n {
+			c.send(f) // the whole answer in one segment
+		} else {
+			c.sendBurst(f)
+		}
 		off += l
 	}
 	c.releaseFrames(i, nf)
