@@ -125,6 +125,7 @@ func (a *icmpActor) run() {
 	sweep := max(a.timeout/4, 5*time.Millisecond)
 	t := time.NewTimer(sweep)
 	defer t.Stop()
+	a.sock.startWaker()
 	w := a.sock.waker
 	w.Arm()
 	for {

@@ -25,7 +25,8 @@ import (
 type dgramSock struct {
 	fd    int
 	file  *os.File
-	waker *Waker
+	rc    syscall.RawConn
+	waker *Waker // nil unless startWaker
 }
 
 // newDgramSock creates a socket of the given family and protocol
@@ -58,13 +59,19 @@ func newDgramSock(v6 bool, proto int, setup func(fd int) error) (*dgramSock, err
 		f.Close()
 		return nil, err
 	}
-	return &dgramSock{fd: fd, file: f, waker: NewReadWaker(rc)}, nil
+	return &dgramSock{fd: fd, file: f, rc: rc}, nil
 }
+
+// startWaker gives the socket a Waker, for an owner that selects on its
+// readiness among other things (ICMP echo actors).
+func (s *dgramSock) startWaker() { s.waker = NewReadWaker(s.rc) }
 
 // close closes the socket and ends its Waker. Owner only, once.
 func (s *dgramSock) close() {
 	s.file.Close()
-	s.waker.Stop()
+	if s.waker != nil {
+		s.waker.Stop()
+	}
 }
 
 // setRecvErr asks the kernel to queue ICMP errors (and local errors) on the

@@ -1,8 +1,11 @@
 package actors
 
 import (
+	"errors"
 	"net/netip"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -34,11 +37,20 @@ import (
 //     the per-flow idle timers: one goroutine, one socket, no sharing of
 //     mutable state but the registry.
 //   - That goroutine is the actor: it waits on its inbox (guest -> host,
-//     drained into one sendmmsg), on socket readiness (recvmmsg straight
-//     into pooled frames, headers written in front of the payload, handed to
-//     the link Writer) and on a sweep timer that ends flows idle for
-//     UDPTimeout, each flow's Handle going back on Env.Ended. The binding
-//     itself closes when it has no flows and saw no traffic for UDPTimeout.
+//     the backlog sent 64 datagrams per sendmmsg) and on a sweep timer that
+//     ends flows idle for UDPTimeout, each flow's Handle going back on
+//     Env.Ended. The binding itself closes when it has no flows and saw no
+//     traffic for UDPTimeout.
+//   - A second goroutine, the receiver, waits in the runtime poller for the
+//     socket itself and moves datagrams host -> guest: recvmmsg straight
+//     into pooled frames, headers written in front of the payload, handed
+//     to the link Writer (written at once when it is a lone reply). Doing
+//     that in the actor would cost a goroutine hop per wakeup (poller ->
+//     waker -> actor), and each hop wakes a thread, often on the other
+//     CPU; that made UDP_RR half as fast as pasta. The two share the flow
+//     tables under mu (held for lookups, never across a syscall); the
+//     receive buffers are the receiver's, under rxMu, which the actor's
+//     sweep only takes with TryLock to free them when the socket is quiet.
 //
 // Inbound (-u) listeners are bindings too, created by StartUDPForwarders:
 // the first datagram from a new client creates a flow registered with the
@@ -92,25 +104,35 @@ type udpBinding struct {
 	guest netip.AddrPort
 	// Inbound: the guest's address (invalid: the address the guest uses)
 	// and port datagrams go to, and whether to answer with IP_PKTINFO.
-	inbound   bool
-	fwdAddr   netip.Addr
-	fwdPort   uint16
-	wildcard  bool
-	splice    *udpSplice // inbound: relays loopback clients (splice_udp.go)
-	pending   []*Handle  // joined by StartUDP, not yet seen by the actor; udpReg.Mutex
+	inbound  bool
+	fwdAddr  netip.Addr
+	fwdPort  uint16
+	wildcard bool
+	splice   *udpSplice // inbound: relays loopback clients (splice_udp.go)
+	pending  []*Handle  // joined by StartUDP, not yet seen by the actor; udpReg.Mutex
+
+	// mu guards the flow tables and every udpFlow's fields.
+	mu        sync.Mutex
 	flows     map[Key]*udpFlow
 	byHost    map[netip.AddrPort]*udpFlow
-	last      int64 // last datagram either way
-	lastRx    int64
-	rxAtSweep int64
+	last      atomic.Int64 // monoNow of the last datagram either way
+	lastRx    atomic.Int64
+	rxAtSweep int64 // actor's
+
+	// The receiver's state, under rxMu.
+	rxMu   sync.Mutex
+	ipID   uint16
+	want   int // frames offered to the next recvmmsg
+	stash  [udpBatch]*link.Frame
+	rx     *mmsgBatch
+	rxDone chan struct{} // closed when the receiver has returned
+
+	closing atomic.Bool // the actor is shutting down: the receiver stops
+	errMu   sync.Mutex  // errBuf, oob: drainErrors runs on both goroutines
 
 	maxPayload int
 	hdrLen     int
-	ipID       uint16
-	moreRx     bool
-	want       int // frames offered to the next recvmmsg
-	stash      [udpBatch]*link.Frame
-	tx, rx     *mmsgBatch
+	tx         *mmsgBatch
 	txq        []*link.Frame // backlog taken from the inbox, sent from txOff on
 	txOff      int
 	spare      []*link.Frame // the Inbox's other slice (Inbox.Take)
@@ -123,7 +145,7 @@ func newBinding(env *Env, v6 bool, sock *dgramSock) *udpBinding {
 	if env.Conf != nil && env.Conf.UDPTimeout > 0 {
 		timeout = env.Conf.UDPTimeout
 	}
-	return &udpBinding{
+	b := &udpBinding{
 		env: env, sock: sock, v6: v6, timeout: timeout,
 		in:         NewInbox(udpInboxLimit),
 		flows:      make(map[Key]*udpFlow),
@@ -135,8 +157,10 @@ func newBinding(env *Env, v6 bool, sock *dgramSock) *udpBinding {
 		rx:         new(mmsgBatch),
 		errBuf:     make([]byte, icmp6ErrMax),
 		oob:        make([]byte, 256),
-		last:       monoNow(),
+		rxDone:     make(chan struct{}),
 	}
+	b.last.Store(monoNow())
+	return b
 }
 
 // udpInboxLimit bounds a binding's backlog of guest datagrams: 400 ms at
@@ -260,25 +284,14 @@ func (b *udpBinding) run() {
 	sweep := max(b.timeout/4, 5*time.Millisecond)
 	t := time.NewTimer(sweep)
 	defer t.Stop()
-	w := b.sock.waker
-	w.Arm()
+	go b.receiver()
 	for {
-		if b.moreRx || len(b.txq) > 0 {
-			// Busy: datagrams are left in the socket (recvmmsg stopped
-			// at its budget, and no readiness edge will come for what is
-			// queued) or in the inbox's taken backlog. Serve both in
-			// turns, a budget each, so that a backlog one way does not
-			// leave the other way's buffer to overflow meanwhile.
+		if len(b.txq) > 0 {
+			// A backlog is being sent a few batches at a time; keep an
+			// eye on the rest meanwhile.
 			select {
 			case <-b.done:
 				return
-			case <-w.C:
-				w.Fired()
-				b.moreRx = true
-			case <-b.in.Ready:
-				if len(b.txq) == 0 {
-					b.takeInbox()
-				}
 			case <-t.C:
 				if b.sweep() {
 					return
@@ -286,26 +299,12 @@ func (b *udpBinding) run() {
 				t.Reset(sweep)
 			default:
 			}
-			if len(b.txq) > 0 {
-				b.send()
-			}
-			if b.moreRx {
-				b.receive()
-				if !b.moreRx {
-					w.Arm()
-				}
-			}
+			b.send()
 			continue
 		}
 		select {
 		case <-b.in.Ready:
 			b.takeInbox()
-		case <-w.C:
-			w.Fired()
-			b.receive()
-			if !b.moreRx {
-				w.Arm()
-			}
 		case <-t.C:
 			if b.sweep() {
 				return
@@ -317,7 +316,41 @@ func (b *udpBinding) run() {
 	}
 }
 
-// adopt takes the flows StartUDP added since the last look.
+// receiver is the binding's second goroutine: it moves datagrams from the
+// socket to the guest until the actor closes the socket. It waits in the
+// runtime poller itself (RawConn.Read calls rxReady again at every
+// readiness edge), so a reply costs one wakeup.
+func (b *udpBinding) receiver() {
+	defer close(b.rxDone)
+	defer func() {
+		if r := recover(); r != nil {
+			b.env.Stats.Panics.Add(1)
+			b.log.WithField("panic", r).Error("udp: receiver panicked")
+		}
+	}()
+	rxReady := func(uintptr) bool {
+		b.rxMu.Lock()
+		b.receive()
+		b.rxMu.Unlock()
+		return b.closing.Load()
+	}
+	fails := 0
+	for !b.closing.Load() {
+		err := b.sock.rc.Read(rxReady)
+		if err == nil || b.closing.Load() || errors.Is(err, os.ErrClosed) {
+			continue
+		}
+		// A bare EPOLLERR (an ICMP error queued while no datagram is):
+		// the runtime reports it as an error until the next event, so
+		// read the error queue, and pause if it keeps coming back.
+		_ = b.sock.rc.Read(func(uintptr) bool { b.drainErrors(); return true })
+		if fails++; fails > 1 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
+
+// adopt takes the flows StartUDP added since the last look; mu held.
 func (b *udpBinding) adopt() {
 	udpReg.Lock()
 	pending := b.pending
@@ -337,7 +370,7 @@ func (b *udpBinding) adopt() {
 	}
 }
 
-// addFlow tracks a flow to host (the far end on the host side).
+// addFlow tracks a flow to host (the far end on the host side); mu held.
 func (b *udpBinding) addFlow(k Key, host netip.AddrPort, now int64) *udpFlow {
 	fl := &udpFlow{key: k, host: host, last: now}
 	fl.salen = putSockaddr(&fl.sa, host)
@@ -346,7 +379,7 @@ func (b *udpBinding) addFlow(k Key, host netip.AddrPort, now int64) *udpFlow {
 	return fl
 }
 
-// endFlow forgets fl and tells the dispatcher.
+// endFlow forgets fl and tells the dispatcher; mu held.
 func (b *udpBinding) endFlow(fl *udpFlow) {
 	delete(b.flows, fl.key)
 	if b.byHost[fl.host] == fl {
@@ -366,6 +399,7 @@ func (b *udpBinding) endFlow(fl *udpFlow) {
 // sweep ends idle flows, frees receive buffers of a quiet socket, and
 // reports whether the whole binding should end.
 func (b *udpBinding) sweep() bool {
+	b.mu.Lock()
 	b.adopt()
 	now := monoNow()
 	for _, fl := range b.flows {
@@ -373,8 +407,14 @@ func (b *udpBinding) sweep() bool {
 			b.endFlow(fl)
 		}
 	}
-	if b.lastRx == b.rxAtSweep {
+	nflows := len(b.flows)
+	b.mu.Unlock()
+	lastRx := b.lastRx.Load()
+	if lastRx == b.rxAtSweep && b.rxMu.TryLock() {
+		// Quiet since the last sweep and the receiver is waiting: give
+		// the receive buffers back (up to 64 frames of up to 64 KiB).
 		b.releaseStash()
+		b.rxMu.Unlock()
 	}
 	if b.in.Len() == 0 {
 		// A backlog is over: give its memory back.
@@ -383,8 +423,8 @@ func (b *udpBinding) sweep() bool {
 			b.spare = nil
 		}
 	}
-	b.rxAtSweep = b.lastRx
-	if b.inbound || len(b.flows) > 0 || now-b.last < int64(b.timeout) {
+	b.rxAtSweep = lastRx
+	if b.inbound || nflows > 0 || now-b.last.Load() < int64(b.timeout) {
 		return false
 	}
 	udpReg.Lock()
@@ -400,26 +440,35 @@ func (b *udpBinding) sweep() bool {
 
 // shutdown ends every flow and closes the socket.
 func (b *udpBinding) shutdown() {
+	// Stop the receiver first: closing the socket ends its wait, and it
+	// may still be delivering (registering inbound flows, too).
+	b.closing.Store(true)
+	b.sock.close()
+	<-b.rxDone
 	if !b.inbound {
 		udpReg.Lock()
 		if k := (udpBindKey{b.env, b.guest}); udpReg.m[k] == b {
 			delete(udpReg.m, k)
 		}
 		udpReg.Unlock()
+	}
+	b.mu.Lock()
+	if !b.inbound {
 		b.adopt()
 	}
 	for _, fl := range b.flows {
 		b.endFlow(fl)
 	}
+	b.mu.Unlock()
 	b.releaseStash()
 	for _, f := range b.txq[b.txOff:] {
 		f.Release()
 	}
 	b.txq = nil
 	b.in.Drain()
-	b.sock.close()
 }
 
+// releaseStash frees the receive buffers; rxMu held (or the receiver gone).
 func (b *udpBinding) releaseStash() {
 	for i, f := range b.stash {
 		if f != nil {
@@ -430,7 +479,8 @@ func (b *udpBinding) releaseStash() {
 	b.want = 4
 }
 
-// frameFlow finds the flow a guest frame belongs to and its UDP payload.
+// frameFlow finds the flow a guest frame belongs to and its UDP payload;
+// mu held.
 func (b *udpBinding) frameFlow(f *link.Frame, now int64) (*udpFlow, []byte) {
 	d := f.Data
 	if f.L3 < wire.EthernetLen || f.L4+wire.UDPLen > len(d) || f.L3 >= f.L4 {
@@ -516,9 +566,10 @@ func (b *udpBinding) send() {
 // them.
 func (b *udpBinding) sendBatch(frames []*link.Frame) {
 	now := monoNow()
-	b.last = now
+	b.last.Store(now)
 	tx := b.tx
 	n := 0
+	b.mu.Lock()
 	for _, f := range frames {
 		fl, p := b.frameFlow(f, now)
 		if fl == nil {
@@ -532,15 +583,20 @@ func (b *udpBinding) sendBatch(frames []*link.Frame) {
 			iov.Base = &p[0]
 		}
 		iov.SetLen(len(p))
+		// The address and control data are copied: the receiver may
+		// point the flow at another host address meanwhile.
+		tx.names[n] = fl.sa
 		h := &tx.hdrs[n]
-		h.Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&fl.sa)), Namelen: fl.salen, Iov: iov}
+		h.Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&tx.names[n])), Namelen: fl.salen, Iov: iov}
 		h.Hdr.SetIovlen(1)
 		if fl.clen > 0 {
-			h.Hdr.Control = &fl.ctrl[0]
+			tx.ctrl[n] = fl.ctrl
+			h.Hdr.Control = &tx.ctrl[n][0]
 			h.Hdr.SetControllen(fl.clen)
 		}
 		n++
 	}
+	b.mu.Unlock()
 	for i, retried := 0, false; i < n; {
 		r, e := sendmmsg(b.sock.fd, tx.hdrs[i:n])
 		if e == 0 {
@@ -571,7 +627,15 @@ func (b *udpBinding) sendBatch(frames []*link.Frame) {
 }
 
 // receive moves datagrams from the socket to the guest until the socket is
-// empty or a budget is used up (then moreRx is set).
+// empty (it must be: the poller only wakes the receiver again for a new
+// edge) or the binding is closing. rxMu held.
+//
+// A recvmmsg that returns fewer datagrams than offered has emptied the
+// socket, so receive stops there without the extra call that would say
+// EAGAIN: the socket signals every datagram queued after that (edge
+// triggered epoll wakes on each arrival, not only on empty -> non-empty),
+// and the runtime poller keeps that edge for the receiver's next wait.
+// For request/response traffic that is one syscall less per datagram.
 //
 // The error queue is read only when a call reports an error (IP_RECVERR
 // sets the socket error along with every queued entry, and the next call
@@ -579,7 +643,7 @@ func (b *udpBinding) sendBatch(frames []*link.Frame) {
 // costs no extra syscall.
 func (b *udpBinding) receive() {
 	rx := b.rx
-	for budget := 8; budget > 0; budget-- {
+	for first := true; !b.closing.Load(); first = false {
 		k := b.want
 		for i := 0; i < k; i++ {
 			if b.stash[i] == nil {
@@ -598,9 +662,8 @@ func (b *udpBinding) receive() {
 		}
 		n, e := recvmmsg(b.sock.fd, rx.hdrs[:k])
 		if e != 0 {
-			b.moreRx = false
 			if e == unix.EAGAIN {
-				if budget == 8 {
+				if first {
 					b.drainErrors()
 				}
 				if b.want > 4 {
@@ -616,23 +679,22 @@ func (b *udpBinding) receive() {
 			return
 		}
 		now := monoNow()
-		b.last, b.lastRx = now, now
+		b.last.Store(now)
+		b.lastRx.Store(now)
 		for i := 0; i < n; i++ {
 			if !b.deliver(i, now, n == 1) {
 				return
 			}
 		}
 		if n < k {
-			b.moreRx = false
 			return
 		}
 		b.want = min(2*k, udpBatch)
 	}
-	b.moreRx = true
 }
 
-// deliver turns received message i into a frame for the guest. It returns
-// false when the actor is shutting down. A lone datagram (alone is true) is
+// deliver turns received message i into a frame for the guest; rxMu held.
+// It returns false when gopasta is shutting down. A lone datagram (alone is true) is
 // written to the link at once if the link is idle (Writer.SendNow): for
 // request/response traffic that saves a goroutine wakeup per reply, while
 // a burst is left to the writer goroutine to write as the actor reads on.
@@ -646,19 +708,29 @@ func (b *udpBinding) deliver(i int, now int64, alone bool) bool {
 	n := int(h.Len)
 	src := getSockaddr(&rx.names[i])
 	var far, dst netip.AddrPort
-	if fl := b.byHost[src]; fl != nil {
+	b.mu.Lock()
+	fl := b.byHost[src]
+	if fl != nil {
 		fl.last = now
 		far, dst = fl.key.Far, fl.key.Guest
-	} else if b.inbound {
+	}
+	b.mu.Unlock()
+	switch {
+	case fl != nil:
+	case b.inbound:
 		if b.splice != nil && src.Addr().IsLoopback() && b.splice.take(src, b.stash[i].Data[b.hdrLen:b.hdrLen+n]) {
 			return true
 		}
+		b.mu.Lock()
 		fl := b.newInboundFlow(src, rx.ctrl[i][:h.Hdr.Controllen], now)
+		if fl != nil {
+			far, dst = fl.key.Far, fl.key.Guest
+		}
+		b.mu.Unlock()
 		if fl == nil {
 			return true
 		}
-		far, dst = fl.key.Far, fl.key.Guest
-	} else {
+	default:
 		var ok bool
 		if far, ok = b.env.NAT.Inbound(src); !ok {
 			UDPStats.Unmappable.Add(1)
@@ -682,8 +754,12 @@ func (b *udpBinding) deliver(i int, now int64, alone bool) bool {
 	return b.env.Out.SendCtx(b.env.Ctx, f)
 }
 
-// drainErrors reads the socket's error queue and tells the guest.
+// drainErrors reads the socket's error queue and tells the guest. Either
+// goroutine may call it (from within the socket's RawConn for the
+// receiver, so that the descriptor cannot be closed under it).
 func (b *udpBinding) drainErrors() {
+	b.errMu.Lock()
+	defer b.errMu.Unlock()
 	for range 64 {
 		q, ok := recvErr(b.sock.fd, b.errBuf[wire.UDPLen:], b.oob)
 		if !ok {
@@ -694,11 +770,17 @@ func (b *udpBinding) drainErrors() {
 			continue
 		}
 		var guest, far netip.AddrPort
-		if fl := b.byHost[q.dst]; fl != nil {
+		b.mu.Lock()
+		fl := b.byHost[q.dst]
+		if fl != nil {
 			guest, far = fl.key.Guest, fl.key.Far
-		} else if b.inbound {
+		}
+		b.mu.Unlock()
+		switch {
+		case fl != nil:
+		case b.inbound:
 			continue
-		} else {
+		default:
 			guest = b.guest
 			if far, ok = b.env.NAT.Inbound(q.dst); !ok {
 				continue

@@ -140,7 +140,9 @@ func newListenerBinding(env *Env, spec conf.PortSpec, toAddr netip.Addr, p, to u
 }
 
 // newInboundFlow starts the flow for a new client at src, whose datagram
-// came with control data ctrl, and registers it with the dispatcher.
+// came with control data ctrl, and registers it with the dispatcher; the
+// binding's mu held (the dispatcher never waits for it, so the Register
+// send cannot deadlock).
 func (b *udpBinding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) *udpFlow {
 	far, ok := b.env.NAT.Inbound(src)
 	if !ok {
