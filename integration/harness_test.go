@@ -54,11 +54,17 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	gopastaBin = filepath.Join(dir, "gopasta")
-	build := exec.Command("go", "build", "-o", gopastaBin, "../cmd/gopasta")
-	build.Stdout, build.Stderr = os.Stdout, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Println("integration: build failed:", err)
-		os.Exit(1)
+	if bin := os.Getenv("GOPASTA_TEST_BIN"); bin != "" {
+		// A prebuilt binary, e.g. to compare two versions with the same
+		// test binary (BenchmarkUDPRR).
+		gopastaBin = bin
+	} else {
+		build := exec.Command("go", "build", "-o", gopastaBin, "../cmd/gopasta")
+		build.Stdout, build.Stderr = os.Stdout, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Println("integration: build failed:", err)
+			os.Exit(1)
+		}
 	}
 	_ = os.Chmod(dir, 0o755)
 	code := m.Run()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"strings"
 	"syscall"
@@ -295,4 +296,50 @@ func TestDNSForward(t *testing.T) {
 			t.Fatalf("dig %s: %v\n%s", mode, err, out)
 		}
 	}
+}
+
+// BenchmarkUDPRR: one datagram from the guest to an echo server on the
+// host and back per op, the UDP_RR pattern; reports the daemon's CPU per
+// round trip too (cpu-us/op), which is what a loaded machine makes scarce.
+// Compare versions with GOPASTA_TEST_BIN=/path/to/gopasta.
+func BenchmarkUDPRR(b *testing.B) {
+	gp := StartGopasta(b)
+	srv := ListenUDPIn(b, gp.Host, "udp4", "127.0.0.1:0")
+	ServeUDPEcho(srv)
+	port := srv.LocalAddr().(*net.UDPAddr).Port
+	c := DialUDPIn(b, gp.Guest, "udp4", net.JoinHostPort(HostGW4, fmt.Sprint(port)))
+	buf := make([]byte, 64)
+	rr := func() {
+		if _, err := c.Write(buf[:1]); err != nil {
+			b.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := c.Read(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for range 100 {
+		rr()
+	}
+	cpu0 := procCPU(gp.PID())
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		rr()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(procCPU(gp.PID())-cpu0)/float64(time.Microsecond)/float64(b.N), "cpu-us/op")
+}
+
+// procCPU is the user and system time pid has used.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	var u, st int64
+	fmt.Sscan(f[11], &u)
+	fmt.Sscan(f[12], &st)
+	return time.Duration(u+st) * 10 * time.Millisecond // USER_HZ 100
 }
