@@ -90,7 +90,6 @@ func daemonMain(prog string) int {
 		report("err " + err.Error())
 		return 1
 	}
-	defer startProfile(log)()
 	d := &daemon{cfg: cfg, log: log, nsFD: -1, command: commandMode(cfg)}
 	d.foreground = cfg.Foreground || d.command
 	d.ctx, d.cancel = context.WithCancelCause(context.Background())
