@@ -50,7 +50,8 @@ func (n *NAT) Outbound(far netip.AddrPort) netip.AddrPort {
 // src (an inbound client, or the source of a datagram): host loopback
 // becomes the host-loopback address, the host's own address its alias, and
 // the DNS host the forward address. ok is false when the guest cannot be
-// shown the peer at all (loopback with no mapping).
+// shown the peer at all (loopback, or the host's own address, with no
+// mapping).
 func (n *NAT) Inbound(src netip.AddrPort) (netip.AddrPort, bool) {
 	a, port := src.Addr().Unmap(), src.Port()
 	switch {
@@ -62,12 +63,24 @@ func (n *NAT) Inbound(src netip.AddrPort) (netip.AddrPort, bool) {
 		return netip.AddrPortFrom(n.HostLoopback4, port), n.HostLoopback4.IsValid()
 	case a.IsLoopback():
 		return netip.AddrPortFrom(n.HostLoopback6, port), n.HostLoopback6.IsValid()
-	case a.Is4() && a == n.HostAddr4 && n.GuestAddr4.IsValid():
-		return netip.AddrPortFrom(n.GuestAddr4, port), true
-	case a.Is6() && a == n.HostAddr6 && n.GuestAddr6.IsValid():
-		return netip.AddrPortFrom(n.GuestAddr6, port), true
+	case a.Is4() && a == n.HostAddr4:
+		return n.hostSelf(n.GuestAddr4, n.HostLoopback4, port)
+	case a.Is6() && a == n.HostAddr6:
+		return n.hostSelf(n.GuestAddr6, n.HostLoopback6, port)
 	}
 	return netip.AddrPortFrom(a, port), true
+}
+
+// hostSelf shows a host-side peer that uses the host's own address, which
+// is also the guest's: shown as itself the guest would answer its own
+// address and the connection would hang. It appears from the guest-address
+// alias if there is one, else from the host-loopback address, else not at
+// all (the caller refuses it at once).
+func (n *NAT) hostSelf(alias, loopback netip.Addr, port uint16) (netip.AddrPort, bool) {
+	if alias.IsValid() {
+		return netip.AddrPortFrom(alias, port), true
+	}
+	return netip.AddrPortFrom(loopback, port), loopback.IsValid()
 }
 
 func isDNSPort(p uint16) bool { return p == 53 || p == 853 }
