@@ -198,6 +198,11 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 			c.hostError("discard", err)
 			return
 		}
+		if !c.sock.peekOff && c.sock.hungUp() {
+			// Without a peek offset, the end of stream shows only once
+			// the queue is empty, and its event has come and gone.
+			c.sockData = true
+		}
 	}
 	c.sndUna = data
 	if seqLT(c.sndNxt, c.sndUna) {

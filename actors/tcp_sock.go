@@ -52,6 +52,10 @@ func getDiscard() []byte {
 	return discardBuf
 }
 
+// tcpNoPeekOff makes new sockets do without SO_PEEK_OFF, as on kernels
+// before 6.10; tests set it to cover that path.
+var tcpNoPeekOff bool
+
 // newTCPSock wraps a non-blocking socket fd. Unless later is set, it is
 // registered with env's poller at once; otherwise the caller calls
 // register (an outbound socket, once connect is under way: an unconnected
@@ -62,7 +66,7 @@ func newTCPSock(env *Env, fd int, later bool) (*tcpSock, error) {
 		return nil, err
 	}
 	s := &tcpSock{fd: fd, poll: p, slot: -1, wake: make(chan struct{}, 1)}
-	s.peekOff = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0) == nil
+	s.peekOff = !tcpNoPeekOff && unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0) == nil
 	if !later {
 		if err := s.register(); err != nil {
 			return nil, err

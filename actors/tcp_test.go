@@ -504,3 +504,14 @@ func inbound(t *testing.T, network, bind string, gw netip.Addr) {
 
 func TestTCPInboundV4(t *testing.T) { inbound(t, "tcp4", "127.0.0.1", testGW4) }
 func TestTCPInboundV6(t *testing.T) { inbound(t, "tcp6", "::1", testGW6) }
+
+// Without SO_PEEK_OFF (kernels before 6.10) every peek starts at the head
+// of the queue, and the end of stream shows only once the guest has
+// acknowledged everything: the flow must still see it, in both close
+// orders.
+func TestTCPBulkNoPeekOff(t *testing.T) {
+	tcpNoPeekOff = true
+	t.Cleanup(func() { tcpNoPeekOff = false })
+	bulk(t, "tcp4", "127.0.0.1:0", testGW4, 1<<20)
+	TestTCPOutboundGuestClosesFirst(t)
+}
