@@ -297,6 +297,8 @@ func (d *daemon) run(sigs <-chan os.Signal) int {
 	}
 	goOwned("writer", func() error { return d.w.Run(d.ctx) })
 	goOwned("dispatcher", func() error { return d.disp.Run(d.ctx) })
+	wg.Add(1)
+	go func() { defer wg.Done(); adaptProcs(d.ctx) }() // procs.go
 	d.startWatchers(&wg)
 
 	status := 0

@@ -1,0 +1,36 @@
+package main
+
+import (
+	"testing"
+	"time"
+)
+
+func TestNextProcs(t *testing.T) {
+	for _, tc := range []struct {
+		cur   int
+		cores float64
+		want  int
+	}{
+		{1, 0.2, 1},  // request/response: stay on one P
+		{1, 0.84, 1}, // busy, but a core is enough
+		{1, 0.95, 4}, // more than a core: go parallel
+		{4, 1.5, 4},  // bulk goes on
+		{4, 0.6, 4},  // hysteresis: no flapping around the threshold
+		{4, 0.3, 1},  // quiet again
+	} {
+		if got := nextProcs(tc.cur, 4, tc.cores); got != tc.want {
+			t.Errorf("nextProcs(%d, 4, %.2f) = %d, want %d", tc.cur, tc.cores, got, tc.want)
+		}
+	}
+}
+
+// TestCPUTime: the sample source moves when the process works.
+func TestCPUTime(t *testing.T) {
+	a := cpuTime()
+	end := time.Now().Add(30 * time.Millisecond)
+	for time.Now().Before(end) {
+	}
+	if b := cpuTime(); b-a < 10*time.Millisecond {
+		t.Fatalf("cpuTime advanced %v over 30 ms of spinning", b-a)
+	}
+}
