@@ -164,7 +164,6 @@ type tcpConn struct {
 	rttvar    time.Duration
 
 	frames [tcpMaxIov]*link.Frame
-	synOpt [tcpSynOptsLen]byte
 }
 
 // tcpISNFunc picks initial sequence numbers; tests replace it to exercise
