@@ -580,8 +580,8 @@ func TestPodmanExitAtOnce(t *testing.T) {
 
 // TestPodmanPod runs a pod with a forwarded port: one container serves on
 // it, another (sharing the pod's namespace, so the same pasta) fetches
-// from the host. Removing the pod must end its pasta within 2 s and free
-// the port.
+// from the host. Stopping and starting the pod must replace its pasta;
+// removing the pod must end it within 2 s and free the port.
 func TestPodmanPod(t *testing.T) {
 	r := newPodRig(t)
 	www := t.TempDir()
@@ -609,6 +609,18 @@ func TestPodmanPod(t *testing.T) {
 	}
 	if d := r.daemons(); len(d) != 1 || r.runs() != 1 {
 		t.Errorf("pod: %d pasta daemons %v, %d pasta runs; want one of each:\n%s", len(d), d, r.runs(), r.cmdlines())
+	}
+
+	// A stopped pod's namespace is gone: its pasta must go with it, and the
+	// restarted pod's new pasta must get the port back.
+	r.mustPM("pod", "stop", "-t", "0", pod)
+	r.waitDaemons(0, 2*time.Second, "after podman pod stop")
+	r.mustPM("pod", "start", pod)
+	if got := string(waitGet(t, port, "/pod.txt", 20*time.Second)); got != podTok+"\n" {
+		t.Errorf("after pod stop/start, forward %d served %q, want %q", port, got, podTok)
+	}
+	if d := r.daemons(); len(d) != 1 || r.runs() != 2 {
+		t.Errorf("pod restarted: %d pasta daemons %v, %d pasta runs; want 1 and 2", len(d), d, r.runs())
 	}
 
 	rm := time.Now()
