@@ -132,6 +132,17 @@ func TestDemuxTCP(t *testing.T) {
 }
 
 func TestDemuxInboxFullAndEnded(t *testing.T) {
+	bothReaders(t, testDemuxInboxFullAndEnded)
+}
+
+// bothReaders runs test on the single-goroutine dispatcher (tap) and on
+// the split reader (passt).
+func bothReaders(t *testing.T, test func(*testing.T, func(*testing.T, func(*conf.Config), func(*Dispatcher)) *harness)) {
+	t.Run("inline", func(t *testing.T) { test(t, newHarness) })
+	t.Run("split", func(t *testing.T) { test(t, newSplitHarness) })
+}
+
+func testDemuxInboxFullAndEnded(t *testing.T, newHarness func(*testing.T, func(*conf.Config), func(*Dispatcher)) *harness) {
 	fa := &fakeActors{depth: 1}
 	h := newHarness(t, nil, withFakes(fa))
 	seg := func(seq uint32) []byte {
@@ -236,6 +247,10 @@ func TestDemuxBadDestinations(t *testing.T) {
 }
 
 func TestRegisterAndNotStarted(t *testing.T) {
+	bothReaders(t, testRegisterAndNotStarted)
+}
+
+func testRegisterAndNotStarted(t *testing.T, newHarness func(*testing.T, func(*conf.Config), func(*Dispatcher)) *harness) {
 	fa := &fakeActors{depth: 4, refuse: true}
 	h := newHarness(t, nil, withFakes(fa))
 	k := keyT{Proto: wire.ProtoTCP, Guest: netip.AddrPortFrom(guest4, 8080), Far: netip.AddrPortFrom(far4, 50000)}

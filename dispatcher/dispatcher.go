@@ -5,17 +5,33 @@
 //
 // # Theory of operation
 //
-// Two goroutines belong to Run. The reader blocks in Device.ReadBatch and
-// passes each batch of frames to the dispatcher goroutine over a channel;
-// the dispatcher goroutine selects on those batches, on actors ending
-// (Env.Ended), on inbound actors to register (Env.Register), on a one-second
-// tick for periodic work and on the context. Splitting the two means the
-// table is never touched by more than one goroutine and the dispatcher never
-// sits in a read while an actor waits to be removed.
+// On a device that can interrupt a blocked read with a deadline (the tap:
+// readDeadliner), Run is a single goroutine that calls Device.ReadBatch
+// itself. For request/response traffic every hand-over between goroutines
+// costs a wake-up, often of a sleeping thread on another core, and a frame
+// from the guest already needs one (dispatcher to actor); a separate reader
+// goroutine would add a second on the way in. The other things the
+// dispatcher waits for fit around the read: Env.Ended and Env.Register are
+// drained without blocking before every batch, which is when they matter
+// (an inbound actor registers before it sends its SYN, so the guest's
+// answer is always in a later batch; a flow's Ended is queued before the
+// guest can see it gone); the one-second tick for periodic work is the
+// read's deadline; and the context closes the device, which ends the read.
+// An ended flow may thus stay in the table for up to a tick while the link
+// is idle, which costs nothing but a map entry.
 //
-// The reader owns a fixed set of batch slices (two) and the large frames in
-// them; the slices travel to the dispatcher and back on two channels, so
-// steady-state reading allocates nothing. The dispatcher treats each frame
+// On other devices (the QEMU socket of passt mode, which replaces its
+// connection underneath) two goroutines belong to Run. The reader blocks in
+// Device.ReadBatch and passes each batch of frames to the dispatcher
+// goroutine over a channel; the dispatcher goroutine selects on those
+// batches, on actors ending (Env.Ended), on inbound actors to register
+// (Env.Register), on a one-second tick for periodic work and on the
+// context. Either way the table is only ever touched by one goroutine.
+//
+// The single goroutine owns one batch slice and the large frames in it. The
+// split reader owns a fixed set of batch slices (two) and the large frames
+// in them; the slices travel to the dispatcher and back on two channels.
+// Either way steady-state reading allocates nothing. The dispatcher treats each frame
 // in one of three ways: it drops it (counted), answers it inline (ARP, NDP,
 // DHCP: the reply is a fresh small frame queued with Writer.TrySend, never a
 // blocking Send), or hands it to a flow actor. Frames that fit the small
@@ -30,8 +46,8 @@
 //
 // # Shutdown
 //
-// When the context is done, Run closes the Device so that the reader's
-// ReadBatch returns, waits for the reader to exit, releases every frame it
+// When the context is done, Run closes the Device so that ReadBatch
+// returns, waits for the reader (if any) to exit, releases every frame it
 // still holds and returns ctx.Err(). The caller may Close the device again
 // (Device.Close must tolerate that). When ReadBatch fails (link.ErrClosed:
 // the peer went away) Run returns that error. Actors still running after
@@ -41,7 +57,9 @@ package dispatcher
 
 import (
 	"context"
+	"errors"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -133,6 +151,82 @@ func New(cfg *conf.Config, dev link.Device, env *actors.Env, log *logrus.Logger)
 // when the peer went away). See the package comment for what Run does with
 // the device on the way out.
 func (d *Dispatcher) Run(ctx context.Context) error {
+	if dl, ok := d.dev.(readDeadliner); ok && dl.SetReadDeadline(time.Time{}) == nil {
+		return d.runInline(ctx, dl)
+	}
+	return d.runSplit(ctx)
+}
+
+// readDeadliner is implemented by devices whose blocked ReadBatch returns
+// an error matching os.ErrDeadlineExceeded once the deadline set here has
+// passed (the tap, through the runtime poller).
+type readDeadliner interface {
+	SetReadDeadline(t time.Time) error
+}
+
+// runInline is Run on a single goroutine: see the package comment.
+func (d *Dispatcher) runInline(ctx context.Context, dl readDeadliner) error {
+	s := make([]*link.Frame, link.BatchSize)
+	defer link.ReleaseAll(s)
+	stop := context.AfterFunc(ctx, func() { d.dev.Close() })
+	defer stop()
+	if d.cfg.Stats > 0 {
+		d.svc.nextStats = time.Now().Add(time.Duration(d.cfg.Stats) * time.Second)
+	}
+	next := time.Now().Add(tick)
+	if err := dl.SetReadDeadline(next); err != nil {
+		return err
+	}
+	for {
+		for i, f := range s {
+			if f == nil {
+				s[i] = link.GetFrame(link.MaxFrameSize)
+			} else {
+				f.Data = f.Data[:cap(f.Data)]
+			}
+		}
+		n, err := d.dev.ReadBatch(s)
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		// Ended first: a registration may reuse the 4-tuple of a flow
+		// that has just ended.
+		d.drainEnded()
+		d.drainRegister()
+		if n > 0 {
+			d.handleBatch(s[:n])
+		}
+		if now := time.Now(); !now.Before(next) {
+			d.periodic(now)
+			next = now.Add(tick)
+			if err := dl.SetReadDeadline(next); err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				return err
+			}
+		}
+	}
+}
+
+// drainEnded removes every ended actor already queued, without blocking.
+func (d *Dispatcher) drainEnded() {
+	for {
+		select {
+		case h := <-d.ended:
+			d.endFlow(h)
+		default:
+			return
+		}
+	}
+}
+
+// runSplit is Run with a separate reader goroutine, for devices that
+// cannot interrupt a read: see the package comment.
+func (d *Dispatcher) runSplit(ctx context.Context) error {
 	batches := make(chan []*link.Frame, 1)
 	free := make(chan []*link.Frame, 2)
 	for range cap(free) {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"net/netip"
+	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,7 +65,22 @@ type harness struct {
 // newHarness starts a dispatcher with the test configuration, changed by
 // mod, and with before applied to the Dispatcher before Run (to install
 // fake actor starters).
+//
+// The dispatcher reads through a deadlineDevice, so it runs on one
+// goroutine as it does on a tap; newSplitHarness gives it the bare memory
+// device, which has no read deadline, for the two-goroutine fallback.
 func newHarness(t *testing.T, mod func(*conf.Config), before func(*Dispatcher)) *harness {
+	t.Helper()
+	return newHarnessOn(t, false, mod, before)
+}
+
+// newSplitHarness is newHarness on the split reader of passt mode.
+func newSplitHarness(t *testing.T, mod func(*conf.Config), before func(*Dispatcher)) *harness {
+	t.Helper()
+	return newHarnessOn(t, true, mod, before)
+}
+
+func newHarnessOn(t *testing.T, split bool, mod func(*conf.Config), before func(*Dispatcher)) *harness {
 	t.Helper()
 	cfg := testConfig()
 	if mod != nil {
@@ -79,7 +96,11 @@ func newHarness(t *testing.T, mod func(*conf.Config), before func(*Dispatcher)) 
 	ctx, cancel := context.WithCancel(context.Background())
 	w := link.NewWriter(ours, 256)
 	env := &actors.Env{Ctx: ctx, Conf: cfg, Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &actors.NAT{}}
-	d := New(cfg, ours, env, log)
+	var dev link.Device = newDeadlineDevice(ours)
+	if split {
+		dev = ours
+	}
+	d := New(cfg, dev, env, log)
 	if before != nil {
 		before(d)
 	}
@@ -185,4 +206,75 @@ func isICMPv6(typ uint8) func([]byte, *wire.Parsed) bool {
 }
 func isUDPTo(port uint16) func([]byte, *wire.Parsed) bool {
 	return func(_ []byte, p *wire.Parsed) bool { return p.Proto == wire.ProtoUDP && p.DstPort == port }
+}
+
+// deadlineDevice gives the reading end of an in-memory link a read
+// deadline, as the tap has one through the runtime poller. Like the
+// poller, it reports an expired deadline before looking for frames.
+type deadlineDevice struct {
+	*link.MemoryDevice
+	mu       sync.Mutex
+	deadline time.Time
+	wake     chan struct{} // closed and replaced by SetReadDeadline
+	closed   chan struct{}
+	once     sync.Once
+}
+
+func newDeadlineDevice(m *link.MemoryDevice) *deadlineDevice {
+	return &deadlineDevice{MemoryDevice: m, wake: make(chan struct{}), closed: make(chan struct{})}
+}
+
+func (d *deadlineDevice) SetReadDeadline(t time.Time) error {
+	d.mu.Lock()
+	d.deadline = t
+	close(d.wake)
+	d.wake = make(chan struct{})
+	d.mu.Unlock()
+	return nil
+}
+
+func (d *deadlineDevice) Close() error {
+	d.once.Do(func() { close(d.closed) })
+	return d.MemoryDevice.Close()
+}
+
+func (d *deadlineDevice) ReadBatch(frames []*link.Frame) (int, error) {
+	rx := d.Frames()
+	var p []byte
+	for p == nil {
+		d.mu.Lock()
+		dl, wake := d.deadline, d.wake
+		d.mu.Unlock()
+		var expire <-chan time.Time
+		if !dl.IsZero() {
+			wait := time.Until(dl)
+			if wait <= 0 {
+				return 0, os.ErrDeadlineExceeded
+			}
+			tm := time.NewTimer(wait)
+			defer tm.Stop()
+			expire = tm.C
+		}
+		select {
+		case p = <-rx:
+		case <-d.closed:
+			return 0, link.ErrClosed
+		case <-expire:
+			return 0, os.ErrDeadlineExceeded
+		case <-wake:
+		}
+	}
+	n := 0
+	for {
+		frames[n].Data = frames[n].Data[:copy(frames[n].Data[:cap(frames[n].Data)], p)]
+		n++
+		if n == len(frames) {
+			return n, nil
+		}
+		select {
+		case p = <-rx:
+		default:
+			return n, nil
+		}
+	}
 }

@@ -141,6 +141,9 @@ func (t *Tap) ReadBatch(frames []*Frame) (int, error) {
 		if t.closed.Load() || errors.Is(err, os.ErrClosed) {
 			return 0, ErrClosed
 		}
+		if err == os.ErrDeadlineExceeded {
+			return 0, err // not a failure: SetReadDeadline asked for it
+		}
 		return 0, fmt.Errorf("tap %s: read: %w", t.name, err)
 	}
 	if rerr == unix.EBADFD || rerr == unix.EBADF {
@@ -149,6 +152,13 @@ func (t *Tap) ReadBatch(frames []*Frame) (int, error) {
 	}
 	return 0, fmt.Errorf("tap %s: read: %w", t.name, rerr)
 }
+
+// SetReadDeadline makes a ReadBatch that is waiting, or will wait, for a
+// frame at or after time d return os.ErrDeadlineExceeded instead; the zero
+// time means no deadline. The dispatcher uses it to do periodic work in the
+// goroutine that reads, without a second goroutine and a hand-over per
+// batch.
+func (t *Tap) SetReadDeadline(d time.Time) error { return t.f.SetReadDeadline(d) }
 
 // ENOBUFS is not something the poller can wait for: the kernel failed an
 // allocation. Retry a few times with a short pause before giving a frame up.
