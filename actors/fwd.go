@@ -429,14 +429,19 @@ func (d *fwdDir) open(r conf.Rule, p uint16, weak bool) (fwdListener, error) {
 	fams := d.families(r)
 	var m multiListener
 	var firstErr error
+	failedV6 := false
 	for _, v6 := range fams {
 		l, err := d.openFamily(r, p, v6)
 		if err != nil {
+			// Without a bind address a port is forwarded for both
+			// families, and as pasta does it stays forwarded for the one
+			// that could be bound: a host service holding 0.0.0.0:PORT
+			// leaves [::]:PORT to us. Only when no family binds is it an
+			// error.
 			if firstErr == nil {
-				firstErr = err
+				firstErr, failedV6 = err, v6
 			}
-			optional := weak || (len(fams) == 2 && v6 && (errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EADDRNOTAVAIL)))
-			if optional {
+			if weak || len(fams) == 2 {
 				continue
 			}
 			m.close()
@@ -446,6 +451,17 @@ func (d *fwdDir) open(r conf.Rule, p uint16, weak bool) (fwdListener, error) {
 	}
 	if len(m) == 0 {
 		return nil, firstErr
+	}
+	// A family the host lacks (no IPv6 in the kernel, no address) is not
+	// worth a line per port.
+	quiet := errors.Is(firstErr, unix.EAFNOSUPPORT) || errors.Is(firstErr, unix.EADDRNOTAVAIL)
+	if firstErr != nil && !weak && !quiet {
+		fam, other := "4", "6"
+		if failedV6 {
+			fam, other = "6", "4"
+		}
+		d.f.env.Log.Warnf("Failed to bind port %d (%s) for option '%s %s' over IPv%s, forwarding it over IPv%s only",
+			p, strerror(firstErr), d.opt, r.Raw, fam, other)
 	}
 	return m, nil
 }

@@ -260,6 +260,25 @@ func TestForwardBindConflict(t *testing.T) {
 	}
 }
 
+// TestForwardOneFamilyBusy: a host service holding 0.0.0.0:PORT leaves
+// [::]:PORT free, and as with pasta the forward starts for IPv6 alone (with
+// a warning) instead of failing: podman users hit this with a host service
+// that binds IPv4 only.
+func TestForwardOneFamilyBusy(t *testing.T) {
+	h := HostNetns(t)
+	busy := ListenTCPIn(t, h, "tcp4", "0.0.0.0:18711")
+	defer busy.Close()
+	gp := LaunchGopastaIn(t, h, "--config-net", "-t", "18711:80", "-u", "none", "-T", "none", "-U", "none")
+	ServeInfo(ListenTCPIn(t, gp.Guest, "tcp6", "[::]:80"))
+	_, _, err := askInfo(t, h, "tcp6", "[::1]:18711")
+	if err != nil {
+		t.Fatalf("IPv6 forward: %v", err)
+	}
+	if !strings.Contains(gp.Log(), "Failed to bind port 18711 (Address already in use) for option '-t 18711:80' over IPv4, forwarding it over IPv6 only") {
+		t.Errorf("no warning in the log:\n%s", gp.Log())
+	}
+}
+
 // TestForwardTOML: forwarding from the configuration file, both ways.
 func TestForwardTOML(t *testing.T) {
 	dir := t.TempDir()

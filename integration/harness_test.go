@@ -229,7 +229,12 @@ func StartGopasta(t testing.TB, extra ...string) *Gopasta {
 // all the options but --netns, -P and -l.
 func LaunchGopasta(t testing.TB, extra ...string) *Gopasta {
 	t.Helper()
-	h := HostNetns(t)
+	return LaunchGopastaIn(t, HostNetns(t), extra...)
+}
+
+// LaunchGopastaIn is LaunchGopasta in a host namespace the test prepared.
+func LaunchGopastaIn(t testing.TB, h Netns, extra ...string) *Gopasta {
+	t.Helper()
 	g := NewNetns(t, "g")
 	dir := t.TempDir()
 	gp := &Gopasta{Host: h, Guest: g, LogFile: filepath.Join(dir, "gopasta.log"), PIDFile: filepath.Join(dir, "gopasta.pid")}
