@@ -51,7 +51,7 @@
 //     locked thread into it only for the syscalls that must happen there
 //     (opening the tap, netlink). Its host sockets stay in its own
 //     namespace. It exits when the file is deleted or unmounted (inotify on
-//     the directory, plus a check every second).
+//     the directory, plus a check four times a second).
 //
 //   - PID: the same with /proc/PID/ns/net. If PID's user namespace is not
 //     ours (and --netns-only is not given), the daemon must be in it to
