@@ -98,7 +98,7 @@ func TestInlineSplitSameResult(t *testing.T) {
 		h.waitStat("frames_in", uint64(len(testFrames())))
 		h.stop()
 		got[i] = nonzero(h.d.Stats())
-		delete(got[i], "batches")
+		delete(got[i], "batches_in") // how frames group into batches is timing
 	}
 	if len(got[0]) != len(got[1]) {
 		t.Fatalf("inline %v, split %v", got[0], got[1])
