@@ -34,8 +34,13 @@ fuzz:
 	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; done
 
+# The full -v log goes to integration.out; the console gets the failing
+# tests' output (if any), then one line per test and go test's verdict.
 integration: build
-	$(GO) test -count=1 -timeout 20m -v ./integration/ 2>&1 | tee integration.out | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' ; test $${PIPESTATUS[0]} -eq 0
+	$(GO) test -count=1 -timeout 20m -v ./integration/ > integration.out 2>&1; rc=$$?; \
+	if [ $$rc -ne 0 ]; then grep -E -A60 -- '^(--- FAIL|panic)' integration.out | head -600; fi; \
+	grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)' integration.out; \
+	exit $$rc
 
 test: lint unit fuzz integration
 
