@@ -3,7 +3,6 @@ package actors
 import (
 	"net/netip"
 	"os"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -181,42 +180,16 @@ func (t *tcpOutListener) close() {
 // run accepts namespace clients and splices each to the host's loopback.
 func (t *tcpOutListener) run() {
 	defer close(t.done)
-	rc, err := t.file.SyscallConn()
-	if err != nil {
-		return
-	}
 	v6 := t.to.Addr().Is6()
-	for {
-		var aerr error
-		err := rc.Read(func(fd uintptr) bool {
-			for {
-				nfd, _, err := unix.Accept4(int(fd), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
-				switch {
-				case err == unix.EAGAIN:
-					return false
-				case err == unix.EINTR || err == unix.ECONNABORTED:
-					continue
-				case err != nil:
-					aerr = err
-					return true
-				}
-				hfd, err := unix.Socket(family(v6), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-				if err != nil {
-					_ = unix.SetsockoptLinger(nfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
-					unix.Close(nfd)
-					continue
-				}
-				spliceConnect(nfd, hfd, t.to)
-			}
-		})
+	acceptLoop(t.env, t.file, "namespace port", func(nfd int, _ unix.Sockaddr) {
+		hfd, err := unix.Socket(family(v6), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
+			_ = unix.SetsockoptLinger(nfd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+			unix.Close(nfd)
 			return
 		}
-		if aerr != nil {
-			t.env.Log.Warnf("accept on namespace port: %v", aerr)
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
+		spliceConnect(nfd, hfd, t.to)
+	})
 }
 
 func (f *forwarder) openUDPOut(p, to uint16, v6 bool) (fwdListener, error) {

@@ -197,7 +197,17 @@ func listenTCP(fw tcpForward) (*tcpListener, error) {
 
 // run accepts connections until the listener is closed.
 func (l *tcpListener) run(env *Env) {
-	rc, err := l.file.SyscallConn()
+	acceptLoop(env, l.file, fmt.Sprintf("port %d", l.fw.port), func(nfd int, sa unix.Sockaddr) {
+		l.accepted(env, nfd, sa)
+	})
+}
+
+// acceptLoop accepts connections on the listening socket f, handing each to
+// handle, until f is closed or the daemon stops. Accept errors that mean
+// "out of descriptors or memory" are logged and waited out for 100 ms
+// rather than spun on; what stands for the listener in that line is what.
+func acceptLoop(env *Env, f *os.File, what string, handle func(nfd int, sa unix.Sockaddr)) {
+	rc, err := f.SyscallConn()
 	if err != nil {
 		return
 	}
@@ -215,16 +225,14 @@ func (l *tcpListener) run(env *Env) {
 					aerr = err
 					return true
 				}
-				l.accepted(env, nfd, sa)
+				handle(nfd, sa)
 			}
 		})
 		if err != nil || env.Ctx.Err() != nil {
 			return
 		}
 		if aerr != nil {
-			// Out of descriptors or memory: say so, and give the
-			// flows a moment to end rather than spinning.
-			env.Log.Warnf("accept on port %d: %v", l.fw.port, aerr)
+			env.Log.Warnf("accept on %s: %v", what, aerr)
 			select {
 			case <-time.After(100 * time.Millisecond):
 			case <-env.Ctx.Done():
