@@ -162,25 +162,11 @@ func (s *udpSplice) replies(fl *udpSpliceFlow) {
 		case <-stop:
 		}
 	}()
-	var b *udpSpliceBuf
-	var n int
-	var e syscall.Errno
-	read := func(fd uintptr) bool {
-		if b == nil {
-			b = getUDPSpliceBuf(false)
-		}
-		n, e = recvmmsg(int(fd), b.hdrs[:])
-		if e == unix.EAGAIN {
-			// Nothing to hold on to while parked.
-			putUDPSpliceBuf(b)
-			b = nil
-			return false
-		}
-		return true
-	}
+	r := newUDPBatchReader(false)
+	defer r.release()
 	fl.file.SetReadDeadline(time.Now().Add(s.timeout))
 	for {
-		if err := rc.Read(read); err != nil {
+		if err := rc.Read(r.recv); err != nil {
 			select {
 			case <-s.done:
 				return
@@ -196,10 +182,11 @@ func (s *udpSplice) replies(fl *udpSpliceFlow) {
 			fl.file.SetReadDeadline(time.Now().Add(s.timeout - idle))
 			continue
 		}
-		if e != 0 {
+		if r.e != 0 {
 			// ECONNREFUSED: nobody listens there (yet); keep the flow.
 			continue
 		}
+		b, n := r.b, r.n
 		fl.mu.Lock()
 		fl.last = monoNow()
 		fl.mu.Unlock()
@@ -221,8 +208,7 @@ func (s *udpSplice) replies(fl *udpSpliceFlow) {
 			sent += k
 		}
 		SpliceStats.UDPDatagrams.Add(int64(n))
-		putUDPSpliceBuf(b)
-		b = nil
+		r.release()
 	}
 }
 
@@ -245,6 +231,44 @@ type udpSpliceBuf struct {
 }
 
 var udpSplicePool = sync.Pool{New: func() any { return new(udpSpliceBuf) }}
+
+// udpBatchReader receives datagram batches with recvmmsg into a pooled
+// udpSpliceBuf that it holds only while datagrams are in hand: on EAGAIN,
+// before its goroutine parks, the buffer goes back to the pool. One
+// goroutine owns it; recv is bound once, for RawConn.Read.
+type udpBatchReader struct {
+	names bool // receive source addresses too
+	b     *udpSpliceBuf
+	n     int           // datagrams in b after a read
+	e     syscall.Errno // the read's error, 0 if none
+	recv  func(fd uintptr) bool
+}
+
+func newUDPBatchReader(names bool) *udpBatchReader {
+	r := &udpBatchReader{names: names}
+	r.recv = r.read
+	return r
+}
+
+func (r *udpBatchReader) read(fd uintptr) bool {
+	if r.b == nil {
+		r.b = getUDPSpliceBuf(r.names)
+	}
+	r.n, r.e = recvmmsg(int(fd), r.b.hdrs[:])
+	if r.e == unix.EAGAIN {
+		r.release() // nothing to hold on to while parked
+		return false
+	}
+	return true
+}
+
+// release returns the buffer to the pool, if one is held.
+func (r *udpBatchReader) release() {
+	if r.b != nil {
+		putUDPSpliceBuf(r.b)
+		r.b = nil
+	}
+}
 
 // getUDPSpliceBuf returns a batch ready for recvmmsg (with room for the
 // senders' addresses if names is set).
@@ -292,30 +316,14 @@ func (l *udpSpliceListener) serve() {
 	if err != nil {
 		return
 	}
-	var b *udpSpliceBuf
-	var n int
-	var e syscall.Errno
-	recv := func(fd uintptr) bool {
-		if b == nil {
-			b = getUDPSpliceBuf(true)
-		}
-		n, e = recvmmsg(int(fd), b.hdrs[:])
-		if e == unix.EAGAIN {
-			putUDPSpliceBuf(b)
-			b = nil
-			return false
-		}
-		return true
-	}
+	r := newUDPBatchReader(true)
+	defer r.release()
 	for {
-		if err := rc.Read(recv); err != nil {
-			if b != nil {
-				putUDPSpliceBuf(b)
-			}
+		if err := rc.Read(r.recv); err != nil {
 			return
 		}
-		if e == 0 {
-			for i := 0; i < n; i++ {
+		if b := r.b; r.e == 0 {
+			for i := 0; i < r.n; i++ {
 				h := &b.hdrs[i]
 				if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
 					continue
@@ -323,8 +331,7 @@ func (l *udpSpliceListener) serve() {
 				l.relay.take(getSockaddr(&b.names[i]), b.data[i][:h.Len])
 			}
 		}
-		putUDPSpliceBuf(b)
-		b = nil
+		r.release()
 	}
 }
 
