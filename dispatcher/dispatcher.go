@@ -178,13 +178,7 @@ func (d *Dispatcher) runInline(ctx context.Context, dl readDeadliner) error {
 		return err
 	}
 	for {
-		for i, f := range s {
-			if f == nil {
-				s[i] = link.GetFrame(link.MaxFrameSize)
-			} else {
-				f.Data = f.Data[:cap(f.Data)]
-			}
-		}
+		refill(s)
 		n, err := d.dev.ReadBatch(s)
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			if ctx.Err() != nil {
@@ -303,6 +297,19 @@ func (d *Dispatcher) drainRegister() {
 	}
 }
 
+// refill makes every slot of a read batch a whole large frame again: slots
+// whose frame was handed to an actor get a new one from the pool, the
+// others are resliced to their full buffer.
+func refill(s []*link.Frame) {
+	for i, f := range s {
+		if f == nil {
+			s[i] = link.GetFrame(link.MaxFrameSize)
+		} else {
+			f.Data = f.Data[:cap(f.Data)]
+		}
+	}
+}
+
 // read is the reader goroutine. It fills each free slice's empty slots
 // with large frames, reads a batch into it and hands it on.
 func (d *Dispatcher) read(batches chan<- []*link.Frame, free <-chan []*link.Frame, errc chan<- error, done <-chan struct{}) {
@@ -313,13 +320,7 @@ func (d *Dispatcher) read(batches chan<- []*link.Frame, free <-chan []*link.Fram
 		case <-done:
 			return
 		}
-		for i, f := range s {
-			if f == nil {
-				s[i] = link.GetFrame(link.MaxFrameSize)
-			} else {
-				f.Data = f.Data[:cap(f.Data)]
-			}
-		}
+		refill(s)
 		n, err := d.dev.ReadBatch(s)
 		if err != nil {
 			link.ReleaseAll(s)
