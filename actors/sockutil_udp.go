@@ -2,6 +2,7 @@ package actors
 
 import (
 	"encoding/binary"
+	"github.com/gopasta/gopasta/link/nbsys"
 	"net/netip"
 	"os"
 	"syscall"
@@ -153,35 +154,24 @@ const udpBatch = 64
 
 // sendmmsg sends hdrs[:n] and returns how many went out.
 func sendmmsg(fd int, hdrs []unix.Mmsghdr) (int, syscall.Errno) {
-	r, _, e := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])),
-		uintptr(len(hdrs)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, 0, 0)
-	return int(r), e
+	return nbsys.Sendmmsg(fd, hdrs, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 }
 
 // recvmmsg receives into hdrs and returns how many datagrams arrived.
 func recvmmsg(fd int, hdrs []unix.Mmsghdr) (int, syscall.Errno) {
-	r, _, e := unix.Syscall6(unix.SYS_RECVMMSG, uintptr(fd), uintptr(unsafe.Pointer(&hdrs[0])),
-		uintptr(len(hdrs)), unix.MSG_DONTWAIT, 0, 0)
-	return int(r), e
+	return nbsys.Recvmmsg(fd, hdrs, unix.MSG_DONTWAIT)
 }
 
 // sendto sends p to the sockaddr sa of length l.
 func sendto(fd int, p []byte, sa *unix.RawSockaddrInet6, l uint32) syscall.Errno {
-	var base unsafe.Pointer
-	if len(p) > 0 {
-		base = unsafe.Pointer(&p[0])
-	}
-	_, _, e := unix.Syscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(base), uintptr(len(p)),
-		unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, uintptr(unsafe.Pointer(sa)), uintptr(l))
+	_, e := nbsys.Sendto(fd, p, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL, unsafe.Pointer(sa), l)
 	return e
 }
 
 // recvfrom receives one datagram into p, the sender into sa.
 func recvfrom(fd int, p []byte, sa *unix.RawSockaddrInet6) (int, syscall.Errno) {
 	l := uint32(unix.SizeofSockaddrInet6)
-	r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)),
-		unix.MSG_DONTWAIT|unix.MSG_TRUNC, uintptr(unsafe.Pointer(sa)), uintptr(unsafe.Pointer(&l)))
-	return int(r), e
+	return nbsys.Recvfrom(fd, p, unix.MSG_DONTWAIT|unix.MSG_TRUNC, unsafe.Pointer(sa), &l)
 }
 
 // isTransient reports errors after which the next datagram may well go

@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"github.com/gopasta/gopasta/link/nbsys"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -197,7 +198,7 @@ func (p *splicePair) pump(src, dst *spliceSock) {
 	// The callbacks are made once per pump, not per wait.
 	fill := func(fd uintptr) bool {
 		for {
-			n, err = unix.Splice(int(fd), nil, pw, nil, size, flags)
+			n, err = splice(int(fd), pw, size, flags)
 			if err != unix.EINTR {
 				return err != unix.EAGAIN
 			}
@@ -205,7 +206,7 @@ func (p *splicePair) pump(src, dst *spliceSock) {
 	}
 	drain := func(fd uintptr) bool {
 		for {
-			n, err = unix.Splice(pr, nil, int(fd), nil, inPipe, flags)
+			n, err = splice(pr, int(fd), inPipe, flags)
 			if err != unix.EINTR {
 				return err != unix.EAGAIN
 			}
@@ -289,4 +290,13 @@ func (p *splicePair) pump(src, dst *spliceSock) {
 			return
 		}
 	}
+}
+
+// splice is nbsys.Splice with unix.Splice's results.
+func splice(rfd, wfd, n, flags int) (int64, error) {
+	r, e := nbsys.Splice(rfd, wfd, n, flags)
+	if e != 0 {
+		return int64(r), e
+	}
+	return int64(r), nil
 }

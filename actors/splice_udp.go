@@ -2,6 +2,7 @@ package actors
 
 import (
 	"errors"
+	"github.com/gopasta/gopasta/link/nbsys"
 	"net/netip"
 	"os"
 	"sync"
@@ -95,7 +96,7 @@ func (s *udpSplice) take(client netip.AddrPort, payload []byte) bool {
 	fl.last = monoNow()
 	fl.mu.Unlock()
 	for {
-		_, err := unix.Write(fl.fd, payload)
+		_, err := nbsys.Write(fl.fd, payload)
 		if err != unix.EINTR {
 			break
 		}

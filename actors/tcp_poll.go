@@ -2,6 +2,7 @@ package actors
 
 import (
 	"context"
+	"github.com/gopasta/gopasta/link/nbsys"
 	"os"
 	"sync"
 	"syscall"
@@ -115,7 +116,7 @@ func (p *tcpPoller) run() {
 	evs := make([]unix.EpollEvent, 256)
 	harvest := func(fd uintptr) bool {
 		for {
-			n, err := unix.EpollWait(int(fd), evs, 0)
+			n, err := nbsys.EpollWait(int(fd), evs)
 			if err == unix.EINTR {
 				continue
 			}

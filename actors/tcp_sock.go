@@ -1,12 +1,12 @@
 package actors
 
 import (
+	"github.com/gopasta/gopasta/link/nbsys"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,8 +32,7 @@ type tcpSock struct {
 
 	msg  unix.Msghdr
 	iov  [tcpMaxIov]unix.Iovec
-	ival int32 // getsockopt/ioctl result
-	ilen uint32
+	ival int32 // ioctl result
 }
 
 // tcpMaxIov bounds one recvmsg/writev: UIO_MAXIOV is 1024; this many
@@ -99,8 +98,8 @@ func errnoErr(e unix.Errno) error {
 func (s *tcpSock) recvmsg(n int, flags int) (int, error) {
 	s.msg = unix.Msghdr{Iov: &s.iov[0]}
 	s.msg.SetIovlen(n)
-	r, _, e := unix.Syscall(unix.SYS_RECVMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&s.msg)), uintptr(flags|unix.MSG_DONTWAIT))
-	return int(r), errnoErr(e)
+	r, e := nbsys.Recvmsg(s.fd, &s.msg, flags|unix.MSG_DONTWAIT)
+	return r, errnoErr(e)
 }
 
 // sendmsg writes the first n iovecs (MSG_NOSIGNAL: a reset peer is an
@@ -108,22 +107,22 @@ func (s *tcpSock) recvmsg(n int, flags int) (int, error) {
 func (s *tcpSock) sendmsg(n int) (int, error) {
 	s.msg = unix.Msghdr{Iov: &s.iov[0]}
 	s.msg.SetIovlen(n)
-	r, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&s.msg)), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
-	return int(r), errnoErr(e)
+	r, e := nbsys.Sendmsg(s.fd, &s.msg, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+	return r, errnoErr(e)
 }
 
 // discard drops n bytes from the head of the receive queue without copying
 // them (TCP honours MSG_TRUNC on receive as "discard").
 func (s *tcpSock) discard(n int) error {
 	for n > 0 {
-		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(s.fd), 0, uintptr(n), unix.MSG_TRUNC|unix.MSG_DONTWAIT, 0, 0)
+		r, e := nbsys.Discard(s.fd, n)
 		if e != 0 {
 			return e
 		}
 		if r == 0 {
 			return nil
 		}
-		n -= int(r)
+		n -= r
 	}
 	return nil
 }
@@ -138,7 +137,7 @@ func (s *tcpSock) setPeekOff(off int) {
 // sendQueued returns the bytes in the send queue, unsent or unacknowledged
 // (SIOCOUTQ).
 func (s *tcpSock) sendQueued() int {
-	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(s.fd), unix.SIOCOUTQ, uintptr(unsafe.Pointer(&s.ival)))
+	e := nbsys.IoctlInt(s.fd, unix.SIOCOUTQ, &s.ival)
 	if e != 0 {
 		return 0
 	}
@@ -147,13 +146,11 @@ func (s *tcpSock) sendQueued() int {
 
 // getInt reads an integer socket option.
 func (s *tcpSock) getInt(level, opt int) int {
-	s.ilen = 4
-	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(s.fd), uintptr(level), uintptr(opt),
-		uintptr(unsafe.Pointer(&s.ival)), uintptr(unsafe.Pointer(&s.ilen)), 0)
+	v, e := nbsys.GetsockoptInt(s.fd, level, opt)
 	if e != 0 {
 		return 0
 	}
-	return int(s.ival)
+	return v
 }
 
 // soError returns and clears the socket's pending error.

@@ -38,6 +38,7 @@ package link
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/gopasta/gopasta/link/nbsys"
 	"io"
 	"net"
 	"os"
@@ -282,9 +283,9 @@ func (d *QemuDevice) fill(p []byte) (int, error) {
 // that the poller waits for data.
 func (d *QemuDevice) doRead(fd uintptr) bool {
 	for {
-		n, err := unix.Read(int(fd), d.rbuf)
+		n, err := nbsys.Read(int(fd), d.rbuf)
 		switch err {
-		case nil:
+		case 0:
 			d.rn = n
 			return true
 		case unix.EINTR:
@@ -356,8 +357,7 @@ func (d *QemuDevice) doWrite(fd uintptr) bool {
 	for d.iovLo < d.iovHi {
 		d.msg.Iov = &d.iov[d.iovLo]
 		d.msg.SetIovlen(d.iovHi - d.iovLo)
-		r, _, e := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&d.msg)),
-			unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+		r, e := nbsys.Sendmsg(int(fd), &d.msg, unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
 		switch e {
 		case 0:
 		case unix.EINTR:

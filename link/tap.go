@@ -3,6 +3,7 @@ package link
 import (
 	"errors"
 	"fmt"
+	"github.com/gopasta/gopasta/link/nbsys"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -116,9 +117,9 @@ func (t *Tap) ReadBatch(frames []*Frame) (int, error) {
 	err := t.rc.Read(func(fd uintptr) bool {
 		for n < len(frames) {
 			buf := frames[n].Data[:cap(frames[n].Data)]
-			m, err := unix.Read(int(fd), buf)
+			m, err := nbsys.Read(int(fd), buf)
 			switch {
-			case err == nil:
+			case err == 0:
 				if m > 0 {
 					frames[n].Data = buf[:m]
 					n++
@@ -186,9 +187,9 @@ func (t *Tap) WriteBatch(frames []*Frame) error {
 				i++
 				continue
 			}
-			_, err := unix.Write(int(fd), p)
+			_, err := nbsys.Write(int(fd), p)
 			switch err {
-			case nil:
+			case 0:
 				i, retries = i+1, 0
 			case unix.EINTR:
 			case unix.EAGAIN:
