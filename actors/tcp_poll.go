@@ -114,6 +114,11 @@ func tcpPollerFor(env *Env) (*tcpPoller, error) {
 // run harvests events until the poller is closed.
 func (p *tcpPoller) run() {
 	evs := make([]unix.EpollEvent, 256)
+	// harvest never reports success, so run stays inside rc.Read: leaving
+	// and re-entering it would reset the descriptor's recorded readiness
+	// and force an epoll_wait that finds nothing before every wait. Inside
+	// it, an event that arrives while deliver runs is an edge the poller
+	// records, and the next wait returns at once.
 	harvest := func(fd uintptr) bool {
 		for {
 			n, err := nbsys.EpollWait(int(fd), evs)
@@ -125,7 +130,7 @@ func (p *tcpPoller) run() {
 			}
 			p.deliver(evs[:n])
 			if n < len(evs) {
-				return true
+				return false // drained
 			}
 		}
 	}

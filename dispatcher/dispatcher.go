@@ -177,9 +177,25 @@ func (d *Dispatcher) runInline(ctx context.Context, dl readDeadliner) error {
 	if err := dl.SetReadDeadline(next); err != nil {
 		return err
 	}
+	lr, loops := d.dev.(loopReader)
+	// handle is the per-batch work for ReadLoop, which keeps waiting in
+	// the poller between batches; it hands control back at each tick.
+	handle := func(n int) bool {
+		d.drainEnded()
+		d.drainRegister()
+		d.handleBatch(s[:n])
+		refill(s)
+		return time.Now().Before(next)
+	}
 	for {
 		refill(s)
-		n, err := d.dev.ReadBatch(s)
+		var n int
+		var err error
+		if loops {
+			err = lr.ReadLoop(s, handle)
+		} else {
+			n, err = d.dev.ReadBatch(s)
+		}
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -204,6 +220,12 @@ func (d *Dispatcher) runInline(ctx context.Context, dl readDeadliner) error {
 			}
 		}
 	}
+}
+
+// loopReader is implemented by devices that can hand batches to a callback
+// while they stay in the poller's read loop (the tap: see Tap.ReadLoop).
+type loopReader interface {
+	ReadLoop(frames []*link.Frame, handle func(n int) bool) error
 }
 
 // drainEnded removes every ended actor already queued, without blocking.

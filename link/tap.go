@@ -154,6 +154,74 @@ func (t *Tap) ReadBatch(frames []*Frame) (int, error) {
 	return 0, fmt.Errorf("tap %s: read: %w", t.name, rerr)
 }
 
+// ReadLoop reads batches into frames, as ReadBatch does, and calls handle
+// with the number read after each, for as long as handle returns true. It
+// returns nil when handle returns false, os.ErrDeadlineExceeded when the
+// read deadline passes while it waits, and otherwise what ReadBatch would.
+// handle owns frames[:n] while it runs and must leave every slot of frames
+// holding a frame with a whole buffer for the next batch (it may replace
+// slots).
+//
+// The point is to wait without leaving the poller's read loop: a
+// ReadBatch that ended on EAGAIN must, on its next call, try a read that
+// fails again before it may wait, because entering a read resets the
+// descriptor's recorded readiness. Here the wait follows the EAGAIN
+// directly, which saves a system call per batch: a quarter of the tap
+// reads of a request/response exchange.
+func (t *Tap) ReadLoop(frames []*Frame, handle func(n int) bool) error {
+	var rerr error
+	stopped := false
+	err := t.rc.Read(func(fd uintptr) bool {
+		for {
+			n := 0
+			empty := false
+			for n < len(frames) && !empty {
+				buf := frames[n].Data[:cap(frames[n].Data)]
+				m, err := nbsys.Read(int(fd), buf)
+				switch err {
+				case 0:
+					if m > 0 {
+						frames[n].Data = buf[:m]
+						n++
+					}
+				case unix.EINTR:
+				case unix.EAGAIN:
+					empty = true
+				default:
+					rerr = err
+					if n > 0 {
+						stopped = !handle(n)
+					}
+					return true
+				}
+			}
+			if n > 0 && !handle(n) {
+				stopped = true
+				return true
+			}
+			if empty {
+				return false // wait in the poller, readiness intact
+			}
+		}
+	})
+	switch {
+	case stopped && rerr == nil:
+		return nil
+	case err != nil:
+		if t.closed.Load() || errors.Is(err, os.ErrClosed) {
+			return ErrClosed
+		}
+		if err == os.ErrDeadlineExceeded {
+			return err
+		}
+		return fmt.Errorf("tap %s: read: %w", t.name, err)
+	case rerr == unix.EBADFD || rerr == unix.EBADF:
+		return ErrClosed
+	default:
+		return fmt.Errorf("tap %s: read: %w", t.name, rerr)
+	}
+}
+
 // SetReadDeadline makes a ReadBatch that is waiting, or will wait, for a
 // frame at or after time d return os.ErrDeadlineExceeded instead; the zero
 // time means no deadline. The dispatcher uses it to do periodic work in the
