@@ -126,6 +126,7 @@ type tcpConn struct {
 	sndWS    uint8
 	mss      int // payload per segment to the guest
 	dupAcks  int
+	acked    int  // acknowledged bytes not yet discarded from the socket
 	sockData bool // the socket may have unread data: peek before arming
 
 	// Guest -> host (the guest's sequence space).
@@ -145,7 +146,9 @@ type tcpConn struct {
 	winSent   uint16   // window field of the last segment sent
 	dupDue    int      // duplicate ACKs to send (for the guest's fast retransmit)
 	sndbuf    int
-	sndbufAge int
+	outqEst   int       // upper bound of the socket's send queue (see rcvWindowRaw)
+	outqAge   int       // bytes written since the send queue was last measured
+	ackAt     time.Time // when a delayed ACK is due (see output)
 
 	// Timers: one time.Timer set to the earliest deadline, lazily.
 	timer     *time.Timer
@@ -333,17 +336,19 @@ func (c *tcpConn) loop() {
 	}
 }
 
-// armTimer points the timer at the earliest deadline. It is lazy: a later
-// deadline leaves an earlier timer alone, which then fires early and is
-// re-armed.
+// armTimer points the timer at the earliest deadline. It used to leave an
+// earlier timer alone when the deadline moved later, letting it fire early
+// and be re-armed; with delayed ACKs that is a spurious wake-up of an idle
+// process every millisecond of request/response traffic, and a Reset costs
+// far less than that.
 func (c *tcpConn) armTimer() {
 	next := c.lastAct.Add(tcpActTimeout)
-	for _, t := range [...]time.Time{c.rtoAt, c.persistAt, c.hsAt} {
+	for _, t := range [...]time.Time{c.rtoAt, c.persistAt, c.hsAt, c.ackAt} {
 		if !t.IsZero() && t.Before(next) {
 			next = t
 		}
 	}
-	if c.timerAt.IsZero() || next.Before(c.timerAt) {
+	if !next.Equal(c.timerAt) {
 		c.timer.Reset(time.Until(next))
 		c.timerAt = next
 	}
@@ -383,11 +388,42 @@ func (c *tcpConn) output() {
 		c.ackDue = false
 	}
 	if c.ackDue {
-		c.sendAck()
+		if c.ackDelayable() {
+			if c.ackAt.IsZero() {
+				c.ackAt = c.now.Add(tcpDelAck)
+			}
+		} else {
+			c.sendAck()
+		}
 	}
 	if c.state&(tcpSockShut|tcpFinAcked) == tcpSockShut|tcpFinAcked {
 		c.closeFlow("closed", false)
 	}
+}
+
+// Delayed acknowledgements.
+//
+// When a small segment from the guest has gone into the socket, its ACK
+// waits up to tcpDelAck for the host's answer to carry it: for
+// request/response traffic (RPCs, HTTP, interactive sessions) the answer
+// almost always comes first, which saves a frame to the guest, its
+// system call and a wake-up of the guest's stack per exchange (pasta ACKs
+// every write at once). What is never delayed: ACKs of a full segment or
+// more (bulk transfers and slow start run on ACK clocking), window
+// updates, duplicate ACKs, and the ACK of a FIN. The delay is short
+// because a guest with Nagle's algorithm holds its next small write until
+// this ACK comes.
+const tcpDelAckBytes = 4096
+
+// tcpDelAck is the longest an ACK waits (a variable for tests).
+var tcpDelAck = time.Millisecond
+
+// ackDelayable reports whether the ACK now due may wait for data to carry
+// it.
+func (c *tcpConn) ackDelayable() bool {
+	return !c.ackForce && c.dupDue == 0 &&
+		c.state&(tcpEstablished|tcpGuestFin|tcpSockShut) == tcpEstablished &&
+		c.ackNum()-c.ackSent < tcpDelAckBytes && c.ackNum() != c.ackSent
 }
 
 func (c *tcpConn) onTimer() {
@@ -398,6 +434,10 @@ func (c *tcpConn) onTimer() {
 	}
 	if !c.rtoAt.IsZero() && !now.Before(c.rtoAt) {
 		c.onRTO()
+	}
+	if c.state&tcpClosed == 0 && !c.ackAt.IsZero() && !now.Before(c.ackAt) {
+		c.ackAt = time.Time{}
+		c.sendAck()
 	}
 	if c.state&tcpClosed == 0 && !c.persistAt.IsZero() && !now.Before(c.persistAt) {
 		// The guest's window is closed: a segment just below the window
@@ -454,6 +494,9 @@ func (c *tcpConn) closeFlow(reason string, reset bool) {
 		c.log().Logf(lvl, "%s in %s", reason, tcpStateString(c.state))
 	}
 	if c.sock != nil {
+		if !reset {
+			_ = c.sock.discard(c.acked)
+		}
 		c.sock.close(reset)
 		c.sock = nil
 	}
@@ -613,8 +656,9 @@ func (c *tcpConn) onWritable() {
 	// A window update is worth a segment when the window was closed or
 	// small; otherwise the next ACK carries it.
 	if c.state&tcpEstablished != 0 && int(old)<<max(c.rcvWS, 0) < c.rcvMax/4 {
+		c.outqAge = tcpOutqStale // room appeared: measure it now
 		if w := c.rcvWindow(); w > old {
-			c.ackDue = true
+			c.ackDue, c.ackForce = true, true
 		}
 	}
 	c.output()
@@ -798,6 +842,7 @@ func (c *tcpConn) sendAck() {
 func (c *tcpConn) noteSent(ack uint32, win uint16) {
 	c.ackSent, c.winSent = ack, win
 	c.ackDue, c.ackForce = false, false
+	c.ackAt = time.Time{}
 }
 
 func (c *tcpConn) sendFlags(flags uint8, win uint16) {

@@ -194,9 +194,11 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 		c.debugf("guest acknowledged our FIN")
 	}
 	if n := data - c.sndUna; n > 0 {
-		if err := c.sock.discard(int(n)); err != nil {
-			c.hostError("discard", err)
-			return
+		c.acked += int(n)
+		if !c.sock.peekOff || c.acked >= tcpDiscardBatch {
+			if !c.discardAcked() {
+				return
+			}
 		}
 		if !c.sock.peekOff && c.sock.hungUp() {
 			// Without a peek offset, the end of stream shows only once
@@ -207,7 +209,7 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 	c.sndUna = data
 	if seqLT(c.sndNxt, c.sndUna) {
 		c.sndNxt = c.sndUna // acknowledged beyond a rewind
-		c.sock.setPeekOff(0)
+		c.sock.setPeekOff(c.acked)
 	}
 	c.sndWnd = win
 	c.dupAcks = 0
@@ -223,13 +225,37 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 	}
 }
 
+// Acknowledged data leaves the socket's receive queue in batches when the
+// kernel keeps a peek offset: a discard per ACK is a system call per
+// request/response exchange, while holding a few kilobytes a little longer
+// costs nothing (bulk transfers acknowledge more than the batch at once, so
+// for them nothing changes). The peek offset already points past the held
+// bytes; rewinds go back to the first unacknowledged one, and the rest is
+// discarded before a graceful close, which would otherwise turn into a
+// reset for unread data.
+const tcpDiscardBatch = 16 << 10
+
+// discardAcked drops the acknowledged bytes still in the receive queue. It
+// returns false if the flow failed.
+func (c *tcpConn) discardAcked() bool {
+	if c.acked == 0 || c.sock == nil {
+		return true
+	}
+	if err := c.sock.discard(c.acked); err != nil {
+		c.hostError("discard", err)
+		return false
+	}
+	c.acked = 0
+	return true
+}
+
 // retransmit rewinds to the oldest unacknowledged byte (go-back-N: without
 // SACK there is nothing better to know) and clears the FIN so that it is
 // sent again after the data.
 func (c *tcpConn) retransmit(why string) {
 	c.debugf("retransmit from %d (%s)", c.sndUna, why)
 	c.sndNxt = c.sndUna
-	c.sock.setPeekOff(0)
+	c.sock.setPeekOff(c.acked)
 	if c.state&(tcpFinSent|tcpFinAcked) == tcpFinSent {
 		c.state &^= tcpFinSent
 		if c.state&tcpHostEOF != 0 && c.sndUna == c.finSeq {

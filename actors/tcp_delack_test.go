@@ -1,0 +1,170 @@
+package actors
+
+import (
+	"bytes"
+	"io"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gopasta/gopasta/link/wire"
+)
+
+// withDelAck sets a long delayed-ACK time, so that "the answer came first"
+// does not depend on the machine's speed.
+func withDelAck(t *testing.T, d time.Duration) {
+	old := tcpDelAck
+	tcpDelAck = d
+	t.Cleanup(func() { tcpDelAck = old })
+}
+
+// A small request's ACK rides on the answer: the guest sees no pure ACK
+// before the data, over many exchanges; acknowledged answers stay in the
+// socket (batched discard) without disturbing anything.
+func TestTCPDelayedAckPiggybacks(t *testing.T) {
+	withDelAck(t, 300*time.Millisecond)
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 11000)
+	g.connect()
+	sc := srv.accept(t)
+	go func() {
+		buf := make([]byte, 64)
+		for {
+			n, err := sc.Read(buf)
+			if err != nil {
+				return
+			}
+			sc.Write(bytes.ToUpper(buf[:n]))
+		}
+	}()
+	for i := range 50 {
+		req := []byte{'a' + byte(i%26), 'b'}
+		g.send(wire.TCPPsh, req)
+		s := te.next(2 * time.Second)
+		if len(s.data) == 0 {
+			t.Fatalf("exchange %d: pure ACK (ack %d) before the answer", i, s.ack)
+		}
+		if s.ack != g.sndNxt || !bytes.Equal(s.data, bytes.ToUpper(req)) || s.seq != g.rcvNxt {
+			t.Fatalf("exchange %d: seq %d ack %d data %q; want seq %d ack %d", i, s.seq, s.ack, s.data, g.rcvNxt, g.sndNxt)
+		}
+		g.rcvNxt += uint32(len(s.data))
+		// The next request acknowledges this answer.
+	}
+	g.ack()
+	if s, ok := te.tryNext(400 * time.Millisecond); ok {
+		t.Fatalf("a segment (seq %d, ack %d, %d bytes) after everything was acknowledged", s.seq, s.ack, len(s.data))
+	}
+}
+
+// With no answer, the ACK comes after the delay; a full segment, a FIN
+// and a window update are acknowledged at once.
+func TestTCPDelayedAckTimesOut(t *testing.T) {
+	withDelAck(t, 300*time.Millisecond)
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 12000)
+	g.connect()
+	sc := srv.accept(t)
+
+	start := time.Now()
+	g.send(wire.TCPPsh, []byte("no answer to this"))
+	s := te.next(3 * time.Second)
+	if el := time.Since(start); s.ack != g.sndNxt || len(s.data) != 0 || el < 250*time.Millisecond {
+		t.Fatalf("delayed ACK %d (want %d) with %d bytes after %v", s.ack, g.sndNxt, len(s.data), el)
+	}
+
+	start = time.Now()
+	g.send(wire.TCPPsh, randBytes(g.mss))
+	s = te.next(3 * time.Second)
+	if el := time.Since(start); s.ack != g.sndNxt || el > 200*time.Millisecond {
+		t.Fatalf("full segment: ACK %d (want %d) after %v", s.ack, g.sndNxt, el)
+	}
+
+	start = time.Now()
+	g.send(wire.TCPFin, nil)
+	s = te.next(3 * time.Second)
+	if el := time.Since(start); s.ack != g.sndNxt || el > 200*time.Millisecond {
+		t.Fatalf("FIN: ACK %d (want %d) after %v", s.ack, g.sndNxt, el)
+	}
+	got, err := io.ReadAll(sc)
+	if err != nil || len(got) != len("no answer to this")+g.mss {
+		t.Fatalf("server read %d bytes, %v", len(got), err)
+	}
+}
+
+// Rewinds after acknowledged, not yet discarded data resend the right
+// bytes, and a graceful close with such data still queued is a FIN to the
+// host peer, not a reset.
+func TestTCPBatchedDiscard(t *testing.T) {
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 13000)
+	g.connect()
+	sc := srv.accept(t)
+	first := []byte("acknowledged")
+	sc.Write(first)
+	g.readUntil(len(first), false) // acknowledges it: held, not discarded
+	second := []byte("lost once")
+	sc.Write(second)
+	s := te.next(time.Second)
+	if !bytes.Equal(s.data, second) {
+		t.Fatalf("got %q", s.data)
+	}
+	g.ack()
+	g.ack()
+	g.ack()
+	s = te.next(time.Second)
+	if s.seq != g.rcvNxt || !bytes.Equal(s.data, second) {
+		t.Fatalf("retransmission seq %d %q, want seq %d %q", s.seq, s.data, g.rcvNxt, second)
+	}
+	g.absorb(s, g.sndNxt)
+
+	// The host closes, the guest acknowledges everything and closes.
+	sc.CloseWrite()
+	g.readUntil(len(first)+len(second), true)
+	rsts := outRsts(t)
+	g.send(wire.TCPFin, nil)
+	te.waitEnded(g.h)
+	sc.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, err := sc.Read(make([]byte, 8))
+	if n != 0 || err != io.EOF {
+		t.Fatalf("server read %d, %v; want EOF", n, err)
+	}
+	// The peer has seen our FIN first either way: a reset for unread data
+	// shows only in the kernel's count of resets sent.
+	if d := outRsts(t) - rsts; d != 0 {
+		t.Fatalf("%d resets sent at a graceful close: acknowledged data was left in the socket", d)
+	}
+}
+
+// outRsts is the network namespace's count of TCP resets sent.
+func outRsts(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		t.Skip(err)
+	}
+	var names []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Tcp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == "OutRsts" && i < len(f) {
+				v, _ := strconv.Atoi(f[i])
+				return v
+			}
+		}
+	}
+	t.Skip("no Tcp OutRsts in /proc/net/snmp")
+	return 0
+}
