@@ -742,6 +742,15 @@ func (c *tcpConn) onFrame(f *link.Frame) {
 // onRST ends the flow if the guest's reset is plausible (in the window we
 // offered), closing the socket abortively so that the host peer sees a
 // reset too.
+//
+// Except while the guest's own handshake is unfinished (CONNECTING,
+// SYN_RCVD): there the reset means the guest gave up on connecting (an
+// application closing a socket still in SYN-SENT makes its kernel answer
+// our SYN,ACK with one). Between real hosts the far end would drop a
+// half-open connection that no application has seen; ours has, since the
+// host side connected first, and the nearest thing we can show it is a
+// connection closed before any data: a FIN, as passt's plain close() gives.
+// A reset there surfaces as ECONNRESET in a server that did nothing wrong.
 func (c *tcpConn) onRST(th wire.TCP) {
 	switch {
 	case c.state&tcpConnecting != 0:
@@ -753,6 +762,10 @@ func (c *tcpConn) onRST(th wire.TCP) {
 		if !seqInRange(th.Seq(), c.ackNum()-1, c.rcvEdge+1) {
 			return
 		}
+	}
+	if c.state&(tcpConnecting|tcpSynRcvd) != 0 {
+		c.closeFlow("reset by guest during handshake", false)
+		return
 	}
 	c.closeFlow("reset by guest", true)
 }

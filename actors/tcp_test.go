@@ -356,6 +356,37 @@ func TestTCPGuestReset(t *testing.T) {
 	te.waitEnded(g.h)
 }
 
+// TestTCPGuestResetInHandshake: a guest that gives up on connecting (its
+// application closed the socket in SYN-SENT) answers our SYN,ACK with a
+// reset. The host server has already accepted the connection: it must see
+// it closed (EOF), not reset, which it would report as an error.
+func TestTCPGuestResetInHandshake(t *testing.T) {
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 9100)
+	g.h = StartTCP(te.env, g.k, buildFrame(g.k, wire.TCPSyn, g.iss, 0, 0xffff, synOpts(65480, g.ws), nil))
+	if g.h == nil {
+		t.Fatal("StartTCP returned nil for a SYN")
+	}
+	sa := te.next(5 * time.Second)
+	if !sa.has(wire.TCPSyn|wire.TCPAck) || sa.ack != g.iss+1 {
+		t.Fatalf("expected SYN,ACK acking %d, got flags %#x ack %d", g.iss+1, sa.flags, sa.ack)
+	}
+	sc := srv.accept(t)
+	// What Linux sends for a segment to a socket that no longer exists:
+	// RST, sequence number taken from the segment's ACK field.
+	g.input(buildFrame(g.k, wire.TCPRst, sa.ack, 0, 0, nil, nil))
+	sc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := sc.Read(make([]byte, 1))
+	if n != 0 || err != io.EOF {
+		t.Fatalf("server read: %d, %v, want EOF", n, err)
+	}
+	te.waitEnded(g.h)
+	if s, ok := te.tryNext(200 * time.Millisecond); ok {
+		t.Fatalf("answered the guest's reset with %#x", s.flags)
+	}
+}
+
 func TestTCPHostReset(t *testing.T) {
 	te := newTestEnv(t)
 	srv := newServer(t, "tcp4", "127.0.0.1:0")
