@@ -42,6 +42,20 @@ type Tap struct {
 	// Skipped counts frames WriteBatch did not write because the tap cannot
 	// carry them (wrong size, interface down, kernel out of buffers).
 	Skipped atomic.Uint64
+
+	// The poller callbacks are bound once, in OpenTap, and keep their
+	// state here: a closure per call would be a heap allocation per batch.
+	// The read fields belong to the reader, the write fields to the
+	// writer (one goroutine each).
+	readFn, loopFn, writeFn func(fd uintptr) bool
+	rFrames                 []*Frame
+	rn                      int
+	rErr                    error
+	rHandle                 func(n int) bool
+	rStopped                bool
+	wFrames                 []*Frame
+	wi, wRetries            int
+	wErr                    error
 }
 
 // OpenTap creates the tap device name inside the network namespace nsFD and
@@ -90,7 +104,9 @@ func OpenTap(name string, nsFD int, mtu int) (*Tap, error) {
 		f.Close()
 		return nil, fmt.Errorf("tap: %w", err)
 	}
-	return &Tap{f: f, rc: rc, name: ifce.Name(), mtu: mtu}, nil
+	t := &Tap{f: f, rc: rc, name: ifce.Name(), mtu: mtu}
+	t.readFn, t.loopFn, t.writeFn = t.doRead, t.doLoop, t.doWrite
+	return t, nil
 }
 
 // Name is the interface name inside the namespace.
@@ -112,28 +128,10 @@ func (t *Tap) Close() error {
 // frame has arrived the rest of the batch is whatever the kernel already has
 // queued, taken with non-blocking reads until EAGAIN.
 func (t *Tap) ReadBatch(frames []*Frame) (int, error) {
-	n := 0
-	var rerr error
-	err := t.rc.Read(func(fd uintptr) bool {
-		for n < len(frames) {
-			buf := frames[n].Data[:cap(frames[n].Data)]
-			m, err := nbsys.Read(int(fd), buf)
-			switch {
-			case err == 0:
-				if m > 0 {
-					frames[n].Data = buf[:m]
-					n++
-				}
-			case err == unix.EINTR:
-			case err == unix.EAGAIN:
-				return n > 0 // nothing yet: let the poller wait
-			default:
-				rerr = err
-				return true
-			}
-		}
-		return true
-	})
+	t.rFrames, t.rn, t.rErr = frames, 0, nil
+	err := t.rc.Read(t.readFn)
+	n, rerr := t.rn, t.rErr
+	t.rFrames = nil
 	if n > 0 {
 		// Frames first; a read error shows up again on the next call.
 		return n, nil
@@ -169,41 +167,10 @@ func (t *Tap) ReadBatch(frames []*Frame) (int, error) {
 // directly, which saves a system call per batch: a quarter of the tap
 // reads of a request/response exchange.
 func (t *Tap) ReadLoop(frames []*Frame, handle func(n int) bool) error {
-	var rerr error
-	stopped := false
-	err := t.rc.Read(func(fd uintptr) bool {
-		for {
-			n := 0
-			empty := false
-			for n < len(frames) && !empty {
-				buf := frames[n].Data[:cap(frames[n].Data)]
-				m, err := nbsys.Read(int(fd), buf)
-				switch err {
-				case 0:
-					if m > 0 {
-						frames[n].Data = buf[:m]
-						n++
-					}
-				case unix.EINTR:
-				case unix.EAGAIN:
-					empty = true
-				default:
-					rerr = err
-					if n > 0 {
-						stopped = !handle(n)
-					}
-					return true
-				}
-			}
-			if n > 0 && !handle(n) {
-				stopped = true
-				return true
-			}
-			if empty {
-				return false // wait in the poller, readiness intact
-			}
-		}
-	})
+	t.rFrames, t.rHandle, t.rErr, t.rStopped = frames, handle, nil, false
+	err := t.rc.Read(t.loopFn)
+	rerr, stopped := t.rErr, t.rStopped
+	t.rFrames, t.rHandle = nil, nil
 	switch {
 	case stopped && rerr == nil:
 		return nil
@@ -220,6 +187,65 @@ func (t *Tap) ReadLoop(frames []*Frame, handle func(n int) bool) error {
 	default:
 		return fmt.Errorf("tap %s: read: %w", t.name, rerr)
 	}
+}
+
+// doLoop is ReadLoop's poller callback.
+func (t *Tap) doLoop(fd uintptr) bool {
+	frames := t.rFrames
+	for {
+		n := 0
+		empty := false
+		for n < len(frames) && !empty {
+			buf := frames[n].Data[:cap(frames[n].Data)]
+			m, err := nbsys.Read(int(fd), buf)
+			switch err {
+			case 0:
+				if m > 0 {
+					frames[n].Data = buf[:m]
+					n++
+				}
+			case unix.EINTR:
+			case unix.EAGAIN:
+				empty = true
+			default:
+				t.rErr = err
+				if n > 0 {
+					t.rStopped = !t.rHandle(n)
+				}
+				return true
+			}
+		}
+		if n > 0 && !t.rHandle(n) {
+			t.rStopped = true
+			return true
+		}
+		if empty {
+			return false // wait in the poller, readiness intact
+		}
+	}
+}
+
+// doRead is ReadBatch's poller callback.
+func (t *Tap) doRead(fd uintptr) bool {
+	frames := t.rFrames
+	for t.rn < len(frames) {
+		buf := frames[t.rn].Data[:cap(frames[t.rn].Data)]
+		m, err := nbsys.Read(int(fd), buf)
+		switch {
+		case err == 0:
+			if m > 0 {
+				frames[t.rn].Data = buf[:m]
+				t.rn++
+			}
+		case err == unix.EINTR:
+		case err == unix.EAGAIN:
+			return t.rn > 0 // nothing yet: let the poller wait
+		default:
+			t.rErr = err
+			return true
+		}
+	}
+	return true
 }
 
 // SetReadDeadline makes a ReadBatch that is waiting, or will wait, for a
@@ -241,47 +267,10 @@ const (
 // become writable again and then resumes with the same frame, so a burst
 // is delayed, never cut short.
 func (t *Tap) WriteBatch(frames []*Frame) error {
-	i, retries := 0, 0
-	var werr error
-	maxLen := 65535 + 14
-	if t.mtu > 0 && t.mtu+14 < maxLen {
-		maxLen = t.mtu + 14
-	}
-	err := t.rc.Write(func(fd uintptr) bool {
-		for i < len(frames) {
-			p := frames[i].Data
-			if len(p) < 14 || len(p) > maxLen {
-				t.Skipped.Add(1)
-				i++
-				continue
-			}
-			_, err := nbsys.Write(int(fd), p)
-			switch err {
-			case 0:
-				i, retries = i+1, 0
-			case unix.EINTR:
-			case unix.EAGAIN:
-				return false
-			case unix.ENOBUFS, unix.ENOMEM:
-				if retries < noBufRetries {
-					retries++
-					time.Sleep(noBufPause << retries)
-					continue
-				}
-				fallthrough
-			case unix.EIO, unix.EINVAL, unix.EMSGSIZE:
-				// EIO: the interface is down (the guest has not
-				// brought it up yet). The frame is lost, the link
-				// is fine.
-				t.Skipped.Add(1)
-				i, retries = i+1, 0
-			default:
-				werr = err
-				return true
-			}
-		}
-		return true
-	})
+	t.wFrames, t.wi, t.wRetries, t.wErr = frames, 0, 0, nil
+	err := t.rc.Write(t.writeFn)
+	werr := t.wErr
+	t.wFrames = nil
 	if err != nil {
 		if t.closed.Load() || errors.Is(err, os.ErrClosed) {
 			return ErrClosed
@@ -295,4 +284,45 @@ func (t *Tap) WriteBatch(frames []*Frame) error {
 		return fmt.Errorf("tap %s: write: %w", t.name, werr)
 	}
 	return nil
+}
+
+// doWrite is WriteBatch's poller callback.
+func (t *Tap) doWrite(fd uintptr) bool {
+	maxLen := 65535 + 14
+	if t.mtu > 0 && t.mtu+14 < maxLen {
+		maxLen = t.mtu + 14
+	}
+	frames := t.wFrames
+	for t.wi < len(frames) {
+		p := frames[t.wi].Data
+		if len(p) < 14 || len(p) > maxLen {
+			t.Skipped.Add(1)
+			t.wi++
+			continue
+		}
+		_, err := nbsys.Write(int(fd), p)
+		switch err {
+		case 0:
+			t.wi, t.wRetries = t.wi+1, 0
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		case unix.ENOBUFS, unix.ENOMEM:
+			if t.wRetries < noBufRetries {
+				t.wRetries++
+				time.Sleep(noBufPause << t.wRetries)
+				continue
+			}
+			fallthrough
+		case unix.EIO, unix.EINVAL, unix.EMSGSIZE:
+			// EIO: the interface is down (the guest has not brought it
+			// up yet). The frame is lost, the link is fine.
+			t.Skipped.Add(1)
+			t.wi, t.wRetries = t.wi+1, 0
+		default:
+			t.wErr = err
+			return true
+		}
+	}
+	return true
 }
