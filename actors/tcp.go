@@ -127,6 +127,7 @@ type tcpConn struct {
 	mss      int // payload per segment to the guest
 	dupAcks  int
 	acked    int  // acknowledged bytes not yet discarded from the socket
+	ackedN   int  // acknowledgements since the last discard
 	sockData bool // the socket may have unread data: peek before arming
 
 	// Guest -> host (the guest's sequence space).
