@@ -147,6 +147,12 @@ type mmsgBatch struct {
 	iovs  [udpBatch]unix.Iovec
 	names [udpBatch]unix.RawSockaddrInet6
 	ctrl  [udpBatch][64]byte
+
+	// Sending only: the datagrams of the batch, and for each header the
+	// first of them and how many it carries (more than one when
+	// segmented).
+	dgrams       []udpDgram
+	first, count [udpBatch]int
 }
 
 // udpBatch is how many datagrams one sendmmsg/recvmmsg moves at most.

@@ -28,6 +28,7 @@ func StatsSnapshot(env *Env) map[string]uint64 {
 		"udp_no_flow":          u.NoFlow.Load(),
 		"udp_inbox_dropped":    u.InboxDropped.Load(),
 		"udp_send_dropped":     u.SendDropped.Load(),
+		"udp_segmented":        u.Segmented.Load(),
 		"udp_send_errors":      u.SendErrors.Load(),
 		"udp_too_big":          u.TooBig.Load(),
 		"udp_unmappable":       u.Unmappable.Load(),

@@ -138,6 +138,7 @@ type udpBinding struct {
 	spare      []*link.Frame // the Inbox's other slice (Inbox.Take)
 	errBuf     []byte
 	oob        []byte
+	noGSO      bool // the kernel refused UDP_SEGMENT: one message per datagram
 }
 
 func newBinding(env *Env, v6 bool, sock *dgramSock) *udpBinding {
@@ -153,7 +154,7 @@ func newBinding(env *Env, v6 bool, sock *dgramSock) *udpBinding {
 		maxPayload: maxUDPPayload(env, v6),
 		hdrLen:     udpHdrLen(v6),
 		want:       4,
-		tx:         new(mmsgBatch),
+		tx:         &mmsgBatch{dgrams: make([]udpDgram, 0, udpBatch)},
 		rx:         new(mmsgBatch),
 		errBuf:     make([]byte, icmp6ErrMax),
 		oob:        make([]byte, 256),
@@ -567,9 +568,8 @@ func (b *udpBinding) send() {
 func (b *udpBinding) sendBatch(frames []*link.Frame) {
 	now := monoNow()
 	b.last.Store(now)
-	tx := b.tx
-	n := 0
 	b.mu.Lock()
+	d := b.tx.dgrams[:0]
 	for _, f := range frames {
 		fl, p := b.frameFlow(f, now)
 		if fl == nil {
@@ -577,52 +577,150 @@ func (b *udpBinding) sendBatch(frames []*link.Frame) {
 			continue
 		}
 		fl.last = now
-		iov := &tx.iovs[n]
-		iov.Base = nil
-		if len(p) > 0 {
-			iov.Base = &p[0]
+		d = append(d, udpDgram{fl: fl, p: p})
+	}
+	// The flows' addresses are copied into the headers under mu: the
+	// receiver may point a flow at another host address meanwhile.
+	n := b.buildTx(d, !b.noGSO)
+	b.mu.Unlock()
+	b.sendTx(d, n)
+	for i := range frames {
+		frames[i].Release()
+		frames[i] = nil
+	}
+	clear(d)
+}
+
+// UDP segmentation offload, guest -> host.
+//
+// A guest sending a stream of datagrams (iperf3, QUIC, RTP, WireGuard)
+// sends them one frame each, and the kernel's cost per datagram sent is
+// mostly routing and output processing that does not depend on the size.
+// Consecutive datagrams of one flow with the same size (the last may be
+// shorter) go out as one message with a UDP_SEGMENT control message: one
+// pass through the output path, cut into the same datagrams further down
+// (or never, over loopback to a receiver using GRO). The far end sees
+// exactly the datagrams the guest sent. A kernel that refuses it (before
+// 4.18, or a segment larger than the path MTU) makes the binding go back to
+// one message per datagram.
+const (
+	udpGSOMax      = 64    // datagrams per message (the kernel's limit on old kernels)
+	udpGSOMaxBytes = 65000 // payload per message, below the IP length limit
+)
+
+// udpDgram is one datagram of a send batch.
+type udpDgram struct {
+	fl *udpFlow
+	p  []byte
+}
+
+// buildTx fills b.tx's headers for d, one datagram per iovec, coalescing
+// runs of a flow into segmented messages if gso, and returns the number
+// of headers. mu held.
+//
+// An empty datagram never joins a run: a segment of zero bytes does not
+// exist, it would vanish.
+func (b *udpBinding) buildTx(d []udpDgram, gso bool) int {
+	tx := b.tx
+	n := 0
+	for i := 0; i < len(d); {
+		fl, size := d[i].fl, len(d[i].p)
+		j := i + 1
+		if gso && size > 0 {
+			total := size
+			for j < len(d) && j-i < udpGSOMax && d[j].fl == fl && len(d[j].p) <= size && len(d[j].p) > 0 &&
+				total+len(d[j].p) <= udpGSOMaxBytes {
+				total += len(d[j].p)
+				j++
+				if len(d[j-1].p) < size {
+					break // a shorter one ends the run
+				}
+			}
 		}
-		iov.SetLen(len(p))
-		// The address and control data are copied: the receiver may
-		// point the flow at another host address meanwhile.
+		for k := i; k < j; k++ {
+			iov := &tx.iovs[k]
+			iov.Base = nil
+			if len(d[k].p) > 0 {
+				iov.Base = &d[k].p[0]
+			}
+			iov.SetLen(len(d[k].p))
+		}
 		tx.names[n] = fl.sa
 		h := &tx.hdrs[n]
-		h.Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&tx.names[n])), Namelen: fl.salen, Iov: iov}
-		h.Hdr.SetIovlen(1)
+		h.Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&tx.names[n])), Namelen: fl.salen, Iov: &tx.iovs[i]}
+		h.Hdr.SetIovlen(j - i)
+		cl := 0
 		if fl.clen > 0 {
-			tx.ctrl[n] = fl.ctrl
-			h.Hdr.Control = &tx.ctrl[n][0]
-			h.Hdr.SetControllen(fl.clen)
+			cl = copy(tx.ctrl[n][:], fl.ctrl[:fl.clen])
 		}
+		if j-i > 1 {
+			cl += putUDPSegment(tx.ctrl[n][cl:], size)
+		}
+		if cl > 0 {
+			h.Hdr.Control = &tx.ctrl[n][0]
+			h.Hdr.SetControllen(cl)
+		}
+		tx.first[n], tx.count[n] = i, j-i
 		n++
+		i = j
 	}
-	b.mu.Unlock()
+	return n
+}
+
+// putUDPSegment writes a UDP_SEGMENT control message for segments of size
+// bytes into c and returns its length.
+func putUDPSegment(c []byte, size int) int {
+	sp := unix.CmsgSpace(2)
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+	h.Level, h.Type = unix.SOL_UDP, unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	*(*uint16)(unsafe.Pointer(&c[unix.CmsgLen(0)])) = uint16(size)
+	return sp
+}
+
+// sendTx sends the n headers built for d.
+func (b *udpBinding) sendTx(d []udpDgram, n int) {
+	tx := b.tx
 	for i, retried := 0, false; i < n; {
 		r, e := sendmmsg(b.sock.fd, tx.hdrs[i:n])
 		if e == 0 {
-			UDPStats.Sent.Add(uint64(r))
+			for _, c := range tx.count[i : i+r] {
+				UDPStats.Sent.Add(uint64(c))
+				if c > 1 {
+					UDPStats.Segmented.Add(uint64(c))
+				}
+			}
 			i += r
 			retried = false
 			continue
 		}
+		if tx.count[i] > 1 && (e == unix.EINVAL || e == unix.EMSGSIZE || e == unix.EIO || e == unix.ENOPROTOOPT) {
+			// Segmentation refused: send the rest one by one, from
+			// now on.
+			b.noGSO = true
+			rest := d[tx.first[i]:]
+			b.mu.Lock()
+			m := b.buildTx(rest, false)
+			b.mu.Unlock()
+			b.sendTx(rest, m)
+			return
+		}
 		if e == unix.EAGAIN {
-			UDPStats.SendDropped.Add(uint64(n - i))
+			for _, c := range tx.count[i:n] {
+				UDPStats.SendDropped.Add(uint64(c))
+			}
 			break
 		}
 		// A pending ICMP error is reported once, on whatever call comes
-		// next: read the error queue, then try this datagram again once.
+		// next: read the error queue, then try this message again once.
 		b.drainErrors()
 		if !retried && isTransient(e) {
 			retried = true
 			continue
 		}
-		UDPStats.SendErrors.Add(1)
+		UDPStats.SendErrors.Add(uint64(tx.count[i]))
 		i++
 		retried = false
-	}
-	for i := range frames {
-		frames[i].Release()
-		frames[i] = nil
 	}
 }
 

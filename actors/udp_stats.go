@@ -16,6 +16,8 @@ type UDPCounters struct {
 	// SendDropped counts datagrams dropped on a full host socket buffer;
 	// SendErrors those the host refused otherwise.
 	SendDropped, SendErrors atomic.Uint64
+	// Segmented counts datagrams sent as part of a UDP_SEGMENT message.
+	Segmented atomic.Uint64
 	// TooBig counts host datagrams too large for the guest's link.
 	TooBig atomic.Uint64
 	// Unmappable counts host datagrams whose source the guest cannot be
