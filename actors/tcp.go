@@ -36,11 +36,13 @@ package actors
 
 import (
 	"fmt"
+	"github.com/gopasta/gopasta/link/nbsys"
 	"net/netip"
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -411,9 +413,13 @@ func (c *tcpConn) output() {
 // system call and a wake-up of the guest's stack per exchange (pasta ACKs
 // every write at once). What is never delayed: ACKs of a full segment or
 // more (bulk transfers and slow start run on ACK clocking), window
-// updates, duplicate ACKs, and the ACK of a FIN. The delay is short
-// because a guest with Nagle's algorithm holds its next small write until
-// this ACK comes.
+// updates, duplicate ACKs, and anything after our own FIN. The guest's FIN
+// is delayed too, once it reached the socket: the host's FIN usually
+// follows at once and carries it (Linux does the same, entering its
+// "pingpong" mode on a FIN), which saves a frame per connection of a
+// connect/request/response/close workload. The delay is short because a
+// guest with Nagle's algorithm holds its next small write until this ACK
+// comes.
 const tcpDelAckBytes = 4096
 
 // tcpDelAck is the longest an ACK waits (a variable for tests).
@@ -422,9 +428,14 @@ var tcpDelAck = time.Millisecond
 // ackDelayable reports whether the ACK now due may wait for data to carry
 // it.
 func (c *tcpConn) ackDelayable() bool {
-	return !c.ackForce && c.dupDue == 0 &&
-		c.state&(tcpEstablished|tcpGuestFin|tcpSockShut) == tcpEstablished &&
-		c.ackNum()-c.ackSent < tcpDelAckBytes && c.ackNum() != c.ackSent
+	switch {
+	case c.ackForce || c.dupDue != 0 || c.state&tcpEstablished == 0 || c.state&tcpFinSent != 0:
+		return false
+	case c.state&tcpGuestFin != 0 && c.state&tcpSockShut == 0:
+		return false // the FIN waits for data the socket has not taken
+	}
+	d := c.ackNum() - c.ackSent
+	return d != 0 && d < tcpDelAckBytes
 }
 
 func (c *tcpConn) onTimer() {
@@ -552,30 +563,37 @@ func (c *tcpConn) connect() error {
 	if v6 {
 		fam = unix.AF_INET6
 	}
-	fd, err := unix.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return err
+	// The lifecycle calls are nbsys's: none of them waits (see there),
+	// and through x/sys each would wake the runtime's sysmon thread on a
+	// connection-per-request workload.
+	fd, e := nbsys.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if e != 0 {
+		return e
 	}
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	if c.guestMSS > 0 {
-		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG, c.guestMSS)
+	_ = nbsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if c.guestMSS > 0 && c.guestMSS <= tcpMaxSegOpt {
+		_ = nbsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG, c.guestMSS)
 	}
 	if c.rcvWS < 0 {
 		// The guest cannot take more than 64 KiB in flight; neither
 		// should the far end send us more than that ahead.
-		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP, 0xffff)
+		_ = nbsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP, 0xffff)
 	}
 	if err := bindOutbound(fd, c.env, v6); err != nil {
-		unix.Close(fd)
+		nbsys.Close(fd)
 		return err
 	}
 	s, err := newTCPSock(c.env, fd, true)
 	if err != nil {
-		unix.Close(fd)
+		nbsys.Close(fd)
 		return err
 	}
 	c.sock = s
-	err = unix.Connect(fd, sockaddrOf(dst))
+	var sa unix.RawSockaddrInet6
+	salen := putSockaddr(&sa, dst)
+	if e := nbsys.Connect(fd, unsafe.Pointer(&sa), salen); e != 0 {
+		err = e
+	}
 	if err == nil || err == unix.EINPROGRESS {
 		// Registered only now: see newTCPSock.
 		if rerr := s.register(); rerr != nil {
@@ -591,7 +609,7 @@ func (c *tcpConn) connect() error {
 		// To a local or loopback peer the handshake has usually
 		// completed by the time connect returns: answer the guest now
 		// rather than after a round through the poller.
-		if _, perr := unix.Getpeername(fd); perr == nil {
+		if nbsys.Connected(fd) {
 			c.onConnected()
 			return nil
 		}
@@ -642,7 +660,7 @@ func (c *tcpConn) onWritable() {
 			c.closeFlow("connect: "+err.Error(), false)
 			return
 		}
-		if _, err := unix.Getpeername(c.sock.fd); err != nil {
+		if !nbsys.Connected(c.sock.fd) {
 			c.sock.arm(sockWritable) // not connected yet: a spurious event
 			return
 		}

@@ -84,15 +84,40 @@ func TestTCPDelayedAckTimesOut(t *testing.T) {
 		t.Fatalf("full segment: ACK %d (want %d) after %v", s.ack, g.sndNxt, el)
 	}
 
-	start = time.Now()
+	// The guest's FIN: its ACK waits for the host's FIN, which comes as
+	// soon as the host has read everything; one segment carries both.
 	g.send(wire.TCPFin, nil)
-	s = te.next(3 * time.Second)
-	if el := time.Since(start); s.ack != g.sndNxt || el > 200*time.Millisecond {
-		t.Fatalf("FIN: ACK %d (want %d) after %v", s.ack, g.sndNxt, el)
-	}
 	got, err := io.ReadAll(sc)
 	if err != nil || len(got) != len("no answer to this")+g.mss {
 		t.Fatalf("server read %d bytes, %v", len(got), err)
+	}
+	sc.Close()
+	s = te.next(3 * time.Second)
+	if !s.has(wire.TCPFin|wire.TCPAck) || s.ack != g.sndNxt {
+		t.Fatalf("after the guest's FIN: flags %#x ack %d, want FIN,ACK acking %d", s.flags, s.ack, g.sndNxt)
+	}
+}
+
+// A guest's FIN the host does not answer with its own is acknowledged
+// after the delay.
+func TestTCPDelayedAckOfFin(t *testing.T) {
+	withDelAck(t, 300*time.Millisecond)
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 14000)
+	g.connect()
+	sc := srv.accept(t)
+	start := time.Now()
+	g.send(wire.TCPFin, nil)
+	s := te.next(3 * time.Second)
+	if el := time.Since(start); s.ack != g.sndNxt || s.has(wire.TCPFin) || el < 250*time.Millisecond {
+		t.Fatalf("ACK of FIN: flags %#x ack %d (want %d) after %v", s.flags, s.ack, g.sndNxt, el)
+	}
+	// Half-closed: the host still talks.
+	sc.Write([]byte("after your FIN"))
+	g.readUntil(len("after your FIN"), false)
+	if string(g.rx) != "after your FIN" {
+		t.Fatalf("guest got %q", g.rx)
 	}
 }
 

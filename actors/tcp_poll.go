@@ -174,9 +174,9 @@ func (p *tcpPoller) add(s *tcpSock) error {
 	}
 	p.gens[slot]++
 	ev := unix.EpollEvent{Events: tcpPollEvents, Fd: slot, Pad: int32(p.gens[slot])}
-	if err := unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); err != nil {
+	if e := nbsys.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); e != 0 {
 		p.free = append(p.free, slot)
-		return os.NewSyscallError("epoll_ctl", err)
+		return os.NewSyscallError("epoll_ctl", e)
 	}
 	p.slots[slot] = s
 	s.slot = slot
@@ -191,7 +191,7 @@ func (p *tcpPoller) remove(s *tcpSock) {
 		return
 	}
 	if !p.closed {
-		_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+		_ = nbsys.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
 	}
 	p.slots[s.slot] = nil
 	p.gens[s.slot]++

@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"github.com/gopasta/gopasta/link/nbsys"
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasta/gopasta/link"
@@ -156,8 +157,8 @@ func (c *tcpConn) flush() {
 		}
 	}
 	if c.state&(tcpGuestFin|tcpSockShut) == tcpGuestFin && c.state&tcpClosed == 0 {
-		if err := unix.Shutdown(c.sock.fd, unix.SHUT_WR); err != nil && err != unix.ENOTCONN {
-			c.hostError("shutdown", err)
+		if e := nbsys.Shutdown(c.sock.fd, unix.SHUT_WR); e != 0 && e != unix.ENOTCONN {
+			c.hostError("shutdown", e)
 			return
 		}
 		c.state |= tcpSockShut

@@ -65,7 +65,7 @@ func newTCPSock(env *Env, fd int, later bool) (*tcpSock, error) {
 		return nil, err
 	}
 	s := &tcpSock{fd: fd, poll: p, slot: -1, wake: make(chan struct{}, 1)}
-	s.peekOff = !tcpNoPeekOff && unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0) == nil
+	s.peekOff = !tcpNoPeekOff && nbsys.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0) == 0
 	if !later {
 		if err := s.register(); err != nil {
 			return nil, err
@@ -80,10 +80,10 @@ func (s *tcpSock) register() error { return s.poll.add(s) }
 // close closes the socket, abortively (RST to the host peer) if reset.
 func (s *tcpSock) close(reset bool) {
 	if reset {
-		_ = unix.SetsockoptLinger(s.fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0})
+		_ = nbsys.SetsockoptLinger(s.fd, &unix.Linger{Onoff: 1, Linger: 0})
 	}
 	s.poll.remove(s)
-	unix.Close(s.fd)
+	nbsys.Close(s.fd)
 	s.fd = -1
 }
 
@@ -130,7 +130,7 @@ func (s *tcpSock) discard(n int) error {
 // setPeekOff sets the kernel's peek offset.
 func (s *tcpSock) setPeekOff(off int) {
 	if s.peekOff {
-		_ = unix.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, off)
+		_ = nbsys.SetsockoptInt(s.fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, off)
 	}
 }
 
@@ -174,6 +174,10 @@ func setIov(v *unix.Iovec, b []byte) {
 // tcpMaxWindow is the largest window gopasta advertises or uses: the
 // scale factors below are chosen so that buffers up to this size fit.
 const tcpMaxWindow = 16 << 20
+
+// tcpMaxSegOpt is the largest value TCP_MAXSEG accepts; a guest MSS above
+// it (a 65520-byte tap) is left to the path MTU.
+const tcpMaxSegOpt = 32767
 
 // tcpSysMax returns the largest send and receive buffers the kernel's TCP
 // autotuning may grow a socket to (tcp_wmem/tcp_rmem maxima), read once.

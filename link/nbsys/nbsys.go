@@ -132,3 +132,63 @@ func Splice(rfd, wfd, n int, flags int) (int, unix.Errno) {
 	r, _, e := syscall.RawSyscall6(unix.SYS_SPLICE, uintptr(rfd), 0, uintptr(wfd), 0, uintptr(n), uintptr(flags))
 	return int(r), e
 }
+
+// The calls below open, set up and close a flow's socket. None of them
+// waits: the socket is created non-blocking, connect on it returns
+// EINPROGRESS (or completes at once towards a local peer), and close
+// without a lingering timeout never waits for the peer. A flow of a
+// connect/request/response/close exchange makes a dozen of them.
+
+// Socket is socket(2).
+func Socket(domain, typ, proto int) (int, unix.Errno) {
+	r, _, e := syscall.RawSyscall(unix.SYS_SOCKET, uintptr(domain), uintptr(typ), uintptr(proto))
+	return int(r), e
+}
+
+// SetsockoptInt sets an integer socket option.
+func SetsockoptInt(fd, level, opt, v int) unix.Errno {
+	iv := int32(v)
+	_, _, e := syscall.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), uintptr(level), uintptr(opt),
+		uintptr(unsafe.Pointer(&iv)), 4, 0)
+	return e
+}
+
+// SetsockoptLinger sets SO_LINGER.
+func SetsockoptLinger(fd int, l *unix.Linger) unix.Errno {
+	_, _, e := syscall.RawSyscall6(unix.SYS_SETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_LINGER,
+		uintptr(unsafe.Pointer(l)), unsafe.Sizeof(*l), 0)
+	return e
+}
+
+// Connect is connect(2) to the raw socket address sa of length salen, on a
+// non-blocking socket.
+func Connect(fd int, sa unsafe.Pointer, salen uint32) unix.Errno {
+	_, _, e := syscall.RawSyscall(unix.SYS_CONNECT, uintptr(fd), uintptr(sa), uintptr(salen))
+	return e
+}
+
+// Connected reports whether a socket has a peer (getpeername succeeds).
+func Connected(fd int) bool {
+	var sa unix.RawSockaddrInet6
+	l := uint32(unsafe.Sizeof(sa))
+	_, _, e := syscall.RawSyscall(unix.SYS_GETPEERNAME, uintptr(fd), uintptr(unsafe.Pointer(&sa)), uintptr(unsafe.Pointer(&l)))
+	return e == 0
+}
+
+// EpollCtl is epoll_ctl(2).
+func EpollCtl(epfd, op, fd int, ev *unix.EpollEvent) unix.Errno {
+	_, _, e := syscall.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd), uintptr(unsafe.Pointer(ev)), 0, 0)
+	return e
+}
+
+// Shutdown is shutdown(2).
+func Shutdown(fd, how int) unix.Errno {
+	_, _, e := syscall.RawSyscall(unix.SYS_SHUTDOWN, uintptr(fd), uintptr(how), 0)
+	return e
+}
+
+// Close is close(2) of a descriptor that no lingering option makes wait.
+func Close(fd int) unix.Errno {
+	_, _, e := syscall.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+	return e
+}
