@@ -30,7 +30,7 @@ import (
 // sample. An explicit GOMAXPROCS in the environment turns this off.
 const (
 	procsSample = 500 * time.Millisecond
-	procsUp     = 0.85 // cores used at GOMAXPROCS=1 to go parallel
+	procsUp     = 0.95 // cores used at GOMAXPROCS=1 to go parallel
 	procsDown   = 0.45 // cores used in parallel to go back to one P
 )
 

@@ -13,7 +13,8 @@ func TestNextProcs(t *testing.T) {
 	}{
 		{1, 0.2, 1},  // request/response: stay on one P
 		{1, 0.84, 1}, // busy, but a core is enough
-		{1, 0.95, 4}, // more than a core: go parallel
+		{1, 0.93, 1}, // connection per request: one P still beats two
+		{1, 0.98, 4}, // a core is not enough: go parallel
 		{4, 1.5, 4},  // bulk goes on
 		{4, 0.6, 4},  // hysteresis: no flapping around the threshold
 		{4, 0.3, 1},  // quiet again
