@@ -43,8 +43,15 @@ import (
 //     traffic for UDPTimeout.
 //   - A second goroutine, the receiver, waits in the runtime poller for the
 //     socket itself and moves datagrams host -> guest: recvmmsg straight
-//     into pooled frames, headers written in front of the payload, handed
-//     to the link Writer (written at once when it is a lone reply). Doing
+//     into pooled frames, headers written in front of the payload, each
+//     batch handed to the link Writer with SendBatchNow: written to the
+//     link from the receiver itself while the link is idle, queued for
+//     the writer goroutine only while it is busy. Under a stream the
+//     receiver thus alternates recvmmsg and tap writes on one thread, and
+//     the socket buffer, not a queue of frames, holds what waits: the
+//     writer goroutine and the receiver do not wake each other for every
+//     batch (measured: 16% more datagrams into an iperf3 guest at 10%
+//     less CPU, on a loaded 2-CPU machine). Doing
 //     that in the actor would cost a goroutine hop per wakeup (poller ->
 //     waker -> actor), and each hop wakes a thread, often on the other
 //     CPU; that made UDP_RR half as fast as pasta. The two share the flow
@@ -124,6 +131,7 @@ type udpBinding struct {
 	ipID   uint16
 	want   int // frames offered to the next recvmmsg
 	stash  [udpBatch]*link.Frame
+	out    [udpBatch]*link.Frame // a batch's frames for the guest, handed to the Writer
 	rx     *mmsgBatch
 	rxDone chan struct{} // closed when the receiver has returned
 
@@ -779,10 +787,15 @@ func (b *udpBinding) receive() {
 		now := monoNow()
 		b.last.Store(now)
 		b.lastRx.Store(now)
+		out := b.out[:0]
 		for i := 0; i < n; i++ {
-			if !b.deliver(i, now, n == 1) {
-				return
+			if f := b.deliver(i, now); f != nil {
+				out = append(out, f)
 			}
+		}
+		UDPStats.Received.Add(uint64(len(out)))
+		if !b.env.Out.SendBatchNow(b.env.Ctx, out) {
+			return
 		}
 		if n < k {
 			return
@@ -791,17 +804,14 @@ func (b *udpBinding) receive() {
 	}
 }
 
-// deliver turns received message i into a frame for the guest; rxMu held.
-// It returns false when gopasta is shutting down. A lone datagram (alone is true) is
-// written to the link at once if the link is idle (Writer.SendNow): for
-// request/response traffic that saves a goroutine wakeup per reply, while
-// a burst is left to the writer goroutine to write as the actor reads on.
-func (b *udpBinding) deliver(i int, now int64, alone bool) bool {
+// deliver turns received message i into a frame for the guest, or nil if
+// the datagram is not for the guest (counted); rxMu held.
+func (b *udpBinding) deliver(i int, now int64) *link.Frame {
 	rx := b.rx
 	h := &rx.hdrs[i]
 	if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
 		UDPStats.TooBig.Add(1)
-		return true
+		return nil
 	}
 	n := int(h.Len)
 	src := getSockaddr(&rx.names[i])
@@ -817,7 +827,7 @@ func (b *udpBinding) deliver(i int, now int64, alone bool) bool {
 	case fl != nil:
 	case b.inbound:
 		if b.splice != nil && src.Addr().IsLoopback() && b.splice.take(src, b.stash[i].Data[b.hdrLen:b.hdrLen+n]) {
-			return true
+			return nil
 		}
 		b.mu.Lock()
 		fl := b.newInboundFlow(src, rx.ctrl[i][:h.Hdr.Controllen], now)
@@ -826,30 +836,26 @@ func (b *udpBinding) deliver(i int, now int64, alone bool) bool {
 		}
 		b.mu.Unlock()
 		if fl == nil {
-			return true
+			return nil
 		}
 	default:
 		var ok bool
 		if far, ok = b.env.NAT.Inbound(src); !ok {
 			UDPStats.Unmappable.Add(1)
-			return true
+			return nil
 		}
 		dst = b.guest
 	}
 	if far.Addr().Is6() != dst.Addr().Is6() {
 		UDPStats.Unmappable.Add(1)
-		return true
+		return nil
 	}
 	f := b.stash[i]
 	b.stash[i] = nil
 	f.Data = f.Data[:b.hdrLen+n]
 	b.ipID++
 	writeUDPHeaders(b.env, f.Data, far, dst, n, b.ipID)
-	UDPStats.Received.Add(1)
-	if alone {
-		return b.env.Out.SendNow(b.env.Ctx, f)
-	}
-	return b.env.Out.SendCtx(b.env.Ctx, f)
+	return f
 }
 
 // drainErrors reads the socket's error queue and tells the guest. Either

@@ -88,6 +88,41 @@ func (w *Writer) SendNow(ctx context.Context, f *Frame) bool {
 	return w.SendCtx(ctx, f)
 }
 
+// SendBatchNow is SendNow for a burst of frames from one producer: if no
+// other frame is queued or being written, it writes them all from the
+// calling goroutine with one WriteBatch, and otherwise queues them in
+// order as SendCtx does. Ownership of every frame passes to the Writer
+// (frames is cleared); it returns false when ctx is done or the link is
+// closed, the frames not handed over then released.
+//
+// It suits a producer that reads bursts in batches anyway (a UDP socket
+// drained with recvmmsg): writing them itself saves a goroutine wakeup,
+// often on the other CPU, and a channel operation per frame, and the
+// producer's next read simply waits for the link, as the queue would make
+// it wait once full.
+func (w *Writer) SendBatchNow(ctx context.Context, frames []*Frame) bool {
+	if len(frames) == 0 {
+		return true
+	}
+	if w.queued.Load() == 0 && w.mu.TryLock() {
+		if w.queued.Load() == 0 {
+			err := w.write(frames)
+			w.mu.Unlock()
+			ReleaseAll(frames)
+			return err != ErrClosed
+		}
+		w.mu.Unlock()
+	}
+	for i, f := range frames {
+		frames[i] = nil
+		if !w.SendCtx(ctx, f) {
+			ReleaseAll(frames[i+1:])
+			return false
+		}
+	}
+	return true
+}
+
 // write writes batch to the device and counts it; mu held.
 func (w *Writer) write(batch []*Frame) error {
 	err := w.dev.WriteBatch(batch)

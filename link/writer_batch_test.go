@@ -1,0 +1,158 @@
+package link
+
+import (
+	"context"
+	"encoding/binary"
+	"sync"
+	"testing"
+)
+
+// numbered returns a frame carrying producer p's sequence number i.
+func numbered(p, i int) *Frame {
+	f := GetFrame(64)
+	binary.BigEndian.PutUint32(f.Data[14:], uint32(p))
+	binary.BigEndian.PutUint32(f.Data[18:], uint32(i))
+	return f
+}
+
+// TestWriterSendBatchNowDirect: with nothing queued, a batch is written by
+// the caller itself, in order, and the Writer's goroutine (not running
+// here) is not needed for it.
+func TestWriterSendBatchNowDirect(t *testing.T) {
+	ours, guest := NewMemoryPair(1500, 64)
+	defer ours.Close()
+	defer guest.Close()
+	w := NewWriter(ours, 4)
+	batch := make([]*Frame, 10)
+	for i := range batch {
+		batch[i] = numbered(0, i)
+	}
+	if !w.SendBatchNow(context.Background(), batch) {
+		t.Fatal("SendBatchNow failed on an open link")
+	}
+	for i, f := range batch {
+		if f != nil {
+			t.Fatalf("batch[%d] not cleared: the caller still holds a frame it handed over", i)
+		}
+	}
+	for i := 0; i < 10; i++ {
+		select {
+		case b := <-guest.Frames():
+			if got := binary.BigEndian.Uint32(b[18:]); got != uint32(i) {
+				t.Fatalf("frame %d arrived when %d was due", got, i)
+			}
+		default:
+			t.Fatalf("frame %d not written by SendBatchNow itself", i)
+		}
+	}
+	if w.Frames.Load() != 10 || w.queued.Load() != 0 {
+		t.Fatalf("Frames = %d, queued = %d", w.Frames.Load(), w.queued.Load())
+	}
+	if !w.SendBatchNow(context.Background(), nil) {
+		t.Fatal("an empty batch failed")
+	}
+}
+
+// TestWriterSendBatchNowQueuesBehind: a batch arriving while frames are
+// queued must not overtake them, and gives up (releasing the frames it did
+// not hand over) when its context ends while the queue is full.
+func TestWriterSendBatchNowQueuesBehind(t *testing.T) {
+	ours, guest := NewMemoryPair(1500, 64)
+	defer ours.Close()
+	defer guest.Close()
+	w := NewWriter(ours, 3)
+	ctx, cancel := context.WithCancel(context.Background())
+	w.Send(numbered(0, 0)) // queued, the writer goroutine not running yet
+	batch := []*Frame{numbered(0, 1), numbered(0, 2)}
+	if !w.SendBatchNow(ctx, batch) {
+		t.Fatal("SendBatchNow failed")
+	}
+	select {
+	case <-guest.Frames():
+		t.Fatal("a batch was written while an earlier frame was queued")
+	default:
+	}
+	// The queue (3) is full now: the next batch blocks until ctx ends.
+	late := []*Frame{numbered(0, 3), numbered(0, 4)}
+	kept := late[1]
+	cancel()
+	if w.SendBatchNow(ctx, late) {
+		t.Fatal("SendBatchNow succeeded with a full queue and a done context")
+	}
+	if kept.pool != nil {
+		t.Fatal("a frame not handed over was not released")
+	}
+	if q := w.queued.Load(); q != 3 {
+		t.Fatalf("queued = %d, want 3", q)
+	}
+	done := make(chan struct{})
+	rctx, rcancel := context.WithCancel(context.Background())
+	go func() { _ = w.Run(rctx); close(done) }()
+	defer func() { rcancel(); <-done }()
+	for i := 0; i < 3; i++ {
+		b := guest.ReadFrame()
+		if got := binary.BigEndian.Uint32(b[18:]); got != uint32(i) {
+			t.Fatalf("frame %d arrived when %d was due", got, i)
+		}
+	}
+}
+
+// TestWriterSendBatchNowKeepsOrder: producers mixing batches of every size
+// with SendNow and SendCtx see each frame on the link once, in their order,
+// while direct writes and the writer goroutine interleave.
+func TestWriterSendBatchNowKeepsOrder(t *testing.T) {
+	const producers, each = 4, 3000
+	ours, guest := NewMemoryPair(1500, producers*each)
+	defer ours.Close()
+	defer guest.Close()
+	w := NewWriter(ours, 16)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	var wg sync.WaitGroup
+	for p := 0; p < producers; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			batch := make([]*Frame, 0, 16)
+			for i := 0; i < each; {
+				switch i % 5 {
+				case 0:
+					w.SendCtx(ctx, numbered(p, i))
+					i++
+				case 1:
+					w.SendNow(ctx, numbered(p, i))
+					i++
+				default:
+					batch = batch[:0]
+					for n := (i*7+p)%16 + 1; n > 0 && i < each; n-- {
+						batch = append(batch, numbered(p, i))
+						i++
+					}
+					if !w.SendBatchNow(ctx, batch) {
+						t.Error("SendBatchNow failed")
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	next := make([]uint32, producers)
+	for n := 0; n < producers*each; n++ {
+		b := guest.ReadFrame()
+		p, i := binary.BigEndian.Uint32(b[14:]), binary.BigEndian.Uint32(b[18:])
+		if p >= producers || i != next[p] {
+			t.Fatalf("frame %d of producer %d arrived when %d was due", i, p, next[p])
+		}
+		next[p]++
+	}
+	if got := w.Frames.Load(); got != producers*each {
+		t.Fatalf("Frames = %d", got)
+	}
+	if q := w.queued.Load(); q != 0 {
+		t.Fatalf("queued = %d after everything was written", q)
+	}
+}
