@@ -177,6 +177,44 @@ func (p *splicePair) done(failed bool) {
 	}
 }
 
+// pumpFlags: never block in the kernel (the poller does the waiting), and
+// move pages rather than copy where the kernel can.
+const pumpFlags = unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
+
+// splicePump is one direction of a pair: src -> pipe -> dst.
+//
+// The pump lives inside the poller's callbacks. While the socket it reads
+// keeps delivering, it stays in src's RawConn.Read callback, moving each
+// read straight on to dst, and returns false there to wait: the poller
+// then parks it until src is readable and calls the callback again. That
+// matters because entering RawConn.Read afresh forgets readiness the
+// poller recorded, so every re-entry costs a read that can only say
+// EAGAIN; staying inside costs none. The pump leaves the read callback
+// only when dst cannot take the pipe's bytes (it then waits in dst's
+// RawConn.Write callback until the pipe is empty), at end of stream, or
+// on an error.
+//
+// Before it waits for src the pump makes one more read, which normally
+// says EAGAIN, even after a read that plainly emptied the socket: a FIN
+// that arrived together with the data ends the read at the data and
+// raises no readiness event of its own, so without that read the pump
+// would wait for an edge that never comes and never pass the end of
+// stream on.
+type splicePump struct {
+	p        *splicePair
+	src, dst *spliceSock
+	pr, pw   int
+	size     int // pipe capacity, bytes
+	dfd      int // dst's descriptor, valid inside dst's callbacks
+	inPipe   int // bytes in the pipe
+	eof      bool
+	err      error // fatal socket error; resets the pair
+
+	// Bound once per pump, so waiting allocates nothing.
+	readable, writable func(uintptr) bool
+	drainDst, shutDst  func(uintptr)
+}
+
 // pump moves bytes from src to dst until EOF (then half-closes dst) or an
 // error (then resets both).
 func (p *splicePair) pump(src, dst *spliceSock) {
@@ -185,118 +223,99 @@ func (p *splicePair) pump(src, dst *spliceSock) {
 		p.done(true)
 		return
 	}
-	pr, pw := fds[0], fds[1]
-	defer unix.Close(pr)
-	defer unix.Close(pw)
-	size := setPipeSize(pw)
+	u := &splicePump{p: p, src: src, dst: dst, pr: fds[0], pw: fds[1]}
+	defer unix.Close(u.pr)
+	defer unix.Close(u.pw)
+	u.size = setPipeSize(u.pw)
+	u.readable = u.onReadable
+	u.writable = u.onWritable
+	u.drainDst = func(dfd uintptr) {
+		u.dfd = int(dfd)
+		u.drain()
+	}
+	u.shutDst = func(dfd uintptr) { _ = unix.Shutdown(int(dfd), unix.SHUT_WR) }
+	u.run()
+}
 
-	inPipe := 0
-	eof := false
-	var n int64
-	var err error
-	const flags = unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
-	// The callbacks are made once per pump, not per wait.
-	fill := func(fd uintptr) bool {
-		for {
-			n, err = splice(int(fd), pw, size, flags)
-			if err != unix.EINTR {
-				return err != unix.EAGAIN
-			}
-		}
-	}
-	drain := func(fd uintptr) bool {
-		for {
-			n, err = splice(pr, int(fd), inPipe, flags)
-			if err != unix.EINTR {
-				return err != unix.EAGAIN
-			}
-		}
-	}
-	// Attempts go through Control, which keeps the descriptor from being
-	// closed (by the other pump's reset) under the system call.
-	fillNow := func(fd uintptr) { fill(fd) }
-	drainNow := func(fd uintptr) { drain(fd) }
-	// short: the last fill got less than it asked for, so the socket is
-	// most likely empty now. Then, once the pipe is drained, the pump
-	// parks at once instead of trying the socket again first: the wait
-	// makes that attempt anyway. One system call less per message is what
-	// request-response traffic notices.
-	short := false
+// run is the pump's loop.
+func (u *splicePump) run() {
 	for {
-		progress := false
-		if !eof {
-			room := size - inPipe
-			if src.rc.Control(fillNow) != nil {
-				p.done(true)
-				return
-			}
-			switch {
-			case err == nil && n == 0:
-				eof = true
-				progress = true
-			case err == nil:
-				inPipe += int(n)
-				progress = true
-				short = int(n) < room
-			case err != unix.EAGAIN:
-				p.done(true)
-				return
-			}
-		}
-		if inPipe > 0 {
-			if dst.rc.Control(drainNow) != nil {
-				p.done(true)
-				return
-			}
-			switch {
-			case err == nil:
-				inPipe -= int(n)
-				progress = true
-			case err != unix.EAGAIN:
-				p.done(true)
-				return
-			}
-		}
-		if eof && inPipe == 0 {
-			_ = dst.rc.Control(func(fd uintptr) { _ = unix.Shutdown(int(fd), unix.SHUT_WR) })
-			p.done(false)
+		if u.src.rc.Read(u.readable) != nil || u.err != nil {
+			u.p.done(true)
 			return
 		}
-		if progress && !(short && inPipe == 0) {
-			continue
-		}
-		// Nothing moved: wait for the side that blocks us. With bytes
-		// in the pipe that is dst (the drain above said EAGAIN);
-		// with an empty pipe it is src.
-		var werr error
-		if inPipe > 0 {
-			werr = dst.rc.Write(drain)
-			if werr == nil && err == nil {
-				inPipe -= int(n)
-			}
-		} else {
-			room := size - inPipe
-			werr = src.rc.Read(fill)
-			if werr == nil && err == nil {
-				if n == 0 {
-					eof = true
-				}
-				inPipe += int(n)
-				short = int(n) < room
+		if u.inPipe > 0 {
+			// dst is full: wait until the pipe is empty, then read on.
+			if u.dst.rc.Write(u.writable) != nil || u.err != nil {
+				u.p.done(true)
+				return
 			}
 		}
-		if werr != nil || (err != nil && err != unix.EAGAIN) {
-			p.done(true)
+		if u.eof {
+			_ = u.dst.rc.Control(u.shutDst)
+			u.p.done(false)
 			return
 		}
 	}
 }
 
-// splice is nbsys.Splice with unix.Splice's results.
-func splice(rfd, wfd, n, flags int) (int64, error) {
-	r, e := nbsys.Splice(rfd, wfd, n, flags)
-	if e != 0 {
-		return int64(r), e
+// onReadable runs inside src's RawConn.Read with the pipe empty. It
+// returns false to wait for src, true to leave (dst full, EOF, error).
+func (u *splicePump) onReadable(sfd uintptr) bool {
+	for {
+		n, e := nbsys.Splice(int(sfd), u.pw, u.size, pumpFlags)
+		switch e {
+		case 0:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			// The pipe is empty, so this is the socket's: wait.
+			return false
+		default:
+			u.err = e
+			return true
+		}
+		if n == 0 {
+			u.eof = true
+			return true
+		}
+		u.inPipe = n
+		// dst goes through Control, which keeps its descriptor from
+		// being closed (by the other pump's reset) and its number
+		// reused under the system call. Only ever for the length of
+		// a call: os.File.Close waits for such references, so holding
+		// one while waiting could deadlock the two pumps' resets.
+		if u.dst.rc.Control(u.drainDst) != nil {
+			u.err = os.ErrClosed
+			return true
+		}
+		if u.inPipe > 0 {
+			return true
+		}
 	}
-	return int64(r), nil
+}
+
+// onWritable runs inside dst's RawConn.Write: it empties the pipe.
+func (u *splicePump) onWritable(dfd uintptr) bool {
+	u.dfd = int(dfd)
+	return u.drain() || u.err != nil
+}
+
+// drain moves the pipe's bytes to dst and reports whether the pipe is
+// empty; false with u.err nil means dst has no room.
+func (u *splicePump) drain() bool {
+	for u.inPipe > 0 {
+		n, e := nbsys.Splice(u.pr, u.dfd, u.inPipe, pumpFlags)
+		switch e {
+		case 0:
+			u.inPipe -= n
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			u.err = e
+			return false
+		}
+	}
+	return true
 }

@@ -247,3 +247,36 @@ func TestUDPSpliceRelay(t *testing.T) {
 		t.Fatal("idle relay flow did not time out")
 	}
 }
+
+// TestSpliceDataThenFIN: a message and the FIN right behind it, the
+// way a client that sends a request and half-closes does. Both usually
+// sit in the socket before the pump wakes up, and one read takes the
+// data but stops at the FIN without a readiness event of its own: a pump
+// that waited after such a read would never pass the end of stream on.
+func TestSpliceDataThenFIN(t *testing.T) {
+	for i := 0; i < 50; i++ {
+		c, s := splicedConn(t, "tcp4", "127.0.0.1:0")
+		msg := []byte{'r', 'e', 'q', byte(i)}
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		_ = s.SetReadDeadline(time.Now().Add(2 * time.Second))
+		got, err := io.ReadAll(s)
+		if err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("round %d: server read %q, %v; want %q then EOF", i, got, err, msg)
+		}
+		// The answer still goes the other way after the client's FIN.
+		if _, err := s.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		if got, err = io.ReadAll(c); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("round %d: client read %q, %v", i, got, err)
+		}
+		c.Close()
+	}
+}
