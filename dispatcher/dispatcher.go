@@ -97,6 +97,11 @@ type startFunc func(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle
 // Dispatcher reads the link and routes frames. Create it with New and run
 // it with Run.
 type Dispatcher struct {
+	// Tee, if set before Run, sees every frame read from the link, before
+	// it is handled (pcap). It runs on the dispatcher goroutine while the
+	// dispatcher owns the frame, and must not keep it.
+	Tee func(*link.Frame)
+
 	cfg *conf.Config
 	dev link.Device
 	env *actors.Env
@@ -364,6 +369,12 @@ func (d *Dispatcher) handleBatch(s []*link.Frame) {
 	d.trace = d.log.IsLevelEnabled(logrus.TraceLevel)
 	d.n[cBatches].Add(1)
 	d.n[cFramesIn].Add(uint64(len(s)))
+	if d.Tee != nil {
+		// Before handleFrame, which may hand the frame to an actor.
+		for _, f := range s {
+			d.Tee(f)
+		}
+	}
 	toFlows := uint64(0)
 	for i := range s {
 		if d.handleFrame(s, i) {
