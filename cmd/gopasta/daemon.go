@@ -47,6 +47,7 @@ type daemon struct {
 	w     *link.Writer
 	disp  *dispatcher.Dispatcher
 	env   *actors.Env
+	pcap  *link.Pcap // -p/--pcap (pcap.go)
 	stops []func()
 	cmd   *exec.Cmd
 
@@ -93,6 +94,7 @@ func daemonMain(prog string) int {
 	d := &daemon{cfg: cfg, log: log, nsFD: -1, command: commandMode(cfg)}
 	d.foreground = cfg.Foreground || d.command
 	d.ctx, d.cancel = context.WithCancelCause(context.Background())
+	defer d.closePcap()
 
 	// Signals are caught from the start, so that a SIGTERM during setup
 	// is a clean exit after it rather than a kill in the middle.
@@ -150,6 +152,9 @@ func detachStdio() error {
 func (d *daemon) setup() error {
 	cfg, log := d.cfg, d.log
 
+	if err := d.openPcap(); err != nil {
+		return err
+	}
 	host, err := netcfg.Resolve(cfg)
 	if err != nil {
 		return err
@@ -171,6 +176,7 @@ func (d *daemon) setup() error {
 	d.w = link.NewWriter(d.dev, writerDepth)
 	d.env = &actors.Env{Ctx: d.ctx, Conf: cfg, Out: d.w, Peer: d.peer, Log: log.Logger, NAT: host.NAT}
 	d.disp = dispatcher.New(cfg, d.dev, d.env, log.Logger)
+	d.teePcap()
 
 	// Listening sockets are bound now, so that a port in use is a setup
 	// error that podman sees, and "auto" has scanned once.
