@@ -278,3 +278,58 @@ func TestPcapUncreatable(t *testing.T) {
 		t.Errorf("output %q, want %q", r.out, want)
 	}
 }
+
+// TestPcapPasst: passt mode captures the same way: a client's DHCP
+// DISCOVER and the OFFER it got are in the file, byte for byte, once the
+// one-off daemon has exited because its client left.
+func TestPcapPasst(t *testing.T) {
+	h := HostNetns(t)
+	dir := t.TempDir()
+	sock, path := filepath.Join(dir, "p.sock"), filepath.Join(dir, "vm.pcap")
+	p := startFgPasst(t, h, nil, passtBin(t), "-f", "-1", "-s", sock, "--pcap", path)
+	waitSocket(t, sock, 5*time.Second)
+	a := dialQemu(t, sock, macA)
+	_, offer := a.dhcp()
+	a.c.Close()
+	if st := p.wait(t, 5*time.Second); st != 0 {
+		t.Fatalf("exit status %d after the client left, want 0", st)
+	}
+	var discover, offered bool
+	for _, f := range readPcap(t, path) {
+		b := f.data
+		if len(b) >= 42 && bytes.Equal(b[6:12], macA) && f.proto == 17 && binary.BigEndian.Uint16(b[36:]) == 67 {
+			discover = true
+		}
+		offered = offered || bytes.Equal(b, offer)
+	}
+	if !discover || !offered {
+		t.Errorf("capture has DISCOVER %v, the OFFER %v", discover, offered)
+	}
+	if out := p.out.String(); !strings.Contains(out, "Saving packet capture to "+path) {
+		t.Errorf("output lacks the capture notice:\n%s", out)
+	}
+}
+
+// TestPcapNetnsGone: when the namespace goes away, gopasta exits with a
+// complete capture too (here: the ping that ran just before).
+func TestPcapNetnsGone(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "guest.pcap")
+	gp := StartGopasta(t, "--pcap", path)
+	const pingID = 0x7e57
+	rawPing(t, gp.Guest, netip.MustParseAddr(HostGW4), pingID, 1)
+	pid := gp.PID()
+	run(t, "ip", "netns", "del", gp.Guest.Name)
+	if _, ok := waitGone(pid, 3*time.Second); !ok {
+		t.Fatal("gopasta still running 3 s after ip netns del")
+	}
+	var req, rep bool
+	for _, f := range readPcap(t, path) {
+		if f.proto == 1 && f.icmpID == pingID && f.seq == 1 {
+			req = req || f.icmpType == 8
+			rep = rep || f.icmpType == 0
+		}
+	}
+	if !req || !rep {
+		t.Errorf("capture has echo request %v, reply %v", req, rep)
+	}
+}
