@@ -128,8 +128,6 @@ type tcpConn struct {
 	sndWS    uint8
 	mss      int // payload per segment to the guest
 	dupAcks  int
-	acked    int  // acknowledged bytes not yet discarded from the socket
-	ackedN   int  // acknowledgements since the last discard
 	sockData bool // the socket may have unread data: peek before arming
 
 	// Guest -> host (the guest's sequence space).
@@ -506,9 +504,6 @@ func (c *tcpConn) closeFlow(reason string, reset bool) {
 		c.log().Logf(lvl, "%s in %s", reason, tcpStateString(c.state))
 	}
 	if c.sock != nil {
-		if !reset {
-			_ = c.sock.discard(c.acked)
-		}
 		c.sock.close(reset)
 		c.sock = nil
 	}

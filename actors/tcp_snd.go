@@ -194,12 +194,15 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 		c.debugf("guest acknowledged our FIN")
 	}
 	if n := data - c.sndUna; n > 0 {
-		c.acked += int(n)
-		c.ackedN++
-		if !c.sock.peekOff || c.acked >= tcpDiscardBatch || c.ackedN >= tcpDiscardAcks {
-			if !c.discardAcked() {
-				return
-			}
+		// Acknowledged bytes leave the receive queue at once. Holding
+		// them to discard in batches (a system call saved per
+		// request/response exchange) stalled large transfers: a partly
+		// consumed buffer stays charged to the receive buffer at its
+		// full size, the window towards the host closes, and nothing
+		// reopens it (TestTCPSmallWindowLargeAnswer).
+		if err := c.sock.discard(int(n)); err != nil {
+			c.hostError("discard", err)
+			return
 		}
 		if !c.sock.peekOff && c.sock.hungUp() {
 			// Without a peek offset, the end of stream shows only once
@@ -210,7 +213,7 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 	c.sndUna = data
 	if seqLT(c.sndNxt, c.sndUna) {
 		c.sndNxt = c.sndUna // acknowledged beyond a rewind
-		c.sock.setPeekOff(c.acked)
+		c.sock.setPeekOff(0)
 	}
 	c.sndWnd = win
 	c.dupAcks = 0
@@ -226,45 +229,13 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 	}
 }
 
-// Acknowledged data leaves the socket's receive queue in batches when the
-// kernel keeps a peek offset: a discard per ACK is a system call per
-// request/response exchange, while holding a few kilobytes a little longer
-// costs nothing (bulk transfers acknowledge more than the batch at once, so
-// for them nothing changes). The peek offset already points past the held
-// bytes; rewinds go back to the first unacknowledged one, and the rest is
-// discarded before a graceful close, which would otherwise turn into a
-// reset for unread data.
-//
-// The batch is bounded in acknowledgements as well as bytes: a peek walks
-// the receive queue's buffers from its head to the peek offset, and a
-// request/response flow leaves one small buffer per answer. Holding 16 KiB
-// of one-byte answers made the walk a sixth of gopasta's CPU time.
-const (
-	tcpDiscardBatch = 16 << 10
-	tcpDiscardAcks  = 8
-)
-
-// discardAcked drops the acknowledged bytes still in the receive queue. It
-// returns false if the flow failed.
-func (c *tcpConn) discardAcked() bool {
-	if c.acked == 0 || c.sock == nil {
-		return true
-	}
-	if err := c.sock.discard(c.acked); err != nil {
-		c.hostError("discard", err)
-		return false
-	}
-	c.acked, c.ackedN = 0, 0
-	return true
-}
-
 // retransmit rewinds to the oldest unacknowledged byte (go-back-N: without
 // SACK there is nothing better to know) and clears the FIN so that it is
 // sent again after the data.
 func (c *tcpConn) retransmit(why string) {
 	c.debugf("retransmit from %d (%s)", c.sndUna, why)
 	c.sndNxt = c.sndUna
-	c.sock.setPeekOff(c.acked)
+	c.sock.setPeekOff(0)
 	if c.state&(tcpFinSent|tcpFinAcked) == tcpFinSent {
 		c.state &^= tcpFinSent
 		if c.state&tcpHostEOF != 0 && c.sndUna == c.finSeq {
