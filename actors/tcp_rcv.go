@@ -171,8 +171,9 @@ func (c *tcpConn) flush() {
 // the kernel's autotuning grows it), less what we already hold.
 //
 // The send queue is measured (SIOCOUTQ, with SO_SNDBUF) only once an
-// eighth of the buffer has been written since the last measurement, or
-// when the socket reported room. In between, the last measurement plus
+// eighth of the buffer has been written since the last measurement, when
+// the socket reported room, or when the estimate leaves less than half the
+// buffer free. In between, the last measurement plus
 // what was written since is an upper bound of the queue, which only
 // drains, so the window errs on the small side and never offers room the
 // socket lacks. Request/response flows ask the kernel once per thousands
@@ -182,11 +183,17 @@ func (c *tcpConn) rcvWindowRaw() int {
 		return 0
 	}
 	if c.sndbuf == 0 || c.outqAge > c.sndbuf/8 {
-		c.sndbuf = c.sock.getInt(unix.SOL_SOCKET, unix.SO_SNDBUF)
-		c.outqEst = c.sock.sendQueued()
-		c.outqAge = 0
+		c.measureSendQueue()
 	}
 	free := c.sndbuf + c.sndbuf/2 - c.outqEst - c.pendBytes
+	if free < c.sndbuf/2 && c.outqAge > 0 {
+		// Small, maybe only because the estimate is stale: a window
+		// held small on a guess would be reopened by nothing but an
+		// EPOLLOUT edge, which the kernel raises only after a write
+		// has failed for lack of room. Measure instead.
+		c.measureSendQueue()
+		free = c.sndbuf + c.sndbuf/2 - c.outqEst - c.pendBytes
+	}
 	if c.rcvMax > 0 {
 		free = min(free, c.rcvMax)
 	}
@@ -217,6 +224,13 @@ func (c *tcpConn) rcvWindow() uint16 {
 	}
 	c.lastWin = uint16(w)
 	return uint16(w)
+}
+
+// measureSendQueue refreshes the send buffer size and queue length.
+func (c *tcpConn) measureSendQueue() {
+	c.sndbuf = c.sock.getInt(unix.SOL_SOCKET, unix.SO_SNDBUF)
+	c.outqEst = c.sock.sendQueued()
+	c.outqAge = 0
 }
 
 // tcpOutqStale marks the send queue measurement as stale (outqAge).
