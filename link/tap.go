@@ -191,29 +191,14 @@ func (t *Tap) ReadLoop(frames []*Frame, handle func(n int) bool) error {
 
 // doLoop is ReadLoop's poller callback.
 func (t *Tap) doLoop(fd uintptr) bool {
-	frames := t.rFrames
 	for {
-		n := 0
-		empty := false
-		for n < len(frames) && !empty {
-			buf := frames[n].Data[:cap(frames[n].Data)]
-			m, err := nbsys.Read(int(fd), buf)
-			switch err {
-			case 0:
-				if m > 0 {
-					frames[n].Data = buf[:m]
-					n++
-				}
-			case unix.EINTR:
-			case unix.EAGAIN:
-				empty = true
-			default:
-				t.rErr = err
-				if n > 0 {
-					t.rStopped = !t.rHandle(n)
-				}
-				return true
+		n, empty, err := t.fill(fd, t.rFrames)
+		if err != 0 {
+			t.rErr = err
+			if n > 0 {
+				t.rStopped = !t.rHandle(n)
 			}
+			return true
 		}
 		if n > 0 && !t.rHandle(n) {
 			t.rStopped = true
@@ -227,25 +212,35 @@ func (t *Tap) doLoop(fd uintptr) bool {
 
 // doRead is ReadBatch's poller callback.
 func (t *Tap) doRead(fd uintptr) bool {
-	frames := t.rFrames
-	for t.rn < len(frames) {
-		buf := frames[t.rn].Data[:cap(frames[t.rn].Data)]
-		m, err := nbsys.Read(int(fd), buf)
-		switch {
-		case err == 0:
+	n, empty, err := t.fill(fd, t.rFrames)
+	t.rn = n
+	if err != 0 {
+		t.rErr = err
+		return true
+	}
+	return !empty || n > 0 // nothing yet: let the poller wait
+}
+
+// fill reads frames into the batch until it is full, the queue is empty
+// (EAGAIN) or a read fails, and returns how many it read.
+func (t *Tap) fill(fd uintptr, frames []*Frame) (n int, empty bool, err unix.Errno) {
+	for n < len(frames) {
+		buf := frames[n].Data[:cap(frames[n].Data)]
+		m, e := nbsys.Read(int(fd), buf)
+		switch e {
+		case 0:
 			if m > 0 {
-				frames[t.rn].Data = buf[:m]
-				t.rn++
+				frames[n].Data = buf[:m]
+				n++
 			}
-		case err == unix.EINTR:
-		case err == unix.EAGAIN:
-			return t.rn > 0 // nothing yet: let the poller wait
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return n, true, 0
 		default:
-			t.rErr = err
-			return true
+			return n, false, e
 		}
 	}
-	return true
+	return n, false, 0
 }
 
 // SetReadDeadline makes a ReadBatch that is waiting, or will wait, for a
