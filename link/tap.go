@@ -136,20 +136,27 @@ func (t *Tap) ReadBatch(frames []*Frame) (int, error) {
 		// Frames first; a read error shows up again on the next call.
 		return n, nil
 	}
-	if err != nil {
+	return 0, t.readError(err, rerr)
+}
+
+// readError turns the poller's error (err) or the read's (rerr) into what
+// ReadBatch and ReadLoop return.
+func (t *Tap) readError(err, rerr error) error {
+	switch {
+	case err != nil:
 		if t.closed.Load() || errors.Is(err, os.ErrClosed) {
-			return 0, ErrClosed
+			return ErrClosed
 		}
 		if err == os.ErrDeadlineExceeded {
-			return 0, err // not a failure: SetReadDeadline asked for it
+			return err // not a failure: SetReadDeadline asked for it
 		}
-		return 0, fmt.Errorf("tap %s: read: %w", t.name, err)
-	}
-	if rerr == unix.EBADFD || rerr == unix.EBADF {
+		return fmt.Errorf("tap %s: read: %w", t.name, err)
+	case rerr == unix.EBADFD || rerr == unix.EBADF:
 		// The interface went away with its namespace.
-		return 0, ErrClosed
+		return ErrClosed
+	default:
+		return fmt.Errorf("tap %s: read: %w", t.name, rerr)
 	}
-	return 0, fmt.Errorf("tap %s: read: %w", t.name, rerr)
 }
 
 // ReadLoop reads batches into frames, as ReadBatch does, and calls handle
@@ -171,22 +178,10 @@ func (t *Tap) ReadLoop(frames []*Frame, handle func(n int) bool) error {
 	err := t.rc.Read(t.loopFn)
 	rerr, stopped := t.rErr, t.rStopped
 	t.rFrames, t.rHandle = nil, nil
-	switch {
-	case stopped && rerr == nil:
+	if stopped && rerr == nil {
 		return nil
-	case err != nil:
-		if t.closed.Load() || errors.Is(err, os.ErrClosed) {
-			return ErrClosed
-		}
-		if err == os.ErrDeadlineExceeded {
-			return err
-		}
-		return fmt.Errorf("tap %s: read: %w", t.name, err)
-	case rerr == unix.EBADFD || rerr == unix.EBADF:
-		return ErrClosed
-	default:
-		return fmt.Errorf("tap %s: read: %w", t.name, rerr)
 	}
+	return t.readError(err, rerr)
 }
 
 // doLoop is ReadLoop's poller callback.

@@ -74,18 +74,28 @@ func (w *Writer) SendCtx(ctx context.Context, f *Frame) bool {
 // queued, so that the writer goroutine writes it while the producer goes
 // on reading.
 func (w *Writer) SendNow(ctx context.Context, f *Frame) bool {
+	if w.lockIdle() {
+		w.one[0] = f
+		err := w.write(w.one[:])
+		w.one[0] = nil
+		w.mu.Unlock()
+		f.Release()
+		return err != ErrClosed
+	}
+	return w.SendCtx(ctx, f)
+}
+
+// lockIdle takes mu if no frame is queued or being written, so that the
+// caller may write from its own goroutine without overtaking queued
+// frames; it reports whether it did.
+func (w *Writer) lockIdle() bool {
 	if w.queued.Load() == 0 && w.mu.TryLock() {
 		if w.queued.Load() == 0 {
-			w.one[0] = f
-			err := w.write(w.one[:])
-			w.one[0] = nil
-			w.mu.Unlock()
-			f.Release()
-			return err != ErrClosed
+			return true
 		}
 		w.mu.Unlock()
 	}
-	return w.SendCtx(ctx, f)
+	return false
 }
 
 // SendBatchNow is SendNow for a burst of frames from one producer: if no
@@ -104,14 +114,11 @@ func (w *Writer) SendBatchNow(ctx context.Context, frames []*Frame) bool {
 	if len(frames) == 0 {
 		return true
 	}
-	if w.queued.Load() == 0 && w.mu.TryLock() {
-		if w.queued.Load() == 0 {
-			err := w.write(frames)
-			w.mu.Unlock()
-			ReleaseAll(frames)
-			return err != ErrClosed
-		}
+	if w.lockIdle() {
+		err := w.write(frames)
 		w.mu.Unlock()
+		ReleaseAll(frames)
+		return err != ErrClosed
 	}
 	for i, f := range frames {
 		frames[i] = nil
