@@ -104,6 +104,7 @@ func daemonMain(prog string) int {
 	if err := d.setup(); err != nil {
 		log.WithError(err).Debug("setup failed")
 		d.teardown()
+		d.closeNS()
 		var fe *actors.ForwardError
 		if errors.As(err, &fe) {
 			// pasta's own wording, shown as is (podman users see it).
@@ -117,6 +118,7 @@ func daemonMain(prog string) int {
 	if !d.foreground {
 		if err := detachStdio(); err != nil {
 			d.teardown()
+			d.closeNS()
 			report("err " + err.Error())
 			return 1
 		}
@@ -352,6 +354,8 @@ loop:
 	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
+		// Only now: the namespace watcher compares the file with it.
+		d.closeNS()
 	case <-time.After(shutdownGrace):
 		d.log.Warn("goroutines still running at exit")
 	}
@@ -380,6 +384,10 @@ func (d *daemon) teardown() {
 	} else if d.dev != nil {
 		d.dev.Close()
 	}
+}
+
+// closeNS closes the namespace descriptor once nothing uses it.
+func (d *daemon) closeNS() {
 	if d.nsFD >= 0 {
 		unix.Close(d.nsFD)
 		d.nsFD = -1
