@@ -67,6 +67,16 @@ type Handle struct {
 	// Q, if set, is the flow's inbox instead of In: a queue that grows
 	// with the backlog (UDP bindings, see Inbox).
 	Q *Inbox
+	// Direct, if set, lets the dispatcher do the actor's work for f on its
+	// own goroutine when the actor has nothing queued: it reports whether
+	// it took f (and with it, ownership). The dispatcher calls it only for
+	// a frame that came alone in its read batch, so that nothing the actor
+	// would have coalesced is sent apart. See udpBinding.sendDirect.
+	Direct func(f *link.Frame) bool
+
+	// inflight counts frames Offer put into In that the actor has not
+	// finished handling (a TCP actor decrements it; see tcp_inline.go).
+	inflight atomic.Int32
 }
 
 // Offer hands f to the actor without blocking and reports whether it did;
@@ -75,10 +85,12 @@ func (h *Handle) Offer(f *link.Frame) bool {
 	if h.Q != nil {
 		return h.Q.Push(f)
 	}
+	h.inflight.Add(1)
 	select {
 	case h.In <- f:
 		return true
 	default:
+		h.inflight.Add(-1)
 		return false
 	}
 }

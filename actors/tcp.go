@@ -40,6 +40,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -107,7 +108,18 @@ type tcpSeg struct {
 }
 
 // tcpConn is one TCP flow's actor.
+//
+// Lock rule: mu guards everything below it and is held by whoever runs
+// the flow: the actor goroutine at all times except while it waits in its
+// select, or, while it waits there, the dispatcher or the harvester
+// running the flow inline (tcp_inline.go). The actor takes mu from its
+// first instruction (newTCPConn locks it for the goroutine about to start)
+// and keeps it once its loop is over, so the flow is never run inline
+// before it is established or after it has ended.
 type tcpConn struct {
+	mu   sync.Mutex
+	poke chan struct{} // an inline run closed the flow: the actor must look
+
 	env     *Env
 	h       *Handle
 	key     Key
@@ -219,6 +231,9 @@ func newTCPConn(env *Env, h *Handle, k Key, inbound bool) *tcpConn {
 	c.iss = tcpISNFunc(k.Far, k.Guest)
 	c.now = time.Now()
 	c.lastAct = c.now
+	c.poke = make(chan struct{}, 1)
+	c.mu.Lock() // the actor's, from its start: see tcpConn
+	h.Direct = c.direct
 	return c
 }
 
@@ -310,30 +325,48 @@ func (c *tcpConn) runInbound() {
 	c.loop()
 }
 
+// loop runs the flow until it is closed, mu held except while it waits.
 func (c *tcpConn) loop() {
 	for c.state&tcpClosed == 0 {
 		c.armTimer()
+		wake := c.sock.wake // c.sock may change once mu is released
+		c.mu.Unlock()
 		select {
 		case f := <-c.h.In:
+			c.mu.Lock()
 			c.onFrames(f)
-		case <-c.sock.wake:
-			ev := c.sock.fired()
-			c.now = time.Now()
-			if ev&sockReadable != 0 {
-				c.lastAct = c.now
-				c.sockData = true
-				c.output()
-			}
-			if ev&sockWritable != 0 && c.state&tcpClosed == 0 {
-				c.onWritable()
+		case <-wake:
+			c.mu.Lock()
+			if c.state&tcpClosed == 0 {
+				c.onSocket()
 			}
 		case <-c.timer.C:
+			c.mu.Lock()
 			c.timerAt = time.Time{}
 			c.now = time.Now()
-			c.onTimer()
+			if c.state&tcpClosed == 0 {
+				c.onTimer()
+			}
+		case <-c.poke:
+			c.mu.Lock()
 		case <-c.env.Ctx.Done():
+			c.mu.Lock()
 			c.reset("shutting down")
 		}
+	}
+}
+
+// onSocket handles the socket events the poller reported.
+func (c *tcpConn) onSocket() {
+	ev := c.sock.fired()
+	c.now = time.Now()
+	if ev&sockReadable != 0 {
+		c.lastAct = c.now
+		c.sockData = true
+		c.output()
+	}
+	if ev&sockWritable != 0 && c.state&tcpClosed == 0 {
+		c.onWritable()
 	}
 }
 
@@ -355,14 +388,18 @@ func (c *tcpConn) armTimer() {
 	}
 }
 
+// onFrames handles f, taken from the inbox, and what else is queued there
+// (up to tcpDrain frames), then writes and answers.
 func (c *tcpConn) onFrames(f *link.Frame) {
 	c.now = time.Now()
 	c.lastAct = c.now
 	c.onFrame(f)
+	c.h.inflight.Add(-1)
 	for i := 0; i < tcpDrain && c.state&tcpClosed == 0; i++ {
 		select {
 		case f = <-c.h.In:
 			c.onFrame(f)
+			c.h.inflight.Add(-1)
 			continue
 		default:
 		}
@@ -515,19 +552,7 @@ func (c *tcpConn) closeFlow(reason string, reset bool) {
 // dispatcher is told, exactly once.
 func (c *tcpConn) finish() {
 	if r := recover(); r != nil {
-		c.env.Stats.Panics.Add(1)
-		c.env.FlowLog(c.key).WithField("panic", fmt.Sprint(r)).Errorf("TCP flow crashed, resetting it\n%s", debug.Stack())
-		func() {
-			defer func() { _ = recover() }()
-			if c.state&tcpClosed == 0 {
-				c.sendRST()
-			}
-		}()
-		if c.sock != nil {
-			c.sock.close(true)
-			c.sock = nil
-		}
-		c.state |= tcpClosed
+		c.crashed(r)
 	}
 	if c.sock != nil {
 		c.sock.close(true)
@@ -548,6 +573,24 @@ func (c *tcpConn) finish() {
 	case c.env.Ended <- c.h:
 	case <-c.env.Ctx.Done():
 	}
+}
+
+// crashed resets a flow whose handling panicked with r: the guest and the
+// host peer both see a reset, and the flow is closed. mu held.
+func (c *tcpConn) crashed(r any) {
+	c.env.Stats.Panics.Add(1)
+	c.env.FlowLog(c.key).WithField("panic", fmt.Sprint(r)).Errorf("TCP flow crashed, resetting it\n%s", debug.Stack())
+	func() {
+		defer func() { _ = recover() }()
+		if c.state&tcpClosed == 0 {
+			c.sendRST()
+		}
+	}()
+	if c.sock != nil {
+		c.sock.close(true)
+		c.sock = nil
+	}
+	c.state |= tcpClosed
 }
 
 // connect opens the host socket of an outbound flow and starts connecting.
@@ -584,6 +627,7 @@ func (c *tcpConn) connect() error {
 		return err
 	}
 	c.sock = s
+	s.owner.Store(c)
 	var sa unix.RawSockaddrInet6
 	salen := putSockaddr(&sa, dst)
 	if e := nbsys.Connect(fd, unsafe.Pointer(&sa), salen); e != 0 {

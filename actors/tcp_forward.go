@@ -280,6 +280,7 @@ func (l *tcpListener) accepted(env *Env, fd int, sa unix.Sockaddr) {
 	h := NewHandle(k)
 	c := newTCPConn(env, h, k, true)
 	c.sock = s
+	s.owner.Store(c)
 	env.Stats.TCPFlows.Add(1)
 	env.Stats.TCPOpened.Add(1)
 	go c.runInbound()

@@ -197,6 +197,8 @@ type guest struct {
 	mss     int    // peer's MSS
 	rx      []byte
 	finRcvd bool
+	inline  bool // offer every frame to Handle.Direct first
+	direct  int  // frames Direct took
 }
 
 func newGuest(te *testEnv, far netip.AddrPort, iss uint32) *guest {
@@ -214,9 +216,17 @@ func synOpts(mss uint16, ws int) []byte {
 	return b[:n]
 }
 
-// input hands a frame to the flow, as the dispatcher would.
+// input hands a frame to the flow, as the dispatcher would: to
+// Handle.Direct first if g.inline (the dispatcher only does that for a
+// frame alone in its batch; offering every frame tests order harder),
+// else into the inbox.
 func (g *guest) input(f *link.Frame) {
 	g.te.t.Helper()
+	if g.inline && g.h.Direct != nil && g.h.Direct(f) {
+		g.direct++
+		return
+	}
+	g.h.inflight.Add(1)
 	select {
 	case g.h.In <- f:
 	case <-time.After(5 * time.Second):

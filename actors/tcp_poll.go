@@ -61,6 +61,8 @@ type tcpPoller struct {
 	file *os.File // the epoll descriptor, in the runtime's poller
 	rc   syscall.RawConn
 
+	ready []*tcpSock // deliver's list of sockets to act on; the harvester's
+
 	mu     sync.Mutex // guards the rest, and epfd against use after close
 	epfd   int
 	closed bool
@@ -91,7 +93,7 @@ func tcpPollerFor(env *Env) (*tcpPoller, error) {
 		unix.Close(epfd)
 		return nil, err
 	}
-	p := &tcpPoller{file: os.NewFile(uintptr(epfd), "tcp-epoll"), epfd: epfd}
+	p := &tcpPoller{file: os.NewFile(uintptr(epfd), "tcp-epoll"), epfd: epfd, ready: make([]*tcpSock, 0, 256)}
 	if p.rc, err = p.file.SyscallConn(); err != nil {
 		p.file.Close()
 		return nil, err
@@ -141,7 +143,12 @@ func (p *tcpPoller) run() {
 	}
 }
 
+// deliver records the events of one epoll_wait and, for each socket whose
+// owner waits for what happened, runs the owner inline (tcp_inline.go) or
+// wakes it. The owners run after mu is released: a flow that closes its
+// socket takes mu to remove it.
 func (p *tcpPoller) deliver(evs []unix.EpollEvent) {
+	ready := p.ready[:0]
 	p.mu.Lock()
 	for i := range evs {
 		e := &evs[i]
@@ -149,11 +156,18 @@ func (p *tcpPoller) deliver(evs []unix.EpollEvent) {
 		if slot < 0 || slot >= len(p.slots) || p.gens[slot] != uint32(e.Pad) {
 			continue
 		}
-		if s := p.slots[slot]; s != nil {
-			s.notify(e.Events)
+		if s := p.slots[slot]; s != nil && s.notify(e.Events) {
+			ready = append(ready, s)
 		}
 	}
 	p.mu.Unlock()
+	for i, s := range ready {
+		if !sockInline(s) {
+			s.kick()
+		}
+		ready[i] = nil
+	}
+	p.ready = ready[:0]
 }
 
 // add registers s (its fd set) with the poller.
@@ -206,8 +220,9 @@ func (p *tcpPoller) close() {
 	p.file.Close()
 }
 
-// notify is the harvester's half of the protocol described above.
-func (s *tcpSock) notify(events uint32) {
+// notify is the harvester's half of the protocol described above: it
+// records events and reports whether the owner is to be woken.
+func (s *tcpSock) notify(events uint32) bool {
 	var b uint32
 	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		b |= sockReadable
@@ -219,9 +234,7 @@ func (s *tcpSock) notify(events uint32) {
 		b |= sockHup
 	}
 	s.pending.Or(b)
-	if s.armed.Load()&b != 0 {
-		s.kick()
-	}
+	return s.armed.Load()&b != 0
 }
 
 func (s *tcpSock) kick() {

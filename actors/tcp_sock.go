@@ -24,6 +24,9 @@ type tcpSock struct {
 	wake    chan struct{}
 	pending atomic.Uint32 // events seen since the owner last cleared them
 	armed   atomic.Uint32 // events the owner waits for
+	// owner is the flow the socket belongs to, for the harvester to run
+	// it inline (tcp_inline.go); nil until set, then never changed.
+	owner atomic.Pointer[tcpConn]
 
 	// peekOff says whether the kernel keeps our peek offset (SO_PEEK_OFF
 	// on TCP, Linux 6.10+). Without it every peek starts at the head of

@@ -166,12 +166,19 @@ func TestTCPUnknownFlowGetsRST(t *testing.T) {
 // bulk moves n bytes each way, with both sequence spaces starting just
 // below 2^32 so that they wrap.
 func bulk(t *testing.T, network, addr string, far netip.Addr, n int) {
+	bulkWith(t, network, addr, far, n, false)
+}
+
+// bulkWith is bulk, with every guest frame offered to the flow to run
+// inline first if inline is set; it returns the guest.
+func bulkWith(t *testing.T, network, addr string, far netip.Addr, n int, inline bool) *guest {
 	te := newTestEnv(t)
 	old := tcpISNFunc
 	tcpISNFunc = func(l, r netip.AddrPort) uint32 { return 0xffffffff - 100000 }
 	t.Cleanup(func() { tcpISNFunc = old })
 	srv := newServer(t, network, addr)
 	g := newGuest(te, netip.AddrPortFrom(far, srv.port()), 0xffffffff-200000)
+	g.inline = inline
 	g.connect()
 	sc := srv.accept(t)
 
@@ -202,6 +209,7 @@ func bulk(t *testing.T, network, addr string, far netip.Addr, n int) {
 		t.Fatalf("host->guest: %d bytes, checksum mismatch", len(g.rx))
 	}
 	te.waitEnded(g.h)
+	return g
 }
 
 func TestTCPBulkWrapV4(t *testing.T) { bulk(t, "tcp4", "127.0.0.1:0", testGW4, 8<<20) }

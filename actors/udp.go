@@ -139,6 +139,11 @@ type udpBinding struct {
 	closing atomic.Bool // the actor is shutting down: the receiver stops
 	errMu   sync.Mutex  // errBuf, oob: drainErrors runs on both goroutines
 
+	// txMu is held by whoever sends guest datagrams: the actor, or the
+	// dispatcher in sendDirect. It guards tx, txq, txOff, spare, noGSO.
+	txMu       sync.Mutex
+	direct     func(*link.Frame) bool // sendDirect, bound once for every Handle
+	one        [1]*link.Frame         // sendDirect's batch
 	maxPayload int
 	hdrLen     int
 	tx         *mmsgBatch
@@ -148,6 +153,7 @@ type udpBinding struct {
 	errBuf     []byte
 	oob        []byte
 	noGSO      bool // the kernel refused UDP_SEGMENT: one message per datagram
+	closed     bool // shutdown has run: sendDirect must not send; txMu
 }
 
 func newBinding(env *Env, v6 bool, sock *dgramSock) *udpBinding {
@@ -170,6 +176,7 @@ func newBinding(env *Env, v6 bool, sock *dgramSock) *udpBinding {
 		rxDone:     make(chan struct{}),
 	}
 	b.last.Store(monoNow())
+	b.direct = b.sendDirect
 	return b
 }
 
@@ -214,7 +221,7 @@ func StartUDP(env *Env, k Key, f *link.Frame) *Handle {
 		udpReg.m[rk] = b
 		go b.run()
 	}
-	h := &Handle{Key: k, Q: b.in}
+	h := &Handle{Key: k, Q: b.in, Direct: b.direct}
 	b.pending = append(b.pending, h)
 	udpReg.Unlock()
 	if !b.in.Push(f) {
@@ -309,12 +316,16 @@ func (b *udpBinding) run() {
 				t.Reset(sweep)
 			default:
 			}
+			b.txMu.Lock()
 			b.send()
+			b.txMu.Unlock()
 			continue
 		}
 		select {
 		case <-b.in.Ready:
+			b.txMu.Lock()
 			b.takeInbox()
+			b.txMu.Unlock()
 		case <-t.C:
 			if b.sweep() {
 				return
@@ -471,10 +482,13 @@ func (b *udpBinding) shutdown() {
 	}
 	b.mu.Unlock()
 	b.releaseStash()
+	b.txMu.Lock()
 	for _, f := range b.txq[b.txOff:] {
 		f.Release()
 	}
 	b.txq = nil
+	b.closed = true
+	b.txMu.Unlock()
 	b.in.Drain()
 }
 
@@ -548,6 +562,45 @@ func (b *udpBinding) takeInbox() {
 		return
 	}
 	b.txq, b.spare = q, nil
+}
+
+// sendDirect sends the guest datagram f from the dispatcher's goroutine
+// if the actor has nothing queued and is not sending, and reports whether
+// it took f. For request/response traffic this saves the hand-over to the
+// actor, a goroutine wake-up (often a thread's, on the other CPU) per
+// datagram: the dispatcher has just been woken by the tap and makes the
+// one sendmmsg the actor would have made. The send never blocks (a full
+// socket buffer drops, as the actor does), so the dispatcher never waits
+// on the host.
+//
+// Order is kept: the dispatcher is the only producer, so an empty inbox
+// and an empty backlog under txMu mean every datagram it queued before f
+// has been sent. TryLock, not Lock: the actor holding txMu is sending a
+// backlog, and f belongs behind it.
+//
+// A panic is contained as in the actor: logged and counted, the datagram
+// lost, the dispatcher unharmed (the result is named so that it still
+// says f was taken).
+func (b *udpBinding) sendDirect(f *link.Frame) (took bool) {
+	if !b.txMu.TryLock() {
+		return false
+	}
+	defer b.txMu.Unlock()
+	if b.closed || len(b.txq) > 0 || b.in.Len() > 0 {
+		return false
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			b.one[0] = nil
+			b.env.Stats.Panics.Add(1)
+			b.log.WithField("panic", r).Error("udp: sending a guest datagram panicked")
+		}
+	}()
+	took = true
+	b.one[0] = f
+	b.sendBatch(b.one[:]) // releases f
+	UDPStats.Direct.Add(1)
+	return took
 }
 
 // udpTxBudget is how many sendmmsg calls send makes before the actor looks

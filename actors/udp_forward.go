@@ -172,7 +172,7 @@ func (b *udpBinding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) 
 	if b.wildcard {
 		fl.clen = pktinfoReply(fl.ctrl[:], ctrl, b.v6)
 	}
-	fl.h = &Handle{Key: k, Q: b.in}
+	fl.h = &Handle{Key: k, Q: b.in, Direct: b.direct}
 	b.env.Stats.UDPOpened.Add(1)
 	b.env.Stats.UDPFlows.Add(1)
 	select {

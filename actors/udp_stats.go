@@ -18,6 +18,8 @@ type UDPCounters struct {
 	SendDropped, SendErrors atomic.Uint64
 	// Segmented counts datagrams sent as part of a UDP_SEGMENT message.
 	Segmented atomic.Uint64
+	// Direct counts datagrams the dispatcher sent itself (sendDirect).
+	Direct atomic.Uint64
 	// TooBig counts host datagrams too large for the guest's link.
 	TooBig atomic.Uint64
 	// Unmappable counts host datagrams whose source the guest cannot be

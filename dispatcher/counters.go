@@ -15,6 +15,7 @@ const (
 	cFramesIn counter = counter(wire.NumReasons) + iota
 	cBatches
 	cToFlows
+	cDirect
 
 	cDropFamily
 	cDropUnknownProto
@@ -58,6 +59,7 @@ var counterNames = [numCounters]string{
 	cFramesIn: "frames_in",
 	cBatches:  "batches_in",
 	cToFlows:  "frames_to_flows",
+	cDirect:   "frames_direct",
 
 	cDropFamily:       "drop_family_disabled",
 	cDropUnknownProto: "drop_unknown_proto",

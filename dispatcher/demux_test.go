@@ -378,3 +378,43 @@ func TestTruncatedEverywhere(t *testing.T) {
 	h.send(arpRequest(guest4, gw4))
 	h.recv(isARP)
 }
+
+// A flow whose Handle has Direct gets a frame that came alone through
+// Direct; when Direct declines, the frame goes to the inbox as always,
+// with its offsets, and is counted once either way.
+func TestDemuxDirect(t *testing.T) {
+	fa := &fakeActors{depth: 4}
+	h := newHarness(t, nil, withFakes(fa))
+	h.send(wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(40000, 53, []byte("first"))))
+	h.waitStat("flows_started", 1)
+	hd := fa.get(0).handle
+	var mu sync.Mutex
+	accept := true
+	var took []string
+	hd.Direct = func(f *link.Frame) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if !accept {
+			return false
+		}
+		took = append(took, string(f.Data[f.Payload:]))
+		f.Release()
+		return true
+	}
+	h.send(wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(40000, 53, []byte("direct"))))
+	h.waitStat("frames_direct", 1)
+	mu.Lock()
+	if len(took) != 1 || took[0] != "direct" {
+		t.Fatalf("Direct took %q", took)
+	}
+	accept = false
+	mu.Unlock()
+	h.send(wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(40000, 53, []byte("queued"))))
+	f := recvFrame(t, hd)
+	if got := string(f.Data[f.Payload:]); got != "queued" || f.L4 != 34 {
+		t.Fatalf("inbox got %q (l4 %d)", got, f.L4)
+	}
+	f.Release()
+	h.waitStat("frames_to_flows", 3)
+	h.waitStat("frames_direct", 1)
+}

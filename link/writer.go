@@ -85,6 +85,10 @@ func (w *Writer) SendNow(ctx context.Context, f *Frame) bool {
 	return w.SendCtx(ctx, f)
 }
 
+// Idle reports whether no frame is queued or being written: a frame sent
+// now would be written at once.
+func (w *Writer) Idle() bool { return w.queued.Load() == 0 }
+
 // lockIdle takes mu if no frame is queued or being written, so that the
 // caller may write from its own goroutine without overtaking queued
 // frames; it reports whether it did.

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/actors"
 )
 
 // Adaptive GOMAXPROCS, theory of operation.
@@ -38,10 +40,12 @@ const (
 func adaptProcs(ctx context.Context) {
 	max := runtime.GOMAXPROCS(0)
 	if os.Getenv("GOMAXPROCS") != "" || max < 2 {
+		actors.SetSerial(max == 1)
 		return
 	}
 	cur := 1
 	runtime.GOMAXPROCS(cur)
+	actors.SetSerial(true)
 	t := time.NewTicker(procsSample)
 	defer t.Stop()
 	last, lastAt := cpuTime(), time.Now()
@@ -56,6 +60,7 @@ func adaptProcs(ctx context.Context) {
 			if n := nextProcs(cur, max, cores); n != cur {
 				cur = n
 				runtime.GOMAXPROCS(cur)
+				actors.SetSerial(cur == 1)
 			}
 		}
 	}
