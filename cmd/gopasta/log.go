@@ -70,7 +70,7 @@ func (s *logSink) set(w io.Writer) {
 type logging struct {
 	*logrus.Logger
 	sink *logSink
-	file *os.File // -l, nil if none
+	file *cappedLog // -l, nil if none
 }
 
 func newLogging(cfg *conf.Config, start time.Time) (*logging, error) {
@@ -88,7 +88,7 @@ func newLogging(cfg *conf.Config, start time.Time) (*logging, error) {
 		l.Level = logrus.InfoLevel
 	}
 	if cfg.LogFile != "" {
-		f, err := os.OpenFile(cfg.LogFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		f, err := openCappedLog(cfg.LogFile, cfg.LogSize)
 		if err != nil {
 			return l, fmt.Errorf("log file: %v", err)
 		}
