@@ -75,7 +75,8 @@ type Handle struct {
 	Direct func(f *link.Frame) bool
 
 	// inflight counts frames Offer put into In that the actor has not
-	// finished handling (a TCP actor decrements it; see tcp_inline.go).
+	// finished handling, for a Handle with Direct (a TCP actor; see
+	// tcp_inline.go).
 	inflight atomic.Int32
 }
 
@@ -85,12 +86,17 @@ func (h *Handle) Offer(f *link.Frame) bool {
 	if h.Q != nil {
 		return h.Q.Push(f)
 	}
-	h.inflight.Add(1)
+	count := h.Direct != nil // only an actor that runs inline counts
+	if count {
+		h.inflight.Add(1)
+	}
 	select {
 	case h.In <- f:
 		return true
 	default:
-		h.inflight.Add(-1)
+		if count {
+			h.inflight.Add(-1)
+		}
 		return false
 	}
 }
