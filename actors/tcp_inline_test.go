@@ -1,13 +1,8 @@
 package actors
 
 import (
-	"io"
-	"net/netip"
 	"testing"
 	"time"
-
-	"github.com/gopasta/gopasta/link"
-	"github.com/gopasta/gopasta/link/wire"
 )
 
 // Both directions of a wrapping bulk transfer with every guest segment
@@ -41,53 +36,13 @@ func TestTCPInlineOff(t *testing.T) {
 // A panic while a flow runs on the dispatcher's goroutine resets that
 // flow, as it would in the actor, and is not the caller's: the caller
 // gets on with the next frame, the actor ends the flow and reports it.
-func TestTCPInlinePanicResetsOnlyThatFlow(t *testing.T) {
-	te := newTestEnv(t)
-	srv := newServer(t, "tcp4", "127.0.0.1:0")
-	bad := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 21000)
-	good := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 22001)
-	bad.inline, good.inline = true, true
-	hook := func(k Key, f *link.Frame) {
-		if k == bad.k && f.Payload < len(f.Data) {
-			panic("injected")
-		}
-	}
-	tcpTestHook.Store(&hook)
-	t.Cleanup(func() { tcpTestHook.Store(nil) })
-	bad.connect()
-	srv.accept(t)
-	good.connect()
-	gc := srv.accept(t)
-	// The handshake's last ACK may still be the actor's: wait until the
-	// flow is idle and established, so that the data segment runs inline.
-	waitIdle(t, bad)
-	panics := te.env.Stats.Panics.Load()
-	bad.send(wire.TCPPsh, []byte("boom"))
-	if bad.direct == 0 {
-		t.Fatal("the segment did not run inline")
-	}
-	s := te.next(5 * time.Second)
-	if !s.has(wire.TCPRst) || s.dst != bad.k.Guest {
-		t.Fatalf("expected RST to the panicking flow, got %#x to %v", s.flags, s.dst)
-	}
-	te.waitEnded(bad.h)
-	if n := te.env.Stats.Panics.Load() - panics; n != 1 {
-		t.Fatalf("Panics = %d", n)
-	}
-	good.send(wire.TCPPsh, []byte("fine"))
-	buf := make([]byte, 4)
-	gc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(gc, buf); err != nil || string(buf) != "fine" {
-		t.Fatalf("other flow: %q %v", buf, err)
-	}
-}
+func TestTCPInlinePanicResetsOnlyThatFlow(t *testing.T) { panicResetsOnlyThatFlow(t, true) }
 
 // waitIdle waits until g's flow has handled every queued frame and is
 // established, so that the next frame may run inline.
 func waitIdle(t *testing.T, g *guest) {
 	t.Helper()
-	c := g.h.Direct
-	if c == nil {
+	if g.h.Direct == nil {
 		t.Fatal("no Direct on a TCP handle")
 	}
 	deadline := time.Now().Add(5 * time.Second)
