@@ -255,7 +255,9 @@ func FuzzParseFrame(f *testing.F) {
 		}
 		switch p.Proto {
 		case wire.ProtoTCP:
-			_ = wire.TCP(b[p.L4:p.End]).Options()
+			// The options of a SYN are what a flow takes MSS and window
+			// scale from.
+			_ = wire.ParseTCPOptions(wire.TCP(b[p.L4:p.End]).Options())
 		case wire.ProtoICMP, wire.ProtoICMPv6:
 			_ = wire.ICMP(b[p.L4:p.End]).Seq()
 		}
