@@ -26,13 +26,9 @@ lint:
 unit:
 	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /integration)
 
-# Every FuzzXxx target runs for FUZZTIME on top of its seed corpus.
+# Every FuzzXxx target runs for FUZZTIME on top of its seed corpus (.ci/fuzz).
 fuzz:
-	@set -e; for pkg in $$($(GO) list ./... | grep -v /integration); do \
-	  dir=$$($(GO) list -f '{{.Dir}}' $$pkg); \
-	  for f in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go 2>/dev/null | sed 's/func //'); do \
-	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
-	  done; done
+	GO=$(GO) .ci/fuzz $(FUZZTIME)
 
 # The full -v log goes to integration.out; the console gets the failing
 # tests' output (if any), then one line per test and go test's verdict.
