@@ -21,10 +21,13 @@ const defaultLogSize = 1 << 20
 // start of the file, from the first line boundary on), so that a full log
 // is rewritten once per half a cap of new entries, not at every line. The
 // logger's sink serializes writes, so cappedLog has no lock of its own.
+//
+// A log "file" that is not a regular file (-l /dev/stderr, a FIFO) cannot
+// be cut: it is written to as it is, uncapped.
 type cappedLog struct {
 	f     *os.File
-	size  int64 // bytes in the file
-	limit int64
+	size  int64  // bytes in the file
+	limit int64  // 0: not a regular file, no cap
 	buf   []byte // the kept half, reused
 }
 
@@ -37,6 +40,9 @@ func openCappedLog(path string, limit int64) (*cappedLog, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, err
+	}
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return &cappedLog{f: f}, nil
 	}
 	size, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
@@ -57,6 +63,9 @@ func openCappedLog(path string, limit int64) (*cappedLog, error) {
 // Write appends p, dropping the oldest entries first if p would not fit.
 // An entry longer than the cap is cut to it.
 func (l *cappedLog) Write(p []byte) (int, error) {
+	if l.limit == 0 {
+		return l.f.Write(p)
+	}
 	n := len(p)
 	if int64(len(p)) > l.limit {
 		p = p[:l.limit]

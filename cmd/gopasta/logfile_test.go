@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -89,5 +90,28 @@ func TestCappedLogExistingAndLong(t *testing.T) {
 	b, _ = os.ReadFile(path)
 	if len(b) > 4096 || !bytes.HasSuffix(b, []byte("next\n")) {
 		t.Fatalf("after the next entry: %d bytes, ends %q", len(b), b[max(0, len(b)-10):])
+	}
+}
+
+// -l may name something that is not a regular file (a FIFO, /dev/stderr):
+// it is written to as it is, without a cap, rather than refused.
+func TestCappedLogNotAFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Skip(err)
+	}
+	l, err := openCappedLog(path, 4096)
+	if err != nil {
+		t.Fatalf("a FIFO as log file: %v", err)
+	}
+	defer l.Close()
+	line := []byte("0.0001: hello\n")
+	if n, err := l.Write(line); err != nil || n != len(line) {
+		t.Fatalf("write: %d, %v", n, err)
+	}
+	buf := make([]byte, 64)
+	n, err := l.f.Read(buf) // opened read-write: the same FIFO reads it back
+	if err != nil || string(buf[:n]) != string(line) {
+		t.Fatalf("read back %q, %v", buf[:n], err)
 	}
 }
