@@ -26,11 +26,7 @@ func withDelAck(t *testing.T, d time.Duration) {
 // socket (batched discard) without disturbing anything.
 func TestTCPDelayedAckPiggybacks(t *testing.T) {
 	withDelAck(t, 300*time.Millisecond)
-	te := newTestEnv(t)
-	srv := newServer(t, "tcp4", "127.0.0.1:0")
-	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 11000)
-	g.connect()
-	sc := srv.accept(t)
+	te, g, sc := connectedFlow(t, 11000)
 	go func() {
 		buf := make([]byte, 64)
 		for {
@@ -64,11 +60,7 @@ func TestTCPDelayedAckPiggybacks(t *testing.T) {
 // and a window update are acknowledged at once.
 func TestTCPDelayedAckTimesOut(t *testing.T) {
 	withDelAck(t, 300*time.Millisecond)
-	te := newTestEnv(t)
-	srv := newServer(t, "tcp4", "127.0.0.1:0")
-	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 12000)
-	g.connect()
-	sc := srv.accept(t)
+	te, g, sc := connectedFlow(t, 12000)
 
 	start := time.Now()
 	g.send(wire.TCPPsh, []byte("no answer to this"))
@@ -102,11 +94,7 @@ func TestTCPDelayedAckTimesOut(t *testing.T) {
 // after the delay.
 func TestTCPDelayedAckOfFin(t *testing.T) {
 	withDelAck(t, 300*time.Millisecond)
-	te := newTestEnv(t)
-	srv := newServer(t, "tcp4", "127.0.0.1:0")
-	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 14000)
-	g.connect()
-	sc := srv.accept(t)
+	te, g, sc := connectedFlow(t, 14000)
 	start := time.Now()
 	g.send(wire.TCPFin, nil)
 	s := te.next(3 * time.Second)
@@ -124,11 +112,7 @@ func TestTCPDelayedAckOfFin(t *testing.T) {
 // A rewind after acknowledged data resends exactly the unacknowledged
 // bytes, and a graceful close is a FIN to the host peer, not a reset.
 func TestTCPRewindAfterAck(t *testing.T) {
-	te := newTestEnv(t)
-	srv := newServer(t, "tcp4", "127.0.0.1:0")
-	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 13000)
-	g.connect()
-	sc := srv.accept(t)
+	te, g, sc := connectedFlow(t, 13000)
 	first := []byte("acknowledged")
 	sc.Write(first)
 	g.readUntil(len(first), false) // acknowledges it

@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"encoding/binary"
+	"net"
 	"net/netip"
 	"testing"
 	"time"
@@ -332,4 +333,16 @@ func (te *testEnv) waitEnded(h *Handle) {
 			te.t.Fatalf("flow %v did not end", h.Key)
 		}
 	}
+}
+
+// connectedFlow sets up a test environment, a loopback IPv4 server and a
+// guest flow to it starting at sequence iss, runs the handshake, and
+// returns the environment, the guest and the server's end.
+func connectedFlow(t *testing.T, iss uint32) (*testEnv, *guest, *net.TCPConn) {
+	t.Helper()
+	te := newTestEnv(t)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), iss)
+	g.connect()
+	return te, g, srv.accept(t)
 }

@@ -103,11 +103,7 @@ func TestTCPOutboundGuestClosesFirst(t *testing.T) {
 
 // The host closes first; the guest keeps sending, then closes.
 func TestTCPOutboundHostClosesFirst(t *testing.T) {
-	te := newTestEnv(t)
-	srv := newServer(t, "tcp4", "127.0.0.1:0")
-	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 2000)
-	g.connect()
-	sc := srv.accept(t)
+	te, g, sc := connectedFlow(t, 2000)
 	sc.Write([]byte("bye"))
 	sc.CloseWrite()
 	g.readUntil(3, true)
@@ -239,11 +235,7 @@ func TestTCPGuestZeroWindow(t *testing.T) {
 // The host does not read: the window we offer closes, everything the guest
 // sent inside it is still delivered, and the window reopens.
 func TestTCPHostFullNoDrop(t *testing.T) {
-	te := newTestEnv(t)
-	srv := newServer(t, "tcp4", "127.0.0.1:0")
-	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 6000)
-	g.connect()
-	sc := srv.accept(t)
+	te, g, sc := connectedFlow(t, 6000)
 	sc.SetReadBuffer(64 << 10)
 	// Fill: send while the window allows, without the server reading.
 	var sent []byte
@@ -293,11 +285,7 @@ func TestTCPHostFullNoDrop(t *testing.T) {
 // Three duplicate ACKs make gopasta resend from the first unacknowledged
 // byte; so does the retransmission timer.
 func TestTCPRetransmit(t *testing.T) {
-	te := newTestEnv(t)
-	srv := newServer(t, "tcp4", "127.0.0.1:0")
-	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 7000)
-	g.connect()
-	sc := srv.accept(t)
+	te, g, sc := connectedFlow(t, 7000)
 	msg := randBytes(3000)
 	sc.Write(msg)
 	first := te.next(time.Second) // "lost"
@@ -328,11 +316,7 @@ func TestTCPRetransmit(t *testing.T) {
 // Out-of-order segments from the guest are held and delivered once the
 // hole is filled.
 func TestTCPOutOfOrderFromGuest(t *testing.T) {
-	te := newTestEnv(t)
-	srv := newServer(t, "tcp4", "127.0.0.1:0")
-	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 8000)
-	g.connect()
-	sc := srv.accept(t)
+	te, g, sc := connectedFlow(t, 8000)
 	a, b := []byte("first-"), []byte("second")
 	base := g.sndNxt
 	g.input(buildFrame(g.k, wire.TCPAck, base+uint32(len(a)), g.rcvNxt, g.wnd, nil, b))
@@ -350,11 +334,7 @@ func TestTCPOutOfOrderFromGuest(t *testing.T) {
 }
 
 func TestTCPGuestReset(t *testing.T) {
-	te := newTestEnv(t)
-	srv := newServer(t, "tcp4", "127.0.0.1:0")
-	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 9000)
-	g.connect()
-	sc := srv.accept(t)
+	te, g, sc := connectedFlow(t, 9000)
 	g.input(buildFrame(g.k, wire.TCPRst, g.sndNxt, 0, 0, nil, nil))
 	sc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, err := sc.Read(make([]byte, 1))
@@ -396,11 +376,7 @@ func TestTCPGuestResetInHandshake(t *testing.T) {
 }
 
 func TestTCPHostReset(t *testing.T) {
-	te := newTestEnv(t)
-	srv := newServer(t, "tcp4", "127.0.0.1:0")
-	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 10000)
-	g.connect()
-	sc := srv.accept(t)
+	te, g, sc := connectedFlow(t, 10000)
 	sc.SetLinger(0)
 	sc.Close()
 	for {
