@@ -3,7 +3,6 @@ package link
 import (
 	"context"
 	"encoding/binary"
-	"sync"
 	"testing"
 )
 
@@ -101,58 +100,27 @@ func TestWriterSendBatchNowQueuesBehind(t *testing.T) {
 // with SendNow and SendCtx see each frame on the link once, in their order,
 // while direct writes and the writer goroutine interleave.
 func TestWriterSendBatchNowKeepsOrder(t *testing.T) {
-	const producers, each = 4, 3000
-	ours, guest := NewMemoryPair(1500, producers*each)
-	defer ours.Close()
-	defer guest.Close()
-	w := NewWriter(ours, 16)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = w.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-
-	var wg sync.WaitGroup
-	for p := 0; p < producers; p++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			batch := make([]*Frame, 0, 16)
-			for i := 0; i < each; {
-				switch i % 5 {
-				case 0:
-					w.SendCtx(ctx, numbered(p, i))
+	producersKeepOrder(t, 16, func(ctx context.Context, w *Writer, p int) {
+		batch := make([]*Frame, 0, 16)
+		for i := 0; i < orderEach; {
+			switch i % 5 {
+			case 0:
+				w.SendCtx(ctx, numbered(p, i))
+				i++
+			case 1:
+				w.SendNow(ctx, numbered(p, i))
+				i++
+			default:
+				batch = batch[:0]
+				for n := (i*7+p)%16 + 1; n > 0 && i < orderEach; n-- {
+					batch = append(batch, numbered(p, i))
 					i++
-				case 1:
-					w.SendNow(ctx, numbered(p, i))
-					i++
-				default:
-					batch = batch[:0]
-					for n := (i*7+p)%16 + 1; n > 0 && i < each; n-- {
-						batch = append(batch, numbered(p, i))
-						i++
-					}
-					if !w.SendBatchNow(ctx, batch) {
-						t.Error("SendBatchNow failed")
-						return
-					}
+				}
+				if !w.SendBatchNow(ctx, batch) {
+					t.Error("SendBatchNow failed")
+					return
 				}
 			}
-		}()
-	}
-	wg.Wait()
-	next := make([]uint32, producers)
-	for n := 0; n < producers*each; n++ {
-		b := guest.ReadFrame()
-		p, i := binary.BigEndian.Uint32(b[14:]), binary.BigEndian.Uint32(b[18:])
-		if p >= producers || i != next[p] {
-			t.Fatalf("frame %d of producer %d arrived when %d was due", i, p, next[p])
 		}
-		next[p]++
-	}
-	if got := w.Frames.Load(); got != producers*each {
-		t.Fatalf("Frames = %d", got)
-	}
-	if q := w.queued.Load(); q != 0 {
-		t.Fatalf("queued = %d after everything was written", q)
-	}
+	})
 }

@@ -11,44 +11,55 @@ import (
 // each of their frames on the link once, in the order they sent them, while
 // the writer goroutine and direct writes interleave.
 func TestWriterSendNowKeepsOrder(t *testing.T) {
-	const producers, each = 4, 3000
-	ours, guest := NewMemoryPair(1500, producers*each)
+	producersKeepOrder(t, 64, func(ctx context.Context, w *Writer, p int) {
+		for i := 0; i < orderEach; i++ {
+			if i%3 == 0 {
+				w.SendCtx(ctx, numbered(p, i))
+			} else {
+				w.SendNow(ctx, numbered(p, i))
+			}
+		}
+	})
+}
+
+// orderProducers producers send orderEach frames each in producersKeepOrder.
+const orderProducers, orderEach = 4, 3000
+
+// producersKeepOrder runs produce for orderProducers producers at once on
+// a running Writer with a queue of depth frames; each must send its frames
+// numbered(p, 0..orderEach-1) in order. It checks that every frame reached
+// the link once, each producer's in order, and that the Writer's counters
+// agree.
+func producersKeepOrder(t *testing.T, depth int, produce func(ctx context.Context, w *Writer, p int)) {
+	t.Helper()
+	ours, guest := NewMemoryPair(1500, orderProducers*orderEach)
 	defer ours.Close()
 	defer guest.Close()
-	w := NewWriter(ours, 64)
+	w := NewWriter(ours, depth)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = w.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
 	var wg sync.WaitGroup
-	for p := 0; p < producers; p++ {
+	for p := 0; p < orderProducers; p++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := 0; i < each; i++ {
-				f := GetFrame(64)
-				binary.BigEndian.PutUint32(f.Data[14:], uint32(p))
-				binary.BigEndian.PutUint32(f.Data[18:], uint32(i))
-				if i%3 == 0 {
-					w.SendCtx(ctx, f)
-				} else {
-					w.SendNow(ctx, f)
-				}
-			}
+			produce(ctx, w, p)
 		}()
 	}
 	wg.Wait()
-	next := make([]uint32, producers)
-	for n := 0; n < producers*each; n++ {
+	next := make([]uint32, orderProducers)
+	for n := 0; n < orderProducers*orderEach; n++ {
 		b := guest.ReadFrame()
 		p, i := binary.BigEndian.Uint32(b[14:]), binary.BigEndian.Uint32(b[18:])
-		if p >= producers || i != next[p] {
+		if p >= orderProducers || i != next[p] {
 			t.Fatalf("frame %d of producer %d arrived when %d was due", i, p, next[p])
 		}
 		next[p]++
 	}
-	if got := w.Frames.Load(); got != producers*each {
+	if got := w.Frames.Load(); got != orderProducers*orderEach {
 		t.Fatalf("Frames = %d", got)
 	}
 	if q := w.queued.Load(); q != 0 {
