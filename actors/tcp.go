@@ -25,9 +25,12 @@ package actors
 //     pasta collapse namespace->host on small machines; holding the frames
 //     costs nothing but the frames themselves.
 //
-//   - The actor waits in one select on its inbox, its socket's readability
-//     and writability (Wakers, armed only when it has hit EAGAIN), one timer
-//     and the daemon's context, like a gVisor endpoint's protocol goroutine.
+//   - The actor waits in one select on its inbox, its socket's readiness
+//     (from the shared edge-triggered epoll, tcp_poll.go, armed only when it
+//     has hit EAGAIN), one timer and the daemon's context, like a gVisor
+//     endpoint's protocol goroutine. While it waits there, the goroutine
+//     that received an event for it may run it instead, under its mutex
+//     (tcp_inline.go): the state is the actor's, the thread need not be.
 //
 // States are kept as event bits, as passt does, because closing is two
 // independent half-closes: the guest's FIN turns into shutdown(SHUT_WR) once

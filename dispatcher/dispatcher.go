@@ -42,7 +42,12 @@
 // place.
 //
 // The dispatcher never blocks on an actor: a full inbox means the frame is
-// dropped and counted (TCP retransmits, UDP is lossy).
+// dropped and counted (TCP retransmits, UDP is lossy). A frame that came
+// alone in its batch is first offered to the flow's Handle.Direct: an idle
+// UDP binding sends it at once, an idle established TCP flow runs it on the
+// dispatcher's goroutine (actors/tcp_inline.go), which saves waking the
+// actor for request/response traffic (counter frames_direct). Direct never
+// waits for a busy actor; the frame then takes the inbox like any other.
 //
 // # Shutdown
 //
