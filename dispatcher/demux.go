@@ -83,7 +83,7 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 	if h, ok := d.flows[k]; ok {
 		n := len(s[i].Data)
 		f := d.take(s, i, p)
-		if h.Direct != nil && len(s) == 1 && h.Direct(f) {
+		if d.direct && h.Direct != nil && len(s) == 1 && h.Direct(f) {
 			// The actor was idle and the dispatcher did its work (see
 			// Handle.Direct): a lone frame is request/response traffic,
 			// where the hand-over would cost a wake-up per frame.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -417,4 +418,31 @@ func TestDemuxDirect(t *testing.T) {
 	f.Release()
 	h.waitStat("frames_to_flows", 3)
 	h.waitStat("frames_direct", 1)
+}
+
+// With the split reader of passt mode, Direct is never offered a frame:
+// an inline run may write to the link, and a QEMU socket that is not read
+// would then stop the dispatcher.
+func TestDemuxNoDirectWhenSplit(t *testing.T) {
+	fa := &fakeActors{depth: 4}
+	h := newSplitHarness(t, nil, withFakes(fa))
+	h.send(wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(40000, 53, []byte("first"))))
+	h.waitStat("flows_started", 1)
+	hd := fa.get(0).handle
+	var called atomic.Int32
+	hd.Direct = func(f *link.Frame) bool {
+		called.Add(1)
+		f.Release()
+		return true
+	}
+	h.send(wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(40000, 53, []byte("queued"))))
+	f := recvFrame(t, hd)
+	if got := string(f.Data[f.Payload:]); got != "queued" {
+		t.Fatalf("inbox got %q", got)
+	}
+	f.Release()
+	if n := called.Load(); n != 0 {
+		t.Fatalf("Direct called %d times on the split reader", n)
+	}
+	h.waitStat("frames_direct", 0)
 }

@@ -119,6 +119,12 @@ type Dispatcher struct {
 	flows  map[actors.Key]*actors.Handle
 	parsed wire.Parsed
 	trace  bool // tracing enabled, sampled once per batch
+	// direct: lone frames are offered to Handle.Direct. Only when Run
+	// reads the link itself (runInline, the tap): an inline run may write
+	// to the link from this goroutine, and the QEMU socket of runSplit can
+	// block a writer for as long as QEMU does not read, which must not
+	// stop the dispatcher.
+	direct bool
 
 	// Start functions: actors.Start* in production; tests replace them to
 	// watch what the dispatcher starts.
@@ -176,6 +182,7 @@ type readDeadliner interface {
 
 // runInline is Run on a single goroutine: see the package comment.
 func (d *Dispatcher) runInline(ctx context.Context, dl readDeadliner) error {
+	d.direct = true
 	s := make([]*link.Frame, link.BatchSize)
 	defer link.ReleaseAll(s)
 	stop := context.AfterFunc(ctx, func() { d.dev.Close() })
