@@ -35,7 +35,9 @@ import (
 //     which sees it and ends it (finish) as always.
 //   - Nobody blocks for long on a foreign flow: the dispatcher runs a flow
 //     only while the link's writer has nothing queued, so the frames the
-//     flow produces go out at once rather than waiting for queue room.
+//     flow produces go out at once rather than waiting for queue room, and
+//     only on the tap, whose writes do not wait for a reader (a QEMU
+//     socket does: the dispatcher does not offer Direct in passt mode).
 //   - A panic resets that flow only, as in the actor.
 //   - Only while the daemon runs on one P (SetSerial): there the actor
 //     could not run in parallel with the goroutine that woke it anyway,

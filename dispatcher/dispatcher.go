@@ -42,8 +42,9 @@
 // place.
 //
 // The dispatcher never blocks on an actor: a full inbox means the frame is
-// dropped and counted (TCP retransmits, UDP is lossy). A frame that came
-// alone in its batch is first offered to the flow's Handle.Direct: an idle
+// dropped and counted (TCP retransmits, UDP is lossy). On the tap, a frame
+// that came alone in its batch is first offered to the flow's
+// Handle.Direct (never on the split reader: see Dispatcher.direct): an idle
 // UDP binding sends it at once, an idle established TCP flow runs it on the
 // dispatcher's goroutine (actors/tcp_inline.go), which saves waking the
 // actor for request/response traffic (counter frames_direct). Direct never
