@@ -384,11 +384,7 @@ func TestTruncatedEverywhere(t *testing.T) {
 // Direct; when Direct declines, the frame goes to the inbox as always,
 // with its offsets, and is counted once either way.
 func TestDemuxDirect(t *testing.T) {
-	fa := &fakeActors{depth: 4}
-	h := newHarness(t, nil, withFakes(fa))
-	h.send(wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(40000, 53, []byte("first"))))
-	h.waitStat("flows_started", 1)
-	hd := fa.get(0).handle
+	h, hd := startedUDPFlow(t, newHarness)
 	var mu sync.Mutex
 	accept := true
 	var took []string
@@ -424,11 +420,7 @@ func TestDemuxDirect(t *testing.T) {
 // an inline run may write to the link, and a QEMU socket that is not read
 // would then stop the dispatcher.
 func TestDemuxNoDirectWhenSplit(t *testing.T) {
-	fa := &fakeActors{depth: 4}
-	h := newSplitHarness(t, nil, withFakes(fa))
-	h.send(wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(40000, 53, []byte("first"))))
-	h.waitStat("flows_started", 1)
-	hd := fa.get(0).handle
+	h, hd := startedUDPFlow(t, newSplitHarness)
 	var called atomic.Int32
 	hd.Direct = func(f *link.Frame) bool {
 		called.Add(1)
@@ -445,4 +437,15 @@ func TestDemuxNoDirectWhenSplit(t *testing.T) {
 		t.Fatalf("Direct called %d times on the split reader", n)
 	}
 	h.waitStat("frames_direct", 0)
+}
+
+// startedUDPFlow starts a harness with fake actors and one UDP flow
+// (guest4:40000 -> far4:53), and returns the harness and the flow's handle.
+func startedUDPFlow(t *testing.T, newH func(*testing.T, func(*conf.Config), func(*Dispatcher)) *harness) (*harness, *handleT) {
+	t.Helper()
+	fa := &fakeActors{depth: 4}
+	h := newH(t, nil, withFakes(fa))
+	h.send(wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(40000, 53, []byte("first"))))
+	h.waitStat("flows_started", 1)
+	return h, fa.get(0).handle
 }
