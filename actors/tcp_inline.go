@@ -69,11 +69,7 @@ func SetSerial(serial bool) { tcpInline.Store(serial) }
 // it has once it starts handling it, even if that panics (the result is
 // named so that a recovered panic still says so: f may be released).
 func (c *tcpConn) direct(f *link.Frame) (took bool) {
-	if !tcpInline.Load() || !c.env.Out.Idle() || !c.mu.TryLock() {
-		return false
-	}
-	if c.state&tcpEstablished == 0 || c.state&tcpClosed != 0 || c.h.inflight.Load() != 0 {
-		c.mu.Unlock()
+	if !c.env.Out.Idle() || !c.lockIdle(func() bool { return c.h.inflight.Load() == 0 }) {
 		return false
 	}
 	defer c.inlineDone()
@@ -92,11 +88,7 @@ func (c *tcpConn) direct(f *link.Frame) (took bool) {
 // closes the flow, and inlineDone pokes the actor).
 func sockInline(s *tcpSock) (ran bool) {
 	c := s.owner.Load()
-	if c == nil || !tcpInline.Load() || !c.mu.TryLock() {
-		return false
-	}
-	if c.sock != s || c.state&tcpEstablished == 0 || c.state&tcpClosed != 0 {
-		c.mu.Unlock()
+	if c == nil || !c.lockIdle(func() bool { return c.sock == s }) {
 		return false
 	}
 	defer c.inlineDone()
@@ -104,6 +96,20 @@ func sockInline(s *tcpSock) (ran bool) {
 	TCPInline.Events.Add(1)
 	c.onSocket()
 	return ran
+}
+
+// lockIdle takes mu for an inline run if inline runs are on, the actor is
+// waiting (TryLock) and the flow is established, open and passes ok
+// (checked with mu held); it reports whether it did.
+func (c *tcpConn) lockIdle(ok func() bool) bool {
+	if !tcpInline.Load() || !c.mu.TryLock() {
+		return false
+	}
+	if c.state&tcpEstablished == 0 || c.state&tcpClosed != 0 || !ok() {
+		c.mu.Unlock()
+		return false
+	}
+	return true
 }
 
 // inlineDone ends an inline run: it contains a panic to this flow, leaves
