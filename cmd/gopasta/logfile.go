@@ -86,10 +86,7 @@ func (l *cappedLog) Write(p []byte) (int, error) {
 // makeRoom keeps the newest entries that fit in half the cap (and leave
 // need bytes free), starting at a line boundary, at the start of the file.
 func (l *cappedLog) makeRoom(need int64) error {
-	keep := min(l.limit/2, l.limit-need, l.size)
-	if keep < 0 {
-		keep = 0
-	}
+	keep := min(l.limit/2, l.limit-need, l.size) // need <= limit: Write cuts entries to it
 	if int64(cap(l.buf)) < keep {
 		l.buf = make([]byte, keep)
 	}
@@ -97,12 +94,14 @@ func (l *cappedLog) makeRoom(need int64) error {
 	if _, err := l.f.ReadAt(b, l.size-keep); err != nil && err != io.EOF {
 		return fmt.Errorf("log file: %w", err)
 	}
-	// Drop the partial line at the front: the file starts with a whole
-	// entry.
-	if i := bytes.IndexByte(b, '\n'); i >= 0 && l.size > keep {
-		b = b[i+1:]
-	} else if l.size > keep {
-		b = b[:0]
+	if l.size > keep {
+		// Drop the partial line at the front (all of b if it holds no
+		// line end): the file starts with a whole entry.
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:]
+		} else {
+			b = b[:0]
+		}
 	}
 	if _, err := l.f.WriteAt(b, 0); err != nil {
 		return fmt.Errorf("log file: %w", err)
