@@ -93,8 +93,8 @@ func (w *Writer) Idle() bool { return w.queued.Load() == 0 }
 // caller may write from its own goroutine without overtaking queued
 // frames; it reports whether it did.
 func (w *Writer) lockIdle() bool {
-	if w.queued.Load() == 0 && w.mu.TryLock() {
-		if w.queued.Load() == 0 {
+	if w.Idle() && w.mu.TryLock() {
+		if w.Idle() {
 			return true
 		}
 		w.mu.Unlock()
