@@ -49,9 +49,18 @@ func FuzzTCPGuestSegments(f *testing.F) {
 	f.Add(cat(rec(ack, 0, 300, 0xffff, 0), rec(ack, 0, -300, 0xffff, 0), rec(ack, 0, 0, 0xffff, 0)), true)
 
 	srv := newServer(f, "tcp4", "127.0.0.1:0")
+	// The acceptor's goroutine ends with the fuzz test; each echo ends
+	// when its flow closes the connection.
+	stop := make(chan struct{})
+	f.Cleanup(func() { close(stop) })
 	go func() {
-		for c := range srv.conns {
-			go func() { _, _ = io.Copy(c, c); c.Close() }()
+		for {
+			select {
+			case c := <-srv.conns:
+				go func() { _, _ = io.Copy(c, c); c.Close() }()
+			case <-stop:
+				return
+			}
 		}
 	}()
 	var iter atomic.Uint32
