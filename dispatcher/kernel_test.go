@@ -8,14 +8,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
 )
 
 // TestRealKernelServices puts the dispatcher behind a real tap device in a
@@ -65,6 +68,10 @@ func TestRealKernelServices(t *testing.T) {
 	log.Out = io.Discard
 	ctx, cancel := context.WithCancel(context.Background())
 	w := link.NewWriter(tap, 256)
+	// Every DHCPv4 reply written is kept, so that a client that gets no
+	// lease shows whether we sent a valid one.
+	var sent dhcpSent
+	w.Tee = sent.tee
 	env := &actors.Env{Ctx: ctx, Conf: cfg, Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &actors.NAT{}}
 	d := New(cfg, tap, env, log)
 	// Nothing here should start a flow; keep the host out of it.
@@ -90,7 +97,20 @@ func TestRealKernelServices(t *testing.T) {
 	script := filepath.Join(dir, "script")
 	dump := filepath.Join(dir, "lease")
 	os.WriteFile(script, []byte("#!/bin/sh\n[ \"$1\" = bound ] && env > "+dump+"\nexit 0\n"), 0o755)
-	inNS("busybox", "udhcpc", "-i", "tap0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s", script)
+	udhcpc := []string{"ip", "netns", "exec", ns, "busybox", "udhcpc", "-i", "tap0", "-f", "-q", "-n", "-t", "5", "-T", "1", "-s", script}
+	if out, err := exec.Command(udhcpc[0], udhcpc[1:]...).CombinedOutput(); err != nil {
+		// Once, in CI under load, udhcpc took the OFFER and then missed
+		// three ACKs. Say what we wrote and what the kernel counted, and
+		// give the client a second go only if every reply on the wire
+		// was a valid ACK for its transaction: then our part was done.
+		link := inNS("ip", "-s", "link", "show", "dev", "tap0")
+		t.Logf("udhcpc: %v\n%s\nreplies written: %s\nwriter: frames %d errors %d dropped %d, tap skipped %d\n%s",
+			err, out, sent.summary(), w.Frames.Load(), w.Errors.Load(), w.Dropped.Load(), tap.Skipped.Load(), link)
+		if !sent.allValidAcks() {
+			t.Fatal("udhcpc got no lease and our replies were not all valid ACKs")
+		}
+		run(udhcpc...)
+	}
 	lease, err := os.ReadFile(dump)
 	if err != nil {
 		t.Fatal(err)
@@ -156,4 +176,72 @@ func TestRealKernelServices(t *testing.T) {
 	if fa.count() != 0 {
 		t.Errorf("%d flows started", fa.count())
 	}
+}
+
+// dhcpSent records the DHCPv4 replies the writer put on the link.
+type dhcpSent struct {
+	mu     sync.Mutex
+	frames [][]byte
+}
+
+// tee is a Writer.Tee: it copies frames from the DHCP server port.
+func (s *dhcpSent) tee(f *link.Frame) {
+	var p wire.Parsed
+	if err := wire.ParseFrame(f.Data, &p); err != nil || p.Proto != wire.ProtoUDP || p.SrcPort != 67 {
+		return
+	}
+	s.mu.Lock()
+	s.frames = append(s.frames, append([]byte(nil), f.Data...))
+	s.mu.Unlock()
+}
+
+// check decodes one recorded frame: its message type, transaction, and
+// whether its IPv4 and UDP checksums verify.
+func (s *dhcpSent) check(b []byte) (typ dhcpv4.MessageType, xid dhcpv4.TransactionID, sumsOK bool, err error) {
+	var p wire.Parsed
+	if err := wire.ParseFrame(b, &p); err != nil {
+		return 0, xid, false, err
+	}
+	ip := b[p.L3:p.L4]
+	u := b[p.L4:p.End]
+	sumsOK = wire.Fold(wire.Checksum(ip, 0)) == 0 &&
+		wire.Fold(wire.Checksum(u, wire.PseudoHeaderSum(ip[12:16], ip[16:20], wire.ProtoUDP, len(u)))) == 0
+	m, err := dhcpv4.FromBytes(b[p.Payload:p.End])
+	if err != nil {
+		return 0, xid, sumsOK, err
+	}
+	return m.MessageType(), m.TransactionID, sumsOK, nil
+}
+
+func (s *dhcpSent) summary() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, b := range s.frames {
+		typ, xid, ok, err := s.check(b)
+		out = append(out, fmt.Sprintf("[%d bytes %s xid %s sums-ok %v err %v % x]", len(b), typ, xid, ok, err, b[:42]))
+	}
+	return strings.Join(out, " ")
+}
+
+// allValidAcks reports whether the replies were one OFFER and then at
+// least one ACK, all for one transaction, all with good checksums.
+func (s *dhcpSent) allValidAcks() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.frames) < 2 {
+		return false
+	}
+	var first dhcpv4.TransactionID
+	for i, b := range s.frames {
+		typ, xid, ok, err := s.check(b)
+		want := dhcpv4.MessageTypeAck
+		if i == 0 {
+			want, first = dhcpv4.MessageTypeOffer, xid
+		}
+		if err != nil || !ok || typ != want || xid != first {
+			return false
+		}
+	}
+	return true
 }
