@@ -241,12 +241,25 @@ func (r *podRig) checkNoNetns(d time.Duration) {
 // host namespace. The tests only ever use ports from here.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", ":0")
-	if err != nil {
-		t.Fatal(err)
+	return freePorts(t, 1)[0]
+}
+
+// freePorts returns n distinct ports free now. All n stay bound until the
+// last is chosen: closed one by one, the kernel may hand out the same
+// ephemeral port twice in a row (it did, in CI, to two parallel
+// containers).
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	ports := make([]int, n)
+	for i := range ports {
+		l, err := net.Listen("tcp", ":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports[i] = l.Addr().(*net.TCPAddr).Port
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return ports
 }
 
 // checkPortFree fails unless port can be bound again on 0.0.0.0 and on
@@ -371,11 +384,10 @@ func TestPodmanParallelContainers(t *testing.T) {
 	}
 	srv := hostServer(t, www)
 
-	ports := make([]int, n)
+	ports := freePorts(t, n)
 	toks := make([]string, n)
 	names := make([]string, n)
 	for i := range ports {
-		ports[i] = freePort(t)
 		toks[i] = fmt.Sprintf("container-%d-%s", i, randomHex(32))
 		names[i] = r.name(fmt.Sprintf("par%d", i))
 	}
