@@ -2,6 +2,7 @@ package actors
 
 import (
 	"net/netip"
+	"sync/atomic"
 )
 
 // NAT is the fixed address mapping between what the guest sees and what the
@@ -14,21 +15,45 @@ import (
 //     go to 127.0.0.1 / ::1, and host loopback clients appear from it;
 //   - the --map-guest-addr address stands for the host's own address (the
 //     one the guest was given), which is how podman's
-//     host.containers.internal reaches services bound to it;
+//     host.containers.internal reaches services bound to it. When the
+//     host's address changes (DHCP, a VPN coming up) the guest keeps the
+//     old one, but the alias follows the host (SetHostAddrs, from
+//     netcfg.FollowHostAddrs): pasta keeps leading it to the address that
+//     is gone, and the host becomes unreachable from the container;
 //   - the --dns-forward address, for ports 53 and 853, stands for the host's
 //     resolver (--dns-host).
 type NAT struct {
 	HostLoopback4, HostLoopback6 netip.Addr // guest-side address of host loopback
 	GuestAddr4, GuestAddr6       netip.Addr // guest-side alias of the host's address
-	HostAddr4, HostAddr6         netip.Addr // the host's address that alias means
+	HostAddr4, HostAddr6         netip.Addr // the host's address that alias means, at start: the guest's
 	DNSForward4, DNSForward6     netip.Addr
 	DNSHost4, DNSHost6           netip.Addr
+
+	// moved is the host's address now, once it is not HostAddr4/6
+	// any more. Written by SetHostAddrs, read by every new flow; an
+	// atomic pointer so that reading costs no lock.
+	moved atomic.Pointer[[2]netip.Addr]
+}
+
+// SetHostAddrs makes the alias of the host's own address lead to v4 and
+// v6 from now on (flows already open keep their sockets).
+func (n *NAT) SetHostAddrs(v4, v6 netip.Addr) {
+	n.moved.Store(&[2]netip.Addr{v4, v6})
+}
+
+// HostAddrs returns the host's own addresses the alias leads to now.
+func (n *NAT) HostAddrs() (v4, v6 netip.Addr) {
+	if p := n.moved.Load(); p != nil {
+		return p[0], p[1]
+	}
+	return n.HostAddr4, n.HostAddr6
 }
 
 // Outbound returns where a host socket must connect or send to for a guest
 // flow to far.
 func (n *NAT) Outbound(far netip.AddrPort) netip.AddrPort {
 	a, port := far.Addr(), far.Port()
+	host4, host6 := n.HostAddrs()
 	switch {
 	case a.Is4() && a == n.DNSForward4 && isDNSPort(port) && n.DNSHost4.IsValid():
 		return netip.AddrPortFrom(n.DNSHost4, port)
@@ -38,10 +63,10 @@ func (n *NAT) Outbound(far netip.AddrPort) netip.AddrPort {
 		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)
 	case a.Is6() && a == n.HostLoopback6:
 		return netip.AddrPortFrom(netip.IPv6Loopback(), port)
-	case a.Is4() && a == n.GuestAddr4 && n.HostAddr4.IsValid():
-		return netip.AddrPortFrom(n.HostAddr4, port)
-	case a.Is6() && a == n.GuestAddr6 && n.HostAddr6.IsValid():
-		return netip.AddrPortFrom(n.HostAddr6, port)
+	case a.Is4() && a == n.GuestAddr4 && host4.IsValid():
+		return netip.AddrPortFrom(host4, port)
+	case a.Is6() && a == n.GuestAddr6 && host6.IsValid():
+		return netip.AddrPortFrom(host6, port)
 	}
 	return far
 }
@@ -49,11 +74,13 @@ func (n *NAT) Outbound(far netip.AddrPort) netip.AddrPort {
 // Inbound returns the address the guest must see for a host-side peer at
 // src (an inbound client, or the source of a datagram): host loopback
 // becomes the host-loopback address, the host's own address its alias, and
-// the DNS host the forward address. ok is false when the guest cannot be
-// shown the peer at all (loopback, or the host's own address, with no
-// mapping).
+// the DNS host the forward address. The host's own address is the one
+// the guest was given and, after a change, also the host's new one. ok is
+// false when the guest cannot be shown the peer at all (loopback, or the
+// host's own address, with no mapping).
 func (n *NAT) Inbound(src netip.AddrPort) (netip.AddrPort, bool) {
 	a, port := src.Addr().Unmap(), src.Port()
+	host4, host6 := n.HostAddrs()
 	switch {
 	case a.Is4() && a == n.DNSHost4 && isDNSPort(port) && n.DNSForward4.IsValid():
 		return netip.AddrPortFrom(n.DNSForward4, port), true
@@ -63,9 +90,9 @@ func (n *NAT) Inbound(src netip.AddrPort) (netip.AddrPort, bool) {
 		return netip.AddrPortFrom(n.HostLoopback4, port), n.HostLoopback4.IsValid()
 	case a.IsLoopback():
 		return netip.AddrPortFrom(n.HostLoopback6, port), n.HostLoopback6.IsValid()
-	case a.Is4() && a == n.HostAddr4:
+	case a.Is4() && (a == n.HostAddr4 || a == host4):
 		return n.hostSelf(n.GuestAddr4, n.HostLoopback4, port)
-	case a.Is6() && a == n.HostAddr6:
+	case a.Is6() && (a == n.HostAddr6 || a == host6):
 		return n.hostSelf(n.GuestAddr6, n.HostLoopback6, port)
 	}
 	return netip.AddrPortFrom(a, port), true

@@ -59,3 +59,32 @@ func TestNAT(t *testing.T) {
 		}
 	}
 }
+
+// TestNATFollowsHost: after SetHostAddrs the alias leads to the host's new
+// address, and peers from either address appear from the alias.
+func TestNATFollowsHost(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	a := netip.MustParseAddr
+	n := &NAT{GuestAddr4: a("169.254.1.2"), GuestAddr6: a("fd00::99"), HostAddr4: a("192.0.2.2"), HostAddr6: a("fd00::2")}
+	if got := n.Outbound(ap("169.254.1.2:80")); got != ap("192.0.2.2:80") {
+		t.Errorf("before: %s", got)
+	}
+	n.SetHostAddrs(a("198.51.100.7"), a("fd00::7"))
+	if v4, v6 := n.HostAddrs(); v4 != a("198.51.100.7") || v6 != a("fd00::7") {
+		t.Errorf("HostAddrs = %s %s", v4, v6)
+	}
+	if got := n.Outbound(ap("169.254.1.2:80")); got != ap("198.51.100.7:80") {
+		t.Errorf("Outbound v4 after the move: %s", got)
+	}
+	if got := n.Outbound(ap("[fd00::99]:80")); got != ap("[fd00::7]:80") {
+		t.Errorf("Outbound v6 after the move: %s", got)
+	}
+	for _, src := range []string{"192.0.2.2:5", "198.51.100.7:5"} {
+		if got, ok := n.Inbound(ap(src)); !ok || got != ap("169.254.1.2:5") {
+			t.Errorf("Inbound(%s) = %s, %v", src, got, ok)
+		}
+	}
+	if got, ok := n.Inbound(ap("[fd00::7]:5")); !ok || got != ap("[fd00::99]:5") {
+		t.Errorf("Inbound v6 = %s, %v", got, ok)
+	}
+}

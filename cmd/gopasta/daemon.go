@@ -49,7 +49,11 @@ type daemon struct {
 	env   *actors.Env
 	pcap  *link.Pcap // -p/--pcap (pcap.go)
 	stops []func()
-	cmd   *exec.Cmd
+
+	// follow moves --map-guest-addr's alias along with the host's
+	// address (nil: nothing to follow).
+	follow *netcfg.HostAddrFollower
+	cmd    *exec.Cmd
 
 	// passt mode: the listening device, or the -F socket (passt.go).
 	qemu   *link.ReconnectingDevice
@@ -164,6 +168,12 @@ func (d *daemon) setup() error {
 	for _, w := range host.Warnings {
 		log.Warn(w)
 	}
+	// Still in the host's namespace: the follower's sockets stay here.
+	if d.follow, err = netcfg.FollowHostAddrs(host, host.NAT, log.Logger); err != nil {
+		log.WithError(err).Warn("not following the host's address changes")
+	} else if d.follow != nil {
+		d.stops = append(d.stops, d.follow.Close)
+	}
 	d.peer = &link.Peer{OurMAC: cfg.OurMAC}
 	if cfg.Mode == conf.ModePasst {
 		err = d.openPasst()
@@ -267,7 +277,7 @@ func (d *daemon) logConfig(host *netcfg.Host) {
 	} else {
 		log.Infof("Guest link: QEMU stream socket, MTU %d", d.dev.MTU())
 	}
-	log.Debugf("NAT: %+v", *host.NAT)
+	log.Debugf("NAT: %+v", host.NAT)
 }
 
 func orNone(s string) string {
@@ -307,6 +317,10 @@ func (d *daemon) run(sigs <-chan os.Signal) int {
 	goOwned("dispatcher", func() error { return d.disp.Run(d.ctx) })
 	wg.Add(1)
 	go func() { defer wg.Done(); adaptProcs(d.ctx) }() // procs.go
+	if d.follow != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); d.follow.Run(d.ctx) }()
+	}
 	d.startWatchers(&wg)
 
 	status := 0

@@ -1,0 +1,59 @@
+package integration
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMapGuestAddrFollowsHost: podman's host.containers.internal
+// (--map-guest-addr) must keep reaching the host after the host's address
+// changes under a running container (a new DHCP lease, another network):
+// the alias follows the host's address, the guest keeps its own. pasta
+// goes on connecting to the address that is gone (podman #24970).
+func TestMapGuestAddrFollowsHost(t *testing.T) {
+	gp := StartGopasta(t, "--map-guest-addr", "169.254.1.2", "--no-map-gw")
+	l := ListenTCPIn(t, gp.Host, "tcp4", "0.0.0.0:0")
+	alias := hostPort("169.254.1.2", lport(l))
+
+	// reaches connects through the alias and checks which host address
+	// the connection arrived at, and that bytes go both ways.
+	reaches := func(want string) {
+		t.Helper()
+		c := mustDial(t, gp.Guest, "tcp4", alias)
+		s := acceptOne(t, l)
+		if got := netip.MustParseAddrPort(s.LocalAddr().String()).Addr().String(); got != want {
+			t.Errorf("connection through the alias arrived at %s, want %s", got, want)
+		}
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 4)
+		s.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := s.Read(buf); err != nil || string(buf) != "ping" {
+			t.Fatalf("host read %q, %v", buf, err)
+		}
+		s.Write([]byte("pong"))
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(buf); err != nil || string(buf) != "pong" {
+			t.Fatalf("guest read %q, %v", buf, err)
+		}
+	}
+	reaches(HostAddr4)
+
+	// A new lease: the old address goes (taking the default route with
+	// it), the new one comes, the route is put back.
+	gp.Host.Exec(t, "ip", "addr", "del", HostAddr4+"/24", "dev", HostIf)
+	gp.Host.Exec(t, "ip", "addr", "add", "198.51.100.77/24", "dev", HostIf)
+	gp.Host.Exec(t, "ip", "route", "replace", "default", "via", HostGW4)
+	if !Eventually(5*time.Second, func() bool { return strings.Contains(gp.Log(), "alias leads to 198.51.100.77") }) {
+		t.Fatalf("no move of the alias logged:\n%s", tail(gp.Log(), 2000))
+	}
+	reaches("198.51.100.77")
+
+	// The guest keeps the address it was given.
+	if out := gp.Guest.Exec(t, "ip", "-4", "addr", "show"); !strings.Contains(out, HostAddr4+"/24") {
+		t.Errorf("guest address changed:\n%s", out)
+	}
+}
