@@ -31,6 +31,11 @@ const infiniteDuration = time.Duration(infinite) * time.Second
 // address and port; the server DUID is DUID-LL of our MAC.
 func (d *Dispatcher) handleDHCPv6(b []byte, p *wire.Parsed) {
 	s := &d.svc
+	if p.SrcPort == 0 {
+		// UDP's "no reply": there is no port to answer to.
+		d.n[cDHCPv6Invalid].Add(1)
+		return
+	}
 	msg, err := dhcpv6.MessageFromBytes(b[p.Payload:p.End])
 	if err != nil {
 		d.n[cDHCPv6Invalid].Add(1)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -31,6 +32,7 @@ func serviceSeeds() [][]byte {
 		dhcpFrame(disc),
 		dhcpFrame(req),
 		dhcpv6Frame(sol),
+		dhcpv6FromPort(sol, 0),
 		wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(40000, 80, 1, 0, wire.TCPSyn, []byte("x"))),
 		wiretest.IP(guest6, far6, wire.ProtoUDP, wiretest.UDP(4000, 53, []byte("abc"))),
 		wiretest.IP(guest4, far4, wire.ProtoICMP, wiretest.ICMPEcho(8, 7, 1, []byte("p"))),
@@ -110,7 +112,12 @@ func FuzzDispatch(f *testing.F) {
 		}
 		drainFakes(*handles)
 		// Whatever the dispatcher answered must pass our own strict
-		// parser (lengths, checksums).
+		// parser (lengths, checksums). The writer first puts all of
+		// this input's replies on the link, so that a bad one is blamed
+		// on the input that caused it.
+		for !d.env.Out.Idle() {
+			runtime.Gosched()
+		}
 		for {
 			select {
 			case out := <-guest.Frames():

@@ -586,4 +586,18 @@ func TestDHCPv6(t *testing.T) {
 	h.waitStat("dhcpv6_advertises", 1)
 	h.waitStat("dhcpv6_replies", 4)
 	h.waitStat("dhcpv6_ignored", 1)
+
+	// From source port 0 there is no port to answer (the fuzzer found
+	// a reply to port 0): counted, not answered.
+	h.send(dhcpv6FromPort(sol, 0))
+	h.waitStat("drop_dhcpv6_invalid", 1)
+	if n := h.d.Stats()["dhcpv6_advertises"]; n != 1 {
+		t.Errorf("%d advertises, want 1", n)
+	}
+}
+
+// dhcpv6FromPort is dhcpv6Frame from another client port.
+func dhcpv6FromPort(m dhcpv6.DHCPv6, port uint16) []byte {
+	dst := netip.MustParseAddr("ff02::1:2")
+	return wiretest.IPFrom(guestMAC, wire.MulticastMAC(dst), guestLL, dst, wire.ProtoUDP, wiretest.UDP(port, 547, m.ToBytes()))
 }
