@@ -901,7 +901,9 @@ func (b *udpBinding) deliver(i int, now int64) *link.Frame {
 		}
 		dst = b.guest
 	}
-	if far.Addr().Is6() != dst.Addr().Is6() {
+	if far.Addr().Is6() != dst.Addr().Is6() || dst.Port() == 0 {
+		// Port 0: the guest sent from "no port" (RFC 768), so there is
+		// none to answer to; a frame to port 0 would be invalid.
 		UDPStats.Unmappable.Add(1)
 		return nil
 	}

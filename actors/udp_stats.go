@@ -23,7 +23,8 @@ type UDPCounters struct {
 	// TooBig counts host datagrams too large for the guest's link.
 	TooBig atomic.Uint64
 	// Unmappable counts host datagrams whose source the guest cannot be
-	// shown (host loopback without a mapping) or no guest address is known.
+	// shown (host loopback without a mapping), for which no guest address
+	// is known, or which answer a guest datagram sent from port 0.
 	Unmappable atomic.Uint64
 	// ICMPErrors counts ICMP errors relayed to the guest.
 	ICMPErrors atomic.Uint64

@@ -326,3 +326,43 @@ func TestUDPNoUDP(t *testing.T) {
 		t.Fatal("flow started with NoUDP")
 	}
 }
+
+// TestUDPFromPortZero: a guest datagram from port 0 ("no reply", RFC 768)
+// still goes out, but an answer has no port to go to in the guest: it is
+// counted, not sent as a frame to port 0.
+func TestUDPFromPortZero(t *testing.T) {
+	te := newUDPTestEnv(t, nil)
+	srv, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	got := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 100)
+		n, from, err := srv.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		got <- string(buf[:n])
+		srv.WriteTo([]byte("answer"), from)
+	}()
+	guest := netip.AddrPortFrom(tGuest4, 0)
+	far := netip.AddrPortFrom(tGW4, uint16(srv.LocalAddr().(*net.UDPAddr).Port))
+	before := UDPStats.Unmappable.Load()
+	if h := StartUDP(te.Env, udpKey(guest, far), guestUDP(t, guest, far, []byte("one-way"))); h == nil {
+		t.Fatal("StartUDP returned nil")
+	}
+	select {
+	case s := <-got:
+		if s != "one-way" {
+			t.Fatalf("server got %q", s)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("datagram from port 0 not delivered")
+	}
+	te.noGuestFrame(t, 300*time.Millisecond)
+	if UDPStats.Unmappable.Load() == before {
+		t.Error("the answer to port 0 was not counted")
+	}
+}
