@@ -57,3 +57,44 @@ func TestMapGuestAddrFollowsHost(t *testing.T) {
 		t.Errorf("guest address changed:\n%s", out)
 	}
 }
+
+// TestLocalModeThenNetwork: a host without a network at start (a container
+// started at boot before DHCP; podman #22190, #26678) puts the guest in
+// local mode. When the host's network comes up, the guest needs no change
+// to reach it: its default route leads to gopasta, which uses the host's
+// sockets and routes, and the --map-guest-addr alias leads to the host's
+// new address.
+func TestLocalModeThenNetwork(t *testing.T) {
+	h := NewNetns(t, "h")
+	up := NewNetns(t, "u")
+	peer := "gpu" + uniq()[:6]
+	run(t, "ip", "link", "add", HostIf, "netns", h.Name, "type", "veth", "peer", "name", peer, "netns", up.Name)
+	up.Exec(t, "ip", "addr", "add", HostGW4+"/24", "dev", peer)
+	up.Exec(t, "ip", "link", "set", peer, "up")
+	h.Exec(t, "ip", "link", "set", HostIf, "up")
+
+	gp := LaunchGopastaIn(t, h, "--config-net", "-4", "--map-guest-addr", "169.254.1.2")
+	if log := gp.Log(); !strings.Contains(log, "local mode") {
+		t.Fatalf("not in local mode:\n%s", log)
+	}
+
+	// The network comes up.
+	h.Exec(t, "ip", "addr", "add", HostAddr4+"/24", "dev", HostIf)
+	h.Exec(t, "ip", "route", "add", "default", "via", HostGW4)
+	if !Eventually(5*time.Second, func() bool { return strings.Contains(gp.Log(), "alias leads to "+HostAddr4) }) {
+		t.Fatalf("alias not moved:\n%s", tail(gp.Log(), 2000))
+	}
+	l := ListenTCPIn(t, h, "tcp4", "0.0.0.0:0")
+	for _, dial := range []string{"169.254.1.2", HostAddr4} {
+		c := mustDial(t, gp.Guest, "tcp4", hostPort(dial, lport(l)))
+		s := acceptOne(t, l)
+		if got := netip.MustParseAddrPort(s.LocalAddr().String()).Addr().String(); got != HostAddr4 {
+			t.Errorf("dialing %s arrived at %s, want %s", dial, got, HostAddr4)
+		}
+		c.Write([]byte("x"))
+		s.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := s.Read(make([]byte, 1)); err != nil {
+			t.Errorf("dialing %s: %v", dial, err)
+		}
+	}
+}

@@ -41,6 +41,7 @@ type HostAddrFollower struct {
 	ifname     [2]string     // template interface, IPv4 and IPv6
 	orig, cur  [2]netip.Addr // the guest's address; where the alias leads now
 	follow     [2]bool
+	local      [2]bool // orig is not the host's (local mode)
 	h          *netlink.Handle
 	sub        *os.File // the notification socket
 	refreshErr error
@@ -49,14 +50,18 @@ type HostAddrFollower struct {
 
 // FollowHostAddrs prepares a HostAddrFollower for what Resolve found. It
 // returns nil, nil when there is nothing to follow: the addresses were
-// given on the command line, or were not the host's (local mode). Call it
-// in the host's network namespace: its sockets stay there.
+// given on the command line. In local mode (the host had no usable
+// address or route at start) the guest's address is not the host's, and
+// the alias leads nowhere until the host has an address: then it leads
+// there. Call it in the host's network namespace: its sockets stay there.
 func FollowHostAddrs(host *Host, nat *actors.NAT, log logrus.FieldLogger) (*HostAddrFollower, error) {
 	f := &HostAddrFollower{nat: nat, log: log, ifname: [2]string{host.If4, host.If6}}
 	f.orig[0], f.orig[1] = nat.HostAddrs()
 	f.cur = f.orig
-	f.follow[0] = !host.UserAddr4 && slices.ContainsFunc(host.Addrs4, func(p netip.Prefix) bool { return p.Addr() == f.orig[0] })
-	f.follow[1] = !host.UserAddr6 && slices.ContainsFunc(host.Addrs6, func(p netip.Prefix) bool { return p.Addr() == f.orig[1] })
+	f.follow[0] = !host.UserAddr4 && f.orig[0].IsValid()
+	f.follow[1] = !host.UserAddr6 && f.orig[1].IsValid()
+	f.local[0] = !slices.ContainsFunc(host.Addrs4, func(p netip.Prefix) bool { return p.Addr() == f.orig[0] })
+	f.local[1] = !slices.ContainsFunc(host.Addrs6, func(p netip.Prefix) bool { return p.Addr() == f.orig[1] })
 	if !f.follow[0] && !f.follow[1] {
 		return nil, nil
 	}
@@ -115,6 +120,9 @@ func (f *HostAddrFollower) Run(ctx context.Context) {
 		}
 	}
 	drained := func(fd uintptr) bool { drain(fd); return true }
+	// Once at once: in local mode the host may already have an address
+	// the alias can lead to (just no default route).
+	f.refresh()
 	for {
 		if err := rc.Read(drain); err != nil {
 			if ctx.Err() == nil && !errors.Is(err, os.ErrClosed) {
@@ -161,9 +169,12 @@ func (f *HostAddrFollower) refresh() {
 		if next[i] == f.cur[i] {
 			continue
 		}
+		fromLocal := f.local[i] && f.cur[i] == f.orig[i]
 		switch {
-		case !f.cur[i].IsValid():
-			f.log.Infof("the host has an address again: the guest-address alias leads to %s", next[i])
+		case fromLocal && !next[i].IsValid():
+			// Local mode and still no address: nothing changed.
+		case fromLocal || !f.cur[i].IsValid():
+			f.log.Infof("the host has an address: the guest-address alias leads to %s", next[i])
 		case !next[i].IsValid():
 			f.log.Warnf("host address %s gone and the host has no other: the host is unreachable through the guest-address alias", f.cur[i])
 		case next[i] == f.orig[i]:

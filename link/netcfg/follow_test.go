@@ -131,7 +131,7 @@ func TestFollowHostAddrs(t *testing.T) {
 		"host address 203.0.113.77 gone: the guest-address alias leads to 192.0.2.9 now",
 		"host address 2001:db8:1::2 gone: the guest-address alias leads to 2001:db8:2::77 now",
 		"host address 192.0.2.9 gone and the host has no other: the host is unreachable through the guest-address alias",
-		"the host has an address again: the guest-address alias leads to 192.0.2.10",
+		"the host has an address: the guest-address alias leads to 192.0.2.10",
 		"host address 198.51.100.2 is back: the guest-address alias leads to it again",
 	}
 	got := entries(hook)
@@ -142,6 +142,50 @@ func TestFollowHostAddrs(t *testing.T) {
 		if got[i] != want[i] {
 			t.Errorf("log line %d: %q, want %q", i, got[i], want[i])
 		}
+	}
+}
+
+// TestFollowHostAddrsLocalMode: a host without a default route at start
+// puts the guest in local mode; once the host has an address, the alias
+// leads there.
+func TestFollowHostAddrsLocalMode(t *testing.T) {
+	h, fd := nsHandle(t)
+	up := addLink(t, h, "up0")
+	cfg := &conf.Config{MapGuestAddr4: netip.MustParseAddr("169.254.1.2"), IPv4Only: true}
+	host, err := resolve(h, cfg, resolvConf(t, ""), true)
+	must(t, err)
+	if cfg.Addr4 != LocalAddr4 {
+		t.Fatalf("not local mode: %v", cfg.Addr4)
+	}
+	log, hook := test.NewNullLogger()
+	var f *HostAddrFollower
+	must(t, netns.Do(fd, func() (err error) {
+		f, err = FollowHostAddrs(host, host.NAT, log)
+		return err
+	}))
+	if f == nil {
+		t.Fatal("nothing to follow")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go f.Run(ctx)
+	time.Sleep(200 * time.Millisecond)
+	if v4, _ := host.NAT.HostAddrs(); v4.IsValid() && v4 != LocalAddr4.Addr() {
+		t.Errorf("alias leads to %v before the host has an address", v4)
+	}
+	addr(t, h, up, "198.51.100.2/24")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if v4, _ := host.NAT.HostAddrs(); v4 == netip.MustParseAddr("198.51.100.2") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alias does not lead to the host's new address; log %q", entries(hook))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := entries(hook); len(got) != 1 || got[0] != "the host has an address: the guest-address alias leads to 198.51.100.2" {
+		t.Errorf("log %q", got)
 	}
 }
 
