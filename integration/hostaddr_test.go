@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"io"
 	"net/netip"
 	"strings"
 	"testing"
@@ -96,5 +97,36 @@ func TestLocalModeThenNetwork(t *testing.T) {
 		if _, err := s.Read(make([]byte, 1)); err != nil {
 			t.Errorf("dialing %s: %v", dial, err)
 		}
+	}
+}
+
+// TestVPNTemplate: the host's default route is a VPN's tun device, which
+// has no MAC and no gateway (podman #22320: container creation failed
+// until -M was given). gopasta starts, gives the guest's tap a MAC of its
+// own, and the guest reaches the host over the device route it copied.
+func TestVPNTemplate(t *testing.T) {
+	h := NewNetns(t, "h")
+	h.Exec(t, "ip", "tuntap", "add", "tun0", "mode", "tun")
+	h.Exec(t, "ip", "addr", "add", "10.8.0.2/24", "dev", "tun0")
+	h.Exec(t, "ip", "link", "set", "tun0", "up")
+	h.Exec(t, "ip", "route", "add", "default", "dev", "tun0")
+	h.Exec(t, "ip", "addr", "add", "192.0.2.1/32", "dev", "lo")
+
+	gp := LaunchGopastaIn(t, h, "--config-net", "-4")
+	link := gp.Guest.Exec(t, "ip", "-o", "link", "show", "tun0")
+	if !strings.Contains(link, "link/ether") || strings.Contains(link, "link/ether 00:00:00:00:00:00") {
+		t.Errorf("guest interface has no MAC of its own: %s", link)
+	}
+	if addrs := gp.Guest.Exec(t, "ip", "-4", "addr", "show", "tun0"); !strings.Contains(addrs, "10.8.0.2/24") {
+		t.Errorf("guest lacks the host's address:\n%s", addrs)
+	}
+	l := ListenTCPIn(t, h, "tcp4", "192.0.2.1:0")
+	c := mustDial(t, gp.Guest, "tcp4", hostPort("192.0.2.1", lport(l)))
+	s := acceptOne(t, l)
+	c.Write([]byte("through the vpn"))
+	buf := make([]byte, 15)
+	s.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "through the vpn" {
+		t.Fatalf("host read %q, %v", buf, err)
 	}
 }
