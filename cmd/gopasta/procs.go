@@ -30,10 +30,16 @@ import (
 // time (all threads, user and system) and switches with hysteresis. A
 // switch stops the world for microseconds and happens at most once per
 // sample. An explicit GOMAXPROCS in the environment turns this off.
+//
+// An idle daemon samples less often (procsIdleSample): every sample is a
+// wake-up of an otherwise sleeping process, and idle containers are many.
+// Load that starts from idle is noticed within that longer interval.
 const (
-	procsSample = 500 * time.Millisecond
-	procsUp     = 0.95 // cores used at GOMAXPROCS=1 to go parallel
-	procsDown   = 0.45 // cores used in parallel to go back to one P
+	procsSample     = 500 * time.Millisecond
+	procsIdleSample = 2 * time.Second
+	procsIdle       = 0.01 // cores used at GOMAXPROCS=1 that count as idle
+	procsUp         = 0.95 // cores used at GOMAXPROCS=1 to go parallel
+	procsDown       = 0.45 // cores used in parallel to go back to one P
 )
 
 // adaptProcs runs the policy until ctx is done.
@@ -46,7 +52,7 @@ func adaptProcs(ctx context.Context) {
 	cur := 1
 	runtime.GOMAXPROCS(cur)
 	actors.SetSerial(true)
-	t := time.NewTicker(procsSample)
+	t := time.NewTimer(procsSample)
 	defer t.Stop()
 	last, lastAt := cpuTime(), time.Now()
 	for {
@@ -62,8 +68,18 @@ func adaptProcs(ctx context.Context) {
 				runtime.GOMAXPROCS(cur)
 				actors.SetSerial(cur == 1)
 			}
+			t.Reset(nextSample(cur, cores))
 		}
 	}
+}
+
+// nextSample is how long to wait for the next sample after one in which
+// the process used cores CPUs' worth of time at cur.
+func nextSample(cur int, cores float64) time.Duration {
+	if cur == 1 && cores < procsIdle {
+		return procsIdleSample
+	}
+	return procsSample
 }
 
 // nextProcs is the policy: the GOMAXPROCS to use after a sample in which

@@ -25,6 +25,23 @@ func TestNextProcs(t *testing.T) {
 	}
 }
 
+func TestNextSample(t *testing.T) {
+	for _, tc := range []struct {
+		cur   int
+		cores float64
+		want  time.Duration
+	}{
+		{1, 0, procsIdleSample},     // idle: wake up rarely
+		{1, 0.005, procsIdleSample}, // a timer here and there
+		{1, 0.05, procsSample},      // traffic: watch closely
+		{4, 0, procsSample},         // parallel: come back to one P soon
+	} {
+		if got := nextSample(tc.cur, tc.cores); got != tc.want {
+			t.Errorf("nextSample(%d, %.3f) = %v, want %v", tc.cur, tc.cores, got, tc.want)
+		}
+	}
+}
+
 // TestCPUTime: the sample source moves when the process works.
 func TestCPUTime(t *testing.T) {
 	a := cpuTime()

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -12,10 +14,16 @@ import (
 	"github.com/gopasta/gopasta/link/netns"
 )
 
-// watchInterval is the fallback check of the namespace file and the target
-// PID: gopasta must notice within a second that either went away, so the
-// fallback looks four times a second (a stat(2), nothing more).
-const watchInterval = 250 * time.Millisecond
+// watchInterval is the check of the namespace file where inotify cannot
+// see it go (a procfs path, no inotify): gopasta must notice within a
+// second that it went away, so it looks four times a second (a stat(2),
+// nothing more). Where inotify sees deletions, the check only backs it up
+// (an unmount without unlink) and runs once a second, watchBackup: every
+// check is a wake-up of an otherwise idle daemon.
+const (
+	watchInterval = 250 * time.Millisecond
+	watchBackup   = time.Second
+)
 
 // startWatchers starts the goroutines that end the daemon when its
 // namespace file is deleted (--netns) or its target process exits (PID),
@@ -42,12 +50,16 @@ func (d *daemon) startWatchers(wg *sync.WaitGroup) {
 func (d *daemon) watchNetnsFile(path string) {
 	gone := func() bool { return !netns.IsFD(path, d.nsFD) }
 	events := make(chan struct{}, 1)
+	interval := watchInterval
 	if fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC); err == nil {
 		_, err = unix.InotifyAddWatch(fd, filepath.Dir(path), unix.IN_DELETE|unix.IN_DELETE_SELF|unix.IN_MOVED_FROM|unix.IN_UNMOUNT)
 		if err != nil {
 			unix.Close(fd)
 			d.log.Debugf("inotify on %s: %v", filepath.Dir(path), err)
 		} else {
+			if !strings.HasPrefix(filepath.Clean(path), "/proc/") {
+				interval = watchBackup
+			}
 			f := os.NewFile(uintptr(fd), "inotify")
 			defer f.Close() // ends the reader below
 			go func() {
@@ -67,7 +79,7 @@ func (d *daemon) watchNetnsFile(path string) {
 	// The file may have gone between readiness and the watch above (podman
 	// can remove a namespace that fast): look once before waiting.
 	events <- struct{}{}
-	t := time.NewTicker(watchInterval)
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -87,26 +99,45 @@ func (d *daemon) watchNetnsFile(path string) {
 // watchPID waits for the target process to exit, through a pidfd (it
 // becomes readable then), or by polling where pidfd_open is missing.
 func (d *daemon) watchPID(pid int) {
-	fd, err := unix.PidfdOpen(pid, 0)
-	if err != nil {
-		d.log.Debugf("pidfd_open(%d): %v, polling", pid, err)
-		fd = -1
-	} else {
-		defer unix.Close(fd)
+	gone := func() {
+		d.log.Infof("process %d is gone, exiting", pid)
+		d.cancel(errQuit)
 	}
-	for d.ctx.Err() == nil {
-		exited := false
-		if fd >= 0 {
-			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			n, err := unix.Poll(pfd, 250)
-			exited = err == nil && n > 0
-		} else {
-			time.Sleep(watchInterval / 2)
-			exited = unix.Kill(pid, 0) == unix.ESRCH
+	// A pidfd waits in the runtime's poller, without a wake-up until the
+	// process exits; closing it on shutdown ends the wait.
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err == nil {
+		if err = unix.SetNonblock(fd, true); err != nil {
+			unix.Close(fd)
 		}
-		if exited {
-			d.log.Infof("process %d is gone, exiting", pid)
-			d.cancel(errQuit)
+	}
+	if err == nil {
+		f := os.NewFile(uintptr(fd), "pidfd")
+		defer f.Close()
+		stop := context.AfterFunc(d.ctx, func() { f.Close() })
+		defer stop()
+		if rc, err := f.SyscallConn(); err == nil {
+			first := true
+			// Readable means exited; the first call only starts the wait.
+			err = rc.Read(func(uintptr) bool { ok := !first; first = false; return ok })
+			if err == nil {
+				gone()
+			}
+			return
+		}
+	} else {
+		d.log.Debugf("pidfd_open(%d): %v, polling", pid, err)
+	}
+	t := time.NewTicker(watchInterval / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if unix.Kill(pid, 0) == unix.ESRCH {
+			gone()
 			return
 		}
 	}
