@@ -78,7 +78,7 @@ type fwdDir struct {
 	dyn     []portSet // per rule: ports with a listener opened by the scanner
 	ours    portSet   // ports we listen on, on the listening side
 	failed  portSet   // scanner binds that failed (logged once)
-	scan    *procNetFiles
+	scan    portScanner
 	rev     *fwdDir // the opposite direction of the same protocol
 	bound   portSet // scratch for the scanner
 	scanned bool    // has Scan rules
@@ -163,15 +163,22 @@ func StartForwarding(env *Env, nsFD int) (stop func(), err error) {
 		if f.ns == nil {
 			return fail(fmt.Errorf("'auto' port forwarding needs a namespace (option %s)", d.opt))
 		}
-		proto := "tcp"
-		if d.udp {
-			proto = "udp"
-		}
 		// -t/-u look at the namespace, -T/-U at the host.
+		open := f.ns.open
+		newSock := func() (int, error) { return f.ns.socket(unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_SOCK_DIAG) }
 		if d.out {
-			d.scan, err = openProcNetHere(proto)
+			open = openHere
+			newSock = func() (int, error) {
+				return unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+			}
+		}
+		if d.udp {
+			var p *procNetFiles
+			if p, err = openProcNet("udp", open); err == nil {
+				d.scan = procScanner{p}
+			}
 		} else {
-			d.scan, err = openProcNet(proto, f.ns.open)
+			d.scan, err = openTCPScanner(newSock, open)
 		}
 		if err != nil {
 			return fail(fmt.Errorf("port forwarding: cannot read socket table for %s auto: %v", d.opt, err))
@@ -247,13 +254,14 @@ func (f *forwarder) scanOnce() {
 			continue
 		}
 		d.bound.clear()
+		var skip map[uint64]struct{}
 		if d.udp && d.out {
 			// The tap path's UDP sockets on the host are bound to the
 			// guest's source ports and unconnected: they look like
 			// services, but are ours.
-			d.scan.skip = ourSocketInodes()
+			skip = ourSocketInodes()
 		}
-		if err := d.scan.scan(&d.bound); err != nil {
+		if err := d.scan.scan(&d.bound, skip); err != nil {
 			f.env.Log.Debugf("%s auto: %v", d.opt, err)
 			continue
 		}

@@ -76,12 +76,10 @@ func openProcNet(proto string, open func(string) (int, error)) (*procNetFiles, e
 	return f, nil
 }
 
-// openProcNetHere opens the tables of the calling process's namespace (the
-// host side: gopasta's unlocked threads never leave it).
-func openProcNetHere(proto string) (*procNetFiles, error) {
-	return openProcNet(proto, func(p string) (int, error) {
-		return unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	})
+// openHere opens a path in the calling process's namespace (the host
+// side: gopasta's unlocked threads never leave it).
+func openHere(p string) (int, error) {
+	return unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 }
 
 func (f *procNetFiles) close() {

@@ -142,7 +142,7 @@ func mustSpec(t testing.TB, opt, raw string) conf.PortSpec {
 // hostListening scans this namespace's TCP table.
 func hostListening(t testing.TB) *portSet {
 	t.Helper()
-	f, err := openProcNetHere("tcp")
+	f, err := openProcNet("tcp", openHere)
 	if err != nil {
 		t.Fatal(err)
 	}
