@@ -120,8 +120,8 @@ func (f *HostAddrFollower) Run(ctx context.Context) {
 		}
 	}
 	drained := func(fd uintptr) bool { drain(fd); return true }
-	// Once at once: in local mode the host may already have an address
-	// the alias can lead to (just no default route).
+	// One look before any notification: in local mode the host may
+	// already have an address for the alias (just no default route).
 	f.refresh()
 	for {
 		if err := rc.Read(drain); err != nil {
