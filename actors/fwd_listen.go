@@ -60,15 +60,31 @@ func (f *forwarder) tcpSpliceIn(fw tcpForward) func(fd int, client netip.AddrPor
 			f.env.Log.Debugf("splice: socket in namespace: %v", err)
 			return false
 		}
-		spliceConnect(fd, nfd, dst)
+		var alt *spliceAlt
+		if !fw.toAddr.IsValid() && !f.env.Conf.IPv4Only && !f.env.Conf.IPv6Only {
+			// The default target: the other family's may serve.
+			if d, ok := f.nsTarget(!v6, fw.toAddr, fw.to); ok {
+				alt = &spliceAlt{dst: d, sock: func() (int, error) { return f.ns.socket(family(!v6), unix.SOCK_STREAM, 0) }}
+			}
+		}
+		spliceConnect(fd, nfd, dst, alt)
 		return true
 	}
 }
 
 // spliceConnect starts a non-blocking connect of nfd to dst and hands both
-// sockets to a splice pair; a connect refused at once resets the client.
-func spliceConnect(fd, nfd int, dst netip.AddrPort) {
+// sockets to a splice pair; a connect refused (at once, or later) goes on
+// to alt if there is one, and otherwise resets the client.
+func spliceConnect(fd, nfd int, dst netip.AddrPort, alt *spliceAlt) {
 	err := unix.Connect(nfd, sockaddrOf(dst))
+	if err == unix.ECONNREFUSED && alt != nil {
+		if afd, aerr := alt.sock(); aerr == nil {
+			unix.Close(nfd)
+			SpliceStats.TCPFamilyRetries.Add(1)
+			spliceConnect(fd, afd, alt.dst, nil)
+			return
+		}
+	}
 	if err != nil && err != unix.EINPROGRESS && err != unix.EINTR {
 		SpliceStats.TCPResets.Add(1)
 		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
@@ -76,7 +92,7 @@ func spliceConnect(fd, nfd int, dst netip.AddrPort) {
 		unix.Close(nfd)
 		return
 	}
-	startSplice(fd, nfd)
+	startSplice(fd, nfd, alt)
 }
 
 // udpInListener is a -u listening socket: the tap path's binding, with a
@@ -188,7 +204,13 @@ func (t *tcpOutListener) run() {
 			unix.Close(nfd)
 			return
 		}
-		spliceConnect(nfd, hfd, t.to)
+		var alt *spliceAlt
+		if !t.env.Conf.IPv4Only && !t.env.Conf.IPv6Only {
+			alt = &spliceAlt{dst: netip.AddrPortFrom(loopback(!v6), t.to.Port()), sock: func() (int, error) {
+				return unix.Socket(family(!v6), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+			}}
+		}
+		spliceConnect(nfd, hfd, t.to, alt)
 	})
 }
 

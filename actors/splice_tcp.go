@@ -1,13 +1,15 @@
 package actors
 
 import (
-	"github.com/gopasta/gopasta/link/nbsys"
+	"net/netip"
 	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link/nbsys"
 )
 
 // Theory of operation: the TCP splice path
@@ -69,7 +71,10 @@ func setPipeSize(pw int) int {
 // SpliceStats count spliced connections and datagrams, for tests and logs.
 var SpliceStats struct {
 	TCPOpened, TCPActive, TCPResets atomic.Int64
-	UDPFlows, UDPDatagrams          atomic.Int64
+	// TCPFamilyRetries counts connections joined in the other IP
+	// family after the first was refused (spliceAlt).
+	TCPFamilyRetries       atomic.Int64
+	UDPFlows, UDPDatagrams atomic.Int64
 }
 
 // spliceSock is one side of a spliced pair.
@@ -106,10 +111,24 @@ type splicePair struct {
 	reset atomic.Bool
 }
 
+// spliceAlt is a second target for a spliced connection whose first is
+// refused: the same port in the other IP family. A client of "localhost"
+// often tries ::1 first, and its connection is accepted by our [::]
+// listener; a service listening on 127.0.0.1 only (or the other way round)
+// would refuse the splice, and the client would see its accepted
+// connection reset rather than refused, so it would not try the next
+// address. Trying the other family once makes "localhost:PORT" work
+// whichever family the service listens on.
+type spliceAlt struct {
+	dst  netip.AddrPort
+	sock func() (int, error) // a non-blocking socket of dst's family, in the right namespace
+}
+
 // startSplice joins the accepted socket accFD and the socket connFD, on
 // which a non-blocking connect is in progress. It owns both descriptors
-// from now on: if the connect fails, the client is reset.
-func startSplice(accFD, connFD int) {
+// from now on: if the connect fails (and alt, if not nil, is refused
+// too), the client is reset.
+func startSplice(accFD, connFD int, alt *spliceAlt) {
 	for _, fd := range []int{accFD, connFD} {
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
@@ -130,20 +149,46 @@ func startSplice(accFD, connFD int) {
 	SpliceStats.TCPActive.Add(1)
 	p.left.Store(2)
 	go func() {
-		if !p.connected() {
-			SpliceStats.TCPResets.Add(1)
-			p.a.shut(true)
-			p.b.shut(false)
-			SpliceStats.TCPActive.Add(-1)
-			return
+		for err := p.connected(); err != nil; err = p.connected() {
+			if err != unix.ECONNREFUSED || alt == nil || !p.redial(alt) {
+				SpliceStats.TCPResets.Add(1)
+				p.a.shut(true)
+				p.b.shut(false)
+				SpliceStats.TCPActive.Add(-1)
+				return
+			}
+			alt = nil
 		}
 		go p.pump(p.b, p.a)
 		p.pump(p.a, p.b)
 	}()
 }
 
-// connected waits for the connect on b to finish and reports success.
-func (p *splicePair) connected() bool {
+// redial replaces the refused b with a connection to alt's target.
+func (p *splicePair) redial(alt *spliceAlt) bool {
+	fd, err := alt.sock()
+	if err != nil {
+		return false
+	}
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if err := unix.Connect(fd, sockaddrOf(alt.dst)); err != nil && err != unix.EINPROGRESS && err != unix.EINTR {
+		unix.Close(fd)
+		return false
+	}
+	b, err := newSpliceSock(fd)
+	if err != nil {
+		unix.Close(fd)
+		return false
+	}
+	p.b.shut(false)
+	p.b = b
+	SpliceStats.TCPFamilyRetries.Add(1)
+	return true
+}
+
+// connected waits for the connect on b to finish: nil once connected,
+// else why not.
+func (p *splicePair) connected() error {
 	var soerr int
 	var gerr error
 	err := p.b.rc.Write(func(fd uintptr) bool {
@@ -158,7 +203,15 @@ func (p *splicePair) connected() bool {
 		}
 		return true
 	})
-	return err == nil && gerr == nil && soerr == 0
+	switch {
+	case err != nil:
+		return err
+	case gerr != nil:
+		return gerr
+	case soerr != 0:
+		return unix.Errno(soerr)
+	}
+	return nil
 }
 
 // done is called by each pump as it ends; the last one closes both sockets.

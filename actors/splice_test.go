@@ -54,7 +54,7 @@ func splicedConn(t testing.TB, network, addr string) (client, server *net.TCPCon
 	if err != nil {
 		t.Fatal(err)
 	}
-	spliceConnect(accFD, nfd, netip.MustParseAddrPort(back.Addr().String()))
+	spliceConnect(accFD, nfd, netip.MustParseAddrPort(back.Addr().String()), nil)
 	s, err := back.(*net.TCPListener).AcceptTCP()
 	if err != nil {
 		t.Fatal(err)
@@ -186,7 +186,7 @@ func TestSpliceRefused(t *testing.T) {
 	af.Close()
 	_ = unix.SetNonblock(accFD, true)
 	nfd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	spliceConnect(accFD, nfd, deadAddr)
+	spliceConnect(accFD, nfd, deadAddr, nil)
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
 		t.Fatalf("client read: %v, want connection reset", err)
@@ -278,5 +278,49 @@ func TestSpliceDataThenFIN(t *testing.T) {
 			t.Fatalf("round %d: client read %q, %v", i, got, err)
 		}
 		c.Close()
+	}
+}
+
+// TestSpliceOtherFamily: a target refused in one IP family is tried in the
+// other (spliceAlt), and the client's bytes reach the service there.
+func TestSpliceOtherFamily(t *testing.T) {
+	front, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		t.Skip("no IPv6 loopback:", err)
+	}
+	defer front.Close()
+	back, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Close()
+	port := uint16(back.Addr().(*net.TCPAddr).Port)
+	c, err := net.Dial("tcp6", front.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	acc, _ := front.(*net.TCPListener).AcceptTCP()
+	af, _ := acc.File()
+	acc.Close()
+	accFD, _ := unix.Dup(int(af.Fd()))
+	af.Close()
+	_ = unix.SetNonblock(accFD, true)
+	nfd, _ := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	before := SpliceStats.TCPFamilyRetries.Load()
+	alt := &spliceAlt{dst: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), sock: func() (int, error) {
+		return unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	}}
+	// Nothing listens on [::1]:port: refused, then 127.0.0.1:port.
+	spliceConnect(accFD, nfd, netip.AddrPortFrom(netip.IPv6Loopback(), port), alt)
+	back.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
+	s, err := back.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	pushPull(t, c.(*net.TCPConn), s.(*net.TCPConn), 1<<20)
+	if SpliceStats.TCPFamilyRetries.Load() != before+1 {
+		t.Errorf("family retries %d, want %d", SpliceStats.TCPFamilyRetries.Load(), before+1)
 	}
 }

@@ -154,3 +154,32 @@ func TestSpliceUDPEcho(t *testing.T) {
 		udpExchange(t, c, 2000)
 	}
 }
+
+// TestSpliceOtherFamily: "localhost" often means ::1 first. A client of
+// [::1]:PORT is accepted by the [::] listener; when the service on the
+// other side listens on IPv4 only, the splice goes on in IPv4 instead of
+// resetting a connection the client believes established (it would not
+// try 127.0.0.1 then). Both directions, -t and -T.
+func TestSpliceOtherFamily(t *testing.T) {
+	gp := StartGopasta(t, "-t", "18904", "-u", "none", "-T", "18905", "-U", "none")
+	h, g := gp.Host, gp.Guest
+	ServeInfo(ListenTCPIn(t, g, "tcp4", ":18904"))
+	ServeInfo(ListenTCPIn(t, h, "tcp4", "127.0.0.1:18905"))
+	for _, c := range []struct {
+		from      Netns
+		addr      string
+		wantLocal string
+	}{
+		{h, "[::1]:18904", HostAddr4 + ":18904"}, // reaches the namespace's own IPv4 address
+		{g, "[::1]:18905", "127.0.0.1:18905"},
+	} {
+		local, _, err := askInfo(t, c.from, "tcp6", c.addr)
+		if err != nil {
+			t.Errorf("%s: %v", c.addr, err)
+			continue
+		}
+		if local != c.wantLocal {
+			t.Errorf("%s reached %s, want %s", c.addr, local, c.wantLocal)
+		}
+	}
+}
