@@ -33,22 +33,7 @@ func splicedConn(t testing.TB, network, addr string) (client, server *net.TCPCon
 	if err != nil {
 		t.Fatal(err)
 	}
-	acc, err := front.(*net.TCPListener).AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Take the accepted socket's descriptor, as the forwarders own theirs.
-	af, err := acc.File()
-	acc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	accFD, err := unix.Dup(int(af.Fd()))
-	af.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = unix.SetNonblock(accFD, true)
+	accFD := acceptedFD(t, front)
 	v6 := network == "tcp6"
 	nfd, err := unix.Socket(family(v6), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -61,6 +46,28 @@ func splicedConn(t testing.TB, network, addr string) (client, server *net.TCPCon
 	}
 	t.Cleanup(func() { c.Close(); s.Close() })
 	return c.(*net.TCPConn), s
+}
+
+// acceptedFD accepts one connection on l and returns a non-blocking
+// descriptor of it that the caller owns, as the forwarders own theirs.
+func acceptedFD(t testing.TB, l net.Listener) int {
+	t.Helper()
+	acc, err := l.(*net.TCPListener).AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	af, err := acc.File()
+	acc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Dup(int(af.Fd()))
+	af.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = unix.SetNonblock(fd, true)
+	return fd
 }
 
 // pushPull sends n random bytes from w to r and compares digests; w is
@@ -179,12 +186,7 @@ func TestSpliceRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	acc, _ := front.(*net.TCPListener).AcceptTCP()
-	af, _ := acc.File()
-	acc.Close()
-	accFD, _ := unix.Dup(int(af.Fd()))
-	af.Close()
-	_ = unix.SetNonblock(accFD, true)
+	accFD := acceptedFD(t, front)
 	nfd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	spliceConnect(accFD, nfd, deadAddr, nil)
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
@@ -300,12 +302,7 @@ func TestSpliceOtherFamily(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	acc, _ := front.(*net.TCPListener).AcceptTCP()
-	af, _ := acc.File()
-	acc.Close()
-	accFD, _ := unix.Dup(int(af.Fd()))
-	af.Close()
-	_ = unix.SetNonblock(accFD, true)
+	accFD := acceptedFD(t, front)
 	nfd, _ := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	before := SpliceStats.TCPFamilyRetries.Load()
 	alt := &spliceAlt{dst: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), sock: func() (int, error) {

@@ -65,26 +65,7 @@ func TestFollowHostAddrs(t *testing.T) {
 	cfg := &conf.Config{MapGuestAddr4: netip.MustParseAddr("169.254.1.2"), MapGuestAddr6: netip.MustParseAddr("fd00::2"), NoMapGW: true}
 	host, err := resolve(h, cfg, resolvConf(t, "nameserver 192.0.2.53\n"), true)
 	must(t, err)
-	log, hook := test.NewNullLogger()
-	var f *HostAddrFollower
-	must(t, netns.Do(fd, func() (err error) {
-		f, err = FollowHostAddrs(host, host.NAT, log)
-		return err
-	}))
-	if f == nil {
-		t.Fatal("nothing to follow")
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { f.Run(ctx); close(done) }()
-	defer func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("Run did not return after cancel")
-		}
-	}()
+	hook := runFollower(t, fd, host)
 
 	n := host.NAT
 	leads := func(want4, want6 string) {
@@ -157,18 +138,7 @@ func TestFollowHostAddrsLocalMode(t *testing.T) {
 	if cfg.Addr4 != LocalAddr4 {
 		t.Fatalf("not local mode: %v", cfg.Addr4)
 	}
-	log, hook := test.NewNullLogger()
-	var f *HostAddrFollower
-	must(t, netns.Do(fd, func() (err error) {
-		f, err = FollowHostAddrs(host, host.NAT, log)
-		return err
-	}))
-	if f == nil {
-		t.Fatal("nothing to follow")
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go f.Run(ctx)
+	hook := runFollower(t, fd, host)
 	time.Sleep(200 * time.Millisecond)
 	if v4, _ := host.NAT.HostAddrs(); v4.IsValid() && v4 != LocalAddr4.Addr() {
 		t.Errorf("alias leads to %v before the host has an address", v4)
@@ -187,6 +157,33 @@ func TestFollowHostAddrsLocalMode(t *testing.T) {
 	if got := entries(hook); len(got) != 1 || got[0] != "the host has an address: the guest-address alias leads to 198.51.100.2" {
 		t.Errorf("log %q", got)
 	}
+}
+
+// runFollower starts a follower for host in the namespace fd; at cleanup
+// it is stopped and must return. The hook has its log.
+func runFollower(t *testing.T, fd int, host *Host) *test.Hook {
+	t.Helper()
+	log, hook := test.NewNullLogger()
+	var f *HostAddrFollower
+	must(t, netns.Do(fd, func() (err error) {
+		f, err = FollowHostAddrs(host, host.NAT, log)
+		return err
+	}))
+	if f == nil {
+		t.Fatal("nothing to follow")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { f.Run(ctx); close(done) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Error("Run did not return after cancel")
+		}
+	})
+	return hook
 }
 
 // TestFollowHostAddrsNotForUserAddrs: an address from -a is the user's,
