@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -188,8 +189,12 @@ func StartForwarding(env *Env, nsFD int) (stop func(), err error) {
 	// when our caller goes on.
 	f.scanOnce()
 	f.scanOnce() // settles ports the first pass bound in both directions
-	f.wg.Add(1)
-	go f.scanLoop()
+	// Without 'auto' there is nothing to rescan, and a ticker would wake an
+	// idle daemon every second (podman passes -t none -u none and so on).
+	if slices.ContainsFunc(f.dirs, func(d *fwdDir) bool { return d.scan != nil }) {
+		f.wg.Add(1)
+		go f.scanLoop()
+	}
 	return f.stop, nil
 }
 
