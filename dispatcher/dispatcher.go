@@ -15,18 +15,24 @@
 // drained without blocking before every batch, which is when they matter
 // (an inbound actor registers before it sends its SYN, so the guest's
 // answer is always in a later batch; a flow's Ended is queued before the
-// guest can see it gone); the one-second tick for periodic work is the
-// read's deadline; and the context closes the device, which ends the read.
-// An ended flow may thus stay in the table for up to a tick while the link
-// is idle, which costs nothing but a map entry.
+// guest can see it gone); the tick for periodic work is the read's
+// deadline; and the context closes the device, which ends the read. An
+// ended flow may thus stay in the table for up to a tick while the link is
+// idle, which costs nothing but a map entry.
+//
+// The tick is a second while the table has flows, so that a crowd of
+// actors ending at once while the guest is silent waits at most that long
+// for room in Env.Ended. With an empty table it is idleTick, or sooner when
+// periodic work is due: every tick wakes an idle daemon, and the runtime's
+// sysmon thread with it, and idle containers are many.
 //
 // On other devices (the QEMU socket of passt mode, which replaces its
 // connection underneath) two goroutines belong to Run. The reader blocks in
 // Device.ReadBatch and passes each batch of frames to the dispatcher
 // goroutine over a channel; the dispatcher goroutine selects on those
 // batches, on actors ending (Env.Ended), on inbound actors to register
-// (Env.Register), on a one-second tick for periodic work and on the
-// context. Either way the table is only ever touched by one goroutine.
+// (Env.Register), on a timer for periodic work (due at idleTick at the
+// latest) and on the context. Either way the table is only ever touched by one goroutine.
 //
 // The single goroutine owns one batch slice and the large frames in it. The
 // split reader owns a fixed set of batch slices (two) and the large frames
@@ -94,7 +100,10 @@ const (
 	raInterval = 5 * time.Minute
 	// flowLimitLogInterval rate-limits the "flow limit reached" warning.
 	flowLimitLogInterval = 10 * time.Second
-	tick                 = time.Second
+	// tick is the longest wait for periodic work while there are flows,
+	// idleTick while there are none: see the package comment.
+	tick     = time.Second
+	idleTick = 10 * time.Second
 )
 
 // startFunc is the signature of actors.StartTCP and friends.
@@ -191,7 +200,7 @@ func (d *Dispatcher) runInline(ctx context.Context, dl readDeadliner) error {
 	if d.cfg.Stats > 0 {
 		d.svc.nextStats = time.Now().Add(time.Duration(d.cfg.Stats) * time.Second)
 	}
-	next := time.Now().Add(tick)
+	next := d.nextTick(time.Now())
 	if err := dl.SetReadDeadline(next); err != nil {
 		return err
 	}
@@ -203,7 +212,7 @@ func (d *Dispatcher) runInline(ctx context.Context, dl readDeadliner) error {
 		d.drainRegister()
 		d.handleBatch(s[:n])
 		refill(s)
-		return time.Now().Before(next)
+		return !d.periodicDue(time.Now(), next)
 	}
 	for {
 		refill(s)
@@ -227,9 +236,9 @@ func (d *Dispatcher) runInline(ctx context.Context, dl readDeadliner) error {
 		if n > 0 {
 			d.handleBatch(s[:n])
 		}
-		if now := time.Now(); !now.Before(next) {
+		if now := time.Now(); d.periodicDue(now, next) {
 			d.periodic(now)
-			next = now.Add(tick)
+			next = d.nextTick(now)
 			if err := dl.SetReadDeadline(next); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -292,10 +301,18 @@ func (d *Dispatcher) runSplit(ctx context.Context) error {
 		}
 	}
 
-	ticker := time.NewTicker(tick)
-	defer ticker.Stop()
 	if d.cfg.Stats > 0 {
 		d.svc.nextStats = time.Now().Add(time.Duration(d.cfg.Stats) * time.Second)
+	}
+	// The flows' Ended and Register have their own cases here: the timer is
+	// for periodic work alone.
+	next := d.nextTick(time.Now())
+	timer := time.NewTimer(time.Until(next))
+	defer timer.Stop()
+	rearm := func(now time.Time) {
+		d.periodic(now)
+		next = d.nextTick(now)
+		timer.Reset(next.Sub(now))
 	}
 	for {
 		select {
@@ -307,12 +324,15 @@ func (d *Dispatcher) runSplit(ctx context.Context) error {
 			d.drainRegister()
 			d.handleBatch(s)
 			free <- s[:cap(s)]
+			if now := time.Now(); d.periodicDue(now, next) {
+				rearm(now)
+			}
 		case h := <-d.ended:
 			d.endFlow(h)
 		case h := <-d.register:
 			d.registerFlow(h)
-		case now := <-ticker.C:
-			d.periodic(now)
+		case now := <-timer.C:
+			rearm(now)
 		case err := <-errc:
 			stop()
 			return err
@@ -491,6 +511,35 @@ func (d *Dispatcher) traceFrame(p *wire.Parsed, n int) {
 	if d.trace {
 		d.log.WithField("frame", frameString(p)).Tracef("frame in, %d bytes", n)
 	}
+}
+
+// nextTick is when periodic work must run next, at the latest, after it
+// ran at now: a tick away (idleTick with no flows), or sooner if a router
+// advertisement or the --stats line is due before that.
+func (d *Dispatcher) nextTick(now time.Time) time.Time {
+	next := now.Add(idleTick)
+	if len(d.flows) > 0 {
+		next = now.Add(tick)
+	}
+	if d.cfg.Stats > 0 && d.svc.nextStats.Before(next) {
+		next = d.svc.nextStats
+	}
+	if ra, ok := d.svc.raDue(); ok && ra.Before(next) {
+		next = ra
+	}
+	return next
+}
+
+// periodicDue reports whether periodic work is due at now, the tick being
+// next. A router advertisement can become due between ticks (the guest's
+// first IPv6 frame makes one due at once), so it is checked on its own; and
+// a tick set long for an empty table is cut short when flows appear.
+func (d *Dispatcher) periodicDue(now, next time.Time) bool {
+	if !now.Before(next) || (len(d.flows) > 0 && next.Sub(now) > tick) {
+		return true
+	}
+	ra, ok := d.svc.raDue()
+	return ok && !now.Before(ra)
 }
 
 // periodic runs once a tick: unsolicited router advertisements and the

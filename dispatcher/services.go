@@ -100,7 +100,8 @@ func (s *services) isGuest6(a netip.Addr) bool {
 }
 
 // guestSpeaksIPv6 is called for every valid IPv6 frame; the first one makes
-// an unsolicited router advertisement due at the next tick, so a guest
+// an unsolicited router advertisement due at once (the dispatcher looks
+// after every batch, not only at its tick), so a guest
 // that does not solicit (or whose solicitation we missed while starting)
 // still learns its prefix and route promptly.
 func (s *services) guestSpeaksIPv6(d *Dispatcher) {
@@ -113,9 +114,18 @@ func (s *services) guestSpeaksIPv6(d *Dispatcher) {
 	}
 }
 
+// raDue is when the next unsolicited router advertisement is due, if one
+// is.
+func (s *services) raDue() (time.Time, bool) {
+	if !s.raEnabled || !s.ipv6Seen || s.nextRA.IsZero() {
+		return time.Time{}, false
+	}
+	return s.nextRA, true
+}
+
 // periodicRA sends the unsolicited router advertisement when due.
 func (s *services) periodicRA(d *Dispatcher, now time.Time) {
-	if !s.raEnabled || !s.ipv6Seen || s.nextRA.IsZero() || now.Before(s.nextRA) {
+	if ra, ok := s.raDue(); !ok || now.Before(ra) {
 		return
 	}
 	d.sendRA(allNodes, wire.MulticastMAC(allNodes))
