@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -95,9 +96,14 @@ func nextProcs(cur, max int, cores float64) int {
 }
 
 // cpuTime is the process's user and system CPU time.
+//
+// getrusage(2) cannot block, so it goes in as a raw system call: through
+// syscall.Syscall it would wake the runtime's sysmon thread, which then
+// polls every 20 µs for a while, in a daemon that samples because it may be
+// idle.
 func cpuTime() time.Duration {
 	var ru unix.Rusage
-	if unix.Getrusage(unix.RUSAGE_SELF, &ru) != nil {
+	if _, _, e := unix.RawSyscall(unix.SYS_GETRUSAGE, unix.RUSAGE_SELF, uintptr(unsafe.Pointer(&ru)), 0); e != 0 {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())

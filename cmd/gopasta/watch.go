@@ -17,12 +17,14 @@ import (
 // watchInterval is the check of the namespace file where inotify cannot
 // see it go (a procfs path, no inotify): gopasta must notice within a
 // second that it went away, so it looks four times a second (a stat(2),
-// nothing more). Where inotify sees deletions, the check only backs it up
-// (an unmount without unlink) and runs once a second, watchBackup: every
-// check is a wake-up of an otherwise idle daemon.
+// nothing more). Where inotify sees deletions (ip netns del and podman
+// unmount and then unlink), the check only backs it up, for a namespace
+// unmounted and never unlinked, and runs every watchBackup: every check is
+// a wake-up of an otherwise idle daemon, and its stat(2) wakes the
+// runtime's sysmon thread as well.
 const (
 	watchInterval = 250 * time.Millisecond
-	watchBackup   = time.Second
+	watchBackup   = 10 * time.Second
 )
 
 // startWatchers starts the goroutines that end the daemon when its
