@@ -26,7 +26,7 @@ func (t *tcpInListener) close() {
 }
 
 func (f *forwarder) openTCPIn(r conf.Rule, p, to uint16, v6 bool) (fwdListener, error) {
-	fw := tcpForward{v6: v6, ifname: r.Ifname, port: p, to: to, toAddr: r.ToAddr}
+	fw := tcpForward{v6: v6, ifname: r.Ifname, port: p, to: to, toAddr: r.ToAddr, freebind: f.env.Conf.Freebind}
 	if r.Bind.IsValid() {
 		fw.bind = r.Bind.Unmap()
 	}

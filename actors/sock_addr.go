@@ -50,3 +50,13 @@ func netInterfaceIndex(name string) (int, error) {
 	}
 	return int(ifr.Uint32()), nil
 }
+
+// setFreebind lets fd bind an address the host does not have (yet), for
+// --freebind: a -t/-u listener on an address that a VPN or DHCP brings up
+// later accepts from the moment it appears, instead of failing to start.
+func setFreebind(fd int, v6 bool) error {
+	if v6 {
+		return unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1)
+	}
+	return unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_FREEBIND, 1)
+}

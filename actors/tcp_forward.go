@@ -80,6 +80,7 @@ type tcpForward struct {
 	to       uint16
 	toAddr   netip.Addr
 	optional bool // an any-address IPv6 listener: skip if IPv6 is missing
+	freebind bool // --freebind
 }
 
 func (f tcpForward) bindText() string {
@@ -124,7 +125,7 @@ func tcpExpand(env *Env, spec conf.PortSpec) ([]tcpForward, error) {
 			if to == 0 {
 				to = r.First
 			}
-			fw := tcpForward{port: uint16(p), to: to + uint16(p-int(r.First)), toAddr: r.ToAddr, ifname: spec.Ifname}
+			fw := tcpForward{port: uint16(p), to: to + uint16(p-int(r.First)), toAddr: r.ToAddr, ifname: spec.Ifname, freebind: env.Conf.Freebind}
 			switch {
 			case spec.Bind.IsValid():
 				fw.bind = spec.Bind.Unmap()
@@ -175,6 +176,11 @@ func listenTCP(fw tcpForward) (*tcpListener, error) {
 	if fw.ifname != "" {
 		if err := unix.BindToDevice(fd, fw.ifname); err != nil {
 			return fail(fmt.Errorf("bind to device %s: %w", fw.ifname, err))
+		}
+	}
+	if fw.freebind {
+		if err := setFreebind(fd, fw.v6); err != nil {
+			return fail(fmt.Errorf("--freebind: %w", err))
 		}
 	}
 	var sa unix.Sockaddr

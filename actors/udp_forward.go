@@ -127,6 +127,11 @@ func newListenerBinding(env *Env, spec conf.PortSpec, toAddr netip.Addr, p, to u
 				return err
 			}
 		}
+		if env.Conf != nil && env.Conf.Freebind {
+			if err := setFreebind(fd, v6); err != nil {
+				return fmt.Errorf("--freebind: %w", err)
+			}
+		}
 		return bindAddrPort(fd, netip.AddrPortFrom(bind, p))
 	})
 	if err != nil {

@@ -344,3 +344,38 @@ func TestForwardNoSpliceNoMapping(t *testing.T) {
 		t.Errorf("refusal took %v", d)
 	}
 }
+
+// TestForwardFreebind: a -t/-u bind address the host does not have yet
+// (a VPN or DHCP address that comes later) makes gopasta fail to start as
+// pasta does, unless --freebind is given; then the listeners work as soon
+// as the address appears, IPv4 and IPv6.
+func TestForwardFreebind(t *testing.T) {
+	const a4, a6 = "192.0.2.77", "2001:db8:77::77"
+	h := HostNetns(t)
+	g := NewNetns(t, "g")
+	dir := t.TempDir()
+	out, err := h.Try(gopastaBin, "--config-net", "--quiet", "--netns", g.Path(), "-P", filepath.Join(dir, "pid"),
+		"-t", a4+"/18800:28800", "-u", "none", "-T", "none", "-U", "none")
+	if exitCode(err) != 1 || !strings.Contains(out, "Failed to bind port 18800 (Cannot assign requested address)") {
+		t.Errorf("without --freebind: exit status %d, output %q", exitCode(err), out)
+	}
+
+	gp := StartGopasta(t, "--freebind", "-t", a4+"/18800:28800", "-t", a6+"/18802:28800",
+		"-u", a4+"/18801:28801", "-T", "none", "-U", "none")
+	ServeInfo(ListenTCPIn(t, gp.Guest, "tcp", ":28800"))
+	ServeUDPEcho(ListenUDPIn(t, gp.Guest, "udp4", ":28801"))
+	gp.Host.Exec(t, "ip", "addr", "add", a4+"/32", "dev", "lo")
+	gp.Host.Exec(t, "ip", "-6", "addr", "add", a6+"/128", "dev", "lo", "nodad")
+	for _, addr := range []string{a4 + ":18800", "[" + a6 + "]:18802"} {
+		local, peer, err := askInfo(t, gp.Host, "tcp", addr)
+		if err != nil {
+			t.Fatalf("%s after the address appeared: %v", addr, err)
+		}
+		if portOf(local) != "28800" || hostOf(peer) == "" {
+			t.Errorf("%s: guest saw %s from %s", addr, local, peer)
+		}
+	}
+	c := DialUDPIn(t, gp.Host, "udp4", a4+":18801")
+	dumpOnFailure(t, gp)
+	udpExchange(t, c, 200)
+}
