@@ -219,8 +219,12 @@ func (d *daemon) openTapLink(host *netcfg.Host) error {
 		return err
 	}
 	if d.command {
-		// pasta configures a namespace it created itself.
+		// pasta configures a namespace it created itself, and then sends
+		// no router advertisements, as with --config-net (conf.Parse):
+		// the guest would add a SLAAC address of its own beside the one
+		// configured.
 		cfg.ConfigNet = true
+		cfg.NoRA = true
 	}
 
 	var err error
