@@ -76,9 +76,10 @@ type fwdDir struct {
 	rules   []conf.Rule
 	eph     [2]uint16 // ephemeral range of the listening side
 	ls      map[fwdKey]fwdListener
-	dyn     []portSet // per rule: ports with a listener opened by the scanner
-	ours    portSet   // ports we listen on, on the listening side
-	failed  portSet   // scanner binds that failed (logged once)
+	dyn     []portSet           // per rule: ports with a listener opened by the scanner
+	ours    portSet             // ports we listen on, on the listening side
+	failed  portSet             // scanner binds that failed (logged once)
+	own     map[uint64]struct{} // -U: our datagram sockets, refilled per scan
 	scan    portScanner
 	rev     *fwdDir // the opposite direction of the same protocol
 	bound   portSet // scratch for the scanner
@@ -264,7 +265,8 @@ func (f *forwarder) scanOnce() {
 			// The tap path's UDP sockets on the host are bound to the
 			// guest's source ports and unconnected: they look like
 			// services, but are ours.
-			skip = ourSocketInodes()
+			d.own = ownDgramInodes(d.own)
+			skip = d.own
 		}
 		if err := d.scan.scan(&d.bound, skip); err != nil {
 			f.env.Log.Debugf("%s auto: %v", d.opt, err)

@@ -222,32 +222,6 @@ func parseDec(b []byte) (uint64, bool) {
 	return v, len(b) > 0
 }
 
-// ourSocketInodes lists the inodes of this process's sockets, from the
-// "socket:[INODE]" links in /proc/self/fd.
-func ourSocketInodes() map[uint64]struct{} {
-	m := make(map[uint64]struct{})
-	d, err := os.Open("/proc/self/fd")
-	if err != nil {
-		return m
-	}
-	defer d.Close()
-	names, _ := d.Readdirnames(-1)
-	buf := make([]byte, 64)
-	for _, n := range names {
-		k, err := unix.Readlink("/proc/self/fd/"+n, buf)
-		if err != nil {
-			continue
-		}
-		l := buf[:k]
-		if len(l) > 9 && string(l[:8]) == "socket:[" && l[len(l)-1] == ']' {
-			if ino, ok := parseDec(l[8 : len(l)-1]); ok {
-				m[ino] = struct{}{}
-			}
-		}
-	}
-	return m
-}
-
 // ephemeralRange reads the kernel's ephemeral port range (in the calling
 // thread's namespace), which weak rules skip: those ports belong to
 // clients. On error it returns Linux's default.

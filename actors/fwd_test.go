@@ -390,3 +390,30 @@ func FuzzParseProcNet(f *testing.F) {
 		}
 	})
 }
+
+// TestOwnDgramInodes: the set "-U auto" leaves out holds exactly the
+// datagram sockets newDgramSock made and close has not closed, by the
+// inode the kernel shows in /proc/net/udp (and in /proc/self/fd).
+func TestOwnDgramInodes(t *testing.T) {
+	s, err := newDgramSock(false, unix.IPPROTO_UDP, func(fd int) error {
+		return bindAddrPort(fd, netip.MustParseAddrPort("127.0.0.1:0"))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	link, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", s.fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("socket:[%d]", s.ino); link != want {
+		t.Fatalf("fd %d is %q, recorded inode %d", s.fd, link, s.ino)
+	}
+	m := ownDgramInodes(nil)
+	if _, ok := m[s.ino]; !ok {
+		t.Fatalf("inode %d missing from %v", s.ino, m)
+	}
+	s.close()
+	if _, ok := ownDgramInodes(m)[s.ino]; ok {
+		t.Fatalf("inode %d still listed after close", s.ino)
+	}
+}

@@ -2,13 +2,15 @@ package actors
 
 import (
 	"encoding/binary"
-	"github.com/gopasta/gopasta/link/nbsys"
 	"net/netip"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link/nbsys"
 )
 
 // Datagram socket plumbing shared by the UDP and ICMP actors.
@@ -28,6 +30,33 @@ type dgramSock struct {
 	file  *os.File
 	rc    syscall.RawConn
 	waker *Waker // nil unless startWaker
+	ino   uint64 // in ownDgram while open; 0 if fstat failed
+}
+
+// ownDgram holds the inodes of the datagram sockets newDgramSock made and
+// close has not closed. "-U auto" scans the host's UDP table for bound,
+// unconnected sockets, and the host sockets of the guest's UDP flows are
+// exactly that (bound to the guest's source port): the scan must leave
+// them out. Keeping the set here costs an fstat(2) per socket; finding
+// them in /proc/self/fd cost a readlink(2) per open descriptor, flows
+// included, every second.
+var ownDgram = struct {
+	sync.Mutex
+	m map[uint64]struct{}
+}{m: make(map[uint64]struct{})}
+
+// ownDgramInodes copies ownDgram into m (cleared first) and returns it.
+func ownDgramInodes(m map[uint64]struct{}) map[uint64]struct{} {
+	if m == nil {
+		m = make(map[uint64]struct{})
+	}
+	clear(m)
+	ownDgram.Lock()
+	for ino := range ownDgram.m {
+		m[ino] = struct{}{}
+	}
+	ownDgram.Unlock()
+	return m
 }
 
 // newDgramSock creates a socket of the given family and protocol
@@ -60,7 +89,15 @@ func newDgramSock(v6 bool, proto int, setup func(fd int) error) (*dgramSock, err
 		f.Close()
 		return nil, err
 	}
-	return &dgramSock{fd: fd, file: f, rc: rc}, nil
+	s := &dgramSock{fd: fd, file: f, rc: rc}
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) == nil {
+		s.ino = st.Ino
+		ownDgram.Lock()
+		ownDgram.m[s.ino] = struct{}{}
+		ownDgram.Unlock()
+	}
+	return s, nil
 }
 
 // startWaker gives the socket a Waker, for an owner that selects on its
@@ -69,6 +106,11 @@ func (s *dgramSock) startWaker() { s.waker = NewReadWaker(s.rc) }
 
 // close closes the socket and ends its Waker. Owner only, once.
 func (s *dgramSock) close() {
+	if s.ino != 0 {
+		ownDgram.Lock()
+		delete(ownDgram.m, s.ino)
+		ownDgram.Unlock()
+	}
 	s.file.Close()
 	if s.waker != nil {
 		s.waker.Stop()
