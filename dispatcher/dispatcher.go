@@ -32,7 +32,8 @@
 // goroutine over a channel; the dispatcher goroutine selects on those
 // batches, on actors ending (Env.Ended), on inbound actors to register
 // (Env.Register), on a timer for periodic work (due at idleTick at the
-// latest) and on the context. Either way the table is only ever touched by one goroutine.
+// latest) and on the context. Either way the table is only ever touched by
+// one goroutine.
 //
 // The single goroutine owns one batch slice and the large frames in it. The
 // split reader owns a fixed set of batch slices (two) and the large frames
