@@ -4,8 +4,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link/nbsys"
 )
 
 // Listening TCP sockets through sock_diag
@@ -88,11 +91,22 @@ func (s *diagScanner) scan(out *portSet, skip map[uint64]struct{}) error {
 func (s *diagScanner) dump(i int, out *portSet, skip map[uint64]struct{}) error {
 	s.seq++
 	binary.NativeEndian.PutUint32(s.req[i][8:], s.seq)
-	if err := unix.Sendto(s.fd, s.req[i], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return fmt.Errorf("sock_diag: %w", err)
+	// The kernel builds each part of a dump inside the send and receive
+	// calls, so they do not wait: raw calls (nbsys) that leave the runtime's
+	// sysmon asleep. Should a receive find nothing yet, a blocking one
+	// (SO_RCVTIMEO bounds it) takes over.
+	sa := unix.RawSockaddrNetlink{Family: unix.AF_NETLINK}
+	if _, e := nbsys.Sendto(s.fd, s.req[i], unix.MSG_DONTWAIT, unsafe.Pointer(&sa), unix.SizeofSockaddrNetlink); e != 0 {
+		return fmt.Errorf("sock_diag: %w", e)
 	}
 	for {
-		n, _, err := unix.Recvfrom(s.fd, s.buf, 0)
+		n, e := nbsys.Recvfrom(s.fd, s.buf, unix.MSG_DONTWAIT, nil, nil)
+		var err error
+		if e == unix.EAGAIN {
+			n, _, err = unix.Recvfrom(s.fd, s.buf, 0)
+		} else if e != 0 {
+			err = e
+		}
 		if err == unix.EINTR {
 			continue
 		}

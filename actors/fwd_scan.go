@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link/nbsys"
 )
 
 // Theory of operation: "auto"
@@ -97,8 +99,9 @@ func (f *procNetFiles) scan(out *portSet) error {
 		if fd < 0 {
 			continue
 		}
-		if _, err := unix.Seek(fd, 0, 0); err != nil {
-			return os.NewSyscallError("lseek", err)
+		// Raw calls (nbsys): procfs never makes them wait.
+		if _, e := nbsys.Seek(fd, 0, 0); e != 0 {
+			return os.NewSyscallError("lseek", e)
 		}
 		var carry int // bytes of an incomplete line kept at buf's start
 		for {
@@ -106,12 +109,12 @@ func (f *procNetFiles) scan(out *portSet) error {
 				// A line longer than the buffer: never in these files.
 				f.buf = make([]byte, 2*len(f.buf))
 			}
-			n, err := unix.Read(fd, f.buf[carry:])
-			if err == unix.EINTR {
+			n, e := nbsys.Read(fd, f.buf[carry:])
+			if e == unix.EINTR {
 				continue
 			}
-			if err != nil {
-				return os.NewSyscallError("read", err)
+			if e != 0 {
+				return os.NewSyscallError("read", e)
 			}
 			if n == 0 {
 				break

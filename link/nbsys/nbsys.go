@@ -24,6 +24,10 @@
 // for readiness) stays with the runtime: readiness is waited for in the
 // runtime's poller, never here.
 //
+// The same holds for the few calls of periodic work that never wait (the
+// "auto" port scan's sock_diag dump and /proc/net reads): an idle daemon
+// would otherwise wake sysmon with each of them.
+//
 // Errors are returned as unix.Errno (0 for success), which converts to an
 // error without allocating.
 package nbsys
@@ -191,4 +195,10 @@ func Shutdown(fd, how int) unix.Errno {
 func Close(fd int) unix.Errno {
 	_, _, e := syscall.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
 	return e
+}
+
+// Seek is lseek(2).
+func Seek(fd int, offset int64, whence int) (int64, unix.Errno) {
+	r, _, e := syscall.RawSyscall(unix.SYS_LSEEK, uintptr(fd), uintptr(offset), uintptr(whence))
+	return int64(r), e
 }
