@@ -101,6 +101,9 @@ func (d *Dispatcher) handleDHCP(b []byte, p *wire.Parsed) {
 		if s.cfg.Hostname != "" {
 			mods = append(mods, dhcpv4.WithOption(dhcpv4.OptHostName(s.cfg.Hostname)))
 		}
+		if s.cfg.FQDN != "" {
+			mods = append(mods, dhcpv4.WithGeneric(dhcpv4.OptionFQDN, fqdnOption4(s.cfg.FQDN)))
+		}
 	}
 	resp, err := dhcpv4.NewReplyFromRequest(req, mods...)
 	if err != nil {
@@ -141,4 +144,14 @@ func (d *Dispatcher) handleDHCP(b []byte, p *wire.Parsed) {
 		d.n[cDHCPNaks].Add(1)
 		log.Debugf("DHCP: NAK, client asked for another address than %s", addr)
 	}
+}
+
+// fqdnOption4 is the value of the Client FQDN option (RFC 4702) that hands
+// out --fqdn: flags E (the name in DNS wire format) and N (this server
+// updates no DNS records), both RCODEs 255 as section 3.1 asks of servers,
+// then the name.
+func fqdnOption4(name string) []byte {
+	const flagE, flagN = 0x04, 0x08
+	labels := &rfc1035label.Labels{Labels: []string{name}}
+	return append([]byte{flagE | flagN, 255, 255}, labels.ToBytes()...)
 }

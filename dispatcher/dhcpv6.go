@@ -64,6 +64,11 @@ func (d *Dispatcher) handleDHCPv6(b []byte, p *wire.Parsed) {
 	if len(s.search) > 0 {
 		mods = append(mods, dhcpv6.WithOption(dhcpv6.OptDomainSearchList(&rfc1035label.Labels{Labels: s.search})))
 	}
+	if s.cfg.FQDN != "" {
+		// RFC 4704: flag N, this server updates no DNS records.
+		const flagN = 0x04
+		mods = append(mods, dhcpv6.WithOption(&dhcpv6.OptFQDN{Flags: flagN, DomainName: &rfc1035label.Labels{Labels: []string{s.cfg.FQDN}}}))
+	}
 
 	var resp *dhcpv6.Message
 	switch msg.MessageType {

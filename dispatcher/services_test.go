@@ -1,6 +1,7 @@
 package dispatcher
 
 import (
+	"bytes"
 	"encoding/binary"
 	"net"
 	"net/netip"
@@ -600,4 +601,43 @@ func TestDHCPv6(t *testing.T) {
 func dhcpv6FromPort(m dhcpv6.DHCPv6, port uint16) []byte {
 	dst := netip.MustParseAddr("ff02::1:2")
 	return wiretest.IPFrom(guestMAC, wire.MulticastMAC(dst), guestLL, dst, wire.ProtoUDP, wiretest.UDP(port, 547, m.ToBytes()))
+}
+
+// TestFQDN: --fqdn goes out as DHCPv4 option 81 (flags E and N, RCODEs
+// 255, the name in wire format) and DHCPv6 option 39 (flag N), and
+// neither is sent without it.
+func TestFQDN(t *testing.T) {
+	const name = "vm1.example.org"
+	wire81 := append([]byte{0x0c, 255, 255}, 3, 'v', 'm', '1', 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 3, 'o', 'r', 'g', 0)
+	for _, fqdn := range []string{name, ""} {
+		h := newHarness(t, func(c *conf.Config) { c.FQDN = fqdn }, nil)
+		disc, err := dhcpv4.NewDiscovery(net.HardwareAddr(guestMAC[:]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.send(dhcpFrame(disc))
+		offer, _, _ := recvDHCP(t, h)
+		got := offer.Options.Get(dhcpv4.OptionFQDN)
+		if fqdn == "" && got != nil || fqdn != "" && !bytes.Equal(got, wire81) {
+			t.Errorf("--fqdn %q: option 81 %x, want %x", fqdn, got, wire81)
+		}
+
+		sol, err := dhcpv6.NewSolicit(net.HardwareAddr(guestMAC[:]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.send(dhcpv6Frame(sol))
+		adv := recvDHCPv6(t, h)
+		o := adv.GetOneOption(dhcpv6.OptionFQDN)
+		if fqdn == "" {
+			if o != nil {
+				t.Errorf("option 39 without --fqdn: %v", o)
+			}
+			continue
+		}
+		f, ok := o.(*dhcpv6.OptFQDN)
+		if !ok || f.Flags != 0x04 || f.DomainName == nil || !slices.Equal(f.DomainName.Labels, []string{name}) {
+			t.Errorf("option 39 %v", o)
+		}
+	}
 }

@@ -14,7 +14,7 @@ import (
 
 func TestDHCPv4Lease(t *testing.T) {
 	needTool(t, "dhclient")
-	gp := LaunchGopasta(t, "-t", "none", "-u", "none", "-T", "none", "-U", "none")
+	gp := LaunchGopasta(t, "-H", "vm1", "--fqdn", "vm1.example.org", "-t", "none", "-u", "none", "-T", "none", "-U", "none")
 	g := gp.Guest
 	g.Exec(t, "ip", "link", "set", HostIf, "up")
 	// dhclient -1: one try, exit non-zero if no lease. -sf /bin/true would
@@ -34,6 +34,8 @@ func TestDHCPv4Lease(t *testing.T) {
 		"option subnet-mask 255.255.255.0;",
 		"option routers " + HostGW4 + ";",
 		"option interface-mtu 65520;",
+		"option host-name \"vm1\";",
+		"option fqdn.fqdn \"vm1.example.org\";",
 	} {
 		if !strings.Contains(leases, want) {
 			t.Errorf("lease lacks %q:\n%s", want, leases)
@@ -87,7 +89,7 @@ func TestIPv6FromRouterAdvertisement(t *testing.T) {
 
 func TestDHCPv6Lease(t *testing.T) {
 	needTool(t, "dhclient")
-	gp := LaunchGopasta(t, "-t", "none", "-u", "none", "-T", "none", "-U", "none")
+	gp := LaunchGopasta(t, "--fqdn", "vm1.example.org", "-t", "none", "-u", "none", "-T", "none", "-U", "none")
 	g := gp.Guest
 	g.Exec(t, "sysctl", "-qw", "net.ipv6.conf."+HostIf+".accept_dad=0")
 	g.Exec(t, "ip", "link", "set", HostIf, "up")
@@ -105,6 +107,9 @@ func TestDHCPv6Lease(t *testing.T) {
 	leases := readFile(t, dir+"/leases")
 	if !strings.Contains(leases, "iaaddr "+HostAddr6) {
 		t.Fatalf("lease lacks %s:\n%s\n%s", HostAddr6, leases, out)
+	}
+	if !strings.Contains(leases, `option fqdn.fqdn "vm1.example.org";`) {
+		t.Errorf("lease lacks the FQDN:\n%s", leases)
 	}
 }
 
