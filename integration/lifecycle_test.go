@@ -382,3 +382,55 @@ func TestCommandExitStatus(t *testing.T) {
 		t.Errorf("missing command: %v %q", err, out)
 	}
 }
+
+// TestRunAs: started as root with --runas, the daemon has that user's
+// UID and GID and no capabilities once it is ready, forwards both ways
+// as before, and still exits when its namespace file is removed from a
+// directory only root may read (the inotify watch was made before).
+func TestRunAs(t *testing.T) {
+	h := HostNetns(t)
+	g := NewNetns(t, "g")
+	dir := t.TempDir() // 0700, root's
+	nsFile := filepath.Join(dir, "netns-runas")
+	if err := os.WriteFile(nsFile, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, "mount", "--bind", g.Path(), nsFile)
+	t.Cleanup(func() { _ = exec.Command("umount", nsFile).Run() })
+	pidFile := filepath.Join(dir, "pid")
+	t.Cleanup(func() { killPIDFile(pidFile) })
+	if r := runFront(t, h, 5*time.Second, "--config-net", "-q", "--netns", nsFile, "-P", pidFile, "--runas", "nobody",
+		"-t", "18900:28900", "-u", "none", "-T", "none", "-U", "none"); r.code != 0 {
+		t.Fatalf("gopasta: %v\n%s", r.err, r.out)
+	}
+	pid := (&Gopasta{PIDFile: pidFile}).PID()
+	status := readFile(t, fmt.Sprintf("/proc/%d/status", pid))
+	for _, want := range []string{"Uid:\t65534\t65534\t65534\t65534\n", "Gid:\t65534\t65534\t65534\t65534\n",
+		"CapEff:\t0000000000000000\n", "CapPrm:\t0000000000000000\n"} {
+		if !strings.Contains(status, want) {
+			t.Errorf("status lacks %q:\n%s", want, status)
+		}
+	}
+	for _, line := range strings.Split(status, "\n") {
+		if groups, ok := strings.CutPrefix(line, "Groups:"); ok && strings.TrimSpace(groups) != "" {
+			t.Errorf("supplementary groups kept: %q", line)
+		}
+	}
+
+	ServeInfo(ListenTCPIn(t, g, "tcp", ":28900"))
+	if local, _, err := askInfo(t, h, "tcp4", HostAddr4+":18900"); err != nil || portOf(local) != "28900" {
+		t.Errorf("inbound through -t: %q, %v", local, err)
+	}
+	ServeInfo(ListenTCPIn(t, h, "tcp4", "127.0.0.1:18901"))
+	if local, _, err := askInfo(t, g, "tcp4", HostGW4+":18901"); err != nil || portOf(local) != "18901" {
+		t.Errorf("outbound to the host: %q, %v", local, err)
+	}
+
+	run(t, "umount", nsFile)
+	if err := os.Remove(nsFile); err != nil {
+		t.Fatal(err)
+	}
+	if took, ok := waitGone(pid, 1500*time.Millisecond); !ok || took > time.Second {
+		t.Errorf("daemon still running %v after the namespace file was removed (gone: %v)", took, ok)
+	}
+}

@@ -39,16 +39,17 @@ type daemon struct {
 	foreground bool
 	command    bool
 
-	nsFD  int
-	nsArg string // the namespace file to watch ("" in command mode)
-	tap   *link.Tap
-	dev   link.Device // the guest link: tap, or passt's QEMU socket
-	peer  *link.Peer
-	w     *link.Writer
-	disp  *dispatcher.Dispatcher
-	env   *actors.Env
-	pcap  *link.Pcap // -p/--pcap (pcap.go)
-	stops []func()
+	nsFD    int
+	nsArg   string   // the namespace file to watch ("" in command mode)
+	inotify *os.File // watch on nsArg's directory (prepareWatch), or nil
+	tap     *link.Tap
+	dev     link.Device // the guest link: tap, or passt's QEMU socket
+	peer    *link.Peer
+	w       *link.Writer
+	disp    *dispatcher.Dispatcher
+	env     *actors.Env
+	pcap    *link.Pcap // -p/--pcap (pcap.go)
+	stops   []func()
 
 	// follow moves --map-guest-addr's alias along with the host's
 	// address (nil: nothing to follow).
@@ -208,7 +209,8 @@ func (d *daemon) setup() error {
 			return err
 		}
 	}
-	return nil
+	d.prepareWatch()
+	return d.dropPrivileges() // runas.go: last, once nothing needs root
 }
 
 // openTapLink enters or creates the namespace and opens (and with

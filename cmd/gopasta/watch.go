@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -44,56 +45,104 @@ func (d *daemon) startWatchers(wg *sync.WaitGroup) {
 	}
 }
 
-// watchNetnsFile waits for the namespace file to disappear: an inotify
-// watch on its directory reports deletions at once (ip netns del and
-// podman unmount the bind mount, then unlink the file), and a check every
-// watchInterval catches what inotify cannot see (an unmount without unlink, a
-// procfs path).
-func (d *daemon) watchNetnsFile(path string) {
-	gone := func() bool { return !netns.IsFD(path, d.nsFD) }
-	events := make(chan struct{}, 1)
-	interval := watchInterval
-	if fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC); err == nil {
-		_, err = unix.InotifyAddWatch(fd, filepath.Dir(path), unix.IN_DELETE|unix.IN_DELETE_SELF|unix.IN_MOVED_FROM|unix.IN_UNMOUNT)
-		if err != nil {
-			unix.Close(fd)
-			d.log.Debugf("inotify on %s: %v", filepath.Dir(path), err)
-		} else {
-			if !strings.HasPrefix(filepath.Clean(path), "/proc/") {
-				interval = watchBackup
-			}
-			f := os.NewFile(uintptr(fd), "inotify")
-			defer f.Close() // ends the reader below
-			go func() {
-				buf := make([]byte, 4096)
-				for {
-					if _, err := f.Read(buf); err != nil && !errors.Is(err, unix.EINTR) {
-						return
-					}
-					select {
-					case events <- struct{}{}:
-					default:
-					}
-				}
-			}()
-		}
+// prepareWatch sets up the inotify watch on the namespace file's
+// directory during setup, while the daemon may still read that directory
+// (--runas may take that away before watchNetnsFile runs).
+func (d *daemon) prepareWatch() {
+	if d.cfg.NoNetNSQuit || d.nsArg == "" {
+		return
 	}
-	// The file may have gone between readiness and the watch above (podman
-	// can remove a namespace that fast): look once before waiting.
-	events <- struct{}{}
+	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
+	if err != nil {
+		d.log.Debugf("inotify: %v", err)
+		return
+	}
+	dir := filepath.Dir(d.nsArg)
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_DELETE|unix.IN_DELETE_SELF|unix.IN_MOVED_FROM|unix.IN_UNMOUNT); err != nil {
+		unix.Close(fd)
+		d.log.Debugf("inotify on %s: %v", dir, err)
+		return
+	}
+	d.inotify = os.NewFile(uintptr(fd), "inotify")
+	d.stops = append(d.stops, func() { d.inotify.Close() })
+}
+
+// watchNetnsFile waits for the namespace file to disappear: the inotify
+// watch on its directory reports its deletion at once (ip netns del and
+// podman unmount the bind mount, then unlink the file), and a check every
+// watchInterval catches what inotify cannot see (an unmount without
+// unlink, a procfs path).
+func (d *daemon) watchNetnsFile(path string) {
+	gone := func() bool {
+		// Only a missing or replaced file is gone. One the daemon may no
+		// longer look at (--runas, a root-only directory) is left to
+		// inotify.
+		if err := unix.Access(path, unix.F_OK); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) {
+			return false
+		}
+		return !netns.IsFD(path, d.nsFD)
+	}
+	deleted := make(chan struct{}, 1)
+	interval := watchInterval
+	if f := d.inotify; f != nil {
+		if !strings.HasPrefix(filepath.Clean(path), "/proc/") {
+			interval = watchBackup
+		}
+		go func() { // ends when teardown closes f
+			if readInotify(f, filepath.Base(path)) {
+				deleted <- struct{}{}
+			}
+		}()
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	for {
-		select {
-		case <-d.ctx.Done():
-			return
-		case <-events:
-		case <-t.C:
+	// The file may have gone between readiness and the watch (podman can
+	// remove a namespace that fast): look once before waiting.
+	for check := true; ; check = false {
+		if !check {
+			select {
+			case <-d.ctx.Done():
+				return
+			case <-deleted:
+			case <-t.C:
+				if !gone() {
+					continue
+				}
+			}
+		} else if !gone() {
+			continue
 		}
-		if gone() {
-			d.log.Infof("namespace %s is gone, exiting", path)
-			d.cancel(errQuit)
-			return
+		d.log.Infof("namespace %s is gone, exiting", path)
+		d.cancel(errQuit)
+		return
+	}
+}
+
+// readInotify reads events from f until one says that name, in the
+// watched directory, was deleted or moved away, or that the directory
+// itself went (true), or until f is closed (false).
+func readInotify(f *os.File, name string) bool {
+	buf := make([]byte, 4096)
+	for {
+		n, err := f.Read(buf)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return false
+		}
+		for b := buf[:n]; len(b) >= unix.SizeofInotifyEvent; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&b[0]))
+			l := unix.SizeofInotifyEvent + int(ev.Len)
+			if l > len(b) {
+				break
+			}
+			evName := strings.TrimRight(string(b[unix.SizeofInotifyEvent:l]), "\x00")
+			if ev.Mask&(unix.IN_DELETE_SELF|unix.IN_UNMOUNT) != 0 ||
+				ev.Mask&(unix.IN_DELETE|unix.IN_MOVED_FROM) != 0 && evName == name {
+				return true
+			}
+			b = b[l:]
 		}
 	}
 }
