@@ -217,20 +217,29 @@ func TestExitOnNetnsDelete(t *testing.T) {
 	}
 }
 
-// TestExitOnNetnsFileRemoved: podman's teardown of its own bind mount
-// (umount, then rm) outside /run/netns.
-func TestExitOnNetnsFileRemoved(t *testing.T) {
-	h := HostNetns(t)
-	g := NewNetns(t, "g")
+// boundNetnsFile bind-mounts g's namespace on a file in a new temporary
+// directory (mode 0700), as podman does outside /run/netns, and returns
+// it with a PID file path beside it; the mount and any daemon that wrote
+// the PID file are gone after the test.
+func boundNetnsFile(t *testing.T, g Netns) (nsFile, pidFile string) {
+	t.Helper()
 	dir := t.TempDir()
-	nsFile := filepath.Join(dir, "netns-test")
+	nsFile = filepath.Join(dir, "netns-test")
 	if err := os.WriteFile(nsFile, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	run(t, "mount", "--bind", g.Path(), nsFile)
 	t.Cleanup(func() { _ = exec.Command("umount", nsFile).Run() })
-	pidFile := filepath.Join(dir, "pid")
+	pidFile = filepath.Join(dir, "pid")
 	t.Cleanup(func() { killPIDFile(pidFile) })
+	return nsFile, pidFile
+}
+
+// TestExitOnNetnsFileRemoved: podman's teardown of its own bind mount
+// (umount, then rm) outside /run/netns.
+func TestExitOnNetnsFileRemoved(t *testing.T) {
+	h := HostNetns(t)
+	nsFile, pidFile := boundNetnsFile(t, NewNetns(t, "g"))
 	if r := runFront(t, h, 5*time.Second, "--config-net", "-q", "--netns", nsFile, "-P", pidFile); r.code != 0 {
 		t.Fatalf("gopasta: %v\n%s", r.err, r.out)
 	}
@@ -390,15 +399,7 @@ func TestCommandExitStatus(t *testing.T) {
 func TestRunAs(t *testing.T) {
 	h := HostNetns(t)
 	g := NewNetns(t, "g")
-	dir := t.TempDir() // 0700, root's
-	nsFile := filepath.Join(dir, "netns-runas")
-	if err := os.WriteFile(nsFile, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	run(t, "mount", "--bind", g.Path(), nsFile)
-	t.Cleanup(func() { _ = exec.Command("umount", nsFile).Run() })
-	pidFile := filepath.Join(dir, "pid")
-	t.Cleanup(func() { killPIDFile(pidFile) })
+	nsFile, pidFile := boundNetnsFile(t, g) // in a 0700 directory of root's
 	if r := runFront(t, h, 5*time.Second, "--config-net", "-q", "--netns", nsFile, "-P", pidFile, "--runas", "nobody",
 		"-t", "18900:28900", "-u", "none", "-T", "none", "-U", "none"); r.code != 0 {
 		t.Fatalf("gopasta: %v\n%s", r.err, r.out)
