@@ -302,6 +302,7 @@ func TestSpliceOtherFamily(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	active := SpliceStats.TCPActive.Load()
 	accFD := acceptedFD(t, front)
 	nfd, _ := unix.Socket(unix.AF_INET6, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	before := SpliceStats.TCPFamilyRetries.Load()
@@ -320,4 +321,8 @@ func TestSpliceOtherFamily(t *testing.T) {
 	if SpliceStats.TCPFamilyRetries.Load() != before+1 {
 		t.Errorf("family retries %d, want %d", SpliceStats.TCPFamilyRetries.Load(), before+1)
 	}
+	// The pair ends before the next test counts active pairs.
+	c.Close()
+	s.Close()
+	spliceSettled(t, active)
 }
