@@ -78,10 +78,10 @@ func (f *forwarder) tcpSpliceIn(fw tcpForward) func(fd int, client netip.AddrPor
 func spliceConnect(fd, nfd int, dst netip.AddrPort, alt *spliceAlt) {
 	err := unix.Connect(nfd, sockaddrOf(dst))
 	if err == unix.ECONNREFUSED && alt != nil {
-		if afd, aerr := alt.sock(); aerr == nil {
+		if afd, aerr := alt.dial(); aerr == nil {
 			unix.Close(nfd)
 			SpliceStats.TCPFamilyRetries.Add(1)
-			spliceConnect(fd, afd, alt.dst, nil)
+			startSplice(fd, afd, nil)
 			return
 		}
 	}

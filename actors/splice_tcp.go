@@ -164,17 +164,27 @@ func startSplice(accFD, connFD int, alt *spliceAlt) {
 	}()
 }
 
+// dial makes a socket for a's target and starts a non-blocking connect
+// on it; the descriptor is the caller's.
+func (a *spliceAlt) dial() (int, error) {
+	fd, err := a.sock()
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Connect(fd, sockaddrOf(a.dst)); err != nil && err != unix.EINPROGRESS && err != unix.EINTR {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
 // redial replaces the refused b with a connection to alt's target.
 func (p *splicePair) redial(alt *spliceAlt) bool {
-	fd, err := alt.sock()
+	fd, err := alt.dial()
 	if err != nil {
 		return false
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	if err := unix.Connect(fd, sockaddrOf(alt.dst)); err != nil && err != unix.EINPROGRESS && err != unix.EINTR {
-		unix.Close(fd)
-		return false
-	}
 	b, err := newSpliceSock(fd)
 	if err != nil {
 		unix.Close(fd)
