@@ -98,24 +98,18 @@ func (d *daemon) watchNetnsFile(path string) {
 	defer t.Stop()
 	// The file may have gone between readiness and the watch (podman can
 	// remove a namespace that fast): look once before waiting.
-	for check := true; ; check = false {
-		if !check {
-			select {
-			case <-d.ctx.Done():
-				return
-			case <-deleted:
-			case <-t.C:
-				if !gone() {
-					continue
-				}
-			}
-		} else if !gone() {
+	for !gone() {
+		select {
+		case <-d.ctx.Done():
+			return
+		case <-deleted:
+		case <-t.C:
 			continue
 		}
-		d.log.Infof("namespace %s is gone, exiting", path)
-		d.cancel(errQuit)
-		return
+		break
 	}
+	d.log.Infof("namespace %s is gone, exiting", path)
+	d.cancel(errQuit)
 }
 
 // readInotify reads events from f until one says that name, in the
