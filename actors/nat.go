@@ -21,7 +21,11 @@ import (
 //     netcfg.FollowHostAddrs): pasta keeps leading it to the address that
 //     is gone, and the host becomes unreachable from the container;
 //   - the --dns-forward address, for ports 53 and 853, stands for the host's
-//     resolver (--dns-host).
+//     resolver (--dns-host). Unless --dns-host was given, that is the first
+//     nameserver of the host's resolv.conf, and it follows the file
+//     (SetDNSHosts, from netcfg.FollowResolvConf): a laptop that joins
+//     another network gets another resolver, and pasta would go on
+//     forwarding every container's queries to the one that is gone.
 type NAT struct {
 	HostLoopback4, HostLoopback6 netip.Addr // guest-side address of host loopback
 	GuestAddr4, GuestAddr6       netip.Addr // guest-side alias of the host's address
@@ -33,6 +37,49 @@ type NAT struct {
 	// any more. Written by SetHostAddrs, read by every new flow; an
 	// atomic pointer so that reading costs no lock.
 	moved atomic.Pointer[[2]netip.Addr]
+
+	// dns is the host's resolver now and the one before, once it is not
+	// DNSHost4/6 any more. Written by SetDNSHosts, read by every new flow
+	// and every datagram from a resolver.
+	dns atomic.Pointer[dnsHosts]
+}
+
+// dnsHosts is where the --dns-forward addresses lead (cur), and where they
+// led before the last change (prev): replies to queries sent before it
+// still come from there, and must still appear from the forward address.
+type dnsHosts struct{ cur, prev [2]netip.Addr }
+
+// SetDNSHosts makes the --dns-forward addresses lead to v4 and v6 from now
+// on (flows already open keep their sockets). It has one caller at a
+// time: the resolv.conf follower.
+func (n *NAT) SetDNSHosts(v4, v6 netip.Addr) {
+	o4, o6 := n.DNSHosts()
+	n.dns.Store(&dnsHosts{cur: [2]netip.Addr{v4, v6}, prev: [2]netip.Addr{o4, o6}})
+}
+
+// DNSHosts returns the host resolvers the --dns-forward addresses lead to
+// now.
+func (n *NAT) DNSHosts() (v4, v6 netip.Addr) {
+	if p := n.dns.Load(); p != nil {
+		return p.cur[0], p.cur[1]
+	}
+	return n.DNSHost4, n.DNSHost6
+}
+
+// isDNSHost reports whether a is a host resolver the forward addresses
+// lead to: at start, now, or before the last change.
+func (n *NAT) isDNSHost(a netip.Addr) bool {
+	if a == n.DNSHost4 || a == n.DNSHost6 {
+		return a.IsValid()
+	}
+	if p := n.dns.Load(); p != nil {
+		for _, h := range [...]netip.Addr{p.cur[0], p.cur[1], p.prev[0], p.prev[1]} {
+			if h.IsValid() && a == h {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // SetHostAddrs makes the alias of the host's own address lead to v4 and
@@ -54,11 +101,12 @@ func (n *NAT) HostAddrs() (v4, v6 netip.Addr) {
 func (n *NAT) Outbound(far netip.AddrPort) netip.AddrPort {
 	a, port := far.Addr(), far.Port()
 	host4, host6 := n.HostAddrs()
+	dns4, dns6 := n.DNSHosts()
 	switch {
-	case a.Is4() && a == n.DNSForward4 && isDNSPort(port) && n.DNSHost4.IsValid():
-		return netip.AddrPortFrom(n.DNSHost4, port)
-	case a.Is6() && a == n.DNSForward6 && isDNSPort(port) && n.DNSHost6.IsValid():
-		return netip.AddrPortFrom(n.DNSHost6, port)
+	case a.Is4() && a == n.DNSForward4 && isDNSPort(port) && dns4.IsValid():
+		return netip.AddrPortFrom(dns4, port)
+	case a.Is6() && a == n.DNSForward6 && isDNSPort(port) && dns6.IsValid():
+		return netip.AddrPortFrom(dns6, port)
 	case a.Is4() && a == n.HostLoopback4:
 		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)
 	case a.Is6() && a == n.HostLoopback6:
@@ -82,9 +130,9 @@ func (n *NAT) Inbound(src netip.AddrPort) (netip.AddrPort, bool) {
 	a, port := src.Addr().Unmap(), src.Port()
 	host4, host6 := n.HostAddrs()
 	switch {
-	case a.Is4() && a == n.DNSHost4 && isDNSPort(port) && n.DNSForward4.IsValid():
+	case a.Is4() && isDNSPort(port) && n.DNSForward4.IsValid() && n.isDNSHost(a):
 		return netip.AddrPortFrom(n.DNSForward4, port), true
-	case a.Is6() && a == n.DNSHost6 && isDNSPort(port) && n.DNSForward6.IsValid():
+	case a.Is6() && isDNSPort(port) && n.DNSForward6.IsValid() && n.isDNSHost(a):
 		return netip.AddrPortFrom(n.DNSForward6, port), true
 	case a.IsLoopback() && a.Is4():
 		return netip.AddrPortFrom(n.HostLoopback4, port), n.HostLoopback4.IsValid()

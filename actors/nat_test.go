@@ -88,3 +88,44 @@ func TestNATFollowsHost(t *testing.T) {
 		t.Errorf("Inbound v6 = %s, %v", got, ok)
 	}
 }
+
+// TestNATFollowsResolver: after SetDNSHosts new queries go to the new
+// resolver, and replies from the one at start and the one just before
+// still appear from the forward address (queries in flight), while the
+// same addresses on other ports are left alone.
+func TestNATFollowsResolver(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	a := netip.MustParseAddr
+	n := &NAT{DNSForward4: a("169.254.1.1"), DNSHost4: a("192.0.2.53"),
+		DNSForward6: a("fd00::53"), DNSHost6: a("2001:db8::53")}
+	out := func(far, want string) {
+		t.Helper()
+		if got := n.Outbound(ap(far)); got != ap(want) {
+			t.Errorf("Outbound(%s) = %s, want %s", far, got, want)
+		}
+	}
+	in := func(src, want string) {
+		t.Helper()
+		if got, ok := n.Inbound(ap(src)); !ok || got != ap(want) {
+			t.Errorf("Inbound(%s) = %s %v, want %s", src, got, ok, want)
+		}
+	}
+	out("169.254.1.1:53", "192.0.2.53:53")
+	n.SetDNSHosts(a("198.51.100.53"), a("2001:db8::53"))
+	out("169.254.1.1:53", "198.51.100.53:53")
+	out("169.254.1.1:853", "198.51.100.53:853")
+	out("[fd00::53]:53", "[2001:db8::53]:53")
+	in("198.51.100.53:53", "169.254.1.1:53")
+	in("192.0.2.53:53", "169.254.1.1:53") // the resolver at start
+	n.SetDNSHosts(a("203.0.113.53"), a("2001:db8::99"))
+	out("169.254.1.1:53", "203.0.113.53:53")
+	out("[fd00::53]:53", "[2001:db8::99]:53")
+	in("203.0.113.53:53", "169.254.1.1:53")
+	in("198.51.100.53:853", "169.254.1.1:853") // the one before
+	in("[2001:db8::53]:53", "[fd00::53]:53")
+	in("203.0.113.53:80", "203.0.113.53:80") // not a DNS port
+	in("198.51.100.7:53", "198.51.100.7:53") // never a resolver
+	if v4, v6 := n.DNSHosts(); v4 != a("203.0.113.53") || v6 != a("2001:db8::99") {
+		t.Errorf("DNSHosts() = %s %s", v4, v6)
+	}
+}
