@@ -298,6 +298,73 @@ func TestDNSForward(t *testing.T) {
 	}
 }
 
+// TestDNSForwardFollowsResolvConf: without --dns-host, --dns-forward
+// leads to the first nameserver of the host's resolv.conf, and when the
+// file is rewritten (here in place, through the bind mount that ip netns
+// exec makes of /etc/netns/NAME/resolv.conf) to the new one, over UDP and
+// TCP, with the answers still from the forward address.
+func TestDNSForwardFollowsResolvConf(t *testing.T) {
+	h := HostNetns(t)
+	etc := "/etc/netns/" + h.Name
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(etc) })
+	conf := etc + "/resolv.conf"
+	if err := os.WriteFile(conf, []byte("nameserver 127.0.0.1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Two "resolvers", each marking its answers.
+	for _, r := range []struct{ addr, mark string }{{"127.0.0.1:53", "one:"}, {"127.0.0.2:53", "two:"}} {
+		c := ListenUDPIn(t, h, "udp4", r.addr)
+		go func() {
+			b := make([]byte, 1500)
+			for {
+				n, from, err := c.ReadFromUDPAddrPort(b)
+				if err != nil {
+					return
+				}
+				_, _ = c.WriteToUDPAddrPort(append([]byte(r.mark), b[:n]...), from)
+			}
+		}()
+	}
+	ServeInfo(ListenTCPIn(t, h, "tcp4", "127.0.0.2:53"))
+	gp := LaunchGopastaIn(t, h, "--config-net", "--dns-forward", "169.254.1.1")
+
+	ask := func() string {
+		c := DialUDPIn(t, gp.Guest, "udp4", "169.254.1.1:53")
+		defer c.Close()
+		if _, err := c.Write([]byte("query")); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		b := make([]byte, 1500)
+		n, err := c.Read(b) // connected: only an answer from 169.254.1.1:53
+		if err != nil {
+			return err.Error()
+		}
+		return string(b[:n])
+	}
+	if got := ask(); got != "one:query" {
+		t.Fatalf("before the change: %q, want one:query", got)
+	}
+	if err := os.WriteFile(conf, []byte("# new network\nnameserver 127.0.0.2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if !Eventually(3*time.Second, func() bool { got = ask(); return got == "two:query" }) {
+		t.Fatalf("after the change: %q, want two:query", got)
+	}
+	// TCP goes there too; the server sees the connection come to it.
+	local, _, err := askInfo(t, gp.Guest, "tcp4", "169.254.1.1:53")
+	if err != nil || local != "127.0.0.2:53" {
+		t.Fatalf("TCP to 169.254.1.1:53 reached %q (%v), want 127.0.0.2:53", local, err)
+	}
+	if log := gp.Log(); !strings.Contains(log, "DNS forwarding now leads to 127.0.0.2 (was 127.0.0.1)") {
+		t.Errorf("no log line for the change:\n%s", tail(log, 2000))
+	}
+}
+
 // BenchmarkUDPRR: one datagram from the guest to an echo server on the
 // host and back per op, the UDP_RR pattern; reports the daemon's CPU per
 // round trip too (cpu-us/op), which is what a loaded machine makes scarce.

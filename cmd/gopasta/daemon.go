@@ -54,6 +54,9 @@ type daemon struct {
 	// follow moves --map-guest-addr's alias along with the host's
 	// address (nil: nothing to follow).
 	follow *netcfg.HostAddrFollower
+	// resolv moves --dns-forward along with the host's resolv.conf
+	// (nil: --dns-host was given, or nothing is forwarded).
+	resolv *netcfg.ResolvFollower
 	cmd    *exec.Cmd
 
 	// passt mode: the listening device, or the -F socket (passt.go).
@@ -174,6 +177,11 @@ func (d *daemon) setup() error {
 		log.WithError(err).Warn("not following the host's address changes")
 	} else if d.follow != nil {
 		d.stops = append(d.stops, d.follow.Close)
+	}
+	if d.resolv, err = netcfg.FollowResolvConf(netcfg.ResolvConf, host.UserDNSHost, host.NAT, log.Logger); err != nil {
+		log.WithError(err).Warn("not following the host's resolver changes")
+	} else if d.resolv != nil {
+		d.stops = append(d.stops, d.resolv.Close)
 	}
 	d.peer = &link.Peer{OurMAC: cfg.OurMAC}
 	if cfg.Mode == conf.ModePasst {
@@ -326,6 +334,10 @@ func (d *daemon) run(sigs <-chan os.Signal) int {
 	if d.follow != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); d.follow.Run(d.ctx) }()
+	}
+	if d.resolv != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); d.resolv.Run(d.ctx) }()
 	}
 	d.startWatchers(&wg)
 

@@ -8,10 +8,10 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/link/netcfg"
 	"github.com/gopasta/gopasta/link/netns"
 )
 
@@ -125,18 +125,11 @@ func readInotify(f *os.File, name string) bool {
 			}
 			return false
 		}
-		for b := buf[:n]; len(b) >= unix.SizeofInotifyEvent; {
-			ev := (*unix.InotifyEvent)(unsafe.Pointer(&b[0]))
-			l := unix.SizeofInotifyEvent + int(ev.Len)
-			if l > len(b) {
-				break
-			}
-			evName := strings.TrimRight(string(b[unix.SizeofInotifyEvent:l]), "\x00")
-			if ev.Mask&(unix.IN_DELETE_SELF|unix.IN_UNMOUNT) != 0 ||
-				ev.Mask&(unix.IN_DELETE|unix.IN_MOVED_FROM) != 0 && evName == name {
-				return true
-			}
-			b = b[l:]
+		if netcfg.EachInotifyEvent(buf[:n], func(ev *unix.InotifyEvent, evName string) bool {
+			return ev.Mask&(unix.IN_DELETE_SELF|unix.IN_UNMOUNT) != 0 ||
+				ev.Mask&(unix.IN_DELETE|unix.IN_MOVED_FROM) != 0 && evName == name
+		}) {
+			return true
 		}
 	}
 }

@@ -58,6 +58,9 @@ type Host struct {
 	// UserAddr4 etc. say which of cfg's addresses came from the command
 	// line: then only those are configured, nothing is copied.
 	UserAddr4, UserAddr6, UserGW4, UserGW6 bool
+	// UserDNSHost says that --dns-host was given: the resolver is not
+	// the host's resolv.conf's, and is not followed.
+	UserDNSHost bool
 	// NAT is the address mapping for the actors.
 	NAT *actors.NAT
 	// Warnings are for the user: local mode, no IPv6, no resolver.
@@ -74,8 +77,11 @@ func Resolve(cfg *conf.Config) (*Host, error) {
 		return nil, fmt.Errorf("netlink: %w", err)
 	}
 	defer h.Close()
-	return resolve(h, cfg, "/etc/resolv.conf", ipv6Enabled())
+	return resolve(h, cfg, ResolvConf, ipv6Enabled())
 }
+
+// ResolvConf is the host's resolver configuration.
+const ResolvConf = "/etc/resolv.conf"
 
 // ipv6Enabled reports whether the kernel has IPv6 and it is not disabled.
 func ipv6Enabled() bool {
@@ -92,6 +98,8 @@ func resolve(h *netlink.Handle, cfg *conf.Config, resolvConf string, have6 bool)
 		UserAddr6: cfg.Addr6.IsValid(),
 		UserGW4:   cfg.Gateway4.IsValid(),
 		UserGW6:   cfg.Gateway6.IsValid(),
+
+		UserDNSHost: len(cfg.DNSHost) > 0,
 	}
 	warn := func(f string, a ...any) { host.Warnings = append(host.Warnings, fmt.Sprintf(f, a...)) }
 
