@@ -75,6 +75,9 @@ var SpliceStats struct {
 	// family after the first was refused (spliceAlt).
 	TCPFamilyRetries       atomic.Int64
 	UDPFlows, UDPDatagrams atomic.Int64
+	// OnlyRefused counts clients that are not on loopback, turned away
+	// under --splice-only: TCP connections reset, UDP datagrams dropped.
+	OnlyRefused atomic.Int64
 }
 
 // spliceSock is one side of a spliced pair.

@@ -46,5 +46,6 @@ func StatsSnapshot(env *Env) map[string]uint64 {
 		"splice_tcp_resets":    uint64(max(SpliceStats.TCPResets.Load(), 0)),
 		"splice_udp_flows":     uint64(max(SpliceStats.UDPFlows.Load(), 0)),
 		"splice_udp_datagrams": uint64(max(SpliceStats.UDPDatagrams.Load(), 0)),
+		"splice_only_refused":  uint64(max(SpliceStats.OnlyRefused.Load(), 0)),
 	}
 }

@@ -254,6 +254,15 @@ func (l *tcpListener) accepted(env *Env, fd int, sa unix.Sockaddr) {
 	if ok && l.splice != nil && client.Addr().IsLoopback() && l.splice(fd, client) {
 		return
 	}
+	if env.Conf.SpliceOnly {
+		// No tap to take it to: refuse at once rather than let the
+		// client wait for a handshake nobody answers.
+		env.Log.Debugf("inbound TCP from %s to port %d: --splice-only takes loopback clients only", client, l.fw.port)
+		SpliceStats.OnlyRefused.Add(1)
+		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+		unix.Close(fd)
+		return
+	}
 	far, shown := env.NAT.Inbound(client)
 	var guest netip.Addr
 	switch {

@@ -149,6 +149,11 @@ func newListenerBinding(env *Env, spec conf.PortSpec, toAddr netip.Addr, p, to u
 // binding's mu held (the dispatcher never waits for it, so the Register
 // send cannot deadlock).
 func (b *udpBinding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) *udpFlow {
+	if b.env.Conf != nil && b.env.Conf.SpliceOnly {
+		// No tap to take it to (loopback clients were relayed before).
+		SpliceStats.OnlyRefused.Add(1)
+		return nil
+	}
 	far, ok := b.env.NAT.Inbound(src)
 	if !ok {
 		UDPStats.Unmappable.Add(1)

@@ -2,7 +2,11 @@ package integration
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"net"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -181,5 +185,52 @@ func TestSpliceOtherFamily(t *testing.T) {
 		if local != c.wantLocal {
 			t.Errorf("%s reached %s, want %s", c.addr, local, c.wantLocal)
 		}
+	}
+}
+
+// TestSpliceOnly: --splice-only gives the namespace no interface but its
+// loopback. -t and -u from the host's loopback and -T from the
+// namespace's loopback work; a client on the host's public address is
+// turned away at once (TCP reset, datagram dropped, both counted); the
+// namespace has no way out.
+func TestSpliceOnly(t *testing.T) {
+	gp := StartGopasta(t, "--splice-only", "-t", "18910", "-u", "18911", "-T", "18912", "-U", "none")
+	h, g := gp.Host, gp.Guest
+	if out := strings.TrimSpace(g.Exec(t, "ip", "-o", "link", "show")); strings.Contains(out, "\n") || !strings.Contains(out, ": lo:") {
+		t.Fatalf("links in the namespace, want lo alone:\n%s", out)
+	}
+	if out, err := g.Try("ip", "route", "get", HostGW4); err == nil {
+		t.Errorf("the namespace has a route out: %s", out)
+	}
+	ServeInfo(ListenTCPIn(t, g, "tcp", ":18910"))
+	ServeInfo(ListenTCPIn(t, h, "tcp4", "127.0.0.1:18912"))
+	for _, c := range []struct {
+		ns            Netns
+		network, addr string
+	}{{h, "tcp4", "127.0.0.1:18910"}, {h, "tcp6", "[::1]:18910"}, {g, "tcp4", "127.0.0.1:18912"}} {
+		if local, _, err := askInfo(t, c.ns, c.network, c.addr); err != nil || portOf(local) != portOf(c.addr) {
+			t.Errorf("%s: server saw %q, %v", c.addr, local, err)
+		}
+	}
+	ServeUDPEcho(ListenUDPIn(t, g, "udp4", ":18911"))
+	if c := DialUDPIn(t, h, "udp4", "127.0.0.1:18911"); !udpPing(c, "over loopback") {
+		t.Error("-u from the host's loopback: no echo")
+	}
+
+	start := time.Now()
+	_, _, err := askInfo(t, h, "tcp4", HostAddr4+":18910")
+	if !errors.Is(err, syscall.ECONNRESET) && !errors.Is(err, io.EOF) {
+		t.Errorf("-t from %s: %v, want the connection reset", HostAddr4, err)
+	} else if d := time.Since(start); d > time.Second {
+		t.Errorf("-t from %s: reset only after %v", HostAddr4, d)
+	}
+	if c := DialUDPIn(t, h, "udp4", HostAddr4+":18911"); udpPing(c, "from outside") {
+		t.Errorf("-u from %s: echoed", HostAddr4)
+	}
+	if n := statsOf(t, gp)["splice_only_refused"]; n != 2 {
+		t.Errorf("splice_only_refused = %d, want 2 (one connection, one datagram)", n)
+	}
+	if log := gp.Log(); !strings.Contains(log, "Namespace interface: none (--splice-only)") {
+		t.Errorf("log:\n%s", tail(log, 2000))
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -399,8 +400,19 @@ func TestTCPLoss(t *testing.T) {
 	bulkBothWays(t, gp, "tcp4", "127.0.0.1:0", HostGW4, 200<<20)
 }
 
-// statsLine asks the daemon for its statistics and returns the numbers.
+// daemonStats asks the daemon for its statistics and returns the numbers
+// of goroutines and TCP flows.
 func daemonStats(t *testing.T, gp *Gopasta) (goroutines, tcpFlows int) {
+	st := statsOf(t, gp)
+	if st["goroutines"] == 0 {
+		t.Fatalf("no statistics line with goroutines in the log: %v", st)
+	}
+	return st["goroutines"], st["tcp_flows"]
+}
+
+// statsOf asks the daemon for its statistics (SIGUSR1) and returns the
+// name=number fields of the line it logs.
+func statsOf(t *testing.T, gp *Gopasta) map[string]int {
 	before := len(gp.Log())
 	syscall.Kill(gp.PID(), syscall.SIGUSR1)
 	var line string
@@ -415,14 +427,15 @@ func daemonStats(t *testing.T, gp *Gopasta) (goroutines, tcpFlows int) {
 		}
 		return false
 	})
+	st := map[string]int{}
 	for _, f := range strings.Fields(line) {
-		fmt.Sscanf(f, "goroutines=%d", &goroutines)
-		fmt.Sscanf(f, "tcp_flows=%d", &tcpFlows)
+		if k, v, ok := strings.Cut(f, "="); ok {
+			if n, err := strconv.Atoi(v); err == nil {
+				st[k] = n
+			}
+		}
 	}
-	if goroutines == 0 {
-		t.Fatalf("no statistics line with goroutines in the log: %q", line)
-	}
-	return
+	return st
 }
 
 func countFDs(pid int) int {

@@ -184,9 +184,12 @@ func (d *daemon) setup() error {
 		d.stops = append(d.stops, d.resolv.Close)
 	}
 	d.peer = &link.Peer{OurMAC: cfg.OurMAC}
-	if cfg.Mode == conf.ModePasst {
+	switch {
+	case cfg.Mode == conf.ModePasst:
 		err = d.openPasst()
-	} else {
+	case cfg.SpliceOnly:
+		err = d.openSpliceOnly()
+	default:
 		err = d.openTapLink(host)
 	}
 	if err != nil {
@@ -260,6 +263,22 @@ func (d *daemon) openTapLink(host *netcfg.Host) error {
 	return nil
 }
 
+// openSpliceOnly is pasta mode's link with --splice-only: the namespace
+// gets no tap, only its loopback (which the forwarder brings up), and the
+// only traffic is spliced between the two loopbacks. The dispatcher runs
+// on a device where nothing arrives.
+func (d *daemon) openSpliceOnly() error {
+	if err := d.openNetns(); err != nil {
+		return err
+	}
+	mtu := d.cfg.MTU
+	if mtu == 0 {
+		mtu = netcfg.DefaultMTU
+	}
+	d.dev = link.NewNullDevice(mtu)
+	return nil
+}
+
 // openNetns opens the target network namespace, or creates one.
 func (d *daemon) openNetns() error {
 	var err error
@@ -288,6 +307,8 @@ func (d *daemon) logConfig(host *netcfg.Host) {
 	}
 	if d.tap != nil {
 		log.Infof("Namespace interface: %s, MTU %d", d.tap.Name(), cfg.MTU)
+	} else if cfg.SpliceOnly {
+		log.Infof("Namespace interface: none (--splice-only): loopback traffic only")
 	} else {
 		log.Infof("Guest link: QEMU stream socket, MTU %d", d.dev.MTU())
 	}
