@@ -162,6 +162,11 @@ func detachStdio() error {
 func (d *daemon) setup() error {
 	cfg, log := d.cfg, d.log
 
+	if cfg.ConfPath != "" {
+		// Better no daemon than one that seems to offer a control socket
+		// pesto will not find: the user relies on changing the rules.
+		return fmt.Errorf("-c/--conf-path %s: no control socket for run-time forwarding changes (pesto) in gopasta yet", cfg.ConfPath)
+	}
 	if err := d.openPcap(); err != nil {
 		return err
 	}
