@@ -52,8 +52,8 @@ import (
 // address (NAT.Inbound), so queries in flight during a change are not
 // answered from an unexpected source.
 
-// resolvWatchMask is what a watch reports: everything that can change
-// what reading the file returns.
+// What the watches report: everything that can change what reading the
+// file returns, in its directory (under its name) and on its inode.
 const (
 	resolvDirMask  = unix.IN_CLOSE_WRITE | unix.IN_MOVED_TO | unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_FROM
 	resolvFileMask = unix.IN_CLOSE_WRITE | unix.IN_MOVE_SELF | unix.IN_DELETE_SELF | unix.IN_ATTRIB
