@@ -90,6 +90,34 @@ func TestTCPDelayedAckTimesOut(t *testing.T) {
 	}
 }
 
+// An ACK that waited in vain (the host did not answer, perhaps because
+// the guest holds its next write until this ACK, as Nagle's algorithm
+// does) puts the flow in quick-ACK mode: the next tcpQuickAcks small
+// segments are acknowledged at once, and then ACKs wait again.
+func TestTCPQuickAckAfterTimeout(t *testing.T) {
+	withDelAck(t, 300*time.Millisecond)
+	te, g, sc := connectedFlow(t, 15000)
+	go io.Copy(io.Discard, sc) // the host reads, and never answers
+	start := time.Now()
+	g.send(wire.TCPPsh, []byte("first"))
+	if s := te.next(3 * time.Second); s.ack != g.sndNxt || time.Since(start) < 250*time.Millisecond {
+		t.Fatalf("first ACK %d (want %d) after %v: not delayed", s.ack, g.sndNxt, time.Since(start))
+	}
+	for i := range tcpQuickAcks {
+		start = time.Now()
+		g.send(wire.TCPPsh, []byte("more"))
+		s := te.next(3 * time.Second)
+		if el := time.Since(start); s.ack != g.sndNxt || el > 150*time.Millisecond {
+			t.Fatalf("quick ACK %d: ack %d (want %d) after %v", i, s.ack, g.sndNxt, el)
+		}
+	}
+	start = time.Now()
+	g.send(wire.TCPPsh, []byte("delayed again"))
+	if s := te.next(3 * time.Second); s.ack != g.sndNxt || time.Since(start) < 250*time.Millisecond {
+		t.Fatalf("after the quick ACKs: ack %d (want %d) after %v, want the delay again", s.ack, g.sndNxt, time.Since(start))
+	}
+}
+
 // A guest's FIN the host does not answer with its own is acknowledged
 // after the delay.
 func TestTCPDelayedAckOfFin(t *testing.T) {
