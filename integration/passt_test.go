@@ -618,34 +618,9 @@ func TestPasstVM(t *testing.T) {
 // forwards its port 53 there; a query from the "VM" is answered through it.
 func TestPasstDNSForward(t *testing.T) {
 	h := HostNetns(t)
-	// ip netns exec bind-mounts /etc/netns/NAME/resolv.conf over
-	// /etc/resolv.conf for what it runs.
-	etc := "/etc/netns/" + h.Name
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(etc) })
-	if err := os.WriteFile(etc+"/resolv.conf", []byte("nameserver 127.0.0.53\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	netnsResolvConf(t, h, "nameserver 127.0.0.53\n")
 	// The "resolver": echoes each query back with a marker.
-	var pc net.PacketConn
-	var err error
-	InNetns(t, h, func() { pc, err = net.ListenPacket("udp4", "127.0.0.53:53") })
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	go func() {
-		b := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(b)
-			if err != nil {
-				return
-			}
-			pc.WriteTo(append([]byte("answer:"), b[:n]...), from)
-		}
-	}()
+	ServeUDPMarked(ListenUDPIn(t, h, "udp4", "127.0.0.53:53"), "answer:")
 
 	sock := filepath.Join(t.TempDir(), "p.sock")
 	startFgPasst(t, h, nil, passtBin(t), "-f", "-s", sock)

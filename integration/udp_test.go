@@ -90,17 +90,39 @@ func DialUDPIn(t testing.TB, ns Netns, network, addr string) *net.UDPConn {
 }
 
 // ServeUDPEcho echoes every datagram on c until it is closed.
-func ServeUDPEcho(c *net.UDPConn) {
+func ServeUDPEcho(c *net.UDPConn) { ServeUDPMarked(c, "") }
+
+// ServeUDPMarked answers every datagram on c with mark and the datagram,
+// until c is closed: an echo that tells which server answered.
+func ServeUDPMarked(c *net.UDPConn, mark string) {
 	go func() {
 		buf := make([]byte, 65536)
+		copy(buf, mark)
 		for {
-			n, from, err := c.ReadFromUDPAddrPort(buf)
+			n, from, err := c.ReadFromUDPAddrPort(buf[len(mark):])
 			if err != nil {
 				return
 			}
-			_, _ = c.WriteToUDPAddrPort(buf[:n], from)
+			_, _ = c.WriteToUDPAddrPort(buf[:len(mark)+n], from)
 		}
 	}()
+}
+
+// netnsResolvConf gives processes that ip netns exec starts in h the
+// resolv.conf s (it bind-mounts /etc/netns/NAME/resolv.conf over
+// /etc/resolv.conf), and returns that file's path.
+func netnsResolvConf(t *testing.T, h Netns, s string) string {
+	t.Helper()
+	etc := "/etc/netns/" + h.Name
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(etc) })
+	path := etc + "/resolv.conf"
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // udpExchange sends count numbered datagrams of varying size on the
@@ -305,29 +327,10 @@ func TestDNSForward(t *testing.T) {
 // TCP, with the answers still from the forward address.
 func TestDNSForwardFollowsResolvConf(t *testing.T) {
 	h := HostNetns(t)
-	etc := "/etc/netns/" + h.Name
-	if err := os.MkdirAll(etc, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(etc) })
-	conf := etc + "/resolv.conf"
-	if err := os.WriteFile(conf, []byte("nameserver 127.0.0.1\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	conf := netnsResolvConf(t, h, "nameserver 127.0.0.1\n")
 	// Two "resolvers", each marking its answers.
-	for _, r := range []struct{ addr, mark string }{{"127.0.0.1:53", "one:"}, {"127.0.0.2:53", "two:"}} {
-		c := ListenUDPIn(t, h, "udp4", r.addr)
-		go func() {
-			b := make([]byte, 1500)
-			for {
-				n, from, err := c.ReadFromUDPAddrPort(b)
-				if err != nil {
-					return
-				}
-				_, _ = c.WriteToUDPAddrPort(append([]byte(r.mark), b[:n]...), from)
-			}
-		}()
-	}
+	ServeUDPMarked(ListenUDPIn(t, h, "udp4", "127.0.0.1:53"), "one:")
+	ServeUDPMarked(ListenUDPIn(t, h, "udp4", "127.0.0.2:53"), "two:")
 	ServeInfo(ListenTCPIn(t, h, "tcp4", "127.0.0.2:53"))
 	gp := LaunchGopastaIn(t, h, "--config-net", "--dns-forward", "169.254.1.1")
 
