@@ -241,7 +241,7 @@ func (f *forwarder) stop() {
 
 func (f *forwarder) scanLoop() {
 	defer f.wg.Done()
-	t := time.NewTicker(fwdScanInterval)
+	t := time.NewTimer(UntilBoundary(fwdScanInterval))
 	defer t.Stop()
 	for {
 		select {
@@ -249,8 +249,20 @@ func (f *forwarder) scanLoop() {
 			return
 		case <-t.C:
 			f.scanOnce()
+			t.Reset(UntilBoundary(fwdScanInterval))
 		}
 	}
+}
+
+// UntilBoundary is how long until the wall clock next reaches a whole
+// multiple of period. The daemon's periodic work waits for such
+// boundaries, so that what falls due together (the "auto" scan every
+// second, the GOMAXPROCS sampler every two) runs on one wake-up of an
+// otherwise idle process, and one of the runtime's sysmon thread, which
+// leaves its deep sleep at every timer.
+func UntilBoundary(period time.Duration) time.Duration {
+	now := time.Now()
+	return now.Truncate(period).Add(period).Sub(now)
 }
 
 // scanOnce updates every direction with Scan rules from its other side.

@@ -53,7 +53,7 @@ func adaptProcs(ctx context.Context) {
 	cur := 1
 	runtime.GOMAXPROCS(cur)
 	actors.SetSerial(true)
-	t := time.NewTimer(procsSample)
+	t := time.NewTimer(actors.UntilBoundary(procsSample))
 	defer t.Stop()
 	last, lastAt := cpuTime(), time.Now()
 	for {
@@ -69,7 +69,7 @@ func adaptProcs(ctx context.Context) {
 				runtime.GOMAXPROCS(cur)
 				actors.SetSerial(cur == 1)
 			}
-			t.Reset(nextSample(cur, cores))
+			t.Reset(actors.UntilBoundary(nextSample(cur, cores)))
 		}
 	}
 }
