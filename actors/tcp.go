@@ -435,7 +435,7 @@ func (c *tcpConn) output() {
 				c.ackAt = c.now.Add(tcpDelAck)
 			}
 		} else {
-			if c.quickAcks > 0 && c.state&tcpEstablished != 0 {
+			if c.quickAcks > 0 {
 				c.quickAcks--
 			}
 			c.sendAck()

@@ -172,9 +172,16 @@ func runFollower(t *testing.T, fd int, host *Host) *test.Hook {
 	if f == nil {
 		t.Fatal("nothing to follow")
 	}
+	runUntilCleanup(t, f.Run)
+	return hook
+}
+
+// runUntilCleanup runs a follower's Run on its own goroutine until the
+// test's cleanup cancels its context, and checks that it then returns.
+func runUntilCleanup(t *testing.T, run func(context.Context)) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { f.Run(ctx); close(done) }()
+	go func() { defer close(done); run(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -183,7 +190,6 @@ func runFollower(t *testing.T, fd int, host *Host) *test.Hook {
 			t.Error("Run did not return after cancel")
 		}
 	})
-	return hook
 }
 
 // TestFollowHostAddrsNotForUserAddrs: an address from -a is the user's,

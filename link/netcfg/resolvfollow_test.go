@@ -1,7 +1,6 @@
 package netcfg
 
 import (
-	"context"
 	"io"
 	"net/netip"
 	"os"
@@ -33,17 +32,7 @@ func startResolvFollower(t *testing.T, path string) *actors.NAT {
 	if err != nil || r == nil {
 		t.Fatalf("FollowResolvConf: %v %v", r, err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(2 * time.Second):
-			t.Error("Run did not end with its context")
-		}
-	})
+	runUntilCleanup(t, r.Run)
 	return nat
 }
 
