@@ -67,7 +67,7 @@ func (f *forwarder) tcpSpliceIn(fw tcpForward) func(fd int, client netip.AddrPor
 				alt = &spliceAlt{dst: d, sock: func() (int, error) { return f.ns.socket(family(!v6), unix.SOCK_STREAM, 0) }}
 			}
 		}
-		spliceConnect(fd, nfd, dst, alt)
+		spliceConnect(f.env, fd, nfd, dst, alt)
 		return true
 	}
 }
@@ -75,13 +75,13 @@ func (f *forwarder) tcpSpliceIn(fw tcpForward) func(fd int, client netip.AddrPor
 // spliceConnect starts a non-blocking connect of nfd to dst and hands both
 // sockets to a splice pair; a connect refused (at once, or later) goes on
 // to alt if there is one, and otherwise resets the client.
-func spliceConnect(fd, nfd int, dst netip.AddrPort, alt *spliceAlt) {
+func spliceConnect(env *Env, fd, nfd int, dst netip.AddrPort, alt *spliceAlt) {
 	err := unix.Connect(nfd, sockaddrOf(dst))
 	if err == unix.ECONNREFUSED && alt != nil {
 		if afd, aerr := alt.dial(); aerr == nil {
 			unix.Close(nfd)
 			SpliceStats.TCPFamilyRetries.Add(1)
-			startSplice(fd, afd, nil)
+			startSplice(env, fd, afd, nil)
 			return
 		}
 	}
@@ -92,7 +92,7 @@ func spliceConnect(fd, nfd int, dst netip.AddrPort, alt *spliceAlt) {
 		unix.Close(nfd)
 		return
 	}
-	startSplice(fd, nfd, alt)
+	startSplice(env, fd, nfd, alt)
 }
 
 // udpInListener is a -u listening socket: the tap path's binding, with a
@@ -210,7 +210,7 @@ func (t *tcpOutListener) run() {
 				return unix.Socket(family(!v6), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 			}}
 		}
-		spliceConnect(nfd, hfd, t.to, alt)
+		spliceConnect(t.env, nfd, hfd, t.to, alt)
 	})
 }
 

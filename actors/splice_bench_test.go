@@ -20,6 +20,13 @@ func BenchmarkSpliceRR(b *testing.B) {
 	benchRR(b, c, s)
 }
 
+// BenchmarkSpliceRRUnwatched is BenchmarkSpliceRR with the pair's sockets
+// not watched for hang-ups: each pump reads until EAGAIN (see splicePump).
+func BenchmarkSpliceRRUnwatched(b *testing.B) {
+	c, s := splicedConnIn(b, nil, "tcp4", "127.0.0.1:0")
+	benchRR(b, c, s)
+}
+
 func benchRR(b *testing.B, c, s *net.TCPConn) {
 	go func() {
 		buf := make([]byte, 1)

@@ -13,11 +13,20 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/conf"
 )
 
 // splicedConn builds, in this namespace, client -> [front listener] ->
 // splice pair -> [server], and returns the client's and the server's ends.
 func splicedConn(t testing.TB, network, addr string) (client, server *net.TCPConn) {
+	t.Helper()
+	return splicedConnIn(t, fwdTestEnv(t, &conf.Config{}), network, addr)
+}
+
+// splicedConnIn is splicedConn with the pair's Env given: nil leaves its
+// sockets unwatched for hang-ups, as when the flows' epoll is unavailable.
+func splicedConnIn(t testing.TB, env *Env, network, addr string) (client, server *net.TCPConn) {
 	t.Helper()
 	front, err := net.Listen(network, addr)
 	if err != nil {
@@ -39,7 +48,7 @@ func splicedConn(t testing.TB, network, addr string) (client, server *net.TCPCon
 	if err != nil {
 		t.Fatal(err)
 	}
-	spliceConnect(accFD, nfd, netip.MustParseAddrPort(back.Addr().String()), nil)
+	spliceConnect(env, accFD, nfd, netip.MustParseAddrPort(back.Addr().String()), nil)
 	s, err := back.(*net.TCPListener).AcceptTCP()
 	if err != nil {
 		t.Fatal(err)
@@ -118,9 +127,13 @@ func spliceSettled(t *testing.T, active int64) {
 func TestSpliceBulkHalfClose(t *testing.T) {
 	for _, tc := range []struct{ network, addr string }{{"tcp4", "127.0.0.1:0"}, {"tcp6", "[::1]:0"}} {
 		t.Run(tc.network, func(t *testing.T) {
+			env := fwdTestEnv(t, &conf.Config{})
+			if _, err := tcpPollerFor(env); err != nil { // its epoll lives as long as env
+				t.Fatal(err)
+			}
 			active := SpliceStats.TCPActive.Load()
 			before := fdCount(t)
-			c, s := splicedConn(t, tc.network, tc.addr)
+			c, s := splicedConnIn(t, env, tc.network, tc.addr)
 			pushPull(t, c, s, 64<<20) // client -> server, then client's FIN
 			pushPull(t, s, c, 64<<20) // server still sends after it
 			spliceSettled(t, active)
@@ -188,7 +201,7 @@ func TestSpliceRefused(t *testing.T) {
 	defer c.Close()
 	accFD := acceptedFD(t, front)
 	nfd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	spliceConnect(accFD, nfd, deadAddr, nil)
+	spliceConnect(fwdTestEnv(t, &conf.Config{}), accFD, nfd, deadAddr, nil)
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
 		t.Fatalf("client read: %v, want connection reset", err)
@@ -254,32 +267,82 @@ func TestUDPSpliceRelay(t *testing.T) {
 // way a client that sends a request and half-closes does. Both usually
 // sit in the socket before the pump wakes up, and one read takes the
 // data but stops at the FIN without a readiness event of its own: a pump
-// that waited after such a read would never pass the end of stream on.
+// that waited after such a read without hearing of the FIN would never
+// pass the end of stream on. Watched sockets hear of it from the flows'
+// epoll; unwatched ones read once more.
 func TestSpliceDataThenFIN(t *testing.T) {
-	for i := 0; i < 50; i++ {
-		c, s := splicedConn(t, "tcp4", "127.0.0.1:0")
-		msg := []byte{'r', 'e', 'q', byte(i)}
-		if _, err := c.Write(msg); err != nil {
-			t.Fatal(err)
+	for _, watched := range []bool{true, false} {
+		var env *Env
+		if watched {
+			env = fwdTestEnv(t, &conf.Config{})
 		}
-		if err := c.CloseWrite(); err != nil {
-			t.Fatal(err)
+		for i := 0; i < 50; i++ {
+			c, s := splicedConnIn(t, env, "tcp4", "127.0.0.1:0")
+			msg := []byte{'r', 'e', 'q', byte(i)}
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			if err := c.CloseWrite(); err != nil {
+				t.Fatal(err)
+			}
+			_ = s.SetReadDeadline(time.Now().Add(2 * time.Second))
+			got, err := io.ReadAll(s)
+			if err != nil || !bytes.Equal(got, msg) {
+				t.Fatalf("watched %v, round %d: server read %q, %v; want %q then EOF", watched, i, got, err, msg)
+			}
+			// The answer still goes the other way after the client's FIN.
+			if _, err := s.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if got, err = io.ReadAll(c); err != nil || !bytes.Equal(got, msg) {
+				t.Fatalf("watched %v, round %d: client read %q, %v", watched, i, got, err)
+			}
+			c.Close()
 		}
-		_ = s.SetReadDeadline(time.Now().Add(2 * time.Second))
-		got, err := io.ReadAll(s)
-		if err != nil || !bytes.Equal(got, msg) {
-			t.Fatalf("round %d: server read %q, %v; want %q then EOF", i, got, err, msg)
+	}
+}
+
+// TestSpliceRREmptyReads: request/response through a pair whose sockets
+// are watched for hang-ups costs no read that finds nothing, where an
+// unwatched pair makes one after every message.
+func TestSpliceRREmptyReads(t *testing.T) {
+	const rounds = 200
+	for _, watched := range []bool{true, false} {
+		var env *Env
+		if watched {
+			env = fwdTestEnv(t, &conf.Config{})
 		}
-		// The answer still goes the other way after the client's FIN.
-		if _, err := s.Write(msg); err != nil {
-			t.Fatal(err)
+		c, s := splicedConnIn(t, env, "tcp4", "127.0.0.1:0")
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		_ = s.SetDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 1)
+		before := SpliceStats.TCPEmptyReads.Load()
+		for i := 0; i < rounds; i++ {
+			if _, err := c.Write([]byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(s, buf); err != nil || buf[0] != byte(i) {
+				t.Fatalf("round %d: server read %v, %v", i, buf, err)
+			}
+			if _, err := s.Write([]byte{^byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, buf); err != nil || buf[0] != ^byte(i) {
+				t.Fatalf("round %d: client read %v, %v", i, buf, err)
+			}
 		}
-		s.Close()
-		_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-		if got, err = io.ReadAll(c); err != nil || !bytes.Equal(got, msg) {
-			t.Fatalf("round %d: client read %q, %v", i, got, err)
+		empty := SpliceStats.TCPEmptyReads.Load() - before
+		t.Logf("watched %v: %d empty reads in %d exchanges", watched, empty, rounds)
+		if watched && empty > rounds/10 {
+			t.Errorf("watched pair: %d empty reads in %d exchanges, want almost none", empty, rounds)
+		}
+		if !watched && empty < 2*rounds-10 {
+			t.Errorf("unwatched pair: %d empty reads in %d exchanges, want one per message", empty, rounds)
 		}
 		c.Close()
+		s.Close()
 	}
 }
 
@@ -310,7 +373,7 @@ func TestSpliceOtherFamily(t *testing.T) {
 		return unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	}}
 	// Nothing listens on [::1]:port: refused, then 127.0.0.1:port.
-	spliceConnect(accFD, nfd, netip.AddrPortFrom(netip.IPv6Loopback(), port), alt)
+	spliceConnect(fwdTestEnv(t, &conf.Config{}), accFD, nfd, netip.AddrPortFrom(netip.IPv6Loopback(), port), alt)
 	back.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
 	s, err := back.Accept()
 	if err != nil {

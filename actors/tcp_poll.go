@@ -43,6 +43,10 @@ import (
 // Sockets are named in the kernel's event by a slot index and a generation
 // (Go pointers cannot be kept by the kernel), so an event harvested just
 // before a flow closed finds its slot empty or reused and is dropped.
+//
+// Spliced sockets are registered too, for hang-ups only (splice_tcp.go):
+// the pumps wait for data in the runtime's own poller, but it does not say
+// whether a FIN came, and that is what lets a pump skip a read.
 
 // Readiness bits of tcpSock.pending and tcpSock.armed.
 // sockHup is sticky: the socket reported end of stream, a hang-up or an
@@ -56,17 +60,27 @@ const (
 // tcpPollEvents is what every flow socket is registered for.
 const tcpPollEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
+// pollee is what a slot of the poller holds: a TCP flow's socket, or a
+// spliced socket watched for hang-ups.
+type pollee interface {
+	// notify records events (the harvester calls it with mu held) and
+	// reports whether the owner is to hear of them.
+	notify(events uint32) bool
+	// woken tells the owner, after mu is released.
+	woken()
+}
+
 // tcpPoller is the epoll instance of one Env's TCP flows and its harvester.
 type tcpPoller struct {
 	file *os.File // the epoll descriptor, in the runtime's poller
 	rc   syscall.RawConn
 
-	ready []*tcpSock // deliver's list of sockets to act on; the harvester's
+	ready []pollee // deliver's list of sockets to act on; the harvester's
 
 	mu     sync.Mutex // guards the rest, and epfd against use after close
 	epfd   int
 	closed bool
-	slots  []*tcpSock
+	slots  []pollee
 	gens   []uint32
 	free   []int32
 }
@@ -93,7 +107,7 @@ func tcpPollerFor(env *Env) (*tcpPoller, error) {
 		unix.Close(epfd)
 		return nil, err
 	}
-	p := &tcpPoller{file: os.NewFile(uintptr(epfd), "tcp-epoll"), epfd: epfd, ready: make([]*tcpSock, 0, 256)}
+	p := &tcpPoller{file: os.NewFile(uintptr(epfd), "tcp-epoll"), epfd: epfd, ready: make([]pollee, 0, 256)}
 	if p.rc, err = p.file.SyscallConn(); err != nil {
 		p.file.Close()
 		return nil, err
@@ -144,9 +158,9 @@ func (p *tcpPoller) run() {
 }
 
 // deliver records the events of one epoll_wait and, for each socket whose
-// owner waits for what happened, runs the owner inline (tcp_inline.go) or
-// wakes it. The owners run after mu is released: a flow that closes its
-// socket takes mu to remove it.
+// owner waits for what happened, tells the owner: a flow runs inline
+// (tcp_inline.go) or is woken. The owners run after mu is released: a flow
+// that closes its socket takes mu to remove it.
 func (p *tcpPoller) deliver(evs []unix.EpollEvent) {
 	ready := p.ready[:0]
 	p.mu.Lock()
@@ -162,20 +176,18 @@ func (p *tcpPoller) deliver(evs []unix.EpollEvent) {
 	}
 	p.mu.Unlock()
 	for i, s := range ready {
-		if !sockInline(s) {
-			s.kick()
-		}
+		s.woken()
 		ready[i] = nil
 	}
 	p.ready = ready[:0]
 }
 
-// add registers s (its fd set) with the poller.
-func (p *tcpPoller) add(s *tcpSock) error {
+// add registers fd, owned by x, for events and returns its slot.
+func (p *tcpPoller) add(fd int, x pollee, events uint32) (int32, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
-		return unix.EBADF
+		return -1, unix.EBADF
 	}
 	var slot int32
 	if n := len(p.free); n > 0 {
@@ -187,30 +199,30 @@ func (p *tcpPoller) add(s *tcpSock) error {
 		p.gens = append(p.gens, 0)
 	}
 	p.gens[slot]++
-	ev := unix.EpollEvent{Events: tcpPollEvents, Fd: slot, Pad: int32(p.gens[slot])}
-	if e := nbsys.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, s.fd, &ev); e != 0 {
+	ev := unix.EpollEvent{Events: events, Fd: slot, Pad: int32(p.gens[slot])}
+	if e := nbsys.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev); e != 0 {
 		p.free = append(p.free, slot)
-		return os.NewSyscallError("epoll_ctl", e)
+		return -1, os.NewSyscallError("epoll_ctl", e)
 	}
-	p.slots[slot] = s
-	s.slot = slot
-	return nil
+	p.slots[slot] = x
+	return slot, nil
 }
 
-// remove unregisters s; it must be called before s.fd is closed.
-func (p *tcpPoller) remove(s *tcpSock) {
+// remove unregisters fd from *slot and sets it to -1; it must be called
+// before fd is closed, and does nothing if *slot is already -1.
+func (p *tcpPoller) remove(fd int, slot *int32) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if s.slot < 0 {
+	if *slot < 0 {
 		return
 	}
 	if !p.closed {
-		_ = nbsys.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, s.fd, nil)
+		_ = nbsys.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 	}
-	p.slots[s.slot] = nil
-	p.gens[s.slot]++
-	p.free = append(p.free, s.slot)
-	s.slot = -1
+	p.slots[*slot] = nil
+	p.gens[*slot]++
+	p.free = append(p.free, *slot)
+	*slot = -1
 }
 
 func (p *tcpPoller) close() {
@@ -235,6 +247,13 @@ func (s *tcpSock) notify(events uint32) bool {
 	}
 	s.pending.Or(b)
 	return s.armed.Load()&b != 0
+}
+
+// woken runs the flow inline if it can, else wakes its actor.
+func (s *tcpSock) woken() {
+	if !sockInline(s) {
+		s.kick()
+	}
 }
 
 func (s *tcpSock) kick() {

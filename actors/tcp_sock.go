@@ -78,14 +78,18 @@ func newTCPSock(env *Env, fd int, later bool) (*tcpSock, error) {
 }
 
 // register adds the socket to its poller.
-func (s *tcpSock) register() error { return s.poll.add(s) }
+func (s *tcpSock) register() error {
+	slot, err := s.poll.add(s.fd, s, tcpPollEvents)
+	s.slot = slot
+	return err
+}
 
 // close closes the socket, abortively (RST to the host peer) if reset.
 func (s *tcpSock) close(reset bool) {
 	if reset {
 		_ = nbsys.SetsockoptLinger(s.fd, &unix.Linger{Onoff: 1, Linger: 0})
 	}
-	s.poll.remove(s)
+	s.poll.remove(s.fd, &s.slot)
 	nbsys.Close(s.fd)
 	s.fd = -1
 }
