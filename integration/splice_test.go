@@ -135,6 +135,86 @@ func TestSpliceNsLoopbackNotExposed(t *testing.T) {
 	}
 }
 
+// TestSpliceRequestResponse: small exchanges through -T, the loopback
+// TCP_RR pattern. Every answer is checked; the pumps make next to no
+// reads that find nothing (they make one after every message when they
+// cannot tell a FIN from no FIN: see actors.splicePump); and a request
+// followed at once by the client's FIN, then the answer and the server's
+// close, passes both ends of stream on.
+func TestSpliceRequestResponse(t *testing.T) {
+	gp := StartGopasta(t, "-t", "none", "-u", "none", "-T", "18905", "-U", "none")
+	l := ListenTCPIn(t, gp.Host, "tcp4", "127.0.0.1:18905")
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 64)
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					for i := range buf[:n] {
+						buf[i] = ^buf[i]
+					}
+					if _, err := c.Write(buf[:n]); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	c, err := DialTCPIn(t, gp.Guest, "tcp4", "", "127.0.0.1:18905")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	before, ok := statsOf(t, gp)["splice_tcp_empty_reads"]
+	if !ok {
+		t.Fatal("no splice_tcp_empty_reads in the statistics")
+	}
+	const rounds = 1000
+	b := make([]byte, 1)
+	for i := 0; i < rounds; i++ {
+		if _, err := c.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, b); err != nil || b[0] != ^byte(i) {
+			t.Fatalf("exchange %d: got %v, %v", i, b, err)
+		}
+	}
+	c.Close()
+	empty := statsOf(t, gp)["splice_tcp_empty_reads"] - before
+	t.Logf("%d empty reads in %d exchanges", empty, rounds)
+	if empty > rounds/10 {
+		t.Errorf("%d reads found nothing in %d exchanges, want almost none", empty, rounds)
+	}
+
+	// Request and FIN together; the answer, then the server's FIN.
+	for i := 0; i < 20; i++ {
+		c, err := DialTCPIn(t, gp.Guest, "tcp4", "", "127.0.0.1:18905")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != string([]byte{^byte('p'), ^byte('i'), ^byte('n'), ^byte('g')}) {
+			t.Fatalf("round %d: got %q, %v; want the answer, then end of stream", i, got, err)
+		}
+		c.Close()
+	}
+}
+
 // TestSpliceUDPEcho: UDP from the host's loopback through -u and from the
 // namespace's loopback through -U, IPv4 and IPv6, many datagrams.
 func TestSpliceUDPEcho(t *testing.T) {
