@@ -244,6 +244,15 @@ func finish(c *Config) error {
 		if c.NoSplice {
 			return errors.New("--splice-only is incompatible with --no-splice")
 		}
+		// Only loopback clients can be spliced: a listener that only
+		// others reach would accept connections that have nowhere to go.
+		for _, specs := range [][]PortSpec{c.TCPPorts, c.UDPPorts} {
+			for _, s := range specs {
+				if (s.Bind.IsValid() && !s.Bind.IsLoopback() && !s.Bind.IsUnspecified()) || (s.Ifname != "" && s.Ifname != "lo") {
+					return fmt.Errorf("option '%s %s' listens where no loopback client can connect (--splice-only forwards loopback clients only)", s.Option, s.Raw)
+				}
+			}
+		}
 		// Without a tap there is nobody to answer ICMP or DNS for.
 		c.HostLoToNsLo = true
 		c.NoICMP = true

@@ -291,6 +291,8 @@ func TestGetoptErrors(t *testing.T) {
 		{"pasta", []string{"--netns", "x", "1234"}, "Both --netns and PID or command given"},
 		{"pasta", []string{"--no-copy-routes"}, "--no-copy-routes needs --config-net"},
 		{"pasta", []string{"--splice-only", "--no-splice"}, "--splice-only is incompatible with --no-splice"},
+		{"pasta", []string{"--splice-only", "-t", "192.0.2.1/8080"}, "option '-t 192.0.2.1/8080' listens where no loopback client can connect (--splice-only forwards loopback clients only)"},
+		{"pasta", []string{"-u", "%eth0/53", "--splice-only"}, "option '-u %eth0/53' listens where no loopback client can connect (--splice-only forwards loopback clients only)"},
 		{"pasta", []string{"-t", "80", "-t", "none"}, "-t none conflicts with previous options"},
 		{"pasta", []string{"-t", "80-22"}, "invalid port range '80-22' in option '-t 80-22'"},
 		{"pasta", []string{"-T", "127.0.0.1/80"}, "listening address not allowed for -T 127.0.0.1/80"},
@@ -449,6 +451,11 @@ func TestEveryOption(t *testing.T) {
 	// Disabled protocols get no default forwarding.
 	if len(c.UDPPorts) != 0 || len(c.TCPNSPorts) != 0 || len(c.TCPPorts) != 1 {
 		t.Errorf("ports with --no-tcp/--no-udp: %v %v %v", c.TCPPorts, c.UDPPorts, c.TCPNSPorts)
+	}
+	// Under --splice-only, loopback and wildcard listeners are fine.
+	c = mustParse(t, "pasta", "--splice-only", "-t", "127.0.0.1/8080", "-t", "::1/8081", "-t", "8082", "-u", "%lo/53")
+	if len(c.TCPPorts) != 3 || len(c.UDPPorts) != 1 {
+		t.Errorf("--splice-only with loopback listeners: %v %v", c.TCPPorts, c.UDPPorts)
 	}
 
 	c = mustParse(t, "passt", "-s", "/tmp/vu.sock", "--vhost-user", "--print-capabilities", "--repair-path", "/tmp/r",
