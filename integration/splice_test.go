@@ -28,23 +28,14 @@ type bulkResult struct {
 // ServeBulk serves one bulk exchange per connection, reporting each.
 func ServeBulk(l net.Listener, n int64) <-chan bulkResult {
 	res := make(chan bulkResult, 4)
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				r := bulkResult{remote: c.RemoteAddr().String()}
-				r.got, r.gotN, r.err = drain(c)
-				if r.err == nil {
-					r.sent, r.err = stream(c, n, 2)
-				}
-				res <- r
-			}()
+	ServeEach(l, func(c net.Conn) {
+		r := bulkResult{remote: c.RemoteAddr().String()}
+		r.got, r.gotN, r.err = drain(c)
+		if r.err == nil {
+			r.sent, r.err = stream(c, n, 2)
 		}
-	}()
+		res <- r
+	})
 	return res
 }
 
@@ -144,30 +135,21 @@ func TestSpliceNsLoopbackNotExposed(t *testing.T) {
 func TestSpliceRequestResponse(t *testing.T) {
 	gp := StartGopasta(t, "-t", "none", "-u", "none", "-T", "18905", "-U", "none")
 	l := ListenTCPIn(t, gp.Host, "tcp4", "127.0.0.1:18905")
-	go func() {
+	ServeEach(l, func(c net.Conn) {
+		buf := make([]byte, 64)
 		for {
-			c, err := l.Accept()
+			n, err := c.Read(buf)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 64)
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					for i := range buf[:n] {
-						buf[i] = ^buf[i]
-					}
-					if _, err := c.Write(buf[:n]); err != nil {
-						return
-					}
-				}
-			}()
+			for i := range buf[:n] {
+				buf[i] = ^buf[i]
+			}
+			if _, err := c.Write(buf[:n]); err != nil {
+				return
+			}
 		}
-	}()
+	})
 	c, err := DialTCPIn(t, gp.Guest, "tcp4", "", "127.0.0.1:18905")
 	if err != nil {
 		t.Fatal(err)

@@ -36,6 +36,23 @@ func ListenTCPIn(t testing.TB, ns Netns, network, addr string) *net.TCPListener 
 	return l.(*net.TCPListener)
 }
 
+// ServeEach accepts connections on l until it is closed and runs handle on
+// each, in a goroutine of its own, closing the connection after.
+func ServeEach(l net.Listener, handle func(c net.Conn)) {
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+}
+
 // DialTCPIn connects to addr from inside ns (from local, if set). Only a
 // failure to enter the namespace fails t, so it may run on any goroutine.
 func DialTCPIn(t testing.TB, ns Netns, network, local, addr string) (*net.TCPConn, error) {
@@ -186,21 +203,11 @@ func TestTCPConcurrent1000(t *testing.T) {
 	gp := StartGopasta(t)
 	l := ListenTCPIn(t, gp.Host, "tcp4", "127.0.0.1:0")
 	const conns, size = 1000, 1 << 20
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				sum, _, err := drain(c)
-				if err == nil {
-					c.Write(sum[:])
-				}
-			}()
+	ServeEach(l, func(c net.Conn) {
+		if sum, _, err := drain(c); err == nil {
+			c.Write(sum[:])
 		}
-	}()
+	})
 	addr := hostPort(HostGW4, lport(l))
 	var wg sync.WaitGroup
 	errs := make(chan error, conns)
@@ -448,18 +455,7 @@ func countFDs(pid int) int {
 func TestTCPNoLeaks(t *testing.T) {
 	gp := StartGopasta(t)
 	l := ListenTCPIn(t, gp.Host, "tcp4", "127.0.0.1:0")
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				io.Copy(c, c)
-				c.Close()
-			}()
-		}
-	}()
+	ServeEach(l, func(c net.Conn) { io.Copy(c, c) })
 	addr := hostPort(HostGW4, lport(l))
 	// One connection first, so that lazily created things exist.
 	if c, err := DialTCPIn(t, gp.Guest, "tcp4", "", addr); err == nil {
