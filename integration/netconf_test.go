@@ -295,3 +295,43 @@ func TestSingleFamily(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigNetIPv6OutsideGatewayPrefix: an IPv6 -a outside the prefix of
+// the host's gateway (podman's --net=pasta:-a,2001:db8::1), or a -g outside
+// the guest's prefix, still configures the namespace: the default route is
+// on-link, as for IPv4, and traffic takes it. Before, setup failed with
+// "add default route via ...: no route to host".
+func TestConfigNetIPv6OutsideGatewayPrefix(t *testing.T) {
+	for _, c := range []struct {
+		name, addr, gw string
+		args           []string
+	}{
+		{"-a", "2001:db8::1/64", HostGW6, []string{"-a", "2001:db8::1"}},
+		{"-g", HostAddr6 + "/64", "2001:db8:2::1", []string{"-g", "2001:db8:2::1"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			gp := StartGopasta(t, append([]string{"-6"}, c.args...)...)
+			tap := guestLinks(t, gp.Guest)[HostIf]
+			if got := tap.globalAddrs(); !slices.Equal(got, []string{c.addr}) {
+				t.Errorf("addresses %v, want [%s]", got, c.addr)
+			}
+			if got, want := guestRoutes(t, gp.Guest, "-6"), []string{"default via " + c.gw + " dev " + HostIf}; !slices.Equal(got, want) {
+				t.Errorf("IPv6 routes %v, want %v", got, want)
+			}
+			// The route leads somewhere: a host service through it.
+			l := ListenTCPIn(t, gp.Host, "tcp6", "["+HostAddr6+"]:0")
+			ServeInfo(l)
+			dst := hostPort(HostAddr6, lport(l))
+			if c.name == "-g" {
+				// The guest has the host's address: the host is
+				// reached through the gateway, its loopback.
+				l = ListenTCPIn(t, gp.Host, "tcp6", "[::1]:0")
+				ServeInfo(l)
+				dst = hostPort(c.gw, lport(l))
+			}
+			if _, _, err := askInfo(t, gp.Guest, "tcp6", dst); err != nil {
+				t.Errorf("guest to %s: %v", dst, err)
+			}
+		})
+	}
+}

@@ -164,7 +164,10 @@ func (c *configurer) family6(cfg *conf.Config, host *Host) error {
 }
 
 // defaultRoute adds "default via gw dev tap", on-link if gw is outside every
-// subnet of the tap (a -g that does not match -a), as pasta does.
+// subnet of the tap (a -g that does not match -a, or an -a outside the host
+// gateway's prefix), as pasta does: the gateway is gopasta, which answers on
+// the link whatever the guest's prefix. The kernel says so with
+// ENETUNREACH for IPv4 and EHOSTUNREACH for IPv6.
 func (c *configurer) defaultRoute(gw netip.Addr) error {
 	if !gw.IsValid() {
 		return nil
@@ -180,7 +183,7 @@ func (c *configurer) defaultRoute(gw netip.Addr) error {
 		Family:    fam,
 	}
 	err := c.h.RouteAdd(r)
-	if errors.Is(err, unix.ENETUNREACH) {
+	if errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.EHOSTUNREACH) {
 		r.Flags |= int(netlink.FLAG_ONLINK)
 		err = c.h.RouteAdd(r)
 	}
