@@ -77,7 +77,15 @@ var (
 	// ErrVersion is returned by Parse for --version: print
 	// "gopasta " + Version and exit 0.
 	ErrVersion = errors.New("version requested")
+	// ErrPrintCapabilities is returned by Parse for --print-capabilities,
+	// in any mode: print Capabilities to stdout and exit 0, as a
+	// vhost-user back-end does when its front-end asks what it is.
+	ErrPrintCapabilities = errors.New("capabilities requested")
 )
+
+// Capabilities is what --print-capabilities prints: the vhost-user
+// back-end capabilities, in the JSON layout of passt's.
+const Capabilities = "{\n  \"type\": \"net\"\n}\n"
 
 func flag(set func(c *Config)) func(*parser, string, string) error {
 	return func(p *parser, _, _ string) error { set(p.c); return nil }
@@ -554,8 +562,8 @@ func buildTable() []*option {
 			apply: flag(func(c *Config) { c.OneOff = true })},
 		{long: []string{"vhost-user"}, mode: passtOnly, toml: tomlBool, help: "Act as vhost-user back-end on the -s socket",
 			apply: flag(func(c *Config) { c.VhostUser = true })},
-		{long: []string{"print-capabilities"}, mode: passtOnly, help: "Print vhost-user back-end capabilities and exit",
-			apply: flag(func(c *Config) { c.PrintCapabilities = true })},
+		{long: []string{"print-capabilities"}, help: "Print vhost-user back-end capabilities (JSON, stdout) and exit",
+			apply: func(p *parser, _, _ string) error { p.c.PrintCapabilities = true; return ErrPrintCapabilities }},
 		{long: []string{"repair-path"}, hasArg: true, mode: passtOnly, toml: tomlString, argName: "PATH", help: "passt-repair socket for migration (vhost-user), 'none': off",
 			apply: func(p *parser, _, arg string) error {
 				if arg == "none" {

@@ -64,8 +64,9 @@ func (e completeError) Error() string { return string(e) }
 
 // Parse builds the configuration of the program called argv0 from its
 // arguments args (without argv0): built-in defaults, then the --config
-// TOML file if any, then the options in order. It returns ErrHelp or
-// ErrVersion when the caller should print Usage or the version and exit 0;
+// TOML file if any, then the options in order. It returns ErrHelp,
+// ErrVersion or ErrPrintCapabilities when the caller should print Usage,
+// the version or Capabilities and exit 0;
 // other errors are one line for "<prog>: <msg>" and exit status 1.
 func Parse(argv0 string, args []string) (*Config, error) {
 	c, err := parse(argv0, args)
@@ -163,12 +164,12 @@ func oneLine(err error) error {
 	return &lineError{msg: q[1 : len(q)-1], err: err}
 }
 
-// helpFirst reports whether --help or --version comes before --config, in
-// which case a broken file must not stop them.
+// helpFirst reports whether --help, --version or --print-capabilities
+// comes before --config, in which case a broken file must not stop them.
 func helpFirst(events []optEvent) bool {
 	for _, ev := range events {
 		switch ev.opt.key() {
-		case "help", "version":
+		case "help", "version", "print-capabilities":
 			return true
 		case "config":
 			return false
@@ -180,7 +181,7 @@ func helpFirst(events []optEvent) bool {
 func optionError(name string, err error) error {
 	var pe *PortSpecError
 	var ce completeError
-	if errors.Is(err, ErrHelp) || errors.Is(err, ErrVersion) || errors.As(err, &pe) || errors.As(err, &ce) {
+	if errors.Is(err, ErrHelp) || errors.Is(err, ErrVersion) || errors.Is(err, ErrPrintCapabilities) || errors.As(err, &pe) || errors.As(err, &ce) {
 		return err
 	}
 	if strings.Contains(err.Error(), name+" ") {

@@ -458,9 +458,9 @@ func TestEveryOption(t *testing.T) {
 		t.Errorf("--splice-only with loopback listeners: %v %v", c.TCPPorts, c.UDPPorts)
 	}
 
-	c = mustParse(t, "passt", "-s", "/tmp/vu.sock", "--vhost-user", "--print-capabilities", "--repair-path", "/tmp/r",
+	c = mustParse(t, "passt", "-s", "/tmp/vu.sock", "--vhost-user", "--repair-path", "/tmp/r",
 		"--migrate-exit", "--migrate-no-linger", "-1", "--no-dhcp-dns", "--no-dhcp-search")
-	if c.Socket != "/tmp/vu.sock" || !c.VhostUser || !c.PrintCapabilities || c.RepairPath != "/tmp/r" ||
+	if c.Socket != "/tmp/vu.sock" || !c.VhostUser || c.RepairPath != "/tmp/r" ||
 		!c.MigrateExit || !c.MigrateNoLinger || !c.OneOff || c.DHCPDNS == nil || *c.DHCPDNS || c.DHCPSearch == nil || *c.DHCPSearch {
 		t.Errorf("passt set: %+v", c)
 	}
@@ -524,5 +524,32 @@ func TestAddressSemantics(t *testing.T) {
 	}
 	if c := mustParse(t, "pasta", "--udp-timeout", "2m"); c.UDPTimeout != 2*time.Minute {
 		t.Errorf("udp-timeout 2m: %v", c.UDPTimeout)
+	}
+}
+
+// TestPrintCapabilities: --print-capabilities asks for the vhost-user
+// capabilities and an exit in every mode, before anything else is checked
+// or started (it used to be a passt flag that started the daemon).
+func TestPrintCapabilities(t *testing.T) {
+	for _, c := range []struct {
+		prog string
+		args []string
+	}{
+		{"passt", []string{"--print-capabilities"}},
+		{"passt", []string{"--vhost-user", "--print-capabilities"}},
+		{"passt", []string{"-s", "/tmp/x.sock", "--print-capabilities", "-t", "bogus"}},
+		{"pasta", []string{"--print-capabilities"}},
+		{"pasta", []string{"--config-net", "--print-capabilities", "--config", "/nonexistent"}},
+	} {
+		if _, err := Parse(c.prog, c.args); !errors.Is(err, ErrPrintCapabilities) {
+			t.Errorf("%s %q: %v", c.prog, c.args, err)
+		}
+	}
+	// Errors before it win, as for --version.
+	if _, err := Parse("pasta", []string{"--bogus", "--print-capabilities"}); err == nil || errors.Is(err, ErrPrintCapabilities) {
+		t.Errorf("--bogus --print-capabilities: %v", err)
+	}
+	if Capabilities != "{\n  \"type\": \"net\"\n}\n" {
+		t.Errorf("capabilities %q", Capabilities)
 	}
 }

@@ -700,3 +700,36 @@ func TestPasstUDPForward(t *testing.T) {
 		t.Errorf("reply %q from %v: %v", b[:n], from, err)
 	}
 }
+
+// TestPrintCapabilities: --print-capabilities prints the vhost-user
+// back-end capabilities to stdout (passt writes the same bytes to stderr;
+// the vhost-user convention is stdout) and exits 0 at once, in either
+// mode, without starting a daemon or binding its socket.
+func TestPrintCapabilities(t *testing.T) {
+	// In a namespace of its own: a daemon started by mistake goes with it.
+	ns := NewNetns(t, "cap")
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "vu.sock")
+	for _, argv := range [][]string{
+		{passtBin(t), "--vhost-user", "-s", sock, "--print-capabilities"},
+		{passtBin(t), "-s", sock, "--print-capabilities"},
+		{gopastaBin, "--print-capabilities"},
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		cmd := ns.Command(ctx, argv...)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		start := time.Now()
+		err := cmd.Run()
+		cancel()
+		if err != nil || time.Since(start) > 2*time.Second {
+			t.Errorf("%q: %v after %v\n%s", argv[1:], err, time.Since(start), stderr.String())
+		}
+		if want := "{\n  \"type\": \"net\"\n}\n"; stdout.String() != want || stderr.Len() != 0 {
+			t.Errorf("%q: stdout %q stderr %q, want stdout %q", argv[1:], stdout.String(), stderr.String(), want)
+		}
+		if _, err := os.Stat(sock); err == nil {
+			t.Errorf("%q: bound %s", argv[1:], sock)
+		}
+	}
+}

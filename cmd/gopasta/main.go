@@ -35,6 +35,9 @@ func run() int {
 	case errors.Is(err, conf.ErrVersion):
 		fmt.Printf("gopasta %s\n", conf.Version)
 		return 0
+	case errors.Is(err, conf.ErrPrintCapabilities):
+		fmt.Print(conf.Capabilities)
+		return 0
 	case err != nil:
 		fmt.Fprintf(os.Stderr, "%s: %s\n", prog, err)
 		return 1
