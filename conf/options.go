@@ -481,7 +481,7 @@ func buildTable() []*option {
 			apply: flag(func(c *Config) { c.NoCopyAddrs = true })},
 
 		// DNS.
-		{long: []string{"dns"}, short: 'D', hasArg: true, toml: tomlList, argName: "ADDR", help: "DNS server to advertise (repeatable, 'none': none)",
+		{long: []string{"dns"}, short: 'D', hasArg: true, toml: tomlList, argName: "ADDR", help: "DNS server to advertise (repeatable, 'none': none; default: the host's)",
 			apply: applyDNS, reset: func(c *Config) { c.DNS, c.DNSNone = nil, false }},
 		{long: []string{"dns-forward"}, hasArg: true, toml: tomlList, argName: "ADDR", help: "Forward DNS sent to ADDR to the host resolver (once per IP version)",
 			apply: perFamily(addrRules{noLoopback: true, noBroadcast: true},
@@ -489,15 +489,15 @@ func buildTable() []*option {
 			reset: func(c *Config) { c.DNSForward4, c.DNSForward6 = netip.Addr{}, netip.Addr{} }},
 		{long: []string{"dns-host"}, hasArg: true, toml: tomlList, argName: "ADDR", help: "Host resolver that --dns-forward sends to",
 			apply: applyDNSHost, reset: func(c *Config) { c.DNSHost = nil }},
-		{long: []string{"search"}, short: 'S', hasArg: true, toml: tomlList, argName: "LIST", help: "DNS search domains ('none': none)",
+		{long: []string{"search"}, short: 'S', hasArg: true, toml: tomlList, argName: "LIST", help: "DNS search domains to advertise ('none': none; default: the host's)",
 			apply: applySearch, reset: func(c *Config) { c.Search, c.SearchNone = nil, false }},
-		{long: []string{"dhcp-dns"}, mode: pastaOnly, toml: tomlBool, help: "Advertise DNS servers via DHCP/DHCPv6/NDP",
+		{long: []string{"dhcp-dns"}, mode: pastaOnly, toml: tomlBool, help: "Advertise DNS servers via DHCP/DHCPv6/NDP (default: off in pasta mode)",
 			apply: flag(func(c *Config) { c.DHCPDNS = boolPtr(true) })},
-		{long: []string{"no-dhcp-dns"}, mode: passtOnly, toml: tomlBool, help: "Don't advertise DNS servers",
+		{long: []string{"no-dhcp-dns"}, mode: passtOnly, toml: tomlBool, help: "Don't advertise DNS servers (default: on in passt mode)",
 			apply: flag(func(c *Config) { c.DHCPDNS = boolPtr(false) })},
-		{long: []string{"dhcp-search"}, mode: pastaOnly, toml: tomlBool, help: "Advertise the search list via DHCP/DHCPv6/NDP",
+		{long: []string{"dhcp-search"}, mode: pastaOnly, toml: tomlBool, help: "Advertise the search list via DHCP/DHCPv6/NDP (default: off in pasta mode)",
 			apply: flag(func(c *Config) { c.DHCPSearch = boolPtr(true) })},
-		{long: []string{"no-dhcp-search"}, mode: passtOnly, toml: tomlBool, help: "Don't advertise the search list",
+		{long: []string{"no-dhcp-search"}, mode: passtOnly, toml: tomlBool, help: "Don't advertise the search list (default: on in passt mode)",
 			apply: flag(func(c *Config) { c.DHCPSearch = boolPtr(false) })},
 
 		// Port forwarding.

@@ -47,8 +47,13 @@ func testConfig() *conf.Config {
 		OurMAC:   ourMAC,
 		DNS:      []netip.Addr{dns4, dns6, netip.MustParseAddr("127.0.0.53")},
 		Search:   []string{"example.com", "corp.example.org"},
+		// Advertised: the tests look at the options. Whether they are
+		// by default is TestDNSAdvertisedPerMode's business.
+		DHCPDNS: boolPtr(true), DHCPSearch: boolPtr(true),
 	}
 }
+
+func boolPtr(b bool) *bool { return &b }
 
 // harness runs a real Dispatcher and Writer on one end of an in-memory
 // link; the test plays the guest on the other end.

@@ -57,10 +57,15 @@ func (s *services) init(cfg *conf.Config, env *actors.Env) {
 	}
 
 	// DNS: advertise the configured resolvers, or the DNS forwarding
-	// address when none is configured. --dhcp-dns/--no-dhcp-dns override;
-	// with neither, advertise whatever is configured. Loopback resolvers
-	// (a host's 127.0.0.53) mean nothing to the guest and are left out.
-	advertise := cfg.DHCPDNS == nil || *cfg.DHCPDNS
+	// address when none is configured. As in pasta, only passt does so
+	// by default: a VM has nobody else to tell it, while a container's
+	// resolv.conf is written by its engine (podman) or shared with the
+	// host, and a DHCP client in the namespace that is handed resolvers
+	// it may not install (an unprivileged dhclient) declines the lease
+	// and loops. --dhcp-dns (pasta) and --no-dhcp-dns (passt) change the
+	// default; the search list likewise. Loopback resolvers (a host's
+	// 127.0.0.53) mean nothing to the guest and are left out.
+	advertise := advertiseByDefault(cfg, cfg.DHCPDNS)
 	if advertise && !cfg.DNSNone {
 		for _, a := range cfg.DNS {
 			a = a.Unmap()
@@ -79,7 +84,7 @@ func (s *services) init(cfg *conf.Config, env *actors.Env) {
 			s.dns6 = append(s.dns6, cfg.DNSForward6)
 		}
 	}
-	if !cfg.SearchNone && (cfg.DHCPSearch == nil || *cfg.DHCPSearch) {
+	if !cfg.SearchNone && advertiseByDefault(cfg, cfg.DHCPSearch) {
 		s.search = cfg.Search
 	}
 	if !(cfg.MTUSet && cfg.MTU == 0) {
@@ -87,6 +92,15 @@ func (s *services) init(cfg *conf.Config, env *actors.Env) {
 	}
 
 	s.raEnabled = !cfg.NoNDP && !cfg.NoRA && !cfg.IPv4Only && cfg.Addr6.IsValid()
+}
+
+// advertiseByDefault is the DNS servers' or search list's --dhcp-* switch
+// opt if given, else the mode's default: on in passt mode, off in pasta's.
+func advertiseByDefault(cfg *conf.Config, opt *bool) bool {
+	if opt != nil {
+		return *opt
+	}
+	return cfg.Mode == conf.ModePasst
 }
 
 // isGuest4 reports whether a is the guest's own IPv4 address.

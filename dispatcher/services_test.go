@@ -641,3 +641,63 @@ func TestFQDN(t *testing.T) {
 		}
 	}
 }
+
+// TestDNSAdvertisedPerMode: DNS servers and the search list go into DHCP,
+// router advertisements and DHCPv6 by default in passt mode only, as
+// pasta has it; --dhcp-dns/--dhcp-search (pasta) and --no-dhcp-dns/
+// --no-dhcp-search (passt) turn them on and off. An unprivileged dhclient
+// in a pasta namespace that is offered resolvers it cannot install
+// declines the lease and loops.
+func TestDNSAdvertisedPerMode(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		mode      conf.Mode
+		dns, srch *bool
+		want      bool
+	}{
+		{"pasta", conf.ModePasta, nil, nil, false},
+		{"pasta --dhcp-dns --dhcp-search", conf.ModePasta, boolPtr(true), boolPtr(true), true},
+		{"passt", conf.ModePasst, nil, nil, true},
+		{"passt --no-dhcp-dns --no-dhcp-search", conf.ModePasst, boolPtr(false), boolPtr(false), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newHarness(t, func(cfg *conf.Config) { cfg.Mode, cfg.DHCPDNS, cfg.DHCPSearch = c.mode, c.dns, c.srch }, nil)
+
+			disc, err := dhcpv4.NewDiscovery(net.HardwareAddr(guestMAC[:]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.send(dhcpFrame(disc))
+			offer, _, _ := recvDHCP(t, h)
+			if got := offer.Options.Has(dhcpv4.OptionDomainNameServer); got != c.want {
+				t.Errorf("DHCPv4 DNS option present: %v, want %v", got, c.want)
+			}
+			if got := offer.Options.Has(dhcpv4.OptionDNSDomainSearchList); got != c.want {
+				t.Errorf("DHCPv4 search option present: %v, want %v", got, c.want)
+			}
+
+			h.send(rs(guestLL, true))
+			b, p := h.recv(isICMPv6(wire.ICMPv6RouterAdvert))
+			r := decodeRA(t, b[p.L4:p.End])
+			if got := len(r.rdnss) > 0; got != c.want {
+				t.Errorf("RA RDNSS %v, want present: %v", r.rdnss, c.want)
+			}
+			if got := len(r.dnssl) > 0; got != c.want {
+				t.Errorf("RA DNSSL %v, want present: %v", r.dnssl, c.want)
+			}
+
+			sol, err := dhcpv6.NewSolicit(net.HardwareAddr(guestMAC[:]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.send(dhcpv6Frame(sol))
+			adv := recvDHCPv6(t, h)
+			if got := len(adv.Options.DNS()) > 0; got != c.want {
+				t.Errorf("DHCPv6 DNS %v, want present: %v", adv.Options.DNS(), c.want)
+			}
+			if got := adv.Options.DomainSearchList() != nil; got != c.want {
+				t.Errorf("DHCPv6 search list %v, want present: %v", adv.Options.DomainSearchList(), c.want)
+			}
+		})
+	}
+}
