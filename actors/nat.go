@@ -3,6 +3,8 @@ package actors
 import (
 	"net/netip"
 	"sync/atomic"
+
+	"github.com/gopasta/gopasta/link/wire"
 )
 
 // NAT is the fixed address mapping between what the guest sees and what the
@@ -20,6 +22,12 @@ import (
 //     old one, but the alias follows the host (SetHostAddrs, from
 //     netcfg.FollowHostAddrs): pasta keeps leading it to the address that
 //     is gone, and the host becomes unreachable from the container;
+//   - a host-side peer the guest cannot be shown as itself (the host's own
+//     address without an alias or a host-loopback address, as with
+//     podman's --no-map-gw; loopback without a host-loopback address)
+//     appears from gopasta's own address on the tap, as in pasta: the
+//     gateway for IPv4 (TapAddr4), our link-local address for IPv6
+//     (TapLL6), which the guest reaches on the link whatever its routes;
 //   - the --dns-forward address, for ports 53 and 853, stands for the host's
 //     resolver (--dns-host). Unless --dns-host was given, that is the first
 //     nameserver of the host's resolv.conf, and it follows the file
@@ -32,6 +40,10 @@ type NAT struct {
 	HostAddr4, HostAddr6         netip.Addr // the host's address that alias means, at start: the guest's
 	DNSForward4, DNSForward6     netip.Addr
 	DNSHost4, DNSHost6           netip.Addr
+	// TapAddr4 and TapLL6 are gopasta's own addresses on the tap: the
+	// guest's IPv4 gateway, and the link-local address router
+	// advertisements come from (TapLinkLocal6). Invalid: none.
+	TapAddr4, TapLL6 netip.Addr
 
 	// moved is the host's address now, once it is not HostAddr4/6
 	// any more. Written by SetHostAddrs, read by every new flow; an
@@ -135,27 +147,41 @@ func (n *NAT) Inbound(src netip.AddrPort) (netip.AddrPort, bool) {
 	case a.Is6() && isDNSPort(port) && n.DNSForward6.IsValid() && n.isDNSHost(a):
 		return netip.AddrPortFrom(n.DNSForward6, port), true
 	case a.IsLoopback() && a.Is4():
-		return netip.AddrPortFrom(n.HostLoopback4, port), n.HostLoopback4.IsValid()
+		return n.firstOf(port, n.HostLoopback4, n.TapAddr4)
 	case a.IsLoopback():
-		return netip.AddrPortFrom(n.HostLoopback6, port), n.HostLoopback6.IsValid()
+		return n.firstOf(port, n.HostLoopback6, n.TapLL6)
 	case a.Is4() && (a == n.HostAddr4 || a == host4):
-		return n.hostSelf(n.GuestAddr4, n.HostLoopback4, port)
+		return n.firstOf(port, n.GuestAddr4, n.HostLoopback4, n.TapAddr4)
 	case a.Is6() && (a == n.HostAddr6 || a == host6):
-		return n.hostSelf(n.GuestAddr6, n.HostLoopback6, port)
+		return n.firstOf(port, n.GuestAddr6, n.HostLoopback6, n.TapLL6)
 	}
 	return netip.AddrPortFrom(a, port), true
 }
 
-// hostSelf shows a host-side peer that uses the host's own address, which
-// is also the guest's: shown as itself the guest would answer its own
-// address and the connection would hang. It appears from the guest-address
-// alias if there is one, else from the host-loopback address, else not at
-// all (the caller refuses it at once).
-func (n *NAT) hostSelf(alias, loopback netip.Addr, port uint16) (netip.AddrPort, bool) {
-	if alias.IsValid() {
-		return netip.AddrPortFrom(alias, port), true
+// firstOf shows a host-side peer the guest cannot see as itself -- the
+// host's own address, which is also the guest's (the guest would answer
+// its own address and the connection would hang), or loopback -- from the
+// first valid address of choices; ok is false if there is none (the
+// caller refuses the peer at once).
+func (n *NAT) firstOf(port uint16, choices ...netip.Addr) (netip.AddrPort, bool) {
+	for _, a := range choices {
+		if a.IsValid() {
+			return netip.AddrPortFrom(a, port), true
+		}
 	}
-	return netip.AddrPortFrom(loopback, port), loopback.IsValid()
+	return netip.AddrPortFrom(netip.Addr{}, port), false
+}
+
+// TapLinkLocal6 is gopasta's link-local address on the tap given the
+// guest's IPv6 gateway gw6 and our MAC: the gateway itself if it is
+// link-local (then the guest's default route already leads to it), else
+// the modified EUI-64 address of our MAC. Router advertisements come from
+// it, and host peers the guest cannot see as themselves appear from it.
+func TapLinkLocal6(gw6 netip.Addr, mac [6]byte) netip.Addr {
+	if gw6.IsLinkLocalUnicast() {
+		return gw6
+	}
+	return wire.LinkLocalFromMAC(mac)
 }
 
 func isDNSPort(p uint16) bool { return p == 53 || p == 853 }

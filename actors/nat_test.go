@@ -129,3 +129,42 @@ func TestNATFollowsResolver(t *testing.T) {
 		t.Errorf("DNSHosts() = %s %s", v4, v6)
 	}
 }
+
+// TestNATTapFallback: with --no-map-gw (podman) a host peer on the host's
+// own address, which the guest has too, or on loopback, appears from
+// gopasta's own tap address as in pasta: the gateway for IPv4, our
+// link-local address for IPv6. It used to be refused (reset).
+func TestNATTapFallback(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	a := netip.MustParseAddr
+	ll := TapLinkLocal6(a("2001:db8:1::1"), [6]byte{0x9a, 0x55, 0x9a, 0x55, 0x9a, 0x55})
+	if ll != a("fe80::9855:9aff:fe55:9a55") {
+		t.Fatalf("TapLinkLocal6 = %s", ll)
+	}
+	if got := TapLinkLocal6(a("fe80::1"), [6]byte{}); got != a("fe80::1") {
+		t.Errorf("TapLinkLocal6 with a link-local gateway = %s", got)
+	}
+	nomap := &NAT{ // podman without --map-guest-addr for IPv6
+		GuestAddr4: a("169.254.1.2"), HostAddr4: a("192.0.2.2"), HostAddr6: a("2001:db8:1::2"),
+		TapAddr4: a("192.0.2.1"), TapLL6: ll,
+	}
+	v6only := &NAT{HostAddr6: a("2001:db8:1::2"), TapLL6: ll} // -6: no IPv4 tap address
+	for _, c := range []struct {
+		n         *NAT
+		src, want string
+		ok        bool
+	}{
+		{nomap, "[2001:db8:1::2]:50700", "[" + ll.String() + "]:50700", true},
+		{nomap, "192.0.2.2:50700", "169.254.1.2:50700", true}, // the alias first
+		{nomap, "127.0.0.1:50700", "192.0.2.1:50700", true},   // --no-splice
+		{nomap, "[::1]:50700", "[" + ll.String() + "]:50700", true},
+		{nomap, "[2001:db8:1::7]:50700", "[2001:db8:1::7]:50700", true}, // another host: itself
+		{v6only, "127.0.0.1:1", "", false},
+		{&NAT{HostAddr4: a("192.0.2.2"), TapAddr4: a("192.0.2.1")}, "192.0.2.2:9", "192.0.2.1:9", true},
+	} {
+		got, ok := c.n.Inbound(ap(c.src))
+		if ok != c.ok || (ok && got != ap(c.want)) {
+			t.Errorf("Inbound(%s) = %s, %v; want %s, %v", c.src, got, ok, c.want, c.ok)
+		}
+	}
+}

@@ -50,11 +50,7 @@ func (s *services) init(cfg *conf.Config, env *actors.Env) {
 	if s.ourMAC == ([6]byte{}) {
 		s.ourMAC = cfg.OurMAC
 	}
-	if cfg.Gateway6.IsLinkLocalUnicast() {
-		s.ll6 = cfg.Gateway6
-	} else {
-		s.ll6 = wire.LinkLocalFromMAC(s.ourMAC)
-	}
+	s.ll6 = actors.TapLinkLocal6(cfg.Gateway6, s.ourMAC)
 
 	// DNS: advertise the configured resolvers, or the DNS forwarding
 	// address when none is configured. As in pasta, only passt does so

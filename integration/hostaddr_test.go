@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"fmt"
 	"io"
 	"net/netip"
 	"strings"
@@ -128,5 +129,74 @@ func TestVPNTemplate(t *testing.T) {
 	s.SetDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "through the vpn" {
 		t.Fatalf("host read %q, %v", buf, err)
+	}
+}
+
+// TestInboundFromHostOwnAddress: with --no-map-gw (podman always passes
+// it) a host client that connects from the host's own address -- which is
+// also the guest's, since the guest copies it -- reaches the guest from
+// gopasta's own tap address, as with pasta: the gateway for IPv4 (without
+// --map-guest-addr), the link-local address router advertisements come
+// from for IPv6; TCP and UDP, and replies find their way back. It used to
+// be reset ("no way to show it to the guest"), which broke podman's
+// `-p [host IPv6]:P:P` for every client on the host itself.
+func TestInboundFromHostOwnAddress(t *testing.T) {
+	port := randPort()
+	p := fmt.Sprint(port)
+	gp := StartGopasta(t, "--no-map-gw", "-t", p, "-u", p, "-T", "none", "-U", "none")
+	ourLL := "fe80::9855:9aff:fe55:9a55" // from gopasta's MAC, 9a:55:9a:55:9a:55
+
+	ServeInfo(ListenTCPIn(t, gp.Guest, "tcp", ":"+p))
+	// The UDP server answers with the address it saw the datagram from.
+	srv := ListenUDPIn(t, gp.Guest, "udp", ":"+p)
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			_, from, err := srv.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = srv.WriteToUDPAddrPort([]byte(from.String()), from)
+		}
+	}()
+
+	for _, c := range []struct{ network, dst, want string }{
+		{"tcp4", HostAddr4, HostGW4},
+		{"tcp6", HostAddr6, ourLL},
+		{"udp4", HostAddr4, HostGW4},
+		{"udp6", HostAddr6, ourLL},
+	} {
+		t.Run(c.network, func(t *testing.T) {
+			var peer string
+			if strings.HasPrefix(c.network, "tcp") {
+				_, pr, err := askInfo(t, gp.Host, c.network, hostPort(c.dst, port))
+				if err != nil {
+					t.Fatalf("from the host's own address to %s: %v", hostPort(c.dst, port), err)
+				}
+				peer = pr
+			} else {
+				conn := DialUDPIn(t, gp.Host, c.network, hostPort(c.dst, port))
+				if got := netip.MustParseAddrPort(conn.LocalAddr().String()).Addr(); got.String() != c.dst {
+					t.Fatalf("client not on the host's own address: %s", got)
+				}
+				buf := make([]byte, 100)
+				if !Eventually(3*time.Second, func() bool {
+					conn.Write([]byte("hi"))
+					conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+					n, err := conn.Read(buf)
+					peer = string(buf[:n])
+					return err == nil
+				}) {
+					t.Fatalf("no UDP answer from the guest through %s", hostPort(c.dst, port))
+				}
+			}
+			ap, err := netip.ParseAddrPort(peer)
+			if err != nil {
+				t.Fatalf("peer %q: %v", peer, err)
+			}
+			if got := ap.Addr().WithZone("").Unmap(); got.String() != c.want {
+				t.Errorf("the guest sees the client from %s, want %s", got, c.want)
+			}
+		})
 	}
 }

@@ -323,6 +323,12 @@ func NATFor(cfg *conf.Config) *actors.NAT {
 	}
 	n.HostAddr6 = cfg.Addr6
 	n.DNSForward4, n.DNSForward6 = cfg.DNSForward4, cfg.DNSForward6
+	if !cfg.IPv6Only {
+		n.TapAddr4 = cfg.Gateway4
+	}
+	if !cfg.IPv4Only {
+		n.TapLL6 = actors.TapLinkLocal6(cfg.Gateway6, cfg.OurMAC)
+	}
 	for _, a := range cfg.DNSHost {
 		switch {
 		case a.Is4() && !n.DNSHost4.IsValid():
