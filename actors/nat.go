@@ -2,6 +2,7 @@ package actors
 
 import (
 	"net/netip"
+	"strings"
 	"sync/atomic"
 
 	"github.com/gopasta/gopasta/link/wire"
@@ -185,3 +186,43 @@ func TapLinkLocal6(gw6 netip.Addr, mac [6]byte) netip.Addr {
 }
 
 func isDNSPort(p uint16) bool { return p == 53 || p == 853 }
+
+// String describes the mapping for the start-up log, in words: which
+// addresses stand for what, leaving out what is not mapped.
+func (n *NAT) String() string {
+	var parts []string
+	both := func(a, b netip.Addr) string {
+		var s []string
+		for _, x := range []netip.Addr{a, b} {
+			if x.IsValid() {
+				s = append(s, x.String())
+			}
+		}
+		return strings.Join(s, " and ")
+	}
+	if s := both(n.HostLoopback4, n.HostLoopback6); s != "" {
+		parts = append(parts, "host loopback appears as "+s)
+	} else {
+		parts = append(parts, "host loopback not mapped")
+	}
+	host4, host6 := n.HostAddrs()
+	for _, m := range [][2]netip.Addr{{n.GuestAddr4, host4}, {n.GuestAddr6, host6}} {
+		if m[0].IsValid() {
+			to := "nowhere yet"
+			if m[1].IsValid() {
+				to = "the host's " + m[1].String()
+			}
+			parts = append(parts, m[0].String()+" leads to "+to)
+		}
+	}
+	dns4, dns6 := n.DNSHosts()
+	for _, m := range [][2]netip.Addr{{n.DNSForward4, dns4}, {n.DNSForward6, dns6}} {
+		if m[0].IsValid() && m[1].IsValid() {
+			parts = append(parts, "DNS to "+m[0].String()+" goes to "+m[1].String())
+		}
+	}
+	if s := both(n.TapAddr4, n.TapLL6); s != "" {
+		parts = append(parts, "host peers the guest cannot be shown as they are appear from "+s)
+	}
+	return strings.Join(parts, "; ")
+}

@@ -1,7 +1,9 @@
 package actors
 
 import (
+	"fmt"
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -166,5 +168,29 @@ func TestNATTapFallback(t *testing.T) {
 		if ok != c.ok || (ok && got != ap(c.want)) {
 			t.Errorf("Inbound(%s) = %s, %v; want %s, %v", c.src, got, ok, c.want, c.ok)
 		}
+	}
+}
+
+// TestNATString: the start-up log describes the mapping in words, not as
+// a dump of the Go struct (with its atomics' insides).
+func TestNATString(t *testing.T) {
+	a := netip.MustParseAddr
+	podman := &NAT{
+		GuestAddr4: a("169.254.1.2"), HostAddr4: a("192.0.2.2"), HostAddr6: a("2001:db8::2"),
+		DNSForward4: a("169.254.1.1"), DNSHost4: a("127.0.0.53"),
+		TapAddr4: a("192.0.2.1"), TapLL6: a("fe80::1"),
+	}
+	want := "host loopback not mapped; 169.254.1.2 leads to the host's 192.0.2.2; DNS to 169.254.1.1 goes to 127.0.0.53; " +
+		"host peers the guest cannot be shown as they are appear from 192.0.2.1 and fe80::1"
+	if got := fmt.Sprintf("%+v", podman); got != want {
+		t.Errorf("podman's:\n got %s\nwant %s", got, want)
+	}
+	plain := &NAT{HostLoopback4: a("192.0.2.1"), HostLoopback6: a("2001:db8::1"), HostAddr4: a("192.0.2.2")}
+	if got, want := fmt.Sprintf("%+v", plain), "host loopback appears as 192.0.2.1 and 2001:db8::1"; got != want {
+		t.Errorf("pasta's defaults:\n got %s\nwant %s", got, want)
+	}
+	plain.SetHostAddrs(a("192.0.2.7"), netip.Addr{})
+	if got := fmt.Sprintf("%+v", plain); strings.ContainsAny(got, "{}&") {
+		t.Errorf("after a move: %s", got)
 	}
 }

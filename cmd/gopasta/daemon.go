@@ -317,7 +317,7 @@ func (d *daemon) logConfig(host *netcfg.Host) {
 	} else {
 		log.Infof("Guest link: QEMU stream socket, MTU %d", d.dev.MTU())
 	}
-	log.Debugf("NAT: %+v", host.NAT)
+	log.Debugf("NAT: %s", host.NAT)
 }
 
 func orNone(s string) string {
