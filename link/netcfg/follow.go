@@ -41,11 +41,14 @@ type HostAddrFollower struct {
 	ifname     [2]string     // template interface, IPv4 and IPv6
 	orig, cur  [2]netip.Addr // the guest's address; where the alias leads now
 	follow     [2]bool
-	local      [2]bool // orig is not the host's (local mode)
-	h          *netlink.Handle
-	sub        *os.File // the notification socket
+	local      [2]bool         // orig is not the host's (local mode)
+	h          *netlink.Handle // Run's, once it started (see Close)
+	sub        *os.File        // the notification socket
 	refreshErr error
-	closeOnce  sync.Once
+
+	mu      sync.Mutex
+	running bool // Run started: it closes h on its way out
+	closed  bool
 }
 
 // FollowHostAddrs prepares a HostAddrFollower for what Resolve found. It
@@ -85,17 +88,43 @@ func FollowHostAddrs(host *Host, nat *actors.NAT, log logrus.FieldLogger) (*Host
 	return f, nil
 }
 
-// Close releases the follower's sockets; Run returns.
+// Close stops the follower: Run returns (at once if it has not started)
+// and the sockets are released. It may be called at any time, more than
+// once, from any goroutine. It closes only the notification socket, which
+// ends Run's wait; the netlink handle is Run's from its start, and closing
+// it under a dump in progress made the exit of every short command-mode
+// run a race with a warning ("use of closed file").
 func (f *HostAddrFollower) Close() {
-	f.closeOnce.Do(func() {
-		f.sub.Close()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return
+	}
+	f.closed = true
+	f.sub.Close()
+	if !f.running {
 		f.h.Close()
-	})
+	}
+}
+
+// stopped reports whether Close was called.
+func (f *HostAddrFollower) stopped() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.closed
 }
 
 // Run follows the host's addresses until ctx is done or Close is called,
 // and closes the follower's sockets before it returns.
 func (f *HostAddrFollower) Run(ctx context.Context) {
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return
+	}
+	f.running = true
+	f.mu.Unlock()
+	defer f.h.Close() // last: after Close, so nothing uses it any more
 	defer f.Close()
 	stop := context.AfterFunc(ctx, f.Close)
 	defer stop()
@@ -125,7 +154,9 @@ func (f *HostAddrFollower) Run(ctx context.Context) {
 	f.refresh()
 	for {
 		if err := rc.Read(drain); err != nil {
-			if ctx.Err() == nil && !errors.Is(err, os.ErrClosed) {
+			// Closed by Close (a raw read says "use of closed file",
+			// which is not os.ErrClosed): an orderly stop.
+			if ctx.Err() == nil && !f.stopped() && !errors.Is(err, os.ErrClosed) {
 				f.log.WithError(err).Warn("host address notifications stopped")
 			}
 			return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -222,4 +223,56 @@ func entries(h *test.Hook) []string {
 		out = append(out, e.Message)
 	}
 	return out
+}
+
+// TestFollowHostAddrsStopsQuietly: the daemon stops the follower (Close)
+// while its Run may still be starting, as a short command-mode run does at
+// exit; nothing of that is a warning. It used to say "cannot list the
+// host's addresses error=use of closed file" when Close closed the netlink
+// handle under Run's first look.
+func TestFollowHostAddrsStopsQuietly(t *testing.T) {
+	h, fd := nsHandle(t)
+	up := addLink(t, h, "up0")
+	addr(t, h, up, "198.51.100.2/24")
+	route(t, h, up, "0.0.0.0/0", "198.51.100.1")
+	cfg := &conf.Config{MapGuestAddr4: netip.MustParseAddr("169.254.1.2"), IPv4Only: true}
+	host, err := resolve(h, cfg, resolvConf(t, ""), true)
+	must(t, err)
+	log, hook := test.NewNullLogger()
+	for i := range 300 {
+		var f *HostAddrFollower
+		must(t, netns.Do(fd, func() (err error) {
+			f, err = FollowHostAddrs(host, host.NAT, log)
+			return err
+		}))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); f.Run(ctx) }()
+		if i%3 == 1 {
+			runtime.Gosched()
+		} else if i%3 == 2 {
+			time.Sleep(time.Duration(i%7) * 50 * time.Microsecond)
+		}
+		f.Close() // the daemon's teardown: stops first, then the context
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Run did not return after Close")
+		}
+		f.Close()
+	}
+	// Closed before Run starts: Run returns at once, quietly.
+	var f *HostAddrFollower
+	must(t, netns.Do(fd, func() (err error) {
+		f, err = FollowHostAddrs(host, host.NAT, log)
+		return err
+	}))
+	f.Close()
+	f.Run(context.Background())
+	for _, e := range hook.AllEntries() {
+		if e.Level <= logrus.WarnLevel {
+			t.Fatalf("%s at shutdown: %s %v", e.Level, e.Message, e.Data)
+		}
+	}
 }
