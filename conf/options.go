@@ -465,7 +465,7 @@ func buildTable() []*option {
 			apply: flag(func(c *Config) { c.IPv4Only, c.IPv6Only = true, false })},
 		{long: []string{"ipv6-only"}, short: '6', toml: tomlBool, help: "IPv6 only",
 			apply: flag(func(c *Config) { c.IPv6Only, c.IPv4Only = true, false })},
-		{long: []string{"hostname"}, short: 'H', hasArg: true, toml: tomlString, argName: "NAME", help: "Hostname for DHCP (and the namespace)",
+		{long: []string{"hostname"}, short: 'H', hasArg: true, toml: tomlString, argName: "NAME", help: "Hostname for DHCP, and of a command's namespace (default: pasta-HOST)",
 			apply: str(func(s string) error { return validDName(s, "hostname") }, func(c *Config, v string) { c.Hostname = v })},
 		{long: []string{"fqdn"}, hasArg: true, toml: tomlString, argName: "NAME", help: "FQDN for DHCP option 81 / DHCPv6 option 39",
 			apply: str(func(s string) error { return validDName(s, "FQDN") }, func(c *Config, v string) { c.FQDN = v })},

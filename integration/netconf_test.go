@@ -335,3 +335,56 @@ func TestConfigNetIPv6OutsideGatewayPrefix(t *testing.T) {
 		})
 	}
 }
+
+// TestCommandModeHostname: in command mode the command runs in a UTS
+// namespace of its own, as with pasta: its hostname is -H's, else
+// "pasta-" and the host's, and the host's own hostname does not change.
+// -H used to set only the DHCP host name.
+func TestCommandModeHostname(t *testing.T) {
+	h := HostNetns(t)
+	hostName, err := os.Hostname()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "pasta-" + hostName
+	if len(want) > 64 {
+		want = want[:64]
+	}
+	type run struct {
+		name string
+		argv []string
+		want string
+	}
+	runs := []run{
+		{"-H", []string{gopastaBin, "-q", "-H", "box.example", "--", "hostname"}, "box.example"},
+		{"default", []string{gopastaBin, "-q", "--", "hostname"}, want},
+	}
+	if _, err := exec.LookPath("runuser"); err == nil {
+		if out, err := h.Try("runuser", "-u", "nobody", "--", "unshare", "-U", "-r", "-n", "-u", "true"); err == nil {
+			runs = append(runs, run{"unprivileged", []string{"runuser", "-u", "nobody", "--", gopastaBin, "-q", "-H", "nobody-box", "--", "hostname"}, "nobody-box"})
+		} else {
+			t.Logf("no unprivileged case: %v %s", err, out)
+		}
+	}
+	for _, r := range runs {
+		t.Run(r.name, func(t *testing.T) {
+			cmd := h.Command(t.Context(), r.argv...)
+			cmd.Dir = "/"
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("%v: %v\n%s", r.argv, err, stderr.String())
+			}
+			if got := strings.TrimSpace(string(out)); got != r.want {
+				t.Errorf("hostname in the command's namespace %q, want %q", got, r.want)
+			}
+			if stderr.Len() > 0 {
+				t.Errorf("stderr: %s", stderr.String())
+			}
+		})
+	}
+	if now, _ := os.Hostname(); now != hostName {
+		t.Errorf("the host's hostname changed from %q to %q", hostName, now)
+	}
+}

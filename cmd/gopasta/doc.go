@@ -64,6 +64,9 @@
 //     on a locked thread (link/netns.NewUnshared), configures it as with
 //     --config-net, and starts COMMAND (default $SHELL, else /bin/sh) from
 //     a thread inside it: a forked child inherits its thread's namespace.
+//     That thread also unshares the other namespaces COMMAND gets
+//     (commandNamespaces in command.go: a UTS namespace, whose hostname
+//     is -H's, else "pasta-" and the host's, as with pasta).
 //     Without root, the front starts the daemon itself in a new user
 //     namespace (CLONE_NEWUSER, the caller mapped to root, setgroups
 //     denied), which makes it root over the network namespace it creates
