@@ -2,6 +2,7 @@ package actors
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net/netip"
 	"sync"
 	"time"
@@ -67,12 +68,29 @@ func StartICMP(env *Env, k Key, f *link.Frame) *Handle {
 	}
 	sock, err := newDgramSock(v6, proto, func(fd int) error {
 		_ = setRecvErr(fd, v6)
-		any := netip.IPv4Unspecified()
+		// -o and --outbound-if4/6, as for TCP and UDP (and pasta's
+		// echo): the source address and the interface echo leaves by.
+		bind, ifname := netip.IPv4Unspecified(), ""
 		if v6 {
-			any = netip.IPv6Unspecified()
+			bind = netip.IPv6Unspecified()
 		}
-		if bindAddrPort(fd, netip.AddrPortFrom(any, k.Guest.Port())) != nil {
-			return bindAddrPort(fd, netip.AddrPortFrom(any, 0))
+		if c := env.Conf; c != nil {
+			a, ifn := c.Outbound4, c.OutboundIf4
+			if v6 {
+				a, ifn = c.Outbound6, c.OutboundIf6
+			}
+			if a.IsValid() {
+				bind = a
+			}
+			ifname = ifn
+		}
+		if ifname != "" && !bind.IsLoopback() {
+			if err := unix.BindToDevice(fd, ifname); err != nil {
+				return fmt.Errorf("bind to %s: %w", ifname, err)
+			}
+		}
+		if bindAddrPort(fd, netip.AddrPortFrom(bind, k.Guest.Port())) != nil {
+			return bindAddrPort(fd, netip.AddrPortFrom(bind, 0))
 		}
 		return nil
 	})

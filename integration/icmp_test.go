@@ -2,9 +2,12 @@ package integration
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,4 +125,94 @@ func TestPing(t *testing.T) {
 			rawPing(t, gp.Guest, netip.MustParseAddr(dst), uint16(0x4242+i), 3)
 		})
 	}
+}
+
+// pingSocketAddrs returns the local addresses of the ping sockets open in
+// ns (/proc/net/icmp and icmp6 print them as the kernel's words in hex).
+func pingSocketAddrs(t *testing.T, ns Netns) []netip.Addr {
+	t.Helper()
+	var out []netip.Addr
+	for _, f := range []string{"/proc/net/icmp", "/proc/net/icmp6"} {
+		for _, line := range strings.Split(ns.Exec(t, "cat", f), "\n")[1:] {
+			fields := strings.Fields(line)
+			if len(fields) < 2 {
+				continue
+			}
+			h, _, _ := strings.Cut(fields[1], ":")
+			b, err := hex.DecodeString(h)
+			if err != nil || (len(b) != 4 && len(b) != 16) {
+				t.Fatalf("%s: %q", f, line)
+			}
+			for i := 0; i < len(b); i += 4 {
+				binary.BigEndian.PutUint32(b[i:], binary.LittleEndian.Uint32(b[i:]))
+			}
+			a, _ := netip.AddrFromSlice(b)
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// TestPingOutbound: ICMP echo honours -o and --outbound-if4/6 as TCP and
+// UDP do, and as pasta does: the host's ping socket is bound to the -o
+// address, or to the --outbound-if interface. Echo used to ignore both.
+func TestPingOutbound(t *testing.T) {
+	needTool(t, "ping")
+	// The host has a second interface, alt0, towards a neighbour that
+	// answers pings; the default route stays on up0.
+	newHost := func(t *testing.T) Netns {
+		h := HostNetns(t)
+		a := NewNetns(t, "a")
+		peer := "gpa" + uniq()[:6]
+		run(t, "ip", "link", "add", "alt0", "netns", h.Name, "type", "veth", "peer", "name", peer, "netns", a.Name)
+		h.Exec(t, "ip", "addr", "add", "203.0.113.2/24", "dev", "alt0")
+		h.Exec(t, "ip", "addr", "add", "2001:db8:9::2/64", "dev", "alt0", "nodad")
+		h.Exec(t, "ip", "link", "set", "alt0", "up")
+		a.Exec(t, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+		a.Exec(t, "ip", "addr", "add", "203.0.113.1/24", "dev", peer)
+		a.Exec(t, "ip", "addr", "add", "2001:db8:9::1/64", "dev", peer, "nodad")
+		a.Exec(t, "ip", "link", "set", peer, "up")
+		// Neighbours resolved from the host first: a first IPv6 echo
+		// through a fresh veth may be lost, which would make "no reply"
+		// below mean nothing.
+		for _, dst := range []string{"2001:db8:9::1", HostGW6} {
+			_, _ = h.Try("ping", "-c", "1", "-i", "0.2", "-w", "2", dst)
+		}
+		return h
+	}
+	// pings: one reply within a second (echoes every 0.2 s until then).
+	pings := func(t *testing.T, g Netns, dst string) bool {
+		_, err := g.Try("ping", "-c", "1", "-i", "0.2", "-w", "1", dst)
+		return err == nil
+	}
+
+	t.Run("-o", func(t *testing.T) {
+		gp := LaunchGopastaIn(t, newHost(t), "--config-net", "--no-map-gw", "-o", "203.0.113.2", "-o", "2001:db8:9::2")
+		for _, dst := range []string{"203.0.113.1", "2001:db8:9::1"} {
+			if !pings(t, gp.Guest, dst) {
+				t.Errorf("no echo reply from %s", dst)
+			}
+		}
+		got := pingSocketAddrs(t, gp.Host)
+		for _, want := range []string{"203.0.113.2", "2001:db8:9::2"} {
+			if !slices.Contains(got, netip.MustParseAddr(want)) {
+				t.Errorf("no ping socket bound to -o %s: %v", want, got)
+			}
+		}
+	})
+	t.Run("--outbound-if", func(t *testing.T) {
+		gp := LaunchGopastaIn(t, newHost(t), "--config-net", "--no-map-gw", "-i", HostIf,
+			"--outbound-if4", "alt0", "--outbound-if6", "alt0")
+		for _, dst := range []string{"203.0.113.1", "2001:db8:9::1"} {
+			if !pings(t, gp.Guest, dst) {
+				t.Errorf("no echo reply from %s through alt0", dst)
+			}
+		}
+		// The gateway is on up0: bound to alt0, the echo cannot leave.
+		for _, dst := range []string{HostGW4, HostGW6} {
+			if pings(t, gp.Guest, dst) {
+				t.Errorf("echo reply from %s, which is not reachable through alt0", dst)
+			}
+		}
+	})
 }
