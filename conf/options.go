@@ -556,7 +556,7 @@ func buildTable() []*option {
 			apply: func(_ *parser, _, arg string) error { _, err := ParseMode(arg); return err }},
 		{long: []string{"socket", "socket-path"}, short: 's', hasArg: true, mode: passtOnly, toml: tomlString, argName: "PATH", help: "UNIX socket path for the VM (qemu/vhost-user)",
 			apply: str(path("socket path"), func(c *Config, v string) { c.Socket, c.FD = v, -1 })},
-		{long: []string{"fd"}, short: 'F', hasArg: true, toml: tomlInt, argName: "FD", help: "Use FD as pre-opened connected socket (implies --one-off)",
+		{long: []string{"fd"}, short: 'F', hasArg: true, toml: tomlInt, argName: "FD", help: "passt: use FD as connected socket (implies --one-off); pasta: FD is an open tap device",
 			apply: applyFD},
 		{long: []string{"one-off"}, short: '1', mode: passtOnly, toml: tomlBool, help: "Exit after the first client disconnects",
 			apply: flag(func(c *Config) { c.OneOff = true })},

@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ipLink is the part of `ip -j addr` the tests look at.
@@ -386,5 +389,75 @@ func TestCommandModeHostname(t *testing.T) {
 	}
 	if now, _ := os.Hostname(); now != hostName {
 		t.Errorf("the host's hostname changed from %q to %q", hostName, now)
+	}
+}
+
+// openTapIn opens a tap device (IFF_TAP|IFF_NO_PI) called name inside ns
+// from this process, as a caller of pasta -F does.
+func openTapIn(t *testing.T, ns Netns, name string) *os.File {
+	t.Helper()
+	var fd int
+	var err error
+	InNetns(t, ns, func() {
+		if fd, err = unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
+			return
+		}
+		var ifr *unix.Ifreq
+		if ifr, err = unix.NewIfreq(name); err == nil {
+			ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+			err = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+		}
+	})
+	if err != nil {
+		t.Fatalf("tap %s in %s: %v", name, ns.Name, err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// TestPastaTapFD: -F in pasta mode takes a tap device the caller opened,
+// as pasta does, instead of creating one: --config-net configures that
+// interface and traffic flows through it. A descriptor that is not a tap
+// is a one-line error. -F used to be accepted and ignored.
+func TestPastaTapFD(t *testing.T) {
+	h := HostNetns(t)
+	g := NewNetns(t, "g")
+	tap := openTapIn(t, g, "ftap0")
+	dir := t.TempDir()
+	pid, logf := filepath.Join(dir, "pid"), filepath.Join(dir, "log")
+	t.Cleanup(func() { killPIDFile(pid) })
+	cmd := h.Command(t.Context(), gopastaBin, "--config-net", "--netns", g.Path(), "-P", pid, "-l", logf,
+		"-F", "3", "-t", "none", "-u", "none", "-T", "none", "-U", "none")
+	cmd.ExtraFiles = []*os.File{tap}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b, _ := os.ReadFile(logf)
+		t.Fatalf("gopasta -F 3: %v\n%s%s", err, out, b)
+	}
+	tap.Close() // the daemon has its own copy
+	links := guestLinks(t, g)
+	if _, ok := links[HostIf]; ok {
+		t.Errorf("gopasta made a tap %s of its own", HostIf)
+	}
+	if got, want := links["ftap0"].globalAddrs(), []string{HostAddr4 + "/24", HostAddr6 + "/64"}; !slices.Equal(got, want) {
+		t.Errorf("ftap0 addresses %v, want %v", got, want)
+	}
+	l := ListenTCPIn(t, h, "tcp4", "127.0.0.1:0")
+	ServeInfo(l)
+	if _, _, err := askInfo(t, g, "tcp4", hostPort(HostGW4, lport(l))); err != nil {
+		t.Errorf("through the -F tap to the host: %v", err)
+	}
+
+	// Not a tap: a one-line error, exit status 1.
+	null, err := os.Open("/dev/null")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer null.Close()
+	cmd = h.Command(t.Context(), gopastaBin, "--config-net", "--netns", g.Path(), "-F", "3")
+	cmd.ExtraFiles = []*os.File{null}
+	out, err := cmd.CombinedOutput()
+	if code := exitCode(err); code != 1 || !strings.Contains(string(out), "is not a tap device") || strings.Count(string(out), "\n") != 1 {
+		t.Errorf("-F /dev/null: status %d, output %q", code, out)
 	}
 }

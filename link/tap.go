@@ -109,6 +109,41 @@ func OpenTap(name string, nsFD int, mtu int) (*Tap, error) {
 	return t, nil
 }
 
+// TapFromFD takes a tap device the caller opened (pasta's -F in pasta
+// mode): fd must be a /dev/net/tun descriptor attached to a tap interface
+// without packet information (IFF_TAP|IFF_NO_PI), the only framing gopasta
+// reads and writes. The Tap owns fd from here, also on error. The
+// interface's name comes from the kernel (TUNGETIFF).
+func TapFromFD(fd int, mtu int) (*Tap, error) {
+	ifr, err := unix.NewIfreq("")
+	if err == nil {
+		err = unix.IoctlIfreq(fd, unix.TUNGETIFF, ifr)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("file descriptor %d is not a tap device: %w", fd, err)
+	}
+	if flags := ifr.Uint16(); flags&(unix.IFF_TAP|unix.IFF_TUN) != unix.IFF_TAP || flags&unix.IFF_NO_PI == 0 {
+		unix.Close(fd)
+		return nil, fmt.Errorf("file descriptor %d (%s) is not a tap device without packet information (IFF_TAP|IFF_NO_PI)", fd, ifr.Name())
+	}
+	// Non-blocking first: then os.NewFile registers it with the poller.
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tap file descriptor %d: %w", fd, err)
+	}
+	unix.CloseOnExec(fd)
+	f := os.NewFile(uintptr(fd), "tap-"+ifr.Name())
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("tap: %w", err)
+	}
+	t := &Tap{f: f, rc: rc, name: ifr.Name(), mtu: mtu}
+	t.readFn, t.loopFn, t.writeFn = t.doRead, t.doLoop, t.doWrite
+	return t, nil
+}
+
 // Name is the interface name inside the namespace.
 func (t *Tap) Name() string { return t.name }
 

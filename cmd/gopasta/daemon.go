@@ -246,8 +246,18 @@ func (d *daemon) openTapLink(host *netcfg.Host) error {
 	}
 
 	var err error
-	d.tap, err = link.OpenTap(cfg.NSIfname, d.nsFD, cfg.MTU)
-	if err != nil {
+	if cfg.FD >= 0 {
+		// -F: a tap device the caller opened, as pasta takes it; its
+		// interface is the one --config-net configures.
+		fd, err := inheritedFD(cfg)
+		if err != nil {
+			return err
+		}
+		if d.tap, err = link.TapFromFD(fd, cfg.MTU); err != nil {
+			return err
+		}
+		log.Infof("Using tap device %s from file descriptor %d", d.tap.Name(), cfg.FD)
+	} else if d.tap, err = link.OpenTap(cfg.NSIfname, d.nsFD, cfg.MTU); err != nil {
 		return err
 	}
 	d.dev = d.tap

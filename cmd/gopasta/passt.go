@@ -55,11 +55,12 @@ const (
 	qemuFDChild = readyFD + 1 // ExtraFiles[1]
 )
 
-// passtFD prepares the -F descriptor for the daemon: the file to put in
+// passtFD prepares the -F descriptor for the daemon (passt: the VM's
+// connected socket; pasta: a tap device): the file to put in
 // ExtraFiles[1], or nil when there is none. It checks that the descriptor
 // is open, so that a wrong number is the front's one-line error.
 func passtFD(cfg *conf.Config) (*os.File, error) {
-	if cfg.Mode != conf.ModePasst || cfg.FD < 0 {
+	if cfg.FD < 0 {
 		return nil, nil
 	}
 	f := os.NewFile(uintptr(cfg.FD), "qemu-fd")
@@ -70,6 +71,21 @@ func passtFD(cfg *conf.Config) (*os.File, error) {
 		return nil, fmt.Errorf("file descriptor %d: %v", cfg.FD, err)
 	}
 	return f, nil
+}
+
+// inheritedFD is the daemon's number for the -F descriptor, which the
+// front passed on as qemuFDChild.
+func inheritedFD(cfg *conf.Config) (int, error) {
+	fd := cfg.FD
+	if v := os.Getenv(qemuFDEnv); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return -1, fmt.Errorf("%s=%q: %v", qemuFDEnv, v, err)
+		}
+		fd = n
+	}
+	os.Unsetenv(qemuFDEnv)
+	return fd, nil
 }
 
 // openPasst opens the passt-mode link: the -F socket, or a listener on -s
@@ -86,15 +102,10 @@ func (d *daemon) openPasst() error {
 	}
 
 	if cfg.FD >= 0 {
-		fd := cfg.FD
-		if v := os.Getenv(qemuFDEnv); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil {
-				return fmt.Errorf("%s=%q: %v", qemuFDEnv, v, err)
-			}
-			fd = n
+		fd, err := inheritedFD(cfg)
+		if err != nil {
+			return err
 		}
-		os.Unsetenv(qemuFDEnv)
 		dev, err := link.QemuDeviceFromFD(fd)
 		if err != nil {
 			return err
