@@ -24,6 +24,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/conf"
+	"github.com/gopasta/gopasta/flowtrace"
 	"github.com/gopasta/gopasta/link"
 )
 
@@ -61,6 +62,16 @@ const InboxDepth = 256
 // Handle is the dispatcher's reference to a running actor.
 type Handle struct {
 	Key Key
+	// ID numbers the flow for the operator (flows, trace id N); unique in
+	// the process, never 0.
+	ID uint64
+	// Inbound: the host side opened the flow (a -t/-u forward).
+	Inbound bool
+	// Stats are the flow's counters (flowstats.go).
+	Stats FlowStats
+	// Tap is the dispatcher's view of the trace subscribers for this
+	// flow, owned by the dispatcher goroutine.
+	Tap flowtrace.Tap
 	// In carries frames from the guest for this flow. Each frame sent is
 	// owned by the actor from then on.
 	In chan *link.Frame
@@ -111,7 +122,7 @@ func (h *Handle) Backlog() int {
 
 // NewHandle returns a Handle with an inbox of InboxDepth frames.
 func NewHandle(k Key) *Handle {
-	return &Handle{Key: k, In: make(chan *link.Frame, InboxDepth)}
+	return initHandle(&Handle{Key: k, In: make(chan *link.Frame, InboxDepth)})
 }
 
 // Env is what all actors share. Fields are set once before the dispatcher
@@ -133,6 +144,10 @@ type Env struct {
 	Register chan<- *Handle
 
 	Stats Stats
+
+	// Trace, if set, streams the trace lines of the flows its
+	// subscribers select (gopasta ctl trace); nil traces nothing.
+	Trace *flowtrace.Hub
 }
 
 // Stats are counters for the actors, reported in logs and by tests.

@@ -210,6 +210,8 @@ func (a *icmpActor) send(f *link.Frame) {
 		e := sendto(a.sock.fd, m, &a.sa, a.salen)
 		if e == 0 {
 			UDPStats.EchoSent.Add(1)
+			a.h.Stats.GuestSegs.Add(1)
+			a.h.Stats.GuestBytes.Add(uint64(len(m)))
 			return
 		}
 		a.drainErrors()
@@ -273,6 +275,8 @@ func (a *icmpActor) receive() {
 		}
 		a.spare = nil
 		UDPStats.EchoReplies.Add(1)
+		a.h.Stats.FarSegs.Add(1)
+		a.h.Stats.FarBytes.Add(uint64(n))
 		if !a.env.Out.SendNow(a.env.Ctx, f) {
 			return
 		}

@@ -42,6 +42,7 @@ import (
 	"github.com/gopasta/gopasta/link/nbsys"
 	"net/netip"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -51,6 +52,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/flowtrace"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )
@@ -184,6 +186,14 @@ type tcpConn struct {
 	rttvar    time.Duration
 
 	frames [tcpMaxIov]*link.Frame
+
+	// Observability (tcp_trace.go): counters kept plainly here and
+	// published to h.Stats once per wake-up, the flow's view of the trace
+	// subscribers, and why the flow closed.
+	inBytes, inSegs, outBytes, outSegs, nRetrans uint64
+	tap                                          flowtrace.Tap
+	closeReason                                  string
+	heldTraced                                   bool // a full socket's hold was traced
 }
 
 // tcpISNFunc picks initial sequence numbers; tests replace it to exercise
@@ -293,6 +303,10 @@ func (c *tcpConn) runOutbound(syn *link.Frame) {
 	c.timer = time.NewTimer(time.Hour)
 	th := wire.TCP(syn.Data[syn.L4:])
 	c.irs = th.Seq()
+	c.inSegs++
+	if c.tracing() {
+		c.traceSeg(true, syn, syn.L4)
+	}
 	c.rcvNxt = c.irs + 1
 	c.sndWnd = uint32(th.Window())
 	c.setGuestOpts(th, syn)
@@ -300,7 +314,8 @@ func (c *tcpConn) runOutbound(syn *link.Frame) {
 	if err := c.connect(); err != nil {
 		c.debugf("connect: %v", err)
 		c.sendRST()
-		c.state = tcpClosed
+		c.closeReason = "connect: " + err.Error()
+		c.setState(tcpClosed, c.closeReason)
 		return
 	}
 	c.loop()
@@ -315,10 +330,11 @@ func (c *tcpConn) runInbound() {
 	case c.env.Register <- c.h:
 	case <-c.env.Ctx.Done():
 		c.sock.close(true)
-		c.state = tcpClosed
+		c.closeReason = "shutting down"
+		c.setState(tcpClosed, c.closeReason)
 		return
 	}
-	c.state = tcpSynSent
+	c.setState(tcpSynSent, "connection accepted on the host, SYN to the guest")
 	wmem, _ := tcpSysMax()
 	c.rcvWS = windowScale(wmem + wmem/2)
 	c.mss = c.ourMSS()
@@ -332,6 +348,7 @@ func (c *tcpConn) runInbound() {
 // loop runs the flow until it is closed, mu held except while it waits.
 func (c *tcpConn) loop() {
 	for c.state&tcpClosed == 0 {
+		c.publish()
 		c.armTimer()
 		wake := c.sock.wake // c.sock may change once mu is released
 		c.mu.Unlock()
@@ -502,7 +519,7 @@ func (c *tcpConn) ackDelayable() bool {
 func (c *tcpConn) onTimer() {
 	now := c.now
 	if !c.hsAt.IsZero() && !now.Before(c.hsAt) {
-		c.reset("handshake timeout")
+		c.reset("handshake timeout after " + tcpHandshakeTimeout.String())
 		return
 	}
 	if !c.rtoAt.IsZero() && !now.Before(c.rtoAt) {
@@ -516,6 +533,7 @@ func (c *tcpConn) onTimer() {
 	if c.state&tcpClosed == 0 && !c.persistAt.IsZero() && !now.Before(c.persistAt) {
 		// The guest's window is closed: a segment just below the window
 		// makes it answer with an ACK carrying its current window.
+		c.tracef(func() string { return "window probe: the guest's window is closed" })
 		c.sendFlagsSeq(c.sndUna-1, wire.TCPAck, c.lastWin)
 		c.persistAt = now.Add(min(c.rto*2, tcpRTOMax))
 	}
@@ -526,6 +544,9 @@ func (c *tcpConn) onTimer() {
 
 func (c *tcpConn) onRTO() {
 	c.retries++
+	c.tracef(func() string {
+		return "retransmission timeout after " + c.rto.String() + ", retry " + strconv.Itoa(c.retries) + " of " + strconv.Itoa(tcpMaxRetries)
+	})
 	if c.retries > tcpMaxRetries {
 		c.reset("retransmission timeout")
 		return
@@ -553,6 +574,7 @@ func (c *tcpConn) reset(reason string) {
 	if c.state&tcpClosed != 0 {
 		return
 	}
+	c.tracef(func() string { return "reset: " + reason })
 	c.sendRST()
 	c.closeFlow(reason, true)
 }
@@ -571,7 +593,8 @@ func (c *tcpConn) closeFlow(reason string, reset bool) {
 		c.sock.close(reset)
 		c.sock = nil
 	}
-	c.state = c.state | tcpClosed
+	c.closeReason = reason
+	c.setState(c.state|tcpClosed, reason)
 }
 
 // finish runs when the actor returns, normally or by panic: whatever
@@ -595,6 +618,8 @@ func (c *tcpConn) finish() {
 	if c.timer != nil {
 		c.timer.Stop()
 	}
+	c.publish()
+	c.traceEnd()
 	c.env.Stats.TCPFlows.Add(-1)
 	select {
 	case c.env.Ended <- c.h:
@@ -617,6 +642,7 @@ func (c *tcpConn) crashed(r any) {
 		c.sock.close(true)
 		c.sock = nil
 	}
+	c.closeReason = "crashed: " + fmt.Sprint(r)
 	c.state |= tcpClosed
 }
 
@@ -671,7 +697,7 @@ func (c *tcpConn) connect() error {
 		c.onConnected()
 		return nil
 	case unix.EINPROGRESS:
-		c.state = tcpConnecting
+		c.setState(tcpConnecting, "connecting to "+dst.String())
 		// To a local or loopback peer the handshake has usually
 		// completed by the time connect returns: answer the guest now
 		// rather than after a round through the poller.
@@ -711,7 +737,7 @@ func bindOutbound(fd int, env *Env, v6 bool) error {
 
 // onConnected answers the guest's SYN once the host connection is up.
 func (c *tcpConn) onConnected() {
-	c.state = tcpSynRcvd
+	c.setState(tcpSynRcvd, "host connected, SYN,ACK to the guest")
 	c.sndUna, c.sndNxt, c.sndHigh = c.iss, c.iss+1, c.iss+1
 	c.sendSynAck()
 	c.hsAt = c.now.Add(tcpHandshakeTimeout)
@@ -750,8 +776,8 @@ func (c *tcpConn) onWritable() {
 }
 
 // establish moves to ESTABLISHED once the three-way handshake is done.
-func (c *tcpConn) establish() {
-	c.state = tcpEstablished
+func (c *tcpConn) establish(cause string) {
+	c.setState(tcpEstablished, cause)
 	c.hsAt = time.Time{}
 	c.rtoAt = time.Time{}
 	c.retries = 0
@@ -778,6 +804,11 @@ func (c *tcpConn) onFrame(f *link.Frame) {
 	th := wire.TCP(f.Data[f.L4:])
 	end := segEnd(f)
 	payload := f.Data[f.Payload:end]
+	c.inSegs++
+	c.inBytes += uint64(len(payload))
+	if c.tracing() {
+		c.traceSeg(true, f, f.L4)
+	}
 	flags := th.Flags()
 	seq := th.Seq()
 
@@ -795,7 +826,7 @@ func (c *tcpConn) onFrame(f *link.Frame) {
 			c.rcvEdge = c.rcvNxt
 			c.setGuestOpts(th, f)
 			c.sndWnd = uint32(th.Window())
-			c.establish()
+			c.establish("SYN,ACK from the guest")
 			c.ackDue, c.ackForce = true, true
 		}
 		return
@@ -809,7 +840,7 @@ func (c *tcpConn) onFrame(f *link.Frame) {
 		if flags&wire.TCPAck == 0 || th.Ack() != c.iss+1 {
 			return
 		}
-		c.establish()
+		c.establish("the guest acknowledged our SYN,ACK")
 	}
 	if flags&wire.TCPSyn != 0 {
 		c.ackDue, c.ackForce = true, true
@@ -848,6 +879,7 @@ func (c *tcpConn) onRST(th wire.TCP) {
 			return
 		}
 	}
+	c.tracef(func() string { return "reset by the guest in " + tcpStateString(c.state) })
 	if c.state&(tcpConnecting|tcpSynRcvd) != 0 {
 		c.closeFlow("reset by guest during handshake", false)
 		return
@@ -914,10 +946,12 @@ func (c *tcpConn) sendRST() {
 // of request/response traffic; bursts are queued (sendBurst), so that
 // the writer writes while the actor goes on peeking.
 func (c *tcpConn) send(f *link.Frame) {
+	c.countOut(f)
 	c.env.Out.SendNow(c.env.Ctx, f)
 }
 
 func (c *tcpConn) sendBurst(f *link.Frame) {
+	c.countOut(f)
 	c.env.Out.SendCtx(c.env.Ctx, f)
 }
 

@@ -76,7 +76,7 @@ func benchConn(b *testing.B) (*tcpConn, *net.TCPConn) {
 	c.irs = 1000
 	c.rcvNxt = 1001
 	c.rcvEdge = c.rcvNxt + 8<<20
-	c.establish()
+	c.establish("test")
 	c.sndWnd = 4 << 20
 	b.Cleanup(func() {
 		s.close(true)

@@ -293,6 +293,7 @@ func (l *tcpListener) accepted(env *Env, fd int, sa unix.Sockaddr) {
 		return
 	}
 	h := NewHandle(k)
+	h.Inbound = true
 	c := newTCPConn(env, h, k, true)
 	c.sock = s
 	s.owner.Store(c)

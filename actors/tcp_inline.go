@@ -121,6 +121,7 @@ func (c *tcpConn) inlineDone() {
 	}
 	closed := c.state&tcpClosed != 0
 	if !closed {
+		c.publish()
 		c.armTimer()
 	}
 	c.mu.Unlock()

@@ -1,6 +1,8 @@
 package actors
 
 import (
+	"strconv"
+
 	"github.com/gopasta/gopasta/link/nbsys"
 	"golang.org/x/sys/unix"
 
@@ -74,7 +76,7 @@ func (c *tcpConn) accept(f *link.Frame, payload []byte, fin bool) bool {
 		kept = true
 	}
 	if fin {
-		c.state |= tcpGuestFin
+		c.setState(c.state|tcpGuestFin, "FIN from the guest")
 		c.debugf("FIN from guest")
 	}
 	return kept
@@ -152,16 +154,26 @@ func (c *tcpConn) flush() {
 		c.pend = c.pend[:m]
 		if i < n {
 			// The socket is full: keep the rest and wait for room.
+			if !c.heldTraced {
+				c.heldTraced = true
+				c.tracef(func() string {
+					return "socket send buffer full: holding " + strconv.Itoa(c.pendBytes) + " bytes from the guest"
+				})
+			}
 			c.sock.arm(sockWritable)
 			return
 		}
+	}
+	if c.heldTraced {
+		c.heldTraced = false
+		c.tracef(func() string { return "socket took the held bytes" })
 	}
 	if c.state&(tcpGuestFin|tcpSockShut) == tcpGuestFin && c.state&tcpClosed == 0 {
 		if e := nbsys.Shutdown(c.sock.fd, unix.SHUT_WR); e != 0 && e != unix.ENOTCONN {
 			c.hostError("shutdown", e)
 			return
 		}
-		c.state |= tcpSockShut
+		c.setState(c.state|tcpSockShut, "everything before the guest's FIN written, socket shut down for writing")
 		c.ackDue = true
 	}
 }
@@ -222,13 +234,27 @@ func (c *tcpConn) rcvWindow() uint16 {
 	if w<<ws < c.rcvMax/4 && c.state&tcpGuestFin == 0 {
 		c.sock.arm(sockWritable)
 	}
+	if (w == 0) != (c.lastWin == 0) && c.state&tcpEstablished != 0 {
+		c.tracef(func() string {
+			if w == 0 {
+				return "our window closed: the socket's send buffer is full, " + strconv.Itoa(c.pendBytes) + " bytes held"
+			}
+			return "our window opened to " + strconv.Itoa(w<<ws)
+		})
+	}
 	c.lastWin = uint16(w)
 	return uint16(w)
 }
 
 // measureSendQueue refreshes the send buffer size and queue length.
 func (c *tcpConn) measureSendQueue() {
+	old := c.sndbuf
 	c.sndbuf = c.sock.getInt(unix.SOL_SOCKET, unix.SO_SNDBUF)
+	if old != 0 && old != c.sndbuf {
+		c.tracef(func() string {
+			return "socket send buffer " + strconv.Itoa(old) + " -> " + strconv.Itoa(c.sndbuf) + " bytes"
+		})
+	}
 	c.outqEst = c.sock.sendQueued()
 	c.outqAge = 0
 }

@@ -1,6 +1,7 @@
 package actors
 
 import (
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -83,7 +84,7 @@ func (c *tcpConn) sendBatch() bool {
 	case n <= 0:
 		c.releaseFrames(0, nf)
 		c.sockData = false
-		c.state |= tcpHostEOF
+		c.setState(c.state|tcpHostEOF, "end of stream from the host")
 		c.debugf("end of stream from host")
 		c.sendFin()
 		return false
@@ -148,7 +149,7 @@ func (c *tcpConn) sendFin() {
 	}
 	c.finSeq = c.sndNxt
 	c.finEver = true
-	c.state |= tcpFinSent
+	c.setState(c.state|tcpFinSent, "FIN to the guest")
 	f := link.GetFrame(c.tmpl.hlen)
 	ack, win := c.ackNum(), c.rcvWindow()
 	c.tmpl.fill(f, c.env.Peer.MAC(), c.finSeq, ack, wire.TCPFin|wire.TCPAck, win, 0, 0)
@@ -184,12 +185,12 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 				c.retransmit("3 duplicate ACKs")
 			}
 		}
-		c.sndWnd = win
+		c.setSndWnd(win)
 		return
 	}
 	data := ack
 	if c.finEver && ack == c.finSeq+1 {
-		c.state |= tcpFinAcked
+		c.setState(c.state|tcpFinAcked, "the guest acknowledged our FIN")
 		data = c.finSeq
 		c.debugf("guest acknowledged our FIN")
 	}
@@ -215,7 +216,7 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 		c.sndNxt = c.sndUna // acknowledged beyond a rewind
 		c.sock.setPeekOff(0)
 	}
-	c.sndWnd = win
+	c.setSndWnd(win)
 	c.dupAcks = 0
 	c.retries = 0
 	if c.rttOn && seqGE(ack, c.rttSeq) {
@@ -234,10 +235,15 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 // sent again after the data.
 func (c *tcpConn) retransmit(why string) {
 	c.debugf("retransmit from %d (%s)", c.sndUna, why)
+	c.nRetrans++
+	c.tracef(func() string {
+		return "retransmit from seq " + strconv.FormatUint(uint64(c.sndUna-c.iss), 10) + " (" + why + "), " +
+			strconv.FormatUint(uint64(c.sndNxt-c.sndUna), 10) + " bytes in flight"
+	})
 	c.sndNxt = c.sndUna
 	c.sock.setPeekOff(0)
 	if c.state&(tcpFinSent|tcpFinAcked) == tcpFinSent {
-		c.state &^= tcpFinSent
+		c.setState(c.state&^tcpFinSent, "FIN to be sent again")
 		if c.state&tcpHostEOF != 0 && c.sndUna == c.finSeq {
 			c.sendFin()
 			return
@@ -261,4 +267,17 @@ func (c *tcpConn) rttSample(r time.Duration) {
 		c.srtt = (7*c.srtt + r) / 8
 	}
 	c.rto = min(max(c.srtt+max(4*c.rttvar, time.Millisecond), tcpRTOMin), tcpRTOMax)
+}
+
+// setSndWnd takes the guest's new window, tracing it closing and opening.
+func (c *tcpConn) setSndWnd(win uint32) {
+	if (win == 0) != (c.sndWnd == 0) {
+		c.tracef(func() string {
+			if win == 0 {
+				return "the guest's window closed, " + strconv.FormatUint(uint64(c.sndNxt-c.sndUna), 10) + " bytes in flight"
+			}
+			return "the guest's window opened to " + strconv.FormatUint(uint64(win), 10)
+		})
+	}
+	c.sndWnd = win
 }

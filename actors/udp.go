@@ -221,7 +221,7 @@ func StartUDP(env *Env, k Key, f *link.Frame) *Handle {
 		udpReg.m[rk] = b
 		go b.run()
 	}
-	h := &Handle{Key: k, Q: b.in, Direct: b.direct}
+	h := initHandle(&Handle{Key: k, Q: b.in, Direct: b.direct})
 	b.pending = append(b.pending, h)
 	udpReg.Unlock()
 	if !b.in.Push(f) {
@@ -699,6 +699,7 @@ func (b *udpBinding) buildTx(d []udpDgram, gso bool) int {
 				}
 			}
 		}
+		bytes := 0
 		for k := i; k < j; k++ {
 			iov := &tx.iovs[k]
 			iov.Base = nil
@@ -706,6 +707,11 @@ func (b *udpBinding) buildTx(d []udpDgram, gso bool) int {
 				iov.Base = &d[k].p[0]
 			}
 			iov.SetLen(len(d[k].p))
+			bytes += len(d[k].p)
+		}
+		if fl.h != nil {
+			fl.h.Stats.GuestSegs.Add(uint64(j - i))
+			fl.h.Stats.GuestBytes.Add(uint64(bytes))
 		}
 		tx.names[n] = fl.sa
 		h := &tx.hdrs[n]
@@ -871,11 +877,13 @@ func (b *udpBinding) deliver(i int, now int64) *link.Frame {
 	n := int(h.Len)
 	src := getSockaddr(&rx.names[i])
 	var far, dst netip.AddrPort
+	var fh *Handle
 	b.mu.Lock()
 	fl := b.byHost[src]
 	if fl != nil {
 		fl.last = now
 		far, dst = fl.key.Far, fl.key.Guest
+		fh = fl.h
 	}
 	b.mu.Unlock()
 	switch {
@@ -888,6 +896,7 @@ func (b *udpBinding) deliver(i int, now int64) *link.Frame {
 		fl := b.newInboundFlow(src, rx.ctrl[i][:h.Hdr.Controllen], now)
 		if fl != nil {
 			far, dst = fl.key.Far, fl.key.Guest
+			fh = fl.h
 		}
 		b.mu.Unlock()
 		if fl == nil {
@@ -912,6 +921,10 @@ func (b *udpBinding) deliver(i int, now int64) *link.Frame {
 	f.Data = f.Data[:b.hdrLen+n]
 	b.ipID++
 	writeUDPHeaders(b.env, f.Data, far, dst, n, b.ipID)
+	if fh != nil {
+		fh.Stats.FarSegs.Add(1)
+		fh.Stats.FarBytes.Add(uint64(n))
+	}
 	return f
 }
 

@@ -182,7 +182,7 @@ func (b *udpBinding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) 
 	if b.wildcard {
 		fl.clen = pktinfoReply(fl.ctrl[:], ctrl, b.v6)
 	}
-	fl.h = &Handle{Key: k, Q: b.in, Direct: b.direct}
+	fl.h = initHandle(&Handle{Key: k, Q: b.in, Direct: b.direct, Inbound: true})
 	b.env.Stats.UDPOpened.Add(1)
 	b.env.Stats.UDPFlows.Add(1)
 	select {

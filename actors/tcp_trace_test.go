@@ -1,0 +1,152 @@
+package actors
+
+import (
+	"io"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gopasta/gopasta/flowtrace"
+	"github.com/gopasta/gopasta/link/wire"
+)
+
+// waitStats polls until ok holds for h's published counters.
+func waitStats(t *testing.T, h *Handle, ok func(FlowSnapshot) bool) FlowSnapshot {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s := h.Snapshot(time.Now())
+		if ok(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("flow stats never right: %+v", s)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A subscriber sees the story of its flow, in order, and nothing of
+// another; the flow's counters are published while it runs.
+func TestTCPTraceAndStats(t *testing.T) {
+	for _, inline := range []bool{false, true} {
+		t.Run(map[bool]string{false: "actor", true: "inline"}[inline], func(t *testing.T) {
+			te := newTestEnv(t)
+			te.env.Trace = &flowtrace.Hub{}
+			srv := newServer(t, "tcp4", "127.0.0.1:0")
+			sub := te.env.Trace.Subscribe(flowtrace.Filter{Proto: 6, Port: srv.port()}, 10000)
+			other := te.env.Trace.Subscribe(flowtrace.Filter{Port: 1}, 100)
+			defer sub.Close()
+			defer other.Close()
+			g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 1000)
+			g.inline = inline
+			g.connect()
+			sc := srv.accept(t)
+			g.send(wire.TCPPsh, []byte("hello"))
+			buf := make([]byte, 5)
+			if _, err := io.ReadFull(sc, buf); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := sc.Write([]byte("world!")); err != nil {
+				t.Fatal(err)
+			}
+			g.readUntil(6, false)
+			g.ack()
+			s := waitStats(t, g.h, func(s FlowSnapshot) bool {
+				return s.GuestBytes == 5 && s.FarBytes == 6 && s.Unacked == 0
+			})
+			if s.State != "ESTABLISHED" || s.GuestSegs < 3 || s.FarSegs < 2 || s.GuestWnd == 0 || s.OurWnd == 0 || s.ID == 0 {
+				t.Fatalf("snapshot %+v", s)
+			}
+			sc.CloseWrite()
+			g.readUntil(6, true)
+			g.send(wire.TCPFin, nil)
+			if b, err := io.ReadAll(sc); err != nil || len(b) != 0 {
+				t.Fatalf("server read %q %v", b, err)
+			}
+			sc.Close()
+			te.waitEnded(g.h)
+
+			var lines []string
+			for len(sub.Lines()) > 0 {
+				lines = append(lines, <-sub.Lines())
+			}
+			all := strings.Join(lines, "\n")
+			if testing.Verbose() {
+				t.Log("\n" + all)
+			}
+			prefix := flowtrace.Desc(g.h.ID, 6, g.k.Guest, g.k.Far) + ": "
+			for _, l := range lines {
+				if !strings.Contains(l, " "+prefix) {
+					t.Errorf("line without the flow: %q", l)
+				}
+			}
+			for _, want := range []string{
+				"in  Flags [S], seq 1000, win 65535, options [mss 65480,wscale",
+				"out Flags [S.], seq ",
+				"-> SYN_RCVD (host connected, SYN,ACK to the guest)",
+				"state SYN_RCVD -> ESTABLISHED (the guest acknowledged our SYN,ACK)",
+				"in  Flags [P.], seq 1:6, ack 1, win 65535, length 5",
+				"out Flags [P.], seq 1:7, ack 6, win ",
+				"(end of stream from the host)",
+				"out Flags [F.], seq 7, ack 6",
+				"(FIN from the guest)",
+				"end (closed) after ",
+				"from guest 5 bytes in ",
+				"to guest 6 bytes in ",
+				" 0 retransmissions",
+			} {
+				if !strings.Contains(all, want) {
+					t.Errorf("no %q in the trace:\n%s", want, all)
+				}
+			}
+			if i, j := strings.Index(all, "Flags [S],"), strings.Index(all, "end (closed)"); i < 0 || j < i {
+				t.Errorf("story out of order:\n%s", all)
+			}
+			if len(other.Lines()) != 0 {
+				t.Fatalf("another flow's subscriber got %q", <-other.Lines())
+			}
+			s = g.h.Snapshot(time.Now())
+			if s.State != "GUEST_FIN|SOCK_SHUT|HOST_EOF|FIN_SENT|FIN_ACKED|CLOSED" && !strings.HasSuffix(s.State, "CLOSED") {
+				t.Fatalf("final state %q", s.State)
+			}
+		})
+	}
+}
+
+// The trace of a retransmission says so, and the counter counts it.
+func TestTCPTraceRetransmit(t *testing.T) {
+	te := newTestEnv(t)
+	te.env.Trace = &flowtrace.Hub{}
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 5000)
+	g.connect()
+	sc := srv.accept(t)
+	sub := te.env.Trace.Subscribe(flowtrace.Filter{}, 1000)
+	defer sub.Close()
+	if _, err := sc.Write([]byte("lost")); err != nil {
+		t.Fatal(err)
+	}
+	te.next(time.Second) // the data, which the guest does not ACK
+	// The timeout retransmits it.
+	s := te.next(3 * time.Second)
+	if s.seq != g.rcvNxt {
+		t.Fatalf("retransmission at %d, want %d", s.seq, g.rcvNxt)
+	}
+	g.ack()
+	waitStats(t, g.h, func(s FlowSnapshot) bool { return s.Retrans == 1 })
+	var all string
+	deadline := time.After(2 * time.Second)
+	for !strings.Contains(all, "retransmit from seq 1 (timeout), 4 bytes in flight") {
+		select {
+		case l := <-sub.Lines():
+			all += l + "\n"
+		case <-deadline:
+			t.Fatalf("no retransmission line in\n%s", all)
+		}
+	}
+	if !strings.Contains(all, "retransmission timeout after 1s, retry 1 of 8") {
+		t.Fatalf("no timeout line in\n%s", all)
+	}
+}
