@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -91,6 +92,9 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 			if d.trace {
 				d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes: sent directly", n)
 			}
+			if d.subs && k.Proto != wire.ProtoTCP && d.traceOn(h) {
+				d.traceFlow(h, "in  datagram, "+strconv.Itoa(n-p.Payload)+" bytes, sent directly")
+			}
 			return true
 		}
 		if !h.Offer(f) {
@@ -98,6 +102,9 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 			d.n[cDropInboxFull].Add(1)
 			if d.trace {
 				d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes: inbox full, dropped", n)
+			}
+			if d.subs && d.traceOn(h) {
+				d.traceFlow(h, "in  frame of "+strconv.Itoa(n)+" bytes dropped: the actor's inbox is full ("+strconv.Itoa(h.Backlog())+" frames queued)")
 			}
 			return false
 		}
@@ -107,6 +114,9 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 		}
 		if d.trace {
 			d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes", n)
+		}
+		if d.subs && k.Proto != wire.ProtoTCP && d.traceOn(h) {
+			d.traceFlow(h, "in  datagram, "+strconv.Itoa(n-p.Payload)+" bytes")
 		}
 		return true
 	}
@@ -143,6 +153,9 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 	d.n[cFlowsStarted].Add(1)
 	if d.trace {
 		d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes: flow started", n)
+	}
+	if d.subs && k.Proto != wire.ProtoTCP && d.traceOn(h) {
+		d.traceFlow(h, "flow started by the guest, in  datagram, "+strconv.Itoa(n-p.Payload)+" bytes")
 	}
 	return true
 }
@@ -182,6 +195,7 @@ func (d *Dispatcher) endFlow(h *actors.Handle) {
 	delete(d.flows, h.Key)
 	d.active.Store(int64(len(d.flows)))
 	d.n[cFlowsEnded].Add(1)
+	d.traceEnd(h)
 	if d.log.IsLevelEnabled(logrus.TraceLevel) {
 		d.log.WithField("flow", h.Key.String()).Trace("flow ended")
 	}
@@ -205,6 +219,12 @@ func (d *Dispatcher) registerFlow(h *actors.Handle) {
 	d.flows[h.Key] = h
 	d.active.Store(int64(len(d.flows)))
 	d.n[cFlowsRegistered].Add(1)
+	if d.env.Trace.Active() && h.Key.Proto != wire.ProtoTCP {
+		d.subs = true
+		if d.traceOn(h) {
+			d.traceFlow(h, "flow opened from the host")
+		}
+	}
 	if d.log.IsLevelEnabled(logrus.TraceLevel) {
 		d.log.WithField("flow", h.Key.String()).Trace("inbound flow registered")
 	}

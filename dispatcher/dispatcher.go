@@ -125,11 +125,14 @@ type Dispatcher struct {
 
 	ended    chan *actors.Handle
 	register chan *actors.Handle
+	queries  chan chan<- []*actors.Handle // Flows (flows.go)
+	inline   atomic.Bool                  // runInline: wake moves the read deadline
 
 	// Owned by the dispatcher goroutine.
 	flows  map[actors.Key]*actors.Handle
 	parsed wire.Parsed
 	trace  bool // tracing enabled, sampled once per batch
+	subs   bool // trace subscribers (env.Trace), sampled once per batch
 	// direct: lone frames are offered to Handle.Direct. Only when Run
 	// reads the link itself (runInline, the tap): an inline run may write
 	// to the link from this goroutine, and the QEMU socket of runSplit can
@@ -162,6 +165,7 @@ func New(cfg *conf.Config, dev link.Device, env *actors.Env, log *logrus.Logger)
 		log:       log,
 		ended:     make(chan *actors.Handle, endedDepth),
 		register:  make(chan *actors.Handle, registerDepth),
+		queries:   make(chan chan<- []*actors.Handle, queryDepth),
 		flows:     make(map[actors.Key]*actors.Handle),
 		startTCP:  actors.StartTCP,
 		startUDP:  actors.StartUDP,
@@ -194,6 +198,8 @@ type readDeadliner interface {
 // runInline is Run on a single goroutine: see the package comment.
 func (d *Dispatcher) runInline(ctx context.Context, dl readDeadliner) error {
 	d.direct = true
+	d.inline.Store(true)
+	defer d.inline.Store(false)
 	s := make([]*link.Frame, link.BatchSize)
 	defer link.ReleaseAll(s)
 	stop := context.AfterFunc(ctx, func() { d.dev.Close() })
@@ -213,6 +219,7 @@ func (d *Dispatcher) runInline(ctx context.Context, dl readDeadliner) error {
 		d.drainRegister()
 		d.handleBatch(s[:n])
 		refill(s)
+		d.drainQueries()
 		return !d.periodicDue(time.Now(), next)
 	}
 	for {
@@ -237,9 +244,16 @@ func (d *Dispatcher) runInline(ctx context.Context, dl readDeadliner) error {
 		if n > 0 {
 			d.handleBatch(s[:n])
 		}
-		if now := time.Now(); d.periodicDue(now, next) {
+		now := time.Now()
+		due := d.periodicDue(now, next)
+		if due {
 			d.periodic(now)
 			next = d.nextTick(now)
+		}
+		if due || err != nil {
+			// A deadline that passed early was Flows waking us (wake):
+			// set it back before answering, so that a query queued
+			// after the answer wakes us again.
 			if err := dl.SetReadDeadline(next); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
@@ -247,6 +261,7 @@ func (d *Dispatcher) runInline(ctx context.Context, dl readDeadliner) error {
 				return err
 			}
 		}
+		d.drainQueries()
 	}
 }
 
@@ -332,6 +347,8 @@ func (d *Dispatcher) runSplit(ctx context.Context) error {
 			d.endFlow(h)
 		case h := <-d.register:
 			d.registerFlow(h)
+		case q := <-d.queries:
+			d.answer(q)
 		case now := <-timer.C:
 			rearm(now)
 		case err := <-errc:
@@ -401,6 +418,7 @@ func (d *Dispatcher) read(batches chan<- []*link.Frame, free <-chan []*link.Fram
 // slots behind; the others stay for the reader to reuse.
 func (d *Dispatcher) handleBatch(s []*link.Frame) {
 	d.trace = d.log.IsLevelEnabled(logrus.TraceLevel)
+	d.subs = d.env.Trace.Active()
 	d.n[cBatches].Add(1)
 	d.n[cFramesIn].Add(uint64(len(s)))
 	if d.Tee != nil {
