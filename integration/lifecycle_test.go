@@ -106,12 +106,6 @@ func TestSetupFailureIsOneLine(t *testing.T) {
 	if len(lines) != 1 || !strings.HasPrefix(lines[0], "gopasta: ") || !strings.Contains(lines[0], "/nonexistent/netns") {
 		t.Errorf("output %q: want one line \"gopasta: ...\" naming the path", r.out)
 	}
-	// A control socket for pesto is refused the same way, not ignored.
-	g := NewNetns(t, "g")
-	r = runFront(t, h, 5*time.Second, "--config-net", "--netns", g.Path(), "-c", "/tmp/gopasta-ctl.sock")
-	if want := "gopasta: -c/--conf-path /tmp/gopasta-ctl.sock: no control socket for run-time forwarding changes (pesto) in gopasta yet\n"; r.code != 1 || r.out != want {
-		t.Errorf("-c: exit status %d, output %q; want 1, %q", r.code, r.out, want)
-	}
 }
 
 // TestBackgroundReadiness: in the background the front exits 0 with the

@@ -18,7 +18,9 @@ import (
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/conf"
+	"github.com/gopasta/gopasta/conf/control"
 	"github.com/gopasta/gopasta/dispatcher"
+	"github.com/gopasta/gopasta/flowtrace"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/netcfg"
 	"github.com/gopasta/gopasta/link/netns"
@@ -49,6 +51,8 @@ type daemon struct {
 	disp    *dispatcher.Dispatcher
 	env     *actors.Env
 	pcap    *link.Pcap // -p/--pcap (pcap.go)
+	caps    captures   // --pcap and gopasta ctl pcap (pcap.go)
+	trace   flowtrace.Hub
 	stops   []func()
 
 	// follow moves --map-guest-addr's alias along with the host's
@@ -162,11 +166,6 @@ func detachStdio() error {
 func (d *daemon) setup() error {
 	cfg, log := d.cfg, d.log
 
-	if cfg.ConfPath != "" {
-		// Better no daemon than one that seems to offer a control socket
-		// pesto will not find: the user relies on changing the rules.
-		return fmt.Errorf("-c/--conf-path %s: no control socket for run-time forwarding changes (pesto) in gopasta yet", cfg.ConfPath)
-	}
 	if err := d.openPcap(); err != nil {
 		return err
 	}
@@ -203,9 +202,15 @@ func (d *daemon) setup() error {
 	d.logConfig(host)
 
 	d.w = link.NewWriter(d.dev, writerDepth)
-	d.env = &actors.Env{Ctx: d.ctx, Conf: cfg, Out: d.w, Peer: d.peer, Log: log.Logger, NAT: host.NAT}
+	d.env = &actors.Env{Ctx: d.ctx, Conf: cfg, Out: d.w, Peer: d.peer, Log: log.Logger, NAT: host.NAT, Trace: &d.trace}
 	d.disp = dispatcher.New(cfg, d.dev, d.env, log.Logger)
 	d.teePcap()
+	control.SetNativeBackend(ctlBackend{d})
+	if cfg.ConfPath != "" {
+		if err := d.listenControlTmp(cfg.ConfPath); err != nil {
+			return err
+		}
+	}
 
 	// Listening sockets are bound now, so that a port in use is a setup
 	// error that podman sees, and "auto" has scanned once.
@@ -466,24 +471,39 @@ func (d *daemon) logStats(level logrus.Level) {
 	if d.w == nil || !d.log.IsLevelEnabled(level) {
 		return
 	}
-	e := d.log.WithFields(logrus.Fields{
+	f := logrus.Fields{}
+	for k, v := range d.stats() {
+		f[k] = v
+	}
+	d.log.WithFields(f).Log(level, "statistics")
+}
+
+// stats is every counter by name: what SIGUSR1 logs and gopasta ctl stats
+// shows.
+func (d *daemon) stats() map[string]uint64 {
+	m := map[string]uint64{
 		"written": d.w.Frames.Load(), "dropped": d.w.Dropped.Load(),
 		"write_errors": d.w.Errors.Load(),
-		"tcp_flows":    d.env.Stats.TCPFlows.Load(), "udp_flows": d.env.Stats.UDPFlows.Load(),
-		"icmp_flows": d.env.Stats.ICMPFlows.Load(), "goroutines": runtime.NumGoroutine(),
-	})
-	if d.tap != nil {
-		e = e.WithField("tap_skipped", d.tap.Skipped.Load())
-	} else {
-		e = e.WithFields(d.passtStats())
+		"tcp_flows":    uint64(max(d.env.Stats.TCPFlows.Load(), 0)), "udp_flows": uint64(max(d.env.Stats.UDPFlows.Load(), 0)),
+		"icmp_flows": uint64(max(d.env.Stats.ICMPFlows.Load(), 0)), "goroutines": uint64(runtime.NumGoroutine()),
 	}
-	if s, ok := any(d.disp).(interface{ Stats() map[string]uint64 }); ok {
-		for k, v := range s.Stats() {
-			e = e.WithField(k, v)
+	if d.tap != nil {
+		m["tap_skipped"] = d.tap.Skipped.Load()
+	} else {
+		for k, v := range d.passtStats() {
+			switch n := v.(type) {
+			case uint64:
+				m[k] = n
+			case int64:
+				m[k] = uint64(max(n, 0))
+			}
 		}
 	}
-	for k, v := range actors.StatsSnapshot(d.env) {
-		e = e.WithField(k, v)
+	for k, v := range d.disp.Stats() {
+		m[k] = v
 	}
-	e.Log(level, "statistics")
+	for k, v := range actors.StatsSnapshot(d.env) {
+		m[k] = v
+	}
+	return m
 }

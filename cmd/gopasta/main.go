@@ -26,6 +26,9 @@ func run() int {
 	if os.Getenv(stageEnv) == stageDaemon {
 		return daemonMain(prog)
 	}
+	if len(os.Args) > 1 && os.Args[1] == "ctl" {
+		return ctlMain(os.Args[2:])
+	}
 	mode := usageMode(os.Args[0], os.Args[1:])
 	cfg, err := conf.Parse(os.Args[0], os.Args[1:])
 	switch {

@@ -4,8 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
 
+	"github.com/gopasta/gopasta/conf/control"
+	"github.com/gopasta/gopasta/flowtrace"
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
 )
 
 // openPcap creates the -p/--pcap capture file, as pasta does, during setup:
@@ -35,14 +42,106 @@ func (d *daemon) openPcap() error {
 }
 
 // teePcap points the capture hooks of the link writer (frames to the
-// guest) and the dispatcher (frames from the guest) at the capture file.
-// Without --pcap both stay nil and cost a nil check.
+// guest) and the dispatcher (frames from the guest) at the captures: the
+// --pcap file, and the one `gopasta ctl pcap` may start and stop at run
+// time. The hooks are set once, before the writer and the dispatcher run;
+// what they capture to changes behind an atomic pointer, so a frame with
+// no run-time capture costs a call and one atomic load more than without.
 func (d *daemon) teePcap() {
-	if d.pcap == nil {
-		return
+	d.caps.start = d.pcap
+	d.w.Tee = d.caps.tee
+	d.disp.Tee = d.caps.tee
+}
+
+// captures are the daemon's packet captures.
+type captures struct {
+	start *link.Pcap // --pcap: every frame, for the daemon's life
+	mu    sync.Mutex // serialises starting and stopping rt
+	rt    atomic.Pointer[capture]
+}
+
+// capture is a run-time capture: a file and the flows it keeps.
+type capture struct {
+	p      *link.Pcap
+	file   string
+	filter flowtrace.Filter
+}
+
+// tee records f in each capture that wants it. It runs on the writer and
+// the dispatcher goroutines while they own f.
+func (c *captures) tee(f *link.Frame) {
+	if c.start != nil {
+		c.start.Tee(f)
 	}
-	d.w.Tee = d.pcap.Tee
-	d.disp.Tee = d.pcap.Tee
+	if r := c.rt.Load(); r != nil {
+		r.tee(f)
+	}
+}
+
+func (r *capture) tee(f *link.Frame) {
+	if !r.filter.IsZero() {
+		var p wire.Parsed
+		if wire.ParseFrame(f.Data, &p) != nil {
+			return
+		}
+		if !r.filter.Match(p.Proto, netip.AddrPortFrom(p.Src, p.SrcPort), netip.AddrPortFrom(p.Dst, p.DstPort), 0) {
+			return
+		}
+	}
+	r.p.Tee(f)
+}
+
+// startRT starts a run-time capture to file (absolute) of the frames of
+// the flows f selects (by protocol, address, port: a frame has no flow
+// id). One at a time.
+func (c *captures) startRT(file string, f flowtrace.Filter, onError func(error)) error {
+	if !filepath.IsAbs(file) {
+		return fmt.Errorf("pcap file %q: not an absolute path", file)
+	}
+	if f.ID != 0 {
+		return errors.New("pcap: a capture selects by protocol, address and port, not by flow id")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if r := c.rt.Load(); r != nil {
+		return fmt.Errorf("pcap: already capturing to %s (stop it first)", r.file)
+	}
+	p, err := link.CreatePcap(file, onError)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fmt.Errorf("cannot open pcap file %s: %v", file, err)
+	}
+	c.rt.Store(&capture{p: p, file: file, filter: f})
+	return nil
+}
+
+// stopRT stops the run-time capture and closes its file: complete once
+// stopRT returns (a frame being recorded as it stops may be the last).
+func (c *captures) stopRT() (control.PcapStatus, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.rt.Swap(nil)
+	if r == nil {
+		return control.PcapStatus{}, errors.New("pcap: no capture running")
+	}
+	err := r.p.Close()
+	st := control.PcapStatus{File: r.file, Filter: r.filter.String(), Frames: r.p.Frames.Load()}
+	if err != nil {
+		return st, fmt.Errorf("pcap %s: %v", r.file, err)
+	}
+	return st, nil
+}
+
+// status describes the run-time capture.
+func (c *captures) status() control.PcapStatus {
+	r := c.rt.Load()
+	if r == nil {
+		return control.PcapStatus{}
+	}
+	return control.PcapStatus{Active: true, File: r.file, Filter: r.filter.String(), Frames: r.p.Frames.Load()}
 }
 
 // closePcap writes out what the capture holds and closes the file. It runs
@@ -50,6 +149,9 @@ func (d *daemon) teePcap() {
 // time is over: the capture tolerates a late frame), so the file holds
 // every frame to the last. A write error was reported when it happened.
 func (d *daemon) closePcap() {
+	if d.caps.rt.Load() != nil {
+		_, _ = d.caps.stopRT()
+	}
 	if d.pcap == nil {
 		return
 	}

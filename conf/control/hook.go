@@ -12,5 +12,6 @@ import (
 //
 // Declared here for the observability branch; the server's branch
 // declares the same hook, and only one declaration survives the merge.
+//
 //lint:ignore U1000 called by the control socket server (the pesto branch)
 var nativeHandler func(ctx context.Context, c net.Conn) error
