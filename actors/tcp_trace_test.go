@@ -4,8 +4,11 @@ import (
 	"io"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/flowtrace"
 	"github.com/gopasta/gopasta/link/wire"
@@ -150,3 +153,49 @@ func TestTCPTraceRetransmit(t *testing.T) {
 		t.Fatalf("no timeout line in\n%s", all)
 	}
 }
+
+// --trace (the log at trace level) gets the same lines, with the flow.
+func TestTCPTraceLog(t *testing.T) {
+	te := newTestEnv(t)
+	var buf syncBuf
+	te.env.Log.SetOutput(&buf)
+	te.env.Log.SetLevel(logrus.TraceLevel)
+	srv := newServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.port()), 1000)
+	g.connect()
+	sc := srv.accept(t)
+	g.send(wire.TCPPsh, []byte("hello"))
+	if _, err := io.ReadFull(sc, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	sc.Close()
+	g.readUntil(0, true)
+	g.send(wire.TCPFin, nil)
+	te.waitEnded(g.h)
+	log := buf.String()
+	flow := "flow=\"tcp " + g.k.Guest.String() + " -> " + g.k.Far.String() + "\""
+	for _, want := range []string{
+		`msg="in  Flags [S], seq 1000, win 65535, options [mss 65480,wscale`,
+		`msg="in  Flags [P.], seq 1:6, ack 1, win 65535, length 5"`,
+		`msg="state SYN_RCVD -> ESTABLISHED (the guest acknowledged our SYN,ACK)"`,
+		`msg="end (closed) after `,
+	} {
+		found := false
+		for _, l := range strings.Split(log, "\n") {
+			if strings.Contains(l, want) && strings.Contains(l, flow) {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("no %s with %s in the log:\n%s", want, flow, log)
+		}
+	}
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }

@@ -46,7 +46,9 @@ func Usage(mode Mode) string {
 		}
 	}
 	b.WriteString("\nEvery option can also be set in the --config file under its long\n" +
-		"name, e.g. mtu = 1500; the command line takes precedence.\n")
+		"name, e.g. mtu = 1500; the command line takes precedence.\n" +
+		"\nA daemon started with -c SOCKET can be looked into while it runs:\n" +
+		"gopasta ctl SOCKET flows|stats|trace|log-level|pcap (gopasta ctl --help).\n")
 	return b.String()
 }
 
