@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/flowtrace"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )
@@ -96,6 +98,9 @@ type udpFlow struct {
 	ctrl  [64]byte // inbound on a wildcard listener: IP_PKTINFO for the reply source
 	clen  int
 	last  int64 // monoNow of the last datagram either way
+	// tap is the flow's view of the trace subscribers for datagrams to
+	// the guest; the receiver's (rxMu), unlike the fields above.
+	tap flowtrace.Tap
 }
 
 // udpBinding is a host UDP socket and the actor that owns it.
@@ -878,12 +883,13 @@ func (b *udpBinding) deliver(i int, now int64) *link.Frame {
 	src := getSockaddr(&rx.names[i])
 	var far, dst netip.AddrPort
 	var fh *Handle
+	var tfl *udpFlow
 	b.mu.Lock()
 	fl := b.byHost[src]
 	if fl != nil {
 		fl.last = now
 		far, dst = fl.key.Far, fl.key.Guest
-		fh = fl.h
+		fh, tfl = fl.h, fl
 	}
 	b.mu.Unlock()
 	switch {
@@ -896,7 +902,7 @@ func (b *udpBinding) deliver(i int, now int64) *link.Frame {
 		fl := b.newInboundFlow(src, rx.ctrl[i][:h.Hdr.Controllen], now)
 		if fl != nil {
 			far, dst = fl.key.Far, fl.key.Guest
-			fh = fl.h
+			fh, tfl = fl.h, fl
 		}
 		b.mu.Unlock()
 		if fl == nil {
@@ -924,6 +930,9 @@ func (b *udpBinding) deliver(i int, now int64) *link.Frame {
 	if fh != nil {
 		fh.Stats.FarSegs.Add(1)
 		fh.Stats.FarBytes.Add(uint64(n))
+		if b.env.Trace.Active() && tfl.tap.On(b.env.Trace, tfl.key.Proto, tfl.key.Guest, tfl.key.Far, fh.ID, func() string { return traceDesc(fh.ID, tfl.key) }) {
+			tfl.tap.Emit(flowtrace.Stamp(time.Now()), "out datagram, "+strconv.Itoa(n)+" bytes")
+		}
 	}
 	return f
 }

@@ -49,11 +49,12 @@ func ctlUsage() string {
 
 // ctlMain runs `gopasta ctl ARGS`.
 func ctlMain(args []string) int {
-	if len(args) < 2 || args[0] == "-h" || args[0] == "--help" {
+	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+		fmt.Print(ctlUsage())
+		return 0
+	}
+	if len(args) < 2 {
 		fmt.Fprint(os.Stderr, ctlUsage())
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			return 0
-		}
 		return 1
 	}
 	c, ok := ctlCmds[args[1]]
