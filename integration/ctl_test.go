@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -209,4 +210,89 @@ func TestCtlObserve(t *testing.T) {
 	if payload != 300 || !strings.Contains(out, fmt.Sprintf(": %d frames", len(frames))) {
 		t.Fatalf("%d payload bytes in %d frames (%q), want 300", payload, len(frames), out)
 	}
+}
+
+// nativeConn connects to the control socket and switches to the native
+// protocol: the pesto hello, the rule tables skipped, then 0xFF.
+func nativeConn(t *testing.T, sock string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	hello := make([]byte, 20)
+	if _, err := io.ReadFull(c, hello); err != nil || string(hello[:7]) != "basil:s" {
+		t.Fatalf("hello %q %v", hello, err)
+	}
+	for {
+		pif := make([]byte, 1)
+		if _, err := io.ReadFull(c, pif); err != nil {
+			t.Fatal(err)
+		}
+		if pif[0] == 0 {
+			break
+		}
+		info := make([]byte, 136)
+		if _, err := io.ReadFull(c, info); err != nil {
+			t.Fatal(err)
+		}
+		n := int(info[132])<<24 | int(info[133])<<16 | int(info[134])<<8 | int(info[135])
+		if _, err := io.CopyN(io.Discard, c, int64(n)*56); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.Write([]byte{0xff}); err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Time{})
+	return c
+}
+
+// TestCtlTraceClientStuck: a trace client that stops reading is dropped,
+// and the traced flow's exchanges go on at the pace they had without it.
+func TestCtlTraceClientStuck(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "ctl.sock")
+	gp := StartGopasta(t, "-c", sock)
+	l := ListenTCPIn(t, gp.Host, "tcp4", "127.0.0.1:0")
+	ServeEach(l, replyDouble)
+	gc := mustDial(t, gp.Guest, "tcp4", hostPort(HostGW4, lport(l)))
+	// Request/response exchanges: each makes four trace lines or so.
+	const n = 5000
+	exchanges := func() time.Duration {
+		start := time.Now()
+		for range n {
+			exchange(t, gc, 10, 20)
+		}
+		return time.Since(start)
+	}
+	before := exchanges()
+
+	c := nativeConn(t, sock)
+	if _, err := io.WriteString(c, `{"cmd":"trace","filter":"tcp"}`+"\n"); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+	if l, err := r.ReadString('\n'); err != nil || !strings.Contains(l, `"ok":true`) {
+		t.Fatalf("trace start %q %v", l, err)
+	}
+	// From now on nobody reads c.
+	with := exchanges()
+	t.Logf("%d exchanges: %v without a trace, %v with a trace client that does not read", n, before, with)
+	if with > 3*before+time.Second {
+		t.Fatalf("exchanges slowed down by a stuck trace client: %v, %v before", with, before)
+	}
+	// The daemon dropped the client: what it wrote before ends, with the
+	// reason if it fitted, then EOF.
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	rest, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("client not dropped: %v", err)
+	}
+	if !bytes.Contains(rest, []byte(`"line"`)) {
+		t.Fatalf("no trace lines before the drop (%d bytes)", len(rest))
+	}
+	// And the flow is unharmed.
+	exchange(t, gc, 10, 20)
 }
