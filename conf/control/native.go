@@ -173,8 +173,9 @@ type errBadRequest struct{ error }
 
 // ServeNative speaks the native protocol on conn (after the 0xFF byte)
 // until the client closes it, sends a bad request, or ctx ends. It returns
-// nil when the client closed the connection, else why it stopped; it does
-// not close conn.
+// nil when the client closed the connection, else why it stopped. The
+// caller closes conn afterwards, which also ends the goroutine a trace
+// leaves reading it.
 func ServeNative(ctx context.Context, conn net.Conn, b Backend) error {
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
