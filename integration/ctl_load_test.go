@@ -105,6 +105,7 @@ func TestCtlTraceOneOfThousand(t *testing.T) {
 	want := " > " + hostPort(HostGW4, lport(lt)) + ": "
 	var rates [2][]float64 // without, with a trace
 	lines, foreign := 0, 0
+	var tracedExchanges int64
 	for round := range 3 {
 		for traced := range 2 {
 			var tr *exec.Cmd
@@ -132,9 +133,12 @@ func TestCtlTraceOneOfThousand(t *testing.T) {
 				}()
 				time.Sleep(200 * time.Millisecond) // attached
 			}
-			b0, t0 := bulkBytes.Load(), time.Now()
+			b0, t0, e0 := bulkBytes.Load(), time.Now(), exchanges.Load()
 			time.Sleep(phase)
 			r := float64(bulkBytes.Load()-b0) / time.Since(t0).Seconds()
+			if traced == 1 {
+				tracedExchanges += exchanges.Load() - e0
+			}
 			rates[traced] = append(rates[traced], r)
 			if tr != nil {
 				tr.Process.Signal(os.Interrupt)
@@ -148,13 +152,14 @@ func TestCtlTraceOneOfThousand(t *testing.T) {
 	}
 	med := func(v []float64) float64 { s := append([]float64(nil), v...); sort.Float64s(s); return s[len(s)/2] }
 	without, with := med(rates[0]), med(rates[1])
-	t.Logf("1000 flows: others' throughput median %.1f MB/s without a trace, %.1f MB/s with one (ratio %.3f); %d trace lines, %d of other flows",
-		without/1e6, with/1e6, with/without, lines, foreign)
+	t.Logf("1000 flows: others' throughput median %.1f MB/s without a trace, %.1f MB/s with one (ratio %.3f); %d trace lines for %d exchanges, %d of other flows",
+		without/1e6, with/1e6, with/without, lines, tracedExchanges, foreign)
 	if foreign > 0 {
 		t.Fatalf("%d lines of other flows", foreign)
 	}
-	if lines < 100 {
-		t.Fatalf("only %d trace lines of the traced flow", lines)
+	// Each exchange is a segment each way at least.
+	if lines == 0 || int64(lines) < 2*tracedExchanges {
+		t.Fatalf("%d trace lines for %d exchanges while traced", lines, tracedExchanges)
 	}
 	if with < 0.7*without {
 		t.Fatalf("throughput with a trace %.1f MB/s, without %.1f MB/s", with/1e6, without/1e6)
