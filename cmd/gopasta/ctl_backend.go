@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -20,7 +21,13 @@ type ctlBackend struct{ d *daemon }
 
 var _ control.Backend = ctlBackend{}
 
+// flowsTimeout bounds the wait for the dispatcher's answer: a client must
+// not hang on a daemon whose dispatcher has stopped.
+const flowsTimeout = 5 * time.Second
+
 func (b ctlBackend) Flows(ctx context.Context) ([]control.FlowInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, flowsTimeout)
+	defer cancel()
 	snap, err := b.d.disp.Flows(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("flow table: %v", err)
