@@ -104,6 +104,7 @@ func TestCtlObserve(t *testing.T) {
 		t.Fatalf("flow %+v", f1)
 	}
 	table := ctl(t, sock, "flows")
+	t.Logf("flows:\n%s", table)
 	if !strings.Contains(table, far1) || !strings.Contains(table, "1000/") || !strings.Contains(table, "2000/") {
 		t.Fatalf("flows table:\n%s", table)
 	}
