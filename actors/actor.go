@@ -23,8 +23,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/conf"
-	"github.com/gopasta/gopasta/flowtrace"
 	"github.com/gopasta/gopasta/link"
 )
 

@@ -4,7 +4,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gopasta/gopasta/flowtrace"
+	"github.com/gopasta/gopasta/actors/flowtrace"
 )
 
 // Per-flow statistics, for `gopasta ctl flows`.

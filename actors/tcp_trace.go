@@ -6,7 +6,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/gopasta/gopasta/flowtrace"
+	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )

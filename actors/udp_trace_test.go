@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopasta/gopasta/flowtrace"
+	"github.com/gopasta/gopasta/actors/flowtrace"
 )
 
 // A UDP flow counts its datagrams both ways, and a subscriber sees the

@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/gopasta/gopasta/actors"
-	"github.com/gopasta/gopasta/flowtrace"
+	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/link/wire"
 )
 

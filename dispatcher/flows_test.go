@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/gopasta/gopasta/actors"
-	"github.com/gopasta/gopasta/flowtrace"
+	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 	"github.com/gopasta/gopasta/link/wire/wiretest"

@@ -9,8 +9,8 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/conf/control"
-	"github.com/gopasta/gopasta/flowtrace"
 )
 
 // ctlBackend is what the daemon offers gopasta ctl's observability

@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/conf/control"
-	"github.com/gopasta/gopasta/flowtrace"
 )
 
 // fakeBackend is a control.Backend in memory.

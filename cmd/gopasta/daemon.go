@@ -17,10 +17,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/conf/control"
 	"github.com/gopasta/gopasta/dispatcher"
-	"github.com/gopasta/gopasta/flowtrace"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/netcfg"
 	"github.com/gopasta/gopasta/link/netns"

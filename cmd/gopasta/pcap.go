@@ -9,8 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/conf/control"
-	"github.com/gopasta/gopasta/flowtrace"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopasta/gopasta/flowtrace"
+	"github.com/gopasta/gopasta/actors/flowtrace"
 )
 
 // memBackend is a Backend in memory.
