@@ -79,6 +79,17 @@ func qemuPathFree(path string) (bool, error) {
 // nobody listens on is removed first; a live one is an error. The socket
 // file is removed again by Close.
 func ListenQemu(path string) (*QemuListener, error) {
+	ln, err := ListenUnixSocket(path)
+	if err != nil {
+		return nil, err
+	}
+	return &QemuListener{ln: ln, path: path}, nil
+}
+
+// ListenUnixSocket binds and listens on path as ListenQemu does, and
+// returns the bare listener (which removes the file when closed), for a
+// link that speaks another protocol on the socket: vhost-user.
+func ListenUnixSocket(path string) (*net.UnixListener, error) {
 	free, err := qemuPathFree(path)
 	if !free {
 		return nil, err
@@ -91,7 +102,7 @@ func ListenQemu(path string) (*QemuListener, error) {
 		return nil, fmt.Errorf("UNIX socket bind: %w", err)
 	}
 	ln.SetUnlinkOnClose(true)
-	return &QemuListener{ln: ln, path: path}, nil
+	return ln, nil
 }
 
 // Path is the socket's path.

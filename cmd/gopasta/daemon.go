@@ -25,6 +25,7 @@ import (
 	"github.com/gopasta/gopasta/link/netcfg"
 	"github.com/gopasta/gopasta/link/netns"
 	"github.com/gopasta/gopasta/link/netns/nsenter"
+	"github.com/gopasta/gopasta/link/vhostuser"
 )
 
 // writerDepth is the link writer's queue: deep enough for a burst from many
@@ -66,6 +67,7 @@ type daemon struct {
 	// passt mode: the listening device, or the -F socket (passt.go).
 	qemu   *link.ReconnectingDevice
 	qemuFD *link.QemuDevice
+	vu     *vhostuser.Device // --vhost-user (vhostuser.go)
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc

@@ -93,12 +93,12 @@ func inheritedFD(cfg *conf.Config) (int, error) {
 // d.dev and d.qemu.
 func (d *daemon) openPasst() error {
 	cfg, log := d.cfg, d.log
-	if cfg.VhostUser {
-		return fmt.Errorf("--vhost-user is not supported yet: use QEMU's -netdev stream")
-	}
 	mtu := cfg.MTU
 	if mtu == 0 {
 		mtu = link.QemuMTU // "-m 0": don't advertise, the link still carries
+	}
+	if cfg.VhostUser {
+		return d.openVhostUser(mtu)
 	}
 
 	if cfg.FD >= 0 {
@@ -205,6 +205,10 @@ func (e *oneOffEnd) WriteBatch(frames []*link.Frame) error {
 func (d *daemon) passtStats() map[string]any {
 	m := map[string]any{}
 	var c *link.QemuDevice
+	if d.vu != nil {
+		d.vhostUserStats(m)
+		return m
+	}
 	if d.qemu != nil {
 		m["clients"] = d.qemu.Connects.Load()
 		m["refused"] = d.qemu.Refused.Load()

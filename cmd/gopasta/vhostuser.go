@@ -1,0 +1,96 @@
+package main
+
+// passt --vhost-user: the link is a vhost-user back end for virtio-net on
+// the -s socket (link/vhostuser). QEMU connects to it with -chardev socket
+// and -netdev vhost-user, shares the guest's memory with us, and frames
+// move between the guest's virtqueues and gopasta's frame buffers with no
+// socket in between. Everything above the link is passt mode as usual;
+// the life cycle too: one front end at a time, others refused, a front end
+// that leaves may come back unless -1, and --fd serves one inherited,
+// connected socket and implies -1.
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+
+	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/vhostuser"
+)
+
+// openVhostUser opens the vhost-user link. It sets d.dev and d.vu.
+func (d *daemon) openVhostUser(mtu int) error {
+	cfg, log, peer := d.cfg, d.log, d.peer
+	vcfg := vhostuser.Config{
+		MTU:    mtu,
+		OneOff: cfg.OneOff,
+		Log:    log.Logger,
+		OnConnect: func(pid int) {
+			// A new front end may be another VM: talk broadcast
+			// until its first frame says who it is.
+			peer.SetMAC(link.Broadcast)
+			log.Infof("accepted connection from PID %d", pid)
+		},
+		OnDisconnect: func(int) {
+			log.Info("client closed connection")
+		},
+		OnRefused: func(pid int) {
+			log.Infof("another client is connected: discarding connection from PID %d", pid)
+		},
+	}
+	if cfg.FD >= 0 {
+		fd := cfg.FD
+		if v := os.Getenv(qemuFDEnv); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("%s=%q: %v", qemuFDEnv, v, err)
+			}
+			fd = n
+		}
+		os.Unsetenv(qemuFDEnv)
+		dev, err := vhostuser.FromFD(fd, vcfg)
+		if err != nil {
+			return err
+		}
+		log.Infof("Using connected socket from file descriptor %d", cfg.FD)
+		d.vu = dev
+		d.dev = d.oneOff(dev)
+		return nil
+	}
+	path := cfg.Socket
+	if path == "" {
+		p, err := link.DefaultQemuSocketPath()
+		if err != nil {
+			return err
+		}
+		path = p
+	}
+	ln, err := link.ListenUnixSocket(path)
+	if err != nil {
+		return err
+	}
+	dev := vhostuser.Listen(ln, path, vcfg)
+	d.vu = dev
+	d.dev = dev
+	if cfg.OneOff {
+		d.dev = d.oneOff(dev)
+	}
+	log.Infof("UNIX domain socket bound at %s", path)
+	log.Infof("You can now start qemu (>= 7.2) with:")
+	log.Infof("    kvm ... -chardev socket,id=chr0,path=%s -netdev vhost-user,id=netdev0,chardev=chr0 -device virtio-net,netdev=netdev0 -object memory-backend-memfd,id=memfd0,share=on,size=$RAMSIZE -numa node,memdev=memfd0", path)
+	return nil
+}
+
+// vhostUserStats adds the vhost-user link's counters to the statistics.
+func (d *daemon) vhostUserStats(m map[string]any) {
+	s := &d.vu.Stats
+	m["clients"] = s.Connects.Load()
+	m["refused"] = s.Refused.Load()
+	m["rx_frames"] = s.RxFrames.Load()
+	m["tx_frames"] = s.TxFrames.Load()
+	m["rx_dropped"] = s.RxDropped.Load()
+	m["link_dropped"] = s.TxDropped.Load()
+	m["vu_interrupts"] = s.Interrupts.Load()
+	m["vu_waits"] = s.Waits.Load()
+	m["vu_broken"] = s.Broken.Load()
+}

@@ -1,0 +1,845 @@
+package vhostuser
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gopasta/gopasta/link"
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+)
+
+// Config configures a Device. Every hook is optional.
+type Config struct {
+	// MTU is what MTU reports (0: link.QemuMTU).
+	MTU int
+	// OneOff ends the device (ErrClosed) once its first front end has
+	// disconnected, like passt's -1.
+	OneOff bool
+	// Log receives protocol errors and life-cycle events (nil: the
+	// standard logger).
+	Log logrus.FieldLogger
+	// OnConnect runs when a front end has connected, before any of its
+	// frames is read; pid is the peer's (-1: unknown).
+	OnConnect func(pid int)
+	// OnDisconnect runs when the front end has gone and its state is
+	// released.
+	OnDisconnect func(pid int)
+	// OnRefused runs for every front end turned away because another one
+	// is connected.
+	OnRefused func(pid int)
+}
+
+// Stats counts what a Device did. All fields may be read at any time.
+type Stats struct {
+	// RxFrames counts frames read from the guest, RxDropped chains from the
+	// guest that were not a frame (too short, too long).
+	RxFrames, RxDropped atomic.Uint64
+	// TxFrames counts frames written to the guest; TxDropped frames that
+	// could not be (no running queue, bad size, too big for the buffers
+	// of a guest without mergeable buffers).
+	TxFrames, TxDropped atomic.Uint64
+	// Interrupts counts call-fd notifications sent, Waits sleeps on a kick.
+	Interrupts, Waits atomic.Uint64
+	// Connects counts front ends served, Refused those turned away,
+	// Broken sessions stopped for a malformed ring.
+	Connects, Refused, Broken atomic.Uint64
+}
+
+// Device is a vhost-user back end for virtio-net serving one front end
+// (QEMU) at a time, as a link.Device: ReadBatch takes frames from the
+// guest's transmit queue and WriteBatch puts them in its receive queue.
+// See doc.go.
+type Device struct {
+	cfg  Config
+	log  logrus.FieldLogger
+	ln   *net.UnixListener // nil when serving a single inherited socket
+	path string
+	wg   sync.WaitGroup // the accept and serve goroutines
+
+	// mu guards the session state below. The control goroutine takes it
+	// to change anything; the data path holds it shared for a batch, so
+	// memory is never unmapped, nor a ring moved, under its feet.
+	mu       sync.RWMutex
+	mem      *memTable
+	vq       [numQueues]vring
+	kick     [numQueues]*os.File
+	call     [numQueues]int
+	acked    uint64 // features the driver accepted
+	protocol uint64 // protocol features the front end accepted
+	hdrLen   int
+	flags    byte          // virtio-net header flags on frames we write
+	changed  chan struct{} // closed (and replaced) on every state change
+	active   *net.UnixConn // the front end being served
+	served   bool
+	closed   bool
+
+	// broken is set by the data path when the guest broke a ring: the
+	// session is being torn down.
+	broken atomic.Bool
+
+	// Data-path scratch: rdChain/rdKick for ReadBatch's goroutine,
+	// wrChain/wrKick for WriteBatch's.
+	rdChain, wrChain *chain
+	rdKick, wrKick   [8]byte
+
+	// Stats counts frames and events.
+	Stats Stats
+}
+
+func newDevice(cfg Config) *Device {
+	if cfg.MTU == 0 {
+		cfg.MTU = link.QemuMTU
+	}
+	d := &Device{cfg: cfg, log: cfg.Log, changed: make(chan struct{}),
+		rdChain: newChain(), wrChain: newChain()}
+	if d.log == nil {
+		d.log = logrus.StandardLogger()
+	}
+	d.call = [numQueues]int{-1, -1}
+	return d
+}
+
+// Listen serves front ends connecting to the UNIX socket ln, which the
+// device takes over (Close closes it).
+func Listen(ln *net.UnixListener, path string, cfg Config) *Device {
+	d := newDevice(cfg)
+	d.ln, d.path = ln, path
+	d.wg.Add(1)
+	go d.acceptLoop()
+	return d
+}
+
+// FromFD serves the front end on fd, a connected UNIX stream socket
+// inherited from our parent (--fd). The device takes ownership of fd;
+// when that front end leaves, the device is closed.
+func FromFD(fd int, cfg Config) (*Device, error) {
+	st, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if err != nil || st != unix.SOCK_STREAM {
+		return nil, fmt.Errorf("fd %d: not a stream socket", fd)
+	}
+	f := os.NewFile(uintptr(fd), "vhost-user")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("fd %d: %w", fd, err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("fd %d: not a UNIX domain socket", fd)
+	}
+	cfg.OneOff = true
+	d := newDevice(cfg)
+	d.active, d.served = uc, true
+	d.wg.Add(1)
+	go d.serve(uc)
+	return d, nil
+}
+
+// Path is the listening socket's path ("" with FromFD).
+func (d *Device) Path() string { return d.path }
+
+// PeerPID returns the process id of the connected front end, or -1.
+func PeerPID(c *net.UnixConn) int {
+	pid := -1
+	if rc, err := c.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) {
+			if uc, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+				pid = int(uc.Pid)
+			}
+		})
+	}
+	return pid
+}
+
+// acceptLoop accepts front ends until Close: one is served at a time, any
+// other is refused at once so that it fails instead of hanging.
+func (d *Device) acceptLoop() {
+	defer d.wg.Done()
+	for {
+		c, err := d.ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			d.log.WithError(err).Warn("accept on the vhost-user socket failed")
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		d.mu.Lock()
+		if d.closed || d.active != nil || (d.cfg.OneOff && d.served) {
+			closed := d.closed
+			d.mu.Unlock()
+			pid := PeerPID(c)
+			c.Close()
+			if closed {
+				return
+			}
+			d.Stats.Refused.Add(1)
+			if d.cfg.OnRefused != nil {
+				d.cfg.OnRefused(pid)
+			}
+			continue
+		}
+		d.active, d.served = c, true
+		d.wg.Add(1)
+		d.mu.Unlock()
+		go d.serve(c)
+	}
+}
+
+// serve runs the control protocol with one front end until it leaves or
+// breaks the protocol, then releases everything it set up.
+func (d *Device) serve(c *net.UnixConn) {
+	defer d.wg.Done()
+	pid := PeerPID(c)
+	d.Stats.Connects.Add(1)
+	d.broken.Store(false)
+	if d.cfg.OnConnect != nil {
+		d.cfg.OnConnect(pid)
+	}
+	k := newConn(c)
+	m := &msg{}
+	for {
+		err := k.read(m)
+		if err == nil {
+			err = d.handle(k, m)
+			m.closeFDs()
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && !d.broken.Load() {
+				d.log.WithError(err).Error("vhost-user: closing the connection")
+			}
+			break
+		}
+	}
+	c.Close()
+	d.mu.Lock()
+	d.resetLocked()
+	d.active = nil
+	if d.cfg.OneOff {
+		d.closed = true
+		if d.ln != nil {
+			d.ln.Close()
+		}
+	}
+	d.wakeLocked()
+	d.mu.Unlock()
+	if d.cfg.OnDisconnect != nil {
+		d.cfg.OnDisconnect(pid)
+	}
+}
+
+// resetLocked forgets everything the front end set up: the rings stop,
+// descriptors are closed, memory unmapped. mu held.
+func (d *Device) resetLocked() {
+	for i := range d.vq {
+		d.closeKickLocked(i)
+		if d.call[i] >= 0 {
+			unix.Close(d.call[i])
+			d.call[i] = -1
+		}
+		d.vq[i] = vring{}
+	}
+	d.mem.unmap()
+	d.mem = nil
+	d.acked, d.protocol, d.hdrLen, d.flags = 0, 0, 0, 0
+}
+
+func (d *Device) closeKickLocked(i int) {
+	if d.kick[i] != nil {
+		d.kick[i].Close() // wakes a data-path goroutine waiting on it
+		d.kick[i] = nil
+	}
+}
+
+// wakeLocked wakes data-path goroutines waiting for a kick or a state
+// change, so they look at the new state. mu held.
+func (d *Device) wakeLocked() {
+	close(d.changed)
+	d.changed = make(chan struct{})
+	for _, k := range d.kick {
+		if k != nil {
+			_ = k.SetReadDeadline(time.Unix(1, 0))
+		}
+	}
+}
+
+// fail stops a session whose guest broke a ring: the error is logged once
+// and the control connection closed, which makes QEMU see the back end
+// gone (and a -1 daemon exit). Called by the data path, mu held shared.
+func (d *Device) fail(err error) {
+	if !d.broken.CompareAndSwap(false, true) {
+		return
+	}
+	d.Stats.Broken.Add(1)
+	d.log.WithError(err).Error("vhost-user: guest broke a virtqueue, stopping the device")
+	if d.active != nil {
+		d.active.Close()
+	}
+}
+
+// Close implements link.Device: it stops accepting, disconnects the front
+// end and waits for the device's goroutines.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	if !d.closed {
+		d.closed = true
+		d.wakeLocked()
+	}
+	if d.active != nil {
+		d.active.Close()
+	}
+	d.mu.Unlock()
+	if d.ln != nil {
+		d.ln.Close()
+	}
+	d.wg.Wait()
+	return nil
+}
+
+// MTU implements link.Device.
+func (d *Device) MTU() int { return d.cfg.MTU }
+
+// Connected reports whether a front end is connected.
+func (d *Device) Connected() bool {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	return d.active != nil
+}
+
+// running reports whether queue i may be used now. mu held.
+func (d *Device) running(i int) bool {
+	return d.vq[i].ready() && !d.broken.Load()
+}
+
+// wait sleeps until queue i is kicked or the state changes. It is called
+// with mu held shared and releases it. The kick's deadline is cleared
+// while mu is held, so a wakeLocked after the release cannot be missed.
+func (d *Device) wait(i int, buf []byte) {
+	k, ch := d.kick[i], d.changed
+	if k != nil {
+		_ = k.SetReadDeadline(time.Time{})
+	}
+	d.mu.RUnlock()
+	d.Stats.Waits.Add(1)
+	if k == nil {
+		<-ch
+		return
+	}
+	_, _ = k.Read(buf)
+}
+
+// interrupt signals queue i's call descriptor. mu held shared.
+func (d *Device) interrupt(i int) {
+	if fd := d.call[i]; fd >= 0 {
+		var one = [8]byte{1}
+		_, _ = unix.Write(fd, one[:])
+		d.Stats.Interrupts.Add(1)
+	}
+}
+
+// guard turns a fault on guest memory (the front end shrank a region under
+// us) into a ring error instead of a crash. Deferred by the data path,
+// which runs with debug.SetPanicOnFault.
+func guard(err *error) {
+	if r := recover(); r != nil {
+		if _, ok := r.(interface{ Addr() uintptr }); !ok {
+			panic(r)
+		}
+		*err = fmt.Errorf("%w: fault on guest memory: %v", errRing, r)
+	}
+}
+
+// ReadBatch implements link.Device: it blocks until the guest has
+// transmitted at least one frame and returns up to len(frames).
+func (d *Device) ReadBatch(frames []*link.Frame) (int, error) {
+	for {
+		d.mu.RLock()
+		if d.closed {
+			d.mu.RUnlock()
+			return 0, link.ErrClosed
+		}
+		if d.running(txQ) {
+			n, err := d.fromGuest(frames)
+			if err == nil && n == 0 {
+				// Nothing: ask for a kick, and look once more in
+				// case the guest added a frame meanwhile.
+				d.vq[txQ].notify(true)
+				var more bool
+				if more, err = d.vq[txQ].hasAvail(); err == nil && more {
+					d.mu.RUnlock()
+					continue
+				}
+			}
+			if err != nil {
+				d.fail(err)
+			} else if n > 0 {
+				d.mu.RUnlock()
+				return n, nil
+			}
+		}
+		d.wait(txQ, d.rdKick[:])
+	}
+}
+
+// fromGuest takes up to len(frames) chains from the transmit queue and
+// copies their frames, without the virtio-net header, into frames. mu
+// held shared.
+func (d *Device) fromGuest(frames []*link.Frame) (n int, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer guard(&err)
+	q, c, m, hl := &d.vq[txQ], d.rdChain, d.mem, d.hdrLen
+	q.notify(false)
+	for n < len(frames) {
+		ok, err := q.pop(m, c)
+		if err != nil || !ok {
+			if q.flush() {
+				d.interrupt(txQ)
+			}
+			return n, err
+		}
+		q.fill(c.head, 0)
+		f := frames[n]
+		buf := f.Data[:cap(f.Data)]
+		size := c.rdLen - hl
+		if size < 14 || size > len(buf) || size > link.QemuMaxFrame {
+			d.Stats.RxDropped.Add(1)
+			continue
+		}
+		gather(buf[:size], c.rd, hl)
+		f.Data = buf[:size]
+		n++
+	}
+	if q.flush() {
+		d.interrupt(txQ)
+	}
+	d.Stats.RxFrames.Add(uint64(n))
+	return n, nil
+}
+
+// gather copies the bytes of segs from offset skip on into dst, which is
+// no longer than what they hold.
+func gather(dst []byte, segs [][]byte, skip int) {
+	for _, s := range segs {
+		if skip >= len(s) {
+			skip -= len(s)
+			continue
+		}
+		k := copy(dst, s[skip:])
+		skip = 0
+		dst = dst[k:]
+		if len(dst) == 0 {
+			return
+		}
+	}
+}
+
+// scatter copies src into segs from offset off on, as far as they go, and
+// returns how many bytes it copied.
+func scatter(segs [][]byte, off int, src []byte) int {
+	n := 0
+	for _, s := range segs {
+		if off >= len(s) {
+			off -= len(s)
+			continue
+		}
+		k := copy(s[off:], src[n:])
+		off = 0
+		n += k
+		if n == len(src) {
+			break
+		}
+	}
+	return n
+}
+
+// WriteBatch implements link.Device: every frame goes into the guest's
+// receive buffers, waiting for the guest to post more if they run out.
+// Frames are dropped (and counted) while the queue is not running: a
+// guest without a driver cannot receive, and blocking would stall every
+// flow behind the Writer.
+func (d *Device) WriteBatch(frames []*link.Frame) error {
+	for len(frames) > 0 {
+		d.mu.RLock()
+		if d.closed {
+			d.mu.RUnlock()
+			return link.ErrClosed
+		}
+		if !d.running(rxQ) {
+			d.Stats.TxDropped.Add(uint64(len(frames)))
+			d.mu.RUnlock()
+			return nil
+		}
+		n, err := d.toGuest(frames)
+		frames = frames[n:]
+		if err == nil && len(frames) > 0 {
+			d.vq[rxQ].notify(true)
+			var more bool
+			if more, err = d.vq[rxQ].hasAvail(); err == nil && more {
+				d.mu.RUnlock()
+				continue
+			}
+		}
+		if err != nil {
+			d.fail(err)
+			d.Stats.TxDropped.Add(uint64(len(frames)))
+			d.mu.RUnlock()
+			return nil
+		}
+		if len(frames) == 0 {
+			d.mu.RUnlock()
+			return nil
+		}
+		d.wait(rxQ, d.wrKick[:])
+	}
+	return nil
+}
+
+// toGuest writes frames into the receive queue until they are all written
+// or the buffers run out, and returns how many it consumed (written or
+// dropped). mu held shared.
+func (d *Device) toGuest(frames []*link.Frame) (n int, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer guard(&err)
+	q := &d.vq[rxQ]
+	q.notify(false)
+	written := 0
+	for n < len(frames) {
+		p := frames[n].Data
+		if len(p) < 14 || len(p) > link.QemuMaxFrame {
+			d.Stats.TxDropped.Add(1)
+			n++
+			continue
+		}
+		ok, err := d.put(q, p)
+		if err != nil || !ok {
+			break
+		}
+		n++
+		written++
+	}
+	if q.flush() {
+		d.interrupt(rxQ)
+	}
+	d.Stats.TxFrames.Add(uint64(written))
+	return n, err
+}
+
+// put writes one frame with its virtio-net header into as many receive
+// chains as it takes (one without mergeable buffers). It returns false,
+// having taken nothing, if the guest has not posted enough buffers.
+func (d *Device) put(q *vring, p []byte) (bool, error) {
+	c, m, hl := d.wrChain, d.mem, d.hdrLen
+	mrg := d.acked&(1<<fNetMrgRxbuf) != 0
+	var hdr [virtioNetHdrSize]byte
+	hdr[0] = d.flags
+	var nb [2][]byte // where num_buffers went, patched at the end
+	pending := q.pending
+	var chains uint16
+	done := 0
+	for first := true; first || done < len(p); first = false {
+		ok, err := q.pop(m, c)
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			q.unpop(chains)
+			q.pending = pending
+			return false, nil
+		}
+		chains++
+		off := 0
+		if first {
+			if c.wrLen < hl {
+				return false, ringErr("receive buffer of %d bytes, less than the header", c.wrLen)
+			}
+			scatter(c.wr, 0, hdr[:hl])
+			if hl == virtioNetHdrSize {
+				nb[0], nb[1] = byteAt(c.wr, 10), byteAt(c.wr, 11)
+			}
+			off = hl
+		}
+		k := scatter(c.wr, off, p[done:])
+		done += k
+		q.fill(c.head, uint32(off+k))
+		if !mrg && done < len(p) {
+			// One chain per frame, and it is too small: the frame
+			// is dropped, the buffer left for a smaller one.
+			q.unpop(chains)
+			q.pending = pending
+			d.Stats.TxDropped.Add(1)
+			return true, nil
+		}
+		if uint32(chains) > q.num {
+			return false, ringErr("receive chains hold no data")
+		}
+	}
+	if nb[0] != nil {
+		nb[0][0], nb[1][0] = byte(chains), byte(chains>>8)
+	}
+	return true, nil
+}
+
+// byteAt returns the one-byte slice at offset off of segs.
+func byteAt(segs [][]byte, off int) []byte {
+	for _, s := range segs {
+		if off < len(s) {
+			return s[off : off+1]
+		}
+		off -= len(s)
+	}
+	return nil
+}
+
+// handle carries out one front-end request.
+func (d *Device) handle(k *conn, m *msg) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	defer d.wakeLocked()
+	d.log.Debugf("vhost-user: %s", reqName(m.req))
+	replied := false
+	err := func() error {
+		switch m.req {
+		case reqGetFeatures:
+			replied = true
+			return k.replyU64(m.req, Features)
+		case reqSetFeatures:
+			v, err := m.u64()
+			if err != nil {
+				return err
+			}
+			if v&^Features != 0 {
+				d.log.Warnf("vhost-user: front end acked features %#x we did not offer", v&^Features)
+			}
+			d.setFeaturesLocked(v & Features)
+		case reqGetProtocolFeatures:
+			replied = true
+			return k.replyU64(m.req, ProtocolFeatures)
+		case reqSetProtocolFeatures:
+			v, err := m.u64()
+			if err != nil {
+				return err
+			}
+			d.protocol = v & ProtocolFeatures
+		case reqSetOwner:
+		case reqResetOwner:
+			d.resetLocked()
+		case reqGetQueueNum:
+			replied = true
+			return k.replyU64(m.req, numQueues/2)
+		case reqSetMemTable:
+			return d.setMemTableLocked(m)
+		case reqSetVringNum, reqSetVringBase, reqSetVringEnable:
+			i, v, err := vringState(m)
+			if err != nil {
+				return err
+			}
+			q := &d.vq[i]
+			switch m.req {
+			case reqSetVringNum:
+				if v == 0 || v > maxQueueSize || v&(v-1) != 0 {
+					return fmt.Errorf("%w: queue %d size %d", errProto, i, v)
+				}
+				q.num = v
+			case reqSetVringBase:
+				q.base = uint16(v)
+			case reqSetVringEnable:
+				q.enabled = v != 0
+			}
+		case reqGetVringBase:
+			i, _, err := vringState(m)
+			if err != nil {
+				return err
+			}
+			// Stopping: every batch ended with its used entries
+			// published, so the next one to take is the base.
+			q := &d.vq[i]
+			base := q.lastAvail
+			if !q.started {
+				base = q.base
+			}
+			q.started = false
+			q.base = base
+			d.closeKickLocked(i)
+			var b [8]byte
+			binary.LittleEndian.PutUint32(b[0:], uint32(i))
+			binary.LittleEndian.PutUint32(b[4:], uint32(base))
+			replied = true
+			return k.reply(m.req, b[:])
+		case reqSetVringAddr:
+			return d.setVringAddrLocked(m)
+		case reqSetVringKick, reqSetVringCall, reqSetVringErr:
+			return d.setVringFDLocked(m)
+		case reqSendRARP:
+		case reqSetLogBase, reqSetLogFD:
+			return fmt.Errorf("%w: %s without dirty-page logging negotiated", errProto, reqName(m.req))
+		default:
+			if m.flags&flagNeedReply == 0 {
+				d.log.Warnf("vhost-user: ignoring unsupported %s", reqName(m.req))
+				return nil
+			}
+			return fmt.Errorf("%w: unsupported %s", errProto, reqName(m.req))
+		}
+		return nil
+	}()
+	if !replied && m.flags&flagNeedReply != 0 && d.protocol&(1<<pfReplyAck) != 0 {
+		var status uint64
+		if err != nil {
+			status = 1
+		}
+		if e := k.replyU64(m.req, status); e != nil && err == nil {
+			err = e
+		}
+	}
+	return err
+}
+
+// setFeaturesLocked applies the driver's features: the header size, the
+// header flags, event indexes, and, without the protocol extension,
+// rings that run as soon as they start.
+func (d *Device) setFeaturesLocked(v uint64) {
+	d.acked = v
+	d.hdrLen = 10
+	if v&(1<<fVersion1|1<<fNetMrgRxbuf) != 0 {
+		d.hdrLen = virtioNetHdrSize
+	}
+	d.flags = 0
+	if v&(1<<fNetGuestCsum) != 0 {
+		// Our checksums are complete and right: the guest may skip
+		// verifying them.
+		d.flags = hdrFDataValid
+	}
+	for i := range d.vq {
+		d.vq[i].eventIdx = v&(1<<fRingEventIdx) != 0
+		if v&(1<<fProtocolFeats) == 0 {
+			d.vq[i].enabled = true
+		}
+	}
+}
+
+func vringState(m *msg) (int, uint32, error) {
+	if m.size < 8 {
+		return 0, 0, fmt.Errorf("%w: %s payload of %d bytes", errProto, reqName(m.req), m.size)
+	}
+	i := binary.LittleEndian.Uint32(m.payload[0:])
+	if i >= numQueues {
+		return 0, 0, fmt.Errorf("%w: %s for queue %d", errProto, reqName(m.req), i)
+	}
+	return int(i), binary.LittleEndian.Uint32(m.payload[4:]), nil
+}
+
+// setMemTableLocked maps the new memory table, moves the rings onto it and
+// unmaps the old one.
+func (d *Device) setMemTableLocked(m *msg) error {
+	b := m.body()
+	if len(b) < 8 {
+		return fmt.Errorf("%w: SET_MEM_TABLE payload of %d bytes", errProto, len(b))
+	}
+	n := binary.LittleEndian.Uint32(b[0:])
+	if n == 0 || n > maxRegions || len(b) < 8+int(n)*32 {
+		return fmt.Errorf("%w: SET_MEM_TABLE with %d regions in %d bytes", errProto, n, len(b))
+	}
+	descs := make([]regionDesc, n)
+	for i := range descs {
+		r := b[8+32*i:]
+		descs[i] = regionDesc{
+			GPA:        binary.LittleEndian.Uint64(r[0:]),
+			Size:       binary.LittleEndian.Uint64(r[8:]),
+			QVA:        binary.LittleEndian.Uint64(r[16:]),
+			MmapOffset: binary.LittleEndian.Uint64(r[24:]),
+		}
+	}
+	t, err := mapRegions(descs, m.fds)
+	if err != nil {
+		return fmt.Errorf("%w: SET_MEM_TABLE: %v", errProto, err)
+	}
+	old := d.mem
+	d.mem = t
+	old.unmap()
+	for i := range d.vq {
+		if err := d.vq[i].mapRings(t); err != nil {
+			return fmt.Errorf("%w: queue %d: %v", errProto, i, err)
+		}
+	}
+	return nil
+}
+
+func (d *Device) setVringAddrLocked(m *msg) error {
+	b := m.body()
+	if len(b) < 40 {
+		return fmt.Errorf("%w: SET_VRING_ADDR payload of %d bytes", errProto, len(b))
+	}
+	i := binary.LittleEndian.Uint32(b[0:])
+	if i >= numQueues {
+		return fmt.Errorf("%w: SET_VRING_ADDR for queue %d", errProto, i)
+	}
+	q := &d.vq[i]
+	q.descQVA = binary.LittleEndian.Uint64(b[8:])
+	q.usedQVA = binary.LittleEndian.Uint64(b[16:])
+	q.availQVA = binary.LittleEndian.Uint64(b[24:])
+	q.addrSet = true
+	if err := q.mapRings(d.mem); err != nil {
+		return fmt.Errorf("%w: queue %d: %v", errProto, i, err)
+	}
+	return nil
+}
+
+// setVringFDLocked handles SET_VRING_KICK, _CALL and _ERR. A kick starts
+// the queue.
+func (d *Device) setVringFDLocked(m *msg) error {
+	v, err := m.u64()
+	if err != nil {
+		return err
+	}
+	i := int(v & vringIdxMask)
+	if i >= numQueues {
+		return fmt.Errorf("%w: %s for queue %d", errProto, reqName(m.req), i)
+	}
+	fd := -1
+	if v&vringNoFD == 0 {
+		if fd = m.takeFD(); fd < 0 {
+			return fmt.Errorf("%w: %s without a descriptor", errProto, reqName(m.req))
+		}
+	}
+	switch m.req {
+	case reqSetVringErr:
+		// We never report errors through it.
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	case reqSetVringCall:
+		if d.call[i] >= 0 {
+			unix.Close(d.call[i])
+		}
+		d.call[i] = fd
+	case reqSetVringKick:
+		d.closeKickLocked(i)
+		if fd < 0 {
+			return fmt.Errorf("%w: queue %d without a kick descriptor (polling is not supported)", errProto, i)
+		}
+		if err := unix.SetNonblock(fd, true); err != nil {
+			unix.Close(fd)
+			return err
+		}
+		d.kick[i] = os.NewFile(uintptr(fd), "vhost-user-kick")
+		q := &d.vq[i]
+		if q.desc == nil {
+			if err := q.mapRings(d.mem); err != nil || q.desc == nil {
+				return fmt.Errorf("%w: queue %d started without rings in guest memory: %v", errProto, i, err)
+			}
+		}
+		q.started = true
+		q.start()
+	}
+	return nil
+}
