@@ -401,12 +401,9 @@ func (d *Device) fromGuest(frames []*link.Frame) (n int, err error) {
 	q, c, m, hl := &d.vq[txQ], d.rdChain, d.mem, d.hdrLen
 	q.notify(false)
 	for n < len(frames) {
-		ok, err := q.pop(m, c)
-		if err != nil || !ok {
-			if q.flush() {
-				d.interrupt(txQ)
-			}
-			return n, err
+		var ok bool
+		if ok, err = q.pop(m, c); err != nil || !ok {
+			break
 		}
 		q.fill(c.head, 0)
 		f := frames[n]
@@ -424,7 +421,7 @@ func (d *Device) fromGuest(frames []*link.Frame) (n int, err error) {
 		d.interrupt(txQ)
 	}
 	d.Stats.RxFrames.Add(uint64(n))
-	return n, nil
+	return n, err
 }
 
 // gather copies the bytes of segs from offset skip on into dst, which is
@@ -521,8 +518,8 @@ func (d *Device) toGuest(frames []*link.Frame) (n int, err error) {
 			n++
 			continue
 		}
-		ok, err := d.put(q, p)
-		if err != nil || !ok {
+		var ok bool
+		if ok, err = d.put(q, p); err != nil || !ok {
 			break
 		}
 		n++
