@@ -169,8 +169,8 @@ func TestReceiveWaitsForBuffers(t *testing.T) {
 // and leave the process and the other side alone.
 func TestMalformedRings(t *testing.T) {
 	cases := []struct {
-		name  string
-		queue int
+		name   string
+		queue  int
 		break_ func(q *fakeQueue)
 	}{
 		{"loop", txQ, func(q *fakeQueue) {
