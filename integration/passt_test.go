@@ -542,12 +542,13 @@ var vmStep = regexp.MustCompile(`(?m)^(PASS|FAIL|WARN) +(\S+) +(.*)$`)
 
 // runVME2E runs vm-e2e.sh against bin in a private namespace (NETNS=1) and
 // returns its output and the verdict of every step.
-func runVME2E(t *testing.T, dir, bin string) (string, map[string]string) {
+// Extra variables (KEY=VALUE) go to its environment.
+func runVME2E(t *testing.T, dir, bin string, extra ...string) (string, map[string]string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(dir, "vm-e2e.sh"), bin)
-	env := []string{"NETNS=1"}
+	env := append([]string{"NETNS=1"}, extra...)
 	for k, v := range map[string]string{"E2E_TIMEOUT": "150", "IPERF_T": "5"} {
 		if os.Getenv(k) == "" {
 			env = append(env, k+"="+v)
@@ -573,29 +574,12 @@ func runVME2E(t *testing.T, dir, bin string) (string, map[string]string) {
 // Debian's /usr/bin/passt runs too and the iperf3 figures are logged side
 // by side.
 func TestPasstVM(t *testing.T) {
-	dir := vmScripts(t)
-	qemu := os.Getenv("QEMU")
-	if qemu == "" {
-		qemu = "qemu-system-x86_64"
-	}
-	needTool(t, qemu, "python3", "curl", "unshare", "ss")
-	guest := os.Getenv("GUEST_DIR")
-	if guest == "" {
-		guest = "/var/tmp/gopasta-vm/guest"
-	}
-	if _, err := os.Stat(filepath.Join(guest, "initramfs.gz")); err != nil {
-		t.Skipf("no guest in %s (run ../shared/vm/build-guest.sh): %v", guest, err)
-	}
+	dir := vmGuest(t)
 	out, steps := runVME2E(t, dir, passtBin(t))
 	if !strings.Contains(out, "RESULT: PASS") {
 		t.Errorf("vm-e2e.sh failed")
 	}
-	want := []string{"passt-start", "link", "dhcp", "ping", "wget", "download", "upload", "halfclose",
-		"ipv6-wget", "portfwd", "portfwd-big", "poweroff"}
-	if _, err := exec.LookPath("iperf3"); err == nil {
-		want = append(want, "iperf3-up", "iperf3-down")
-	}
-	for _, s := range want {
+	for _, s := range vmSteps() {
 		if v := steps[s]; !strings.HasPrefix(v, "PASS") {
 			t.Errorf("step %s: %q", s, v)
 		}
@@ -610,6 +594,69 @@ func TestPasstVM(t *testing.T) {
 				t.Logf("%-12s gopasta: %-40s passt: %s", s, steps[s], ref[s])
 			}
 		}
+	}
+}
+
+// vmGuest returns the VM scripts' directory, or skips unless QEMU, the
+// tools vm-e2e.sh needs and the guest built by build-guest.sh are there.
+func vmGuest(t *testing.T) string {
+	t.Helper()
+	dir := vmScripts(t)
+	qemu := os.Getenv("QEMU")
+	if qemu == "" {
+		qemu = "qemu-system-x86_64"
+	}
+	needTool(t, qemu, "python3", "curl", "unshare", "ss")
+	guest := os.Getenv("GUEST_DIR")
+	if guest == "" {
+		guest = "/var/tmp/gopasta-vm/guest"
+	}
+	if _, err := os.Stat(filepath.Join(guest, "initramfs.gz")); err != nil {
+		t.Skipf("no guest in %s (run ../shared/vm/build-guest.sh): %v", guest, err)
+	}
+	return dir
+}
+
+// vmSteps are the vm-e2e.sh steps that must all pass, warn-only ones
+// included.
+func vmSteps() []string {
+	want := []string{"passt-start", "link", "dhcp", "ping", "wget", "download", "upload", "halfclose",
+		"ipv6-wget", "portfwd", "portfwd-big", "poweroff"}
+	if _, err := exec.LookPath("iperf3"); err == nil {
+		want = append(want, "iperf3-up", "iperf3-down")
+	}
+	return want
+}
+
+// TestPasstVhostUserVM is TestPasstVM with --vhost-user: QEMU connects
+// with -netdev vhost-user over shared memfd memory. Upstream passt
+// ($PASST_2026, when set) runs the same script first as the control: if
+// it fails too, the environment is at fault, not gopasta. The iperf3
+// figures of both are logged side by side.
+func TestPasstVhostUserVM(t *testing.T) {
+	dir := vmGuest(t)
+	var ref map[string]string
+	if up := os.Getenv("PASST_2026"); up != "" {
+		var out string
+		out, ref = runVME2E(t, dir, up, "VHOST_USER=1")
+		if !strings.Contains(out, "RESULT: PASS") {
+			t.Fatalf("control: upstream passt fails vm-e2e.sh with vhost-user:\n%s", tail(out, 4000))
+		}
+	}
+	out, steps := runVME2E(t, dir, passtBin(t), "VHOST_USER=1")
+	if !strings.Contains(out, "RESULT: PASS") {
+		t.Errorf("vm-e2e.sh failed")
+	}
+	for _, s := range vmSteps() {
+		if v := steps[s]; !strings.HasPrefix(v, "PASS") {
+			t.Errorf("step %s: %q", s, v)
+		}
+	}
+	if t.Failed() {
+		t.Logf("vm-e2e.sh output:\n%s", tail(out, 8000))
+	}
+	for _, s := range []string{"iperf3-up", "iperf3-down", "download", "portfwd-big"} {
+		t.Logf("%-12s gopasta: %-40s passt: %s", s, steps[s], ref[s])
 	}
 }
 

@@ -331,6 +331,8 @@ func (d *daemon) logConfig(host *netcfg.Host) {
 		log.Infof("Namespace interface: %s, MTU %d", d.tap.Name(), cfg.MTU)
 	} else if cfg.SpliceOnly {
 		log.Infof("Namespace interface: none (--splice-only): loopback traffic only")
+	} else if d.vu != nil {
+		log.Infof("Guest link: vhost-user, MTU %d", d.dev.MTU())
 	} else {
 		log.Infof("Guest link: QEMU stream socket, MTU %d", d.dev.MTU())
 	}

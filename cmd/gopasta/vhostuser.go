@@ -32,7 +32,12 @@ func (d *daemon) openVhostUser(mtu int) error {
 			log.Infof("accepted connection from PID %d", pid)
 		},
 		OnDisconnect: func(int) {
-			log.Info("client closed connection")
+			s := &d.vu.Stats
+			log.WithFields(map[string]any{
+				"frames_in": s.RxFrames.Load(), "frames_out": s.TxFrames.Load(),
+				"dropped_in": s.RxDropped.Load(), "dropped_out": s.TxDropped.Load(),
+				"interrupts": s.Interrupts.Load(), "waits": s.Waits.Load(), "broken": s.Broken.Load(),
+			}).Info("client closed connection")
 		},
 		OnRefused: func(pid int) {
 			log.Infof("another client is connected: discarding connection from PID %d", pid)
