@@ -630,7 +630,12 @@ func (d *Device) handle(k *conn, m *msg) error {
 			d.protocol = v & ProtocolFeatures
 		case reqSetOwner:
 		case reqResetOwner:
-			d.resetLocked()
+			// Stop the rings, as libvhost-user does; the memory
+			// table stays until the front end replaces it.
+			for i := range d.vq {
+				d.vq[i].started = false
+				d.closeKickLocked(i)
+			}
 		case reqGetQueueNum:
 			replied = true
 			return k.replyU64(m.req, numQueues/2)
