@@ -599,13 +599,16 @@ func byteAt(segs [][]byte, off int) []byte {
 }
 
 // handle carries out one front-end request.
-func (d *Device) handle(k *conn, m *msg) error {
+func (d *Device) handle(k *conn, m *msg) (err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	defer d.wakeLocked()
+	// Starting a ring reads guest memory: a fault there is an error too.
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer guard(&err)
 	d.log.Debugf("vhost-user: %s", reqName(m.req))
 	replied := false
-	err := func() error {
+	err = func() error {
 		switch m.req {
 		case reqGetFeatures:
 			replied = true

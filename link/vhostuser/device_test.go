@@ -374,6 +374,10 @@ func TestBadRequests(t *testing.T) {
 			p, _ := memTablePayload(0, regionDesc{GPA: ^uint64(0) - 10, Size: 4096})
 			return p
 		}()},
+		{"region larger than the file", reqSetMemTable, func() []byte {
+			p, _ := memTablePayload(0, regionDesc{GPA: 0, Size: 2 * fakeMemSize})
+			return p
+		}()},
 		{"region beyond the file", reqSetMemTable, func() []byte {
 			p, _ := memTablePayload(0, regionDesc{GPA: 0, Size: 4096, MmapOffset: ^uint64(0) - 100})
 			return p

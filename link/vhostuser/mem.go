@@ -61,6 +61,17 @@ func mapRegions(descs []regionDesc, fds []int) (*memTable, error) {
 			t.unmap()
 			return nil, fmt.Errorf("region %d: too large", i)
 		}
+		// Memory past the end of the file would fault when touched:
+		// refuse a region the file does not hold.
+		var st unix.Stat_t
+		if err := unix.Fstat(fds[i], &st); err != nil {
+			t.unmap()
+			return nil, fmt.Errorf("region %d: %w", i, err)
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && uint64(st.Size) < n {
+			t.unmap()
+			return nil, fmt.Errorf("region %d: %d bytes at offset %d, the file has %d", i, d.Size, d.MmapOffset, st.Size)
+		}
 		m, err := unix.Mmap(fds[i], 0, int(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_NORESERVE)
 		if err != nil {
 			t.unmap()
