@@ -18,9 +18,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// vuFeatures is what gopasta's back end offers: VERSION_1, GUEST_CSUM,
+// vuFeatures is what gopasta's back end offers: VERSION_1, CSUM, GUEST_CSUM,
 // MRG_RXBUF, EVENT_IDX, PROTOCOL_FEATURES.
-const vuFeatures = 1<<32 | 1<<1 | 1<<15 | 1<<29 | 1<<30
+const vuFeatures = 1<<32 | 1<<0 | 1<<1 | 1<<15 | 1<<29 | 1<<30
 
 // vuGetFeatures sends GET_FEATURES on c and returns the reply's value, or
 // ok false if the back end closed the connection.

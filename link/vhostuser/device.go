@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -415,6 +416,14 @@ func (d *Device) fromGuest(frames []*link.Frame) (n int, err error) {
 		}
 		gather(buf[:size], c.rd, hl)
 		f.Data = buf[:size]
+		if hl == virtioNetHdrSize || hl == 10 {
+			var h [virtioNetHdrSize]byte
+			gather(h[:hl], c.rd, 0)
+			if h[0]&hdrFNeedsCsum != 0 && !completeCsum(f.Data, h[:]) {
+				d.Stats.RxDropped.Add(1)
+				continue
+			}
+		}
 		n++
 	}
 	if q.flush() {
@@ -422,6 +431,25 @@ func (d *Device) fromGuest(frames []*link.Frame) (n int, err error) {
 	}
 	d.Stats.RxFrames.Add(uint64(n))
 	return n, err
+}
+
+// completeCsum fills in the checksum a guest left to us (NEEDS_CSUM with
+// VIRTIO_NET_F_CSUM): the one's-complement sum from csum_start to the end
+// of the frame, over the pseudo-header sum the guest put in the field,
+// stored at csum_start+csum_offset. It reports false for offsets outside
+// the frame.
+func completeCsum(p []byte, hdr []byte) bool {
+	start := int(binary.LittleEndian.Uint16(hdr[6:]))
+	off := int(binary.LittleEndian.Uint16(hdr[8:]))
+	if start >= len(p) || start+off+2 > len(p) {
+		return false
+	}
+	c := wire.Fold(wire.Checksum(p[start:], 0))
+	if c == 0 {
+		c = 0xffff // the same in one's complement, and UDP's "no checksum" is 0
+	}
+	binary.BigEndian.PutUint16(p[start+off:], c)
+	return true
 }
 
 // gather copies the bytes of segs from offset skip on into dst, which is
