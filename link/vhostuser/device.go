@@ -106,6 +106,7 @@ func newDevice(cfg Config) *Device {
 		d.log = logrus.StandardLogger()
 	}
 	d.call = [numQueues]int{-1, -1}
+	d.hdrLen = virtioNetHdrSize
 	return d
 }
 
@@ -253,7 +254,8 @@ func (d *Device) resetLocked() {
 	}
 	d.mem.unmap()
 	d.mem = nil
-	d.acked, d.protocol, d.hdrLen, d.flags = 0, 0, 0, 0
+	// Until SET_FEATURES says otherwise, the virtio 1 header.
+	d.acked, d.protocol, d.hdrLen, d.flags = 0, 0, virtioNetHdrSize, 0
 }
 
 func (d *Device) closeKickLocked(i int) {
@@ -416,13 +418,11 @@ func (d *Device) fromGuest(frames []*link.Frame) (n int, err error) {
 		}
 		gather(buf[:size], c.rd, hl)
 		f.Data = buf[:size]
-		if hl == virtioNetHdrSize || hl == 10 {
-			var h [virtioNetHdrSize]byte
-			gather(h[:hl], c.rd, 0)
-			if h[0]&hdrFNeedsCsum != 0 && !completeCsum(f.Data, h[:]) {
-				d.Stats.RxDropped.Add(1)
-				continue
-			}
+		var h [virtioNetHdrSize]byte
+		gather(h[:hl], c.rd, 0)
+		if h[0]&hdrFNeedsCsum != 0 && !completeCsum(f.Data, h[:]) {
+			d.Stats.RxDropped.Add(1)
+			continue
 		}
 		n++
 	}
@@ -580,6 +580,12 @@ func (d *Device) put(q *vring, p []byte) (bool, error) {
 		if !ok {
 			q.unpop(chains)
 			q.pending = pending
+			if uint32(chains) == q.num {
+				// The whole ring is too small for the frame:
+				// waiting cannot help.
+				d.Stats.TxDropped.Add(1)
+				return true, nil
+			}
 			return false, nil
 		}
 		chains++
@@ -604,9 +610,6 @@ func (d *Device) put(q *vring, p []byte) (bool, error) {
 			q.pending = pending
 			d.Stats.TxDropped.Add(1)
 			return true, nil
-		}
-		if uint32(chains) > q.num {
-			return false, ringErr("receive chains hold no data")
 		}
 	}
 	if nb[0] != nil {

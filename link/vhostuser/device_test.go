@@ -542,3 +542,29 @@ func TestTransmitNeedsCsum(t *testing.T) {
 		t.Errorf("RxDropped = %d, want 1 (bad csum_offset)", r.d.Stats.RxDropped.Load())
 	}
 }
+
+// A frame larger than the whole receive ring can hold is dropped, not
+// waited for: no buffer the guest could add would make it fit.
+func TestReceiveFrameLargerThanRing(t *testing.T) {
+	r := newRig(t, Config{})
+	f := r.connect(defaultFeatures)
+	q := f.q[rxQ]
+	rxBuffers(q, fakeQSize, 64) // 16 KiB in all
+	q.doKick()
+	done := make(chan error, 1)
+	go func() { done <- r.d.WriteBatch([]*link.Frame{{Data: testFrame(1, 20000)}, {Data: testFrame(2, 100)}}) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("WriteBatch waits for a frame that can never fit")
+	}
+	if used := q.takeUsed(); len(used) != 2 || used[0].len != 64 || used[1].len != 12+100-64 {
+		t.Errorf("used = %+v: want the small frame in two buffers", used)
+	}
+	if r.d.Stats.TxDropped.Load() != 1 {
+		t.Errorf("TxDropped = %d", r.d.Stats.TxDropped.Load())
+	}
+}
