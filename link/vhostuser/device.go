@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
@@ -352,14 +353,16 @@ func (d *Device) interrupt(i int) {
 }
 
 // guard turns a fault on guest memory (the front end shrank a region under
-// us) into a ring error instead of a crash. Deferred by the data path,
-// which runs with debug.SetPanicOnFault.
+// us) into a ring error instead of a crash, and so any runtime error while
+// reading the guest's rings: whatever the guest wrote, it stops its own
+// session and nothing else. Deferred by the data path, which runs with
+// debug.SetPanicOnFault.
 func guard(err *error) {
 	if r := recover(); r != nil {
-		if _, ok := r.(interface{ Addr() uintptr }); !ok {
+		if _, ok := r.(runtime.Error); !ok {
 			panic(r)
 		}
-		*err = fmt.Errorf("%w: fault on guest memory: %v", errRing, r)
+		*err = fmt.Errorf("%w: %v", errRing, r)
 	}
 }
 
@@ -687,6 +690,10 @@ func (d *Device) handle(k *conn, m *msg) (err error) {
 					return fmt.Errorf("%w: queue %d size %d", errProto, i, v)
 				}
 				q.num = v
+				// The mapped rings must always match the size.
+				if err := q.mapRings(d.mem); err != nil {
+					return fmt.Errorf("%w: queue %d: %v", errProto, i, err)
+				}
 			case reqSetVringBase:
 				q.base = uint16(v)
 			case reqSetVringEnable:

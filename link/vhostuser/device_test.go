@@ -568,3 +568,29 @@ func TestReceiveFrameLargerThanRing(t *testing.T) {
 		t.Errorf("TxDropped = %d", r.d.Stats.TxDropped.Load())
 	}
 }
+
+// A front end that resizes a running ring does not crash the device: the
+// rings are mapped again for the new size.
+func TestResizeRunningRing(t *testing.T) {
+	r := newRig(t, Config{})
+	f := r.connect(defaultFeatures)
+	if st := f.acked(reqSetVringNum, state(txQ, 1024)); st != 0 {
+		t.Fatalf("SET_VRING_NUM status %d", st)
+	}
+	frames := newFrames(4)
+	for i := range 3 {
+		want := testFrame(i, 100)
+		rd := readAsync(r.d, frames)
+		time.Sleep(10 * time.Millisecond) // let it wait for a kick
+		txFrame(f.q[txQ], want)
+		f.q[txQ].doKick()
+		select {
+		case n := <-rd:
+			if n != 1 || !bytes.Equal(frames[0].Data, want) {
+				t.Fatalf("ReadBatch %d after the resize: %d", i, n)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no frame %d after the resize", i)
+		}
+	}
+}
