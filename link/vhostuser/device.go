@@ -592,6 +592,9 @@ func (d *Device) put(q *vring, p []byte) (bool, error) {
 			return false, nil
 		}
 		chains++
+		if c.wrLen == 0 {
+			return false, ringErr("receive chain %d holds no buffer", c.head)
+		}
 		off := 0
 		if first {
 			if c.wrLen < hl {

@@ -228,6 +228,10 @@ func TestMalformedRings(t *testing.T) {
 		{"receive buffer smaller than header", rxQ, func(q *fakeQueue) {
 			q.addChain(seg{q.g.alloc(8), 8, true})
 		}},
+		{"receive chain without a buffer", rxQ, func(q *fakeQueue) {
+			q.addChain(seg{q.g.alloc(64), 64, true})
+			q.addChain(seg{q.g.alloc(64), 64, false})
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -7,12 +7,15 @@ package vhostuser
 
 import (
 	"encoding/binary"
+	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/gopasta/gopasta/link"
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
 
@@ -370,4 +373,13 @@ func waitUntil(t testing.TB, what string, cond func() bool) {
 		}
 		time.Sleep(time.Millisecond)
 	}
+}
+
+func fdFile(fd int) *os.File { return os.NewFile(uintptr(fd), "test") }
+
+// quietLog discards the errors that tests provoke on purpose.
+func quietLog() logrus.FieldLogger {
+	l := logrus.New()
+	l.SetOutput(io.Discard)
+	return l
 }

@@ -34,6 +34,13 @@ const (
 
 	// maxIndirect bounds an indirect table, as QEMU's VIRTQUEUE_MAX_SIZE.
 	maxIndirect = 1024
+
+	// maxChain bounds the descriptors of one chain, zero-length ones
+	// included, so that the work a guest can make us do per chain does
+	// not grow with the ring size (32768 descriptors, times a chain per
+	// receive buffer, would stall the writer for seconds). Linux chains
+	// are at most a few dozen long.
+	maxChain = 1024
 )
 
 // errRing is wrapped by every error that a malformed ring causes.
@@ -184,12 +191,16 @@ func (q *vring) walk(m *memTable, head uint16, c *chain) error {
 	count := q.num
 	idx := uint32(head)
 	indirect := false
+	walked := 0
 	for n := uint32(0); ; n++ {
 		if idx >= count {
 			return ringErr("descriptor index %d out of a table of %d", idx, count)
 		}
 		if n >= count {
 			return ringErr("descriptor chain from %d longer than its table (%d): a loop", head, count)
+		}
+		if walked++; walked > maxChain {
+			return ringErr("descriptor chain from %d longer than %d", head, maxChain)
 		}
 		d := table[idx*descSize : idx*descSize+descSize]
 		addr := binary.LittleEndian.Uint64(d[0:])
