@@ -169,6 +169,10 @@ type PortSpec struct {
 	Excluded []PortRange
 	// AllToAddr is the target address of "all:ADDR" (invalid: none).
 	AllToAddr netip.Addr
+	// Seq is the spec's position among all -t/-u/-T/-U options given
+	// (file first, then command line): pasta lists -t and -u rules in one
+	// table in the order they were given, and so does the control socket.
+	Seq int
 }
 
 // PortRange forwards ports First..Last to To..To+(Last-First) (To == First

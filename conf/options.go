@@ -67,6 +67,8 @@ type parser struct {
 	modeSet bool
 	// a4Prefix: the IPv4 -a carried /PLEN (so -n is redundant).
 	a4Prefix bool
+	// portSeq numbers port specs in the order given (PortSpec.Seq).
+	portSeq int
 }
 
 // errAction is returned by apply for --help/--version.
@@ -131,6 +133,8 @@ func portOption(short string, list func(c *Config) *[]PortSpec) func(*parser, st
 		if err := conflicts(*l, spec); err != nil {
 			return err
 		}
+		p.portSeq++
+		spec.Seq = p.portSeq
 		*l = append(*l, spec)
 		return nil
 	}

@@ -314,9 +314,12 @@ func finish(c *Config) error {
 	// pasta forwards whatever is bound on the other side unless told
 	// otherwise; passt forwards nothing by default.
 	if c.Mode == ModePasta {
+		seq := 1 << 20 // after every spec given, as pasta adds them
 		def := func(l *[]PortSpec, opt string, off bool) {
+			seq++
 			if len(*l) == 0 && !off {
 				s, _ := ParsePortSpec(opt, "auto")
+				s.Seq = seq
 				*l = []PortSpec{s}
 			}
 		}

@@ -29,6 +29,7 @@ import (
 const (
 	keyTargetPID = "target-pid" // the PID operand
 	keyCommand   = "command"    // the COMMAND [ARG]... operands
+	keyControl   = "control"    // alias of conf-path
 )
 
 // optionsByKey maps TOML keys to options.
@@ -37,12 +38,15 @@ var optionsByKey = func() map[string]*option {
 	for _, o := range optionTable {
 		m[o.key()] = o
 	}
+	// "control" names the control socket as the issue tracker and the
+	// systemd example do; it is the same setting as "conf-path".
+	m[keyControl] = m["conf-path"]
 	return m
 }()
 
 // TOMLKeys lists every key a configuration file may contain, sorted.
 func TOMLKeys() []string {
-	keys := []string{keyTargetPID, keyCommand}
+	keys := []string{keyTargetPID, keyCommand, keyControl}
 	for _, o := range optionTable {
 		if o.toml != tomlNone {
 			keys = append(keys, o.key())
