@@ -65,6 +65,10 @@ type forwarder struct {
 	dirs   []*fwdDir
 	stopc  chan struct{}
 	wg     sync.WaitGroup
+	// mu serialises the scanner and Replace: both change the listeners
+	// and the rules of every direction.
+	mu       sync.Mutex
+	scanning bool // scanLoop runs
 }
 
 // fwdDir is the live state of one option (-t, -u, -T or -U).
@@ -84,6 +88,13 @@ type fwdDir struct {
 	rev     *fwdDir // the opposite direction of the same protocol
 	bound   portSet // scratch for the scanner
 	scanned bool    // has Scan rules
+	// inactive: the direction forwards nothing whatever its rules say
+	// (-T/-U without a splice path, a disabled protocol).
+	inactive bool
+	// spare are the listeners of the rules Replace is replacing, by
+	// port: open takes one from here when a new rule wants the very
+	// same socket, so that its connections and flows go on.
+	spare map[uint16][]spareListener
 }
 
 // StartForwarding binds the listeners of every -t/-u/-T/-U option, starts
@@ -94,6 +105,24 @@ type fwdDir struct {
 // their goroutines; spliced connections and flows already running end on
 // their own.
 func StartForwarding(env *Env, nsFD int) (stop func(), err error) {
+	fw, err := StartForwarder(env, nsFD)
+	if err != nil {
+		return nil, err
+	}
+	return fw.Stop, nil
+}
+
+// StartForwarder is StartForwarding returning a handle on which the rules
+// can be replaced at run time (Forwarding.Replace).
+func StartForwarder(env *Env, nsFD int) (*Forwarding, error) {
+	f, err := startForwarder(env, nsFD)
+	if err != nil {
+		return nil, err
+	}
+	return &Forwarding{f: f}, nil
+}
+
+func startForwarder(env *Env, nsFD int) (_ *forwarder, err error) {
 	c := env.Conf
 	f := &forwarder{env: env, stopc: make(chan struct{})}
 	if nsFD >= 0 && c.Mode == conf.ModePasta {
@@ -126,6 +155,7 @@ func StartForwarding(env *Env, nsFD int) (stop func(), err error) {
 			d.eph = nsEph
 		}
 		if off {
+			d.inactive = true
 			return d
 		}
 		if out && (f.ns == nil || !f.splice) {
@@ -133,13 +163,10 @@ func StartForwarding(env *Env, nsFD int) (stop func(), err error) {
 			if hasRules(specs) {
 				env.Log.Debugf("%s: no loopback splice path (--no-splice or no namespace), ignored", opt)
 			}
+			d.inactive = true
 			return d
 		}
-		d.rules = conf.NewPortMap(specs).Rules()
-		d.dyn = make([]portSet, len(d.rules))
-		for _, r := range d.rules {
-			d.scanned = d.scanned || r.Scan
-		}
+		d.setRules(conf.NewPortMap(specs).Rules())
 		return d
 	}
 	tIn := mk("-t", false, false, c.TCPPorts, c.NoTCP)
@@ -149,54 +176,93 @@ func StartForwarding(env *Env, nsFD int) (stop func(), err error) {
 	tIn.rev, tOut.rev, uIn.rev, uOut.rev = tOut, tIn, uOut, uIn
 	f.dirs = []*fwdDir{tIn, uIn, tOut, uOut}
 
-	fail := func(err error) (func(), error) {
+	fail := func(err error) (*forwarder, error) {
 		f.stop()
 		return nil, err
 	}
 	for _, d := range f.dirs {
-		if err := d.bindStatic(); err != nil {
+		if err := d.bindStatic(nil); err != nil {
 			return fail(err)
 		}
 	}
 	for _, d := range f.dirs {
-		if !d.scanned {
-			continue
-		}
-		if f.ns == nil {
-			return fail(fmt.Errorf("'auto' port forwarding needs a namespace (option %s)", d.opt))
-		}
-		// -t/-u look at the namespace, -T/-U at the host.
-		open := f.ns.open
-		newSock := func() (int, error) { return f.ns.socket(unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_SOCK_DIAG) }
-		if d.out {
-			open = openHere
-			newSock = func() (int, error) {
-				return unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
-			}
-		}
-		if d.udp {
-			var p *procNetFiles
-			if p, err = openProcNet("udp", open); err == nil {
-				d.scan = procScanner{p}
-			}
-		} else {
-			d.scan, err = openTCPScanner(newSock, open)
-		}
-		if err != nil {
-			return fail(fmt.Errorf("port forwarding: cannot read socket table for %s auto: %v", d.opt, err))
+		if err := d.openScanner(); err != nil {
+			return fail(err)
 		}
 	}
 	// A first scan before readiness: whatever is bound now is forwarded
 	// when our caller goes on.
 	f.scanOnce()
 	f.scanOnce() // settles ports the first pass bound in both directions
-	// Without 'auto' there is nothing to rescan, and a ticker would wake an
-	// idle daemon every second (podman passes -t none -u none and so on).
-	if slices.ContainsFunc(f.dirs, func(d *fwdDir) bool { return d.scan != nil }) {
-		f.wg.Add(1)
-		go f.scanLoop()
+	f.mu.Lock()
+	f.startScanLoop()
+	f.mu.Unlock()
+	return f, nil
+}
+
+// startScanLoop starts the rescans if some direction has "auto" rules and
+// they are not running yet. Without 'auto' there is nothing to rescan, and
+// a ticker would wake an idle daemon every second (podman passes -t none
+// -u none and so on); the loop ends by itself once no direction scans.
+func (f *forwarder) startScanLoop() {
+	if f.scanning || !slices.ContainsFunc(f.dirs, func(d *fwdDir) bool { return d.scan != nil }) {
+		return
 	}
-	return f.stop, nil
+	f.scanning = true
+	f.wg.Add(1)
+	go f.scanLoop()
+}
+
+// setRules makes rules the direction's rules (explicit ones first).
+func (d *fwdDir) setRules(rules []conf.Rule) {
+	d.rules = rules
+	d.dyn = make([]portSet, len(rules))
+	d.scanned = false
+	for _, r := range rules {
+		d.scanned = d.scanned || r.Scan
+	}
+}
+
+// openScanner opens the socket tables "auto" reads, if the direction has
+// Scan rules and has none open; without Scan rules it closes them.
+func (d *fwdDir) openScanner() error {
+	f := d.f
+	if !d.scanned {
+		if d.scan != nil {
+			d.scan.close()
+			d.scan = nil
+		}
+		return nil
+	}
+	if d.scan != nil {
+		return nil
+	}
+	if f.ns == nil {
+		return fmt.Errorf("'auto' port forwarding needs a namespace (option %s)", d.opt)
+	}
+	// -t/-u look at the namespace, -T/-U at the host.
+	open := f.ns.open
+	newSock := func() (int, error) { return f.ns.socket(unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_SOCK_DIAG) }
+	if d.out {
+		open = openHere
+		newSock = func() (int, error) {
+			return unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.NETLINK_SOCK_DIAG)
+		}
+	}
+	var err error
+	if d.udp {
+		var p *procNetFiles
+		if p, err = openProcNet("udp", open); err == nil {
+			d.scan = procScanner{p}
+		}
+	} else {
+		d.scan, err = openTCPScanner(newSock, open)
+	}
+	if err != nil {
+		d.scan = nil
+		return fmt.Errorf("port forwarding: cannot read socket table for %s auto: %v", d.opt, err)
+	}
+	return nil
 }
 
 func hasRules(specs []conf.PortSpec) bool {
@@ -226,6 +292,8 @@ func (f *forwarder) stop() {
 	}
 	close(f.stopc)
 	f.wg.Wait()
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	for _, d := range f.dirs {
 		for k, l := range d.ls {
 			l.close()
@@ -248,7 +316,9 @@ func (f *forwarder) scanLoop() {
 		case <-f.stopc:
 			return
 		case <-t.C:
-			f.scanOnce()
+			if !f.scanOnce() {
+				return
+			}
 			t.Reset(UntilBoundary(fwdScanInterval))
 		}
 	}
@@ -266,8 +336,23 @@ func UntilBoundary(period time.Duration) time.Duration {
 }
 
 // scanOnce updates every direction with Scan rules from its other side.
-func (f *forwarder) scanOnce() {
+// It reports whether some direction still scans; when none does (Replace
+// removed the last "auto" rule) the scan loop ends, and clears scanning
+// under the lock, so that a later Replace starts a new one.
+func (f *forwarder) scanOnce() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	more := f.scanLocked()
+	if !more {
+		f.scanning = false
+	}
+	return more
+}
+
+func (f *forwarder) scanLocked() bool {
+	more := false
 	for _, d := range f.dirs {
+		more = more || d.scan != nil
 		if d.scan == nil {
 			continue
 		}
@@ -296,12 +381,16 @@ func (f *forwarder) scanOnce() {
 		d.bound.andNot(&d.rev.ours)
 		d.update()
 	}
+	return more
 }
 
 func (d *fwdDir) ephemeral(p uint16) bool { return p >= d.eph[0] && p <= d.eph[1] }
 
-// bindStatic opens the listeners of the rules that are not scanned.
-func (d *fwdDir) bindStatic() error {
+// bindStatic opens the listeners of the rules that are not scanned. With
+// problems nil the first port that cannot be bound is the error (at
+// start, where it must stop the daemon); otherwise every such port is
+// added to *problems and the others are bound (Replace).
+func (d *fwdDir) bindStatic(problems *[]string) error {
 	weakBound := make(map[string]int) // spec -> ports bound, for weak rules
 	budget, limited := -1, false
 	for ri, r := range d.rules {
@@ -336,6 +425,10 @@ func (d *fwdDir) bindStatic() error {
 				if r.Weak {
 					continue
 				}
+				if problems != nil {
+					*problems = append(*problems, d.listenFailed(r, port, err))
+					continue
+				}
 				return &ForwardError{fmt.Sprintf("Failed to bind port %d (%s) for option '%s', exiting", port, strerror(err), spec)}
 			}
 			d.ls[fwdKey{ri, port}] = l
@@ -350,6 +443,10 @@ func (d *fwdDir) bindStatic() error {
 	}
 	for spec, n := range weakBound {
 		if n == 0 {
+			if problems != nil {
+				*problems = append(*problems, fmt.Sprintf("All listens failed for %s", spec))
+				continue
+			}
 			return &ForwardError{fmt.Sprintf("Failed to bind any port for option '%s', exiting", spec)}
 		}
 	}
@@ -453,6 +550,9 @@ func (m multiListener) close() {
 // IPv6 half of an any-address rule on a host without IPv6, a family that
 // cannot be bound is skipped; otherwise any failure is the error.
 func (d *fwdDir) open(r conf.Rule, p uint16, weak bool) (fwdListener, error) {
+	if l, ok := d.takeSpare(r, p); ok {
+		return l, nil
+	}
 	fams := d.families(r)
 	var m multiListener
 	var firstErr error
