@@ -106,6 +106,12 @@ func TestSetupFailureIsOneLine(t *testing.T) {
 	if len(lines) != 1 || !strings.HasPrefix(lines[0], "gopasta: ") || !strings.Contains(lines[0], "/nonexistent/netns") {
 		t.Errorf("output %q: want one line \"gopasta: ...\" naming the path", r.out)
 	}
+	// A control socket that cannot be created is such an error too.
+	g := NewNetns(t, "g")
+	r = runFront(t, h, 5*time.Second, "--config-net", "--netns", g.Path(), "-c", "/nonexistent/gopasta-ctl.sock")
+	if want := "gopasta: couldn't open control socket /nonexistent/gopasta-ctl.sock: listen unix /nonexistent/gopasta-ctl.sock: bind: no such file or directory\n"; r.code != 1 || r.out != want {
+		t.Errorf("-c: exit status %d, output %q; want 1, %q", r.code, r.out, want)
+	}
 }
 
 // TestBackgroundReadiness: in the background the front exits 0 with the

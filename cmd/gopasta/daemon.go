@@ -56,6 +56,12 @@ type daemon struct {
 	trace   flowtrace.Hub
 	stops   []func()
 
+	// fw is the port forwarder, rules its tables as the control socket
+	// (ctl, -c) and SIGHUP change them (control.go).
+	fw    *actors.Forwarding
+	rules *rulesBackend
+	ctl   *control.Server
+
 	// follow moves --map-guest-addr's alias along with the host's
 	// address (nil: nothing to follow).
 	follow *netcfg.HostAddrFollower
@@ -171,6 +177,13 @@ func (d *daemon) setup() error {
 	if err := d.openPcap(); err != nil {
 		return err
 	}
+	// The control socket first, as pasta opens it: a path that cannot
+	// be used is the first and only complaint. Clients are served once
+	// the daemon is ready (run), when the rules are in place.
+	d.rules = &rulesBackend{cfg: cfg, log: log.Logger}
+	if err := d.startControl(); err != nil {
+		return err
+	}
 	host, err := netcfg.Resolve(cfg)
 	if err != nil {
 		return err
@@ -208,19 +221,19 @@ func (d *daemon) setup() error {
 	d.disp = dispatcher.New(cfg, d.dev, d.env, log.Logger)
 	d.teePcap()
 	control.SetNativeBackend(ctlBackend{d})
-	if cfg.ConfPath != "" {
-		if err := d.listenControlTmp(cfg.ConfPath); err != nil {
-			return err
-		}
-	}
 
 	// Listening sockets are bound now, so that a port in use is a setup
 	// error that podman sees, and "auto" has scanned once.
-	stop, err := actors.StartForwarding(d.env, d.nsFD)
-	if err != nil {
+	if d.fw, err = actors.StartForwarder(d.env, d.nsFD); err != nil {
 		return err
 	}
-	d.stops = append(d.stops, stop)
+	d.stops = append(d.stops, d.fw.Stop)
+	if err := d.rules.start(d.fw); err != nil {
+		if cfg.ConfPath != "" {
+			return fmt.Errorf("control socket: %v", err)
+		}
+		log.Warnf("forwarding rules cannot be changed at run time: %v", err)
+	}
 
 	if cfg.PIDFile != "" {
 		if err := os.WriteFile(cfg.PIDFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
@@ -385,6 +398,10 @@ func (d *daemon) run(sigs <-chan os.Signal) int {
 		go func() { defer wg.Done(); d.resolv.Run(d.ctx) }()
 	}
 	d.startWatchers(&wg)
+	if d.ctl != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); d.ctl.Serve(d.ctx) }()
+	}
 
 	status := 0
 	var cmdDone chan int
@@ -416,6 +433,8 @@ loop:
 				if s == syscall.SIGTERM || s == syscall.SIGHUP {
 					_ = d.cmd.Process.Signal(s)
 				}
+			case s == syscall.SIGHUP && d.cfg.ConfigFile != "" && d.rules.ready():
+				d.reload()
 			case s == syscall.SIGQUIT:
 			default:
 				d.log.Infof("%v, exiting", s)
@@ -451,6 +470,10 @@ loop:
 // teardown releases what setup acquired. Closing the tap ends the
 // dispatcher's read and the writer.
 func (d *daemon) teardown() {
+	if d.ctl != nil {
+		// First: no rule change may race with the forwarder stopping.
+		d.ctl.Close()
+	}
 	for _, stop := range d.stops {
 		stop()
 	}

@@ -77,16 +77,7 @@ func newLogging(cfg *conf.Config, start time.Time) (*logging, error) {
 	l := &logging{Logger: logrus.New(), sink: &logSink{w: os.Stderr}}
 	l.Out = l.sink
 	l.Formatter = &formatter{start: start}
-	switch {
-	case cfg.Trace:
-		l.Level = logrus.TraceLevel
-	case cfg.Debug:
-		l.Level = logrus.DebugLevel
-	case cfg.Quiet:
-		l.Level = logrus.WarnLevel
-	default:
-		l.Level = logrus.InfoLevel
-	}
+	l.Level = logLevel(cfg)
 	if cfg.LogFile != "" {
 		f, err := openCappedLog(cfg.LogFile, cfg.LogSize)
 		if err != nil {

@@ -40,6 +40,12 @@ func (d *daemon) dropPrivileges() error {
 	if uid == 0 {
 		return nil
 	}
+	if d.ctl != nil {
+		// The control socket is for the user the daemon becomes.
+		if err := d.ctl.Chown(uid, gid); err != nil {
+			return fmt.Errorf("--runas %s: control socket: %v", d.cfg.RunAs, err)
+		}
+	}
 	// With cgo these are glibc's, which apply them to every thread; without
 	// it the Go runtime does the same.
 	if err := syscall.Setgroups(nil); err != nil {
