@@ -26,14 +26,18 @@ func run() int {
 	if os.Getenv(stageEnv) == stageDaemon {
 		return daemonMain(prog)
 	}
-	if len(os.Args) > 1 && os.Args[1] == "ctl" {
-		return ctlMain(os.Args[2:])
+	if isCtl(prog, os.Args[1:]) {
+		return ctlEntry(prog)
 	}
 	mode := usageMode(os.Args[0], os.Args[1:])
 	cfg, err := conf.Parse(os.Args[0], os.Args[1:])
 	switch {
 	case errors.Is(err, conf.ErrHelp):
 		fmt.Print(conf.Usage(mode))
+		if !isPastaName(prog) {
+			fmt.Printf("\nRun-time control of a daemon started with -c SOCKET (%s ctl --help):\n"+
+				"  %s ctl SOCKET rules|flows|stats|trace|log-level|pcap [ARGUMENTS]\n", prog, prog)
+		}
 		return 0
 	case errors.Is(err, conf.ErrVersion):
 		fmt.Printf("gopasta %s\n", conf.Version)
