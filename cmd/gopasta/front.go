@@ -150,6 +150,9 @@ func front(prog string, cfg *conf.Config) int {
 		}
 		return fail("daemon exited during setup (status %d)", status)
 	}
+	if err := notifyReady(cmd.Process.Pid); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
+	}
 	if foreground {
 		return exitStatus(cmd.Wait())
 	}
@@ -162,7 +165,10 @@ func front(prog string, cfg *conf.Config) int {
 func cleanEnv(env []string) []string {
 	out := env[:0:0]
 	for _, e := range env {
-		if strings.HasPrefix(e, stageEnv+"=") || strings.HasPrefix(e, nsenter.EnvVar+"=") || strings.HasPrefix(e, qemuFDEnv+"=") {
+		// NOTIFY_SOCKET is the front's to use (notify.go): not the
+		// daemon's, nor its COMMAND's.
+		if strings.HasPrefix(e, stageEnv+"=") || strings.HasPrefix(e, nsenter.EnvVar+"=") || strings.HasPrefix(e, qemuFDEnv+"=") ||
+			strings.HasPrefix(e, notifyEnv+"=") {
 			continue
 		}
 		out = append(out, e)
