@@ -155,6 +155,8 @@ func TestPestoLikePasta(t *testing.T) {
 			ServeInfo(ListenTCPIn(t, d.g, "tcp4", "0.0.0.0:"+p))
 		}
 		echoIn(t, d.g, "0.0.0.0:18804")
+		ServeUDPEcho(ListenUDPIn(t, d.g, "udp4", ":18803"))
+		ServeUDPEcho(ListenUDPIn(t, d.h, "udp4", "127.0.0.1:28806"))
 		// Host services for -T.
 		ServeInfo(ListenTCPIn(t, d.h, "tcp4", "127.0.0.1:18805"))
 		ServeInfo(ListenTCPIn(t, d.h, "tcp4", "127.0.0.1:18831"))
@@ -199,6 +201,15 @@ func TestPestoLikePasta(t *testing.T) {
 		return ok && portOf(local) == "28802"
 	})
 	each("-T 18805 to the host", func(d *ctlDaemon) bool { return reaches(t, d.g, "127.0.0.1:18805") })
+	udps := map[*ctlDaemon]*net.UDPConn{}
+	each("-u 18803 spliced", func(d *ctlDaemon) bool {
+		udps[d] = DialUDPIn(t, d.h, "udp4", "127.0.0.1:18803")
+		return Eventually(3*time.Second, func() bool { return udpPing(udps[d], "u") })
+	})
+	each("-U 18806 to the host's 28806", func(d *ctlDaemon) bool {
+		c := DialUDPIn(t, d.g, "udp4", "127.0.0.1:18806")
+		return Eventually(3*time.Second, func() bool { return udpPing(c, "U") })
+	})
 	conns := map[*ctlDaemon]net.Conn{}
 	for _, d := range ds {
 		c, err := DialTCPIn(t, d.h, "tcp4", "", "127.0.0.1:18804")
@@ -214,6 +225,11 @@ func TestPestoLikePasta(t *testing.T) {
 	each("18811 added", func(d *ctlDaemon) bool { return reaches(t, d.h, "127.0.0.1:18811") })
 	each("18812 excluded", func(d *ctlDaemon) bool { return refusedNow(t, d.h, "127.0.0.1:18812") })
 	each("18813 through the tap", func(d *ctlDaemon) bool { return reaches(t, d.h, HostAddr4+":18813") })
+	// pasta closes and reopens every listener on a change; gopasta keeps
+	// the ones the new tables still want, and the UDP flows on them.
+	if !udpPing(udps[dg], "still") {
+		t.Error("gopasta: the UDP flow through an unchanged -u rule broke")
+	}
 
 	same("delete the echo rule", "-D", "-t", "127.0.0.1/18804")
 	each("18804 deleted", func(d *ctlDaemon) bool { return refusedNow(t, d.h, "127.0.0.1:18804") })
