@@ -285,12 +285,18 @@ func parsePortRange(s string, def [2]uint16) (uint16, uint16) {
 
 // stop ends the scanner, closes every listener and the namespace worker.
 func (f *forwarder) stop() {
+	// stopc closes under the lock: a Replace running now has started
+	// its scan loop (wg.Add) before the Wait below, and one after sees
+	// stopc closed and does nothing.
+	f.mu.Lock()
 	select {
 	case <-f.stopc:
+		f.mu.Unlock()
 		return
 	default:
 	}
 	close(f.stopc)
+	f.mu.Unlock()
 	f.wg.Wait()
 	f.mu.Lock()
 	defer f.mu.Unlock()
