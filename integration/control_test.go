@@ -374,3 +374,52 @@ func TestNotifyReady(t *testing.T) {
 		t.Fatal("the daemon kept NOTIFY_SOCKET")
 	}
 }
+
+// TestControlRunAs: a daemon started as root with --runas gives its
+// control socket (mode 0600) to the user it becomes: that user's client
+// changes rules, root's is refused (another uid), and a socket file left
+// behind is replaced by the next daemon.
+func TestControlRunAs(t *testing.T) {
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("setpriv not installed")
+	}
+	h := HostNetns(t)
+	g := NewNetns(t, "g")
+	dir := t.TempDir()
+	_ = os.Chmod(dir, 0o755) // and its parent, the test's: nobody must reach the socket
+	_ = os.Chmod(filepath.Dir(dir), 0o755)
+	sock, pidFile := filepath.Join(dir, "ctl.sock"), filepath.Join(dir, "pid")
+	gp := &Gopasta{Host: h, Guest: g, PIDFile: pidFile}
+	t.Cleanup(gp.Kill)
+	if out, err := h.Try(gopastaBin, "--config-net", "-q", "--netns", g.Path(), "-P", pidFile, "--runas", "nobody", "-c", sock,
+		"-t", "18940", "-u", "none", "-T", "none", "-U", "none"); err != nil {
+		t.Fatalf("gopasta: %v\n%s", err, out)
+	}
+	fi, err := os.Stat(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != 65534 || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("socket owner %d mode %v", st.Uid, fi.Mode())
+	}
+	asNobody := exec.Command(setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", gopastaBin, "ctl", sock, "rules", "add", "-t", "18941")
+	if out, err := asNobody.CombinedOutput(); err != nil {
+		t.Fatalf("ctl as nobody: %v\n%s", err, out)
+	}
+	ServeInfo(ListenTCPIn(t, g, "tcp4", ":18941"))
+	if !reaches(t, h, HostAddr4+":18941") {
+		t.Fatal("rule added by nobody not in force")
+	}
+	out, err := exec.Command(gopastaBin, "ctl", sock, "rules").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "greeting") {
+		t.Fatalf("root's client served by nobody's daemon: %v\n%s", err, out)
+	}
+	// nobody cannot remove the file from root's directory at exit; the
+	// next daemon replaces the stale socket.
+	gp.Kill()
+	if out, err := h.Try(gopastaBin, "--config-net", "-q", "--netns", g.Path(), "-P", pidFile, "--runas", "nobody", "-c", sock,
+		"-t", "none", "-u", "none", "-T", "none", "-U", "none"); err != nil {
+		t.Fatalf("second gopasta on the same socket path: %v\n%s", err, out)
+	}
+}
