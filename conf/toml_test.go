@@ -170,3 +170,15 @@ func TestKeyLine(t *testing.T) {
 		}
 	}
 }
+
+// "control" is the control socket's key as well as "conf-path".
+func TestTOMLControlAlias(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "c.toml")
+	if err := os.WriteFile(f, []byte("control = \"/run/gp.ctl\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse("gopasta", []string{"--config", f})
+	if err != nil || c.ConfPath != "/run/gp.ctl" {
+		t.Fatalf("%v %q", err, c.ConfPath)
+	}
+}

@@ -232,7 +232,12 @@ func (d *daemon) setup() error {
 		if cfg.ConfPath != "" {
 			return fmt.Errorf("control socket: %v", err)
 		}
-		log.Warnf("forwarding rules cannot be changed at run time: %v", err)
+		// Only SIGHUP would miss them: podman's users need no line.
+		lvl := logrus.DebugLevel
+		if cfg.ConfigFile != "" {
+			lvl = logrus.WarnLevel
+		}
+		log.Logf(lvl, "forwarding rules cannot be changed at run time (SIGHUP): %v", err)
 	}
 
 	if cfg.PIDFile != "" {
