@@ -151,6 +151,12 @@ type Config struct {
 	MigrateNoLinger bool
 	// ChrootFallback is --chroot-fallback: chroot() if pivot_root() fails.
 	ChrootFallback bool
+	// NoSandbox is --no-sandbox: for debugging only, the daemon keeps
+	// its privileges and every system call after setup (sandbox package).
+	NoSandbox bool
+	// SeccompDebug is --seccomp-debug: a denied system call fails with
+	// EPERM (and the kernel logs it) instead of killing the daemon.
+	SeccompDebug bool
 }
 
 // PortSpec is one -t/-u/-T/-U argument.

@@ -597,6 +597,10 @@ func buildTable() []*option {
 			apply: durationOption(func(c *Config, d time.Duration) { c.UDPTimeout = d })},
 		{long: []string{"icmp-timeout"}, hasArg: true, toml: tomlInt, argName: "DURATION", help: "Idle timeout of ICMP echo flows (default: 60s)",
 			apply: durationOption(func(c *Config, d time.Duration) { c.ICMPTimeout = d })},
+		{long: []string{"no-sandbox"}, toml: tomlBool, help: "Debugging only: keep privileges and every system call after setup",
+			apply: flag(func(c *Config) { c.NoSandbox = true })},
+		{long: []string{"seccomp-debug"}, toml: tomlBool, help: "Debugging only: a system call outside the allowlist fails with EPERM (the kernel logs it) instead of killing gopasta",
+			apply: flag(func(c *Config) { c.SeccompDebug = true })},
 	}
 }
 

@@ -145,6 +145,11 @@ func (l *QemuListener) Close() error {
 	return l.ln.Close()
 }
 
+// KeepFileOnClose makes Close leave the socket file in place: a sandboxed
+// daemon can no longer reach the path, and whoever removes it instead
+// (the daemon's cleaner process) must not race with a failing unlink.
+func (l *QemuListener) KeepFileOnClose() { l.ln.SetUnlinkOnClose(false) }
+
 // QemuCommandHint returns the QEMU options that connect a VM to the socket
 // at path, for the line passt-mode prints at start-up.
 func QemuCommandHint(path string) string {

@@ -269,6 +269,10 @@ func (r *ReconnectingDevice) isClosed() bool {
 // MTU implements Device.
 func (r *ReconnectingDevice) MTU() int { return r.cfg.MTU }
 
+// KeepFileOnClose makes Close leave the socket file in place
+// (QemuListener.KeepFileOnClose).
+func (r *ReconnectingDevice) KeepFileOnClose() { r.ln.KeepFileOnClose() }
+
 // Close implements Device: it stops accepting, removes the socket file,
 // disconnects the client if any and waits for the accept goroutine to exit.
 // Pending and later ReadBatch and WriteBatch calls return ErrClosed.

@@ -74,6 +74,9 @@ type daemon struct {
 	qemu   *link.ReconnectingDevice
 	qemuFD *link.QemuDevice
 	vu     *vhostuser.Device // --vhost-user (vhostuser.go)
+	// cleaner removes qemu's socket file once the daemon is gone
+	// (cleaner.go); nil without a sandbox.
+	cleaner *cleaner
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -135,8 +138,12 @@ func daemonMain(prog string) int {
 		return 1
 	}
 	log.afterReady(d.foreground)
-	if !d.foreground {
-		if err := detachStdio(); err != nil {
+	// The profile file is opened now, while there is a filesystem.
+	defer startProfile(log)()
+	// Last: stdio detached (it opens /dev/null), then the sandbox
+	// (sandbox.go), whose seccomp filter is the very last step.
+	for _, step := range []func() error{d.detachStdio, d.sandbox, d.seal} {
+		if err := step(); err != nil {
 			d.teardown()
 			d.closeNS()
 			report("err " + err.Error())
@@ -145,8 +152,15 @@ func daemonMain(prog string) int {
 	}
 	log.Debugf("ready after %v", time.Since(start).Round(time.Microsecond))
 	report("ok")
-	defer startProfile(log)()
 	return d.run(sigs)
+}
+
+// detachStdio is the package function, in the background only.
+func (d *daemon) detachStdio() error {
+	if d.foreground {
+		return nil
+	}
+	return detachStdio()
 }
 
 // detachStdio points fds 0, 1 and 2 at /dev/null, so that the daemon holds
@@ -251,7 +265,7 @@ func (d *daemon) setup() error {
 		}
 	}
 	d.prepareWatch()
-	return d.dropPrivileges() // runas.go: last, once nothing needs root
+	return nil
 }
 
 // openTapLink enters or creates the namespace and opens (and with
@@ -488,6 +502,10 @@ func (d *daemon) teardown() {
 		d.tap.Close()
 	} else if d.dev != nil {
 		d.dev.Close()
+	}
+	if d.cleaner != nil {
+		d.cleaner.finish()
+		d.cleaner = nil
 	}
 }
 

@@ -23,8 +23,11 @@ func main() {
 
 func run() int {
 	prog := filepath.Base(os.Args[0])
-	if os.Getenv(stageEnv) == stageDaemon {
+	switch os.Getenv(stageEnv) {
+	case stageDaemon:
 		return daemonMain(prog)
+	case stageCleaner:
+		return cleanerMain() // cleaner.go
 	}
 	if isCtl(prog, os.Args[1:]) {
 		return ctlEntry(prog)

@@ -1,0 +1,93 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The socket cleaner.
+//
+// In passt mode the daemon removes its listening socket file when it
+// exits, so that the next passt or QEMU finds no stale path. A sandboxed
+// daemon cannot: it may have become nobody, which cannot unlink a file in
+// root's directory, and unlink is not among its system calls. So before
+// the sandbox closes, it starts a copy of the binary as a cleaner: a
+// process that does nothing but wait for the end of a pipe whose other
+// end only the daemon holds, and then removes the socket file, if it is
+// still the one the daemon created (same device and inode). The pipe ends
+// however the daemon ends, SIGKILL included; at an orderly exit the
+// daemon closes it and waits for the cleaner, so that the file is gone
+// when the daemon's exit is seen.
+
+const (
+	stageCleaner = "cleaner"
+	cleanPathEnv = "GOPASTA_CLEAN_PATH"
+	cleanIDEnv   = "GOPASTA_CLEAN_ID" // "DEV:INO" of the socket file
+)
+
+// cleaner is the daemon's handle on its cleaner process.
+type cleaner struct {
+	cmd *exec.Cmd
+	w   *os.File // the daemon's end of the pipe
+}
+
+// startCleaner starts the cleaner for the socket file at path.
+func startCleaner(path string) (*cleaner, error) {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil {
+		return nil, fmt.Errorf("socket cleaner: %w", err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("socket cleaner: %w", err)
+	}
+	defer r.Close()
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Args[0] = "gopasta (socket cleaner)"
+	cmd.Env = []string{stageEnv + "=" + stageCleaner, cleanPathEnv + "=" + path,
+		fmt.Sprintf("%s=%d:%d", cleanIDEnv, st.Dev, st.Ino)}
+	cmd.ExtraFiles = []*os.File{r}
+	// Its own session: a terminal's ^C to the daemon's process group
+	// must not take the cleaner with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("socket cleaner: %w", err)
+	}
+	return &cleaner{cmd: cmd, w: w}, nil
+}
+
+// finish lets the cleaner remove the file and waits a moment for it.
+func (c *cleaner) finish() {
+	c.w.Close()
+	done := make(chan struct{})
+	go func() { _ = c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+	}
+}
+
+// cleanerMain is the cleaner process: fd 3 is the pipe.
+func cleanerMain() int {
+	path, id := os.Getenv(cleanPathEnv), os.Getenv(cleanIDEnv)
+	_, _ = io.Copy(io.Discard, os.NewFile(3, "daemon"))
+	var st unix.Stat_t
+	if path == "" || unix.Lstat(path, &st) != nil {
+		return 0
+	}
+	if strconv.FormatUint(st.Dev, 10)+":"+strconv.FormatUint(st.Ino, 10) != id {
+		return 0 // somebody else's file now
+	}
+	if err := unix.Unlink(path); err != nil {
+		return 1
+	}
+	return 0
+}

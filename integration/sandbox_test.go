@@ -1,0 +1,165 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The sandbox (package sandbox, cmd/gopasta/sandbox.go): once ready, the
+// daemon holds no capability but CAP_NET_BIND_SERVICE where "auto" may
+// need it, has no_new_privs and a seccomp filter, and, started as real
+// root, runs as nobody. Every thread is checked: capabilities and
+// no_new_privs are per thread, and the namespace worker thread is the one
+// that matters most. The other integration tests show that what the
+// daemon does after readiness (netns deletion watch, resolv.conf
+// follower, log size cap, auto rescans, QEMU reconnects) works with it.
+
+// sandboxWant is what every thread's status must say.
+type sandboxWant struct {
+	capEff string // CapEff and CapPrm
+	uid    int    // -1: not checked
+}
+
+const capNetBindService = "0000000000000400"
+
+// checkSandboxed reads /proc/PID/task/*/status of the daemon.
+func checkSandboxed(t *testing.T, pid int, want sandboxWant) {
+	t.Helper()
+	if pid <= 0 {
+		t.Fatal("no daemon PID")
+	}
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		t.Fatalf("threads of %d: %v", pid, err)
+	}
+	for _, task := range tasks {
+		status, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", pid, task.Name()))
+		if err != nil {
+			continue // the thread ended
+		}
+		fields := map[string]string{}
+		for _, line := range strings.Split(string(status), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok {
+				fields[k] = strings.TrimSpace(v)
+			}
+		}
+		check := func(k, want string) {
+			if fields[k] != want {
+				t.Errorf("pid %d thread %s: %s %q, want %q", pid, task.Name(), k, fields[k], want)
+			}
+		}
+		check("CapEff", want.capEff)
+		check("CapPrm", want.capEff)
+		check("CapInh", "0000000000000000")
+		check("CapAmb", "0000000000000000")
+		check("CapBnd", "0000000000000000")
+		check("NoNewPrivs", "1")
+		check("Seccomp", "2")
+		if want.uid >= 0 {
+			u := strconv.Itoa(want.uid)
+			check("Uid", u+"\t"+u+"\t"+u+"\t"+u)
+			check("Groups", "")
+		}
+	}
+	// PR_SET_DUMPABLE 0: /proc/PID files belong to root, not the user
+	// (in a user namespace, to its root: the same user, nothing to see).
+	if want.uid < 0 {
+		return
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(fmt.Sprintf("/proc/%d/status", pid), &st); err != nil || st.Uid != 0 {
+		t.Errorf("/proc/%d/status owned by %d (%v): the daemon is dumpable", pid, st.Uid, err)
+	}
+}
+
+// TestSandboxPodman: real root with podman's options (rootful podman)
+// ends up as nobody with no capability at all (no "auto" rule).
+func TestSandboxPodman(t *testing.T) {
+	gp := LaunchGopasta(t, "--config-net", "--dns-forward", "169.254.1.1",
+		"-t", "none", "-u", "none", "-T", "none", "-U", "none", "--no-map-gw", "--quiet",
+		"--map-guest-addr", "169.254.1.2")
+	checkSandboxed(t, gp.PID(), sandboxWant{capEff: "0000000000000000", uid: 65534})
+
+	// Still reaches the host through --map-guest-addr.
+	ServeInfo(ListenTCPIn(t, gp.Host, "tcp4", HostAddr4+":18911"))
+	if local, _, err := askInfo(t, gp.Guest, "tcp4", "169.254.1.2:18911"); err != nil || local == "" {
+		t.Errorf("outbound to the host: %q, %v", local, err)
+	}
+}
+
+// TestSandboxAuto: with "auto" (and ip_unprivileged_port_start at its
+// default of 1024), CAP_NET_BIND_SERVICE is the one capability kept, and
+// with it "auto" still binds a low port that appears after setup.
+func TestSandboxAuto(t *testing.T) {
+	gp := StartGopasta(t, "-t", "auto", "-u", "none", "-T", "none", "-U", "none")
+	checkSandboxed(t, gp.PID(), sandboxWant{capEff: capNetBindService, uid: 65534})
+
+	ServeInfo(ListenTCPIn(t, gp.Guest, "tcp", ":703"))
+	if !Eventually(5*time.Second, func() bool {
+		local, _, err := askInfo(t, gp.Host, "tcp4", HostAddr4+":703")
+		return err == nil && portOf(local) == "703"
+	}) {
+		t.Errorf("auto did not forward port 703 bound after setup\n%s", tail(gp.Log(), 2000))
+	}
+}
+
+// TestSandboxPasst: passt mode, in the background, as root.
+func TestSandboxPasst(t *testing.T) {
+	h := HostNetns(t)
+	dir := t.TempDir()
+	sock, pidf := filepath.Join(dir, "p.sock"), filepath.Join(dir, "p.pid")
+	r := runFrontBin(t, h, 10*time.Second, passtBin(t), "-s", sock, "-P", pidf, "-t", "19183:80")
+	t.Cleanup(func() { killPIDFile(pidf) })
+	if r.code != 0 {
+		t.Fatalf("front exit %d: %s", r.code, r.out)
+	}
+	checkSandboxed(t, (&Gopasta{PIDFile: pidf}).PID(), sandboxWant{capEff: "0000000000000000", uid: 65534})
+	m, f := dialQemu(t, sock, macA).dhcp()
+	checkOffer(t, m, f, macA, HostAddr4)
+}
+
+// TestSandboxCommand: command mode, as root and unprivileged (root of a
+// user namespace of its own, which it stays, without capabilities).
+func TestSandboxCommand(t *testing.T) {
+	h := HostNetns(t)
+	for _, c := range []struct {
+		name string
+		pre  []string
+		uid  int
+	}{{"root", nil, 65534}, {"unprivileged", []string{"runuser", "-u", "nobody", "--"}, -1}} {
+		t.Run(c.name, func(t *testing.T) {
+			// A directory the command may write to as nobody.
+			dir, err := os.MkdirTemp("", "gopasta-sandbox-")
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { os.RemoveAll(dir) })
+			_ = os.Chmod(dir, 0o777)
+			out := filepath.Join(dir, "pid")
+			args := append(append([]string{}, c.pre...), gopastaBin, "-q", "-t", "none", "-u", "none", "-T", "none", "-U", "none",
+				"--", "sh", "-c", "echo $PPID > "+out+"; sleep 30")
+			h.Start(t, args...)
+			var pid int
+			if !Eventually(5*time.Second, func() bool {
+				b, err := os.ReadFile(out)
+				pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+				return err == nil && pid > 0
+			}) {
+				t.Fatal("command did not start")
+			}
+			// COMMAND starts during setup: wait for the daemon's
+			// readiness, whose last step is the seccomp filter.
+			Eventually(5*time.Second, func() bool {
+				b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+				return strings.Contains(string(b), "\nSeccomp:\t2\n")
+			})
+			checkSandboxed(t, pid, sandboxWant{capEff: "0000000000000000", uid: c.uid})
+		})
+	}
+}
