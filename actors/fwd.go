@@ -125,6 +125,9 @@ func StartForwarder(env *Env, nsFD int) (*Forwarding, error) {
 func startForwarder(env *Env, nsFD int) (_ *forwarder, err error) {
 	c := env.Conf
 	f := &forwarder{env: env, stopc: make(chan struct{})}
+	// Read now, during setup: the daemon's sandbox takes the filesystem
+	// away before the first flow would read it (cmd/gopasta/sandbox.go).
+	tcpSysMax()
 	if nsFD >= 0 && c.Mode == conf.ModePasta {
 		if f.ns, err = newNSWorker(nsFD); err != nil {
 			return nil, fmt.Errorf("port forwarding: %v", err)

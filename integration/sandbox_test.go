@@ -67,6 +67,24 @@ func checkSandboxed(t *testing.T, pid int, want sandboxWant) {
 			check("Groups", "")
 		}
 	}
+	// The root is the empty read-only tmpfs: nothing in it but the
+	// daemon's own /proc/PID/task, which psx lists (sandbox/filesystem.go).
+	root := fmt.Sprintf("/proc/%d/root", pid)
+	if got := dirNames(t, root); strings.Join(got, " ") != "proc" {
+		t.Errorf("root of %d holds %v, want only proc", pid, got)
+	} else if got := dirNames(t, root+"/proc"); len(got) != 1 || strings.Join(dirNames(t, root+"/proc/"+got[0]), " ") != "task" {
+		t.Errorf("root of %d: /proc holds %v, want only PID/task", pid, got)
+	}
+	mounts, _ := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	rootMount := ""
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && f[4] == "/" {
+			rootMount = line
+		}
+	}
+	if !strings.Contains(rootMount, " - tmpfs ") || !strings.Contains(rootMount, " ro,") {
+		t.Errorf("root mount of %d: %q, want a read-only tmpfs", pid, rootMount)
+	}
 	// PR_SET_DUMPABLE 0: /proc/PID files belong to root, not the user
 	// (in a user namespace, to its root: the same user, nothing to see).
 	if want.uid < 0 {
@@ -161,5 +179,38 @@ func TestSandboxCommand(t *testing.T) {
 			})
 			checkSandboxed(t, pid, sandboxWant{capEff: "0000000000000000", uid: c.uid})
 		})
+	}
+}
+
+// dirNames lists a directory's entries.
+func dirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Errorf("%s: %v", dir, err)
+		return nil
+	}
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// TestSandboxOff: --no-sandbox (debugging only) leaves the daemon as it
+// was set up: root, its capabilities, no seccomp filter, the host's root.
+func TestSandboxOff(t *testing.T) {
+	gp := StartGopasta(t, "--no-sandbox", "-t", "none", "-u", "none", "-T", "none", "-U", "none")
+	status := readFile(t, fmt.Sprintf("/proc/%d/status", gp.PID()))
+	for _, want := range []string{"\nUid:\t0\t0\t0\t0\n", "\nSeccomp:\t0\n", "\nNoNewPrivs:\t0\n"} {
+		if !strings.Contains(status, want) {
+			t.Errorf("status lacks %q", strings.TrimSpace(want))
+		}
+	}
+	if got := dirNames(t, fmt.Sprintf("/proc/%d/root", gp.PID())); len(got) < 5 {
+		t.Errorf("root holds %v, want the host's", got)
+	}
+	if !strings.Contains(gp.Log(), "--no-sandbox") {
+		t.Error("no warning about --no-sandbox in the log")
 	}
 }

@@ -178,7 +178,8 @@ func ParseStatus(b []byte) (ThreadCreds, error) {
 // runtime and cgo each create threads of their own, and one thread that
 // kept a capability would be enough for a compromised daemon.
 func VerifyThreads(d Dropped) error {
-	dir := "/proc/self/task"
+	// Not /proc/self: after Jail only /proc/PID/task is left.
+	dir := "/proc/" + strconv.Itoa(os.Getpid()) + "/task"
 	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return err

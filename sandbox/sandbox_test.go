@@ -74,6 +74,40 @@ func helper(name string) int {
 			return 7
 		}
 		return 0
+	case "landlock":
+		if err := unix.Prctl(unix.PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0); err != nil {
+			return 3
+		}
+		dir, err := unix.Open(os.Getenv("GOPASTA_LANDLOCK_DIR"), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return 3
+		}
+		pre, err := os.Open("/proc/self/status") // opened before: still readable
+		if err != nil {
+			return 3
+		}
+		r, err := Landlock([]int{dir}, false)
+		if err != nil {
+			os.Stderr.WriteString(err.Error())
+			return 4
+		}
+		if r.ABI == 0 {
+			return 10 // no Landlock here: skipped
+		}
+		if _, err := os.ReadFile("/etc/passwd"); !errors.Is(err, unix.EACCES) {
+			return 5
+		}
+		if _, err := os.ReadFile(os.Getenv("GOPASTA_LANDLOCK_DIR") + "/file"); err != nil {
+			return 6
+		}
+		if f, err := os.Create(os.Getenv("GOPASTA_LANDLOCK_DIR") + "/new"); err == nil {
+			f.Close()
+			return 7
+		}
+		if _, err := pre.Read(make([]byte, 64)); err != nil {
+			return 8
+		}
+		return 0
 	case "drop":
 		d, err := Drop(Privileges{ChangeUser: true, UID: 65534, GID: 65534, KeepBindService: true})
 		if err != nil {
@@ -92,10 +126,10 @@ func helper(name string) int {
 	return 2
 }
 
-func runHelper(t *testing.T, name string) (*exec.Cmd, string, error) {
+func runHelper(t *testing.T, name string, env ...string) (*exec.Cmd, string, error) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), helperEnv+"="+name)
+	cmd.Env = append(append(os.Environ(), helperEnv+"="+name), env...)
 	out, err := cmd.CombinedOutput()
 	return cmd, string(out), err
 }
@@ -147,5 +181,23 @@ func TestParseStatus(t *testing.T) {
 	}
 	if _, err := ParseStatus([]byte("Name:\tx\n")); err == nil || !strings.Contains(err.Error(), "lacks") {
 		t.Errorf("empty status: %v", err)
+	}
+}
+
+// TestLandlock: once restricted, no file can be opened or created but
+// files beneath the allowed directory read; descriptors opened before
+// still work.
+func TestLandlock(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(dir+"/file", []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, out, err := runHelper(t, "landlock", "GOPASTA_LANDLOCK_DIR="+dir)
+	var ee *exec.ExitError
+	if errors.As(err, &ee) && ee.ExitCode() == 10 {
+		t.Skip("no Landlock in this kernel")
+	}
+	if err != nil {
+		t.Errorf("helper: %v\n%s", err, out)
 	}
 }

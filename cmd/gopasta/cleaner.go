@@ -39,7 +39,7 @@ type cleaner struct {
 }
 
 // startCleaner starts the cleaner for the socket file at path.
-func startCleaner(path string) (*cleaner, error) {
+func startCleaner(path string, ownMountNS bool) (*cleaner, error) {
 	var st unix.Stat_t
 	if err := unix.Lstat(path, &st); err != nil {
 		return nil, fmt.Errorf("socket cleaner: %w", err)
@@ -57,6 +57,11 @@ func startCleaner(path string) (*cleaner, error) {
 	// Its own session: a terminal's ^C to the daemon's process group
 	// must not take the cleaner with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if ownMountNS {
+		// Not the daemon's: its pivot_root into an empty root moves
+		// every process of its mount namespace along.
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNS
+	}
 	if err := cmd.Start(); err != nil {
 		w.Close()
 		return nil, fmt.Errorf("socket cleaner: %w", err)

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -14,10 +15,10 @@ import (
 // commandNamespaces are the namespaces COMMAND gets of its own besides the
 // network namespace, unshared on the thread that forks it (a child
 // inherits its thread's namespaces; netns.Do throws the thread away after).
-// pasta gives its command new UTS, IPC, PID and mount namespaces too; the
-// others join this one set of flags, which is the only place they are
-// named.
-const commandNamespaces = unix.CLONE_NEWUTS
+// pasta gives its command new UTS, IPC, PID and mount namespaces; here the
+// mount namespace is a clone flag (startCommand), and there is no PID
+// namespace yet.
+const commandNamespaces = unix.CLONE_NEWUTS | unix.CLONE_NEWIPC
 
 // hostnamePrefix is what pasta puts before the host's name to make the
 // hostname of a command's namespace when -H does not give one.
@@ -59,6 +60,14 @@ func (d *daemon) startCommand() error {
 		return fmt.Errorf("command %s: %v", argv[0], err)
 	}
 	cmd := &exec.Cmd{Path: path, Args: argv, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
+	if d.mountNS {
+		// A mount namespace of its own (a copy of the daemon's, which
+		// still is the host's view), as a clone flag: unshare(2) cannot
+		// give one to a thread of a Go program (its threads share their
+		// filesystem information), and without it the daemon's
+		// pivot_root into an empty root later would move COMMAND too.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
+	}
 	hostname := commandHostname(d.cfg)
 	err = netns.Do(d.nsFD, func() error {
 		if err := unix.Unshare(commandNamespaces); err != nil {

@@ -44,6 +44,7 @@ type daemon struct {
 
 	nsFD    int
 	nsArg   string   // the namespace file to watch ("" in command mode)
+	nsDir   int      // nsArg's directory (O_PATH), or -1 (watch.go)
 	inotify *os.File // watch on nsArg's directory (prepareWatch), or nil
 	tap     *link.Tap
 	dev     link.Device // the guest link: tap, or passt's QEMU socket
@@ -80,6 +81,14 @@ type daemon struct {
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+
+	// mountNS: the daemon runs in a mount namespace of its own, which
+	// the sandbox may pivot_root in; isolateErr says why not, if asked.
+	mountNS    bool
+	isolateErr error
+	// jailed: the root is the sandbox's empty one now, and nsDir (if
+	// any) is the only way to the namespace file.
+	jailed bool
 }
 
 // errQuit is the cancel cause of an orderly exit (signal, namespace or PID
@@ -97,6 +106,7 @@ func daemonMain(prog string) int {
 		}
 	}
 	userns := os.Getenv(nsenter.EnvVar)
+	isolate := os.Getenv(nsenter.IsolateEnv)
 	nsenter.Clean()
 	os.Unsetenv(stageEnv)
 
@@ -114,7 +124,14 @@ func daemonMain(prog string) int {
 		report("err " + err.Error())
 		return 1
 	}
-	d := &daemon{cfg: cfg, log: log, nsFD: -1, command: commandMode(cfg)}
+	d := &daemon{cfg: cfg, log: log, nsFD: -1, nsDir: -1, command: commandMode(cfg)}
+	switch isolate {
+	case nsenter.IsolateClone:
+		d.mountNS = true
+	case nsenter.IsolateUnshare:
+		_, d.isolateErr = nsenter.Isolated()
+		d.mountNS = d.isolateErr == nil
+	}
 	d.foreground = cfg.Foreground || d.command
 	d.ctx, d.cancel = context.WithCancelCause(context.Background())
 	defer d.closePcap()

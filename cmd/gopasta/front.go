@@ -71,17 +71,34 @@ func front(prog string, cfg *conf.Config) int {
 	}
 	if userns != "" {
 		if !nsenter.Supported {
-			return fail("cannot join user namespace %s: gopasta was built without cgo", userns)
+			return fail("cannot join user namespace %s: gopasta was built with CGO_ENABLED=0, and joining one needs the cgo start-up code (build with CGO_ENABLED=1)", userns)
 		}
 		cmd.Env = append(cmd.Env, nsenter.EnvVar+"="+userns)
 	}
-	if commandMode(cfg) && os.Geteuid() != 0 {
+	ownUserNS := os.Geteuid() != 0 && userns == "" && (commandMode(cfg) || cfg.Mode == conf.ModePasst)
+	if ownUserNS {
 		// Root in a user namespace of our own, still in our network
-		// namespace: enough to create and configure the new one.
+		// namespace: enough to create and configure the new one in
+		// command mode, and to detach into the sandbox's namespaces.
 		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWUSER
 		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}}
 		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}}
 		cmd.SysProcAttr.GidMappingsEnableSetgroups = false
+	}
+	if !cfg.NoSandbox {
+		// The daemon's own mount, IPC and UTS namespaces (sandbox.go).
+		// They must belong to the user namespace the daemon has its
+		// capabilities in: created with it by the clone, or, when it
+		// joins one, by the nsenter constructor right after the join.
+		// Unprivileged without either (pasta --netns-only as a user),
+		// the daemon runs without them and says so.
+		switch {
+		case userns != "":
+			cmd.Env = append(cmd.Env, nsenter.IsolateEnv+"="+nsenter.IsolateUnshare)
+		case ownUserNS || os.Geteuid() == 0:
+			cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
+			cmd.Env = append(cmd.Env, nsenter.IsolateEnv+"="+nsenter.IsolateClone)
+		}
 	}
 
 	var relay sync.WaitGroup
@@ -167,8 +184,8 @@ func cleanEnv(env []string) []string {
 	for _, e := range env {
 		// NOTIFY_SOCKET is the front's to use (notify.go): not the
 		// daemon's, nor its COMMAND's.
-		if strings.HasPrefix(e, stageEnv+"=") || strings.HasPrefix(e, nsenter.EnvVar+"=") || strings.HasPrefix(e, qemuFDEnv+"=") ||
-			strings.HasPrefix(e, notifyEnv+"=") {
+		if strings.HasPrefix(e, stageEnv+"=") || strings.HasPrefix(e, nsenter.EnvVar+"=") || strings.HasPrefix(e, nsenter.IsolateEnv+"=") ||
+			strings.HasPrefix(e, qemuFDEnv+"=") || strings.HasPrefix(e, notifyEnv+"=") {
 			continue
 		}
 		out = append(out, e)

@@ -6,6 +6,8 @@ import (
 	"os"
 	"strconv"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/sandbox"
 )
@@ -65,14 +67,48 @@ func (d *daemon) sandbox() error {
 		}
 		// --runas alone: the user changes, capabilities go with it.
 		p.KeepBindService = false
+		if _, err := sandbox.Drop(p); err != nil {
+			return err
+		}
+		d.log.Infof("Running as UID %d, GID %d", p.UID, p.GID)
+		return nil
 	}
-	if d.qemu != nil && !cfg.NoSandbox {
-		c, err := startCleaner(d.qemu.Path()) // cleaner.go
+	if d.qemu != nil {
+		c, err := startCleaner(d.qemu.Path(), d.mountNS) // cleaner.go
 		if err != nil {
 			return err
 		}
 		d.qemu.KeepFileOnClose()
 		d.cleaner = c
+	}
+	// The resolv.conf follower goes on by descriptor (link/netcfg's
+	// resolvroot.go), and Landlock lets it read its directories only.
+	var readDirs []int
+	defer func() {
+		for _, fd := range readDirs {
+			unix.Close(fd)
+		}
+	}()
+	if d.resolv != nil {
+		if d.mountNS {
+			if err := d.resolv.KeepRoot(); err != nil {
+				return err
+			}
+		}
+		readDirs = d.resolv.ReadDirs()
+	}
+	switch {
+	case d.mountNS:
+		how, err := sandbox.Jail(cfg.ChrootFallback)
+		if err != nil {
+			return err
+		}
+		d.log.Debugf("filesystem: %s into an empty tmpfs", how)
+		d.jailed = true
+	case d.isolateErr != nil:
+		d.log.Warnf("no mount namespace (%v): the filesystem stays visible to the daemon", d.isolateErr)
+	default:
+		d.log.Warn("no mount namespace (unprivileged, no user namespace to create it in): the filesystem stays visible to the daemon")
 	}
 	dropped, err := sandbox.Drop(p)
 	if err != nil {
@@ -80,6 +116,15 @@ func (d *daemon) sandbox() error {
 	}
 	if err := sandbox.VerifyThreads(dropped); err != nil {
 		return err
+	}
+	ll, err := sandbox.Landlock(readDirs, d.command)
+	if err != nil {
+		return err
+	}
+	if ll.ABI == 0 {
+		d.log.Debug("no Landlock in this kernel: the empty root is the only filesystem wall")
+	} else {
+		d.log.Debugf("Landlock ABI %d: no filesystem access (but reading beneath %d resolv.conf directories)", ll.ABI, len(readDirs))
 	}
 	if p.ChangeUser {
 		d.log.Infof("Running as UID %d, GID %d", p.UID, p.GID)

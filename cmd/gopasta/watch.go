@@ -52,6 +52,24 @@ func (d *daemon) prepareWatch() {
 	if d.cfg.NoNetNSQuit || d.nsArg == "" {
 		return
 	}
+	d.prepareInotify()
+	if d.inotify != nil && !strings.HasPrefix(filepath.Clean(d.nsArg), "/proc/") {
+		return
+	}
+	// Where inotify sees nothing (procfs) or could not be set up, the
+	// periodic check is all there is, and after the sandbox's pivot_root
+	// the path leads nowhere: it goes through a descriptor of the
+	// directory instead. Only then: any directory descriptor is a way
+	// into the host's filesystem for a compromised daemon where Landlock
+	// does not close it (README, "Security").
+	if fd, err := unix.Open(filepath.Dir(d.nsArg), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err == nil {
+		d.nsDir = fd
+		d.stops = append(d.stops, func() { unix.Close(fd) })
+	}
+}
+
+// prepareInotify sets d.inotify up, if it can.
+func (d *daemon) prepareInotify() {
 	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
 	if err != nil {
 		d.log.Debugf("inotify: %v", err)
@@ -75,8 +93,21 @@ func (d *daemon) prepareWatch() {
 func (d *daemon) watchNetnsFile(path string) {
 	gone := func() bool {
 		// Only a missing or replaced file is gone. One the daemon may no
-		// longer look at (--runas, a root-only directory) is left to
+		// longer look at (nobody, a root-only directory) is left to
 		// inotify.
+		if d.jailed {
+			// The pivot detached the old root with every mount in it,
+			// the namespace file's bind mount included: through the
+			// directory descriptor, only the file's removal still shows
+			// (ip netns del and podman unmount, then remove it).
+			// Without one, inotify alone watches.
+			if d.nsDir < 0 {
+				return false
+			}
+			var st unix.Stat_t
+			err := unix.Fstatat(d.nsDir, filepath.Base(path), &st, unix.AT_SYMLINK_NOFOLLOW)
+			return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ESRCH)
+		}
 		if err := unix.Access(path, unix.F_OK); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) {
 			return false
 		}

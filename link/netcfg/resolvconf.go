@@ -2,6 +2,7 @@ package netcfg
 
 import (
 	"bufio"
+	"io"
 	"net/netip"
 	"os"
 	"strings"
@@ -17,6 +18,11 @@ func readResolvConf(path string) (servers []netip.Addr, search []string) {
 		return nil, nil
 	}
 	defer f.Close()
+	return parseResolvConf(f)
+}
+
+// parseResolvConf is readResolvConf on an open file.
+func parseResolvConf(f io.Reader) (servers []netip.Addr, search []string) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"unsafe"
 
 	"github.com/sirupsen/logrus"
@@ -68,6 +69,11 @@ type ResolvFollower struct {
 	f    *os.File         // the inotify descriptor, in the runtime's poller
 	fd   int              // f's descriptor
 	dirs map[int][]string // watch descriptor of a directory -> the names in it that matter
+	// root is the host's root directory (O_PATH) once the daemon's own
+	// root is an empty one (KeepRoot), else -1: paths are then resolved
+	// through it (resolvroot.go).
+	root      int
+	closeRoot sync.Once
 }
 
 // FollowResolvConf returns a follower of path for nat, or nil, nil when
@@ -81,7 +87,7 @@ func FollowResolvConf(path string, userDNSHost bool, nat *actors.NAT, log logrus
 	if err != nil {
 		return nil, os.NewSyscallError("inotify_init1", err)
 	}
-	r := &ResolvFollower{path: path, nat: nat, log: log, fd: fd, f: os.NewFile(uintptr(fd), "inotify"), dirs: map[int][]string{}}
+	r := &ResolvFollower{path: path, nat: nat, log: log, fd: fd, f: os.NewFile(uintptr(fd), "inotify"), dirs: map[int][]string{}, root: -1}
 	if !r.watch() {
 		r.f.Close()
 		return nil, errors.New("cannot watch " + path + " or its directory")
@@ -94,7 +100,7 @@ func FollowResolvConf(path string, userDNSHost bool, nat *actors.NAT, log logrus
 func (r *ResolvFollower) watch() bool {
 	ok := false
 	add := func(dir, name string) {
-		if wd, err := unix.InotifyAddWatch(r.fd, dir, resolvDirMask|unix.IN_ONLYDIR); err == nil {
+		if wd, err := r.addWatch(dir, resolvDirMask|unix.IN_ONLYDIR); err == nil {
 			if !slices.Contains(r.dirs[wd], name) {
 				r.dirs[wd] = append(r.dirs[wd], name)
 			}
@@ -102,12 +108,17 @@ func (r *ResolvFollower) watch() bool {
 		}
 	}
 	add(filepath.Dir(r.path), filepath.Base(r.path))
-	if target, err := filepath.EvalSymlinks(r.path); err == nil && target != r.path {
+	target, err := r.evalSymlinks(r.path)
+	if err == nil && target != r.path {
 		add(filepath.Dir(target), filepath.Base(target))
 	}
 	// The file's own inode, through the link (a missing file is
 	// watched again when its directory sees it come).
-	if _, err := unix.InotifyAddWatch(r.fd, r.path, resolvFileMask); err == nil {
+	file := r.path
+	if r.root >= 0 && err == nil {
+		file = target // no link is followed from inside the empty root
+	}
+	if _, err := r.addWatch(file, resolvFileMask); err == nil {
 		ok = true
 	}
 	return ok
@@ -142,13 +153,20 @@ func (r *ResolvFollower) Run(ctx context.Context) {
 }
 
 // Close ends Run.
-func (r *ResolvFollower) Close() { r.f.Close() }
+func (r *ResolvFollower) Close() {
+	r.f.Close()
+	r.closeRoot.Do(func() {
+		if r.root >= 0 {
+			unix.Close(r.root)
+		}
+	})
+}
 
 // reload reads the file again and moves the forward addresses to its first
 // nameservers, where they changed.
 func (r *ResolvFollower) reload() {
 	r.watch()
-	servers, _ := readResolvConf(r.path)
+	servers := r.read()
 	cur4, cur6 := r.nat.DNSHosts()
 	new4, new6 := cur4, cur6
 	var have4, have6 bool

@@ -1,6 +1,7 @@
 package netcfg
 
 import (
+	"fmt"
 	"io"
 	"net/netip"
 	"os"
@@ -13,9 +14,11 @@ import (
 	"github.com/gopasta/gopasta/actors"
 )
 
-// startResolvFollower follows path for a NAT forwarding to the first
-// nameservers path has now, and returns the NAT.
-func startResolvFollower(t *testing.T, path string) *actors.NAT {
+// startResolvFollowerIn follows path for a NAT forwarding to the first
+// nameservers path has now, and returns the NAT. With keepRoot it runs as
+// the sandboxed daemon runs it: everything through a descriptor of the
+// mount tree (resolvroot.go).
+func startResolvFollowerIn(t *testing.T, path string, keepRoot bool) *actors.NAT {
 	t.Helper()
 	servers, _ := readResolvConf(path)
 	nat := &actors.NAT{DNSForward4: netip.MustParseAddr("169.254.1.1"), DNSForward6: netip.MustParseAddr("fd00::53")}
@@ -31,6 +34,11 @@ func startResolvFollower(t *testing.T, path string) *actors.NAT {
 	r, err := FollowResolvConf(path, false, nat, log)
 	if err != nil || r == nil {
 		t.Fatalf("FollowResolvConf: %v %v", r, err)
+	}
+	if keepRoot {
+		if err := r.KeepRoot(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	runUntilCleanup(t, r.Run)
 	return nat
@@ -74,9 +82,15 @@ func replaceFile(t *testing.T, path, s string) {
 // renames moves the forward addresses; a file without nameservers of a
 // family leaves that family alone.
 func TestResolvFollowerFile(t *testing.T) {
+	for _, keepRoot := range []bool{false, true} {
+		t.Run(fmt.Sprintf("keepRoot=%v", keepRoot), func(t *testing.T) { testResolvFollowerFile(t, keepRoot) })
+	}
+}
+
+func testResolvFollowerFile(t *testing.T, keepRoot bool) {
 	path := filepath.Join(t.TempDir(), "resolv.conf")
 	writeFile(t, path, "nameserver 192.0.2.1\nnameserver 2001:db8::1\n")
-	nat := startResolvFollower(t, path)
+	nat := startResolvFollowerIn(t, path, keepRoot)
 	waitDNS(t, nat, "start", "192.0.2.1", "2001:db8::1")
 
 	writeFile(t, path, "# in place\nnameserver 192.0.2.2\nnameserver 2001:db8::2\n")
@@ -103,6 +117,12 @@ func TestResolvFollowerFile(t *testing.T) {
 // daemon replaces in its own directory (systemd-resolved, resolvconf), and
 // the link re-pointed to another directory's file.
 func TestResolvFollowerSymlink(t *testing.T) {
+	for _, keepRoot := range []bool{false, true} {
+		t.Run(fmt.Sprintf("keepRoot=%v", keepRoot), func(t *testing.T) { testResolvFollowerSymlink(t, keepRoot) })
+	}
+}
+
+func testResolvFollowerSymlink(t *testing.T, keepRoot bool) {
 	etc, run1, run2 := t.TempDir(), t.TempDir(), t.TempDir()
 	path := filepath.Join(etc, "resolv.conf")
 	target1, target2 := filepath.Join(run1, "resolv.conf"), filepath.Join(run2, "stub.conf")
@@ -111,7 +131,7 @@ func TestResolvFollowerSymlink(t *testing.T) {
 	if err := os.Symlink(target1, path); err != nil {
 		t.Fatal(err)
 	}
-	nat := startResolvFollower(t, path)
+	nat := startResolvFollowerIn(t, path, keepRoot)
 	waitDNS(t, nat, "start", "192.0.2.1", "invalid IP")
 
 	replaceFile(t, target1, "nameserver 192.0.2.2\n")

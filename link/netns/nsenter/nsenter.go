@@ -31,12 +31,43 @@
 package nsenter
 
 // extern int gopasta_userns_joined;
+// extern int gopasta_isolated;
 import "C"
 
-import "os"
+import (
+	"os"
+	"syscall"
+)
 
 // EnvVar is the variable that asks the constructor to join a user namespace.
 const EnvVar = "GOPASTA_USERNS"
+
+// IsolateEnv asks the constructor to unshare the mount, IPC and UTS
+// namespaces after joining the user namespace (package sandbox uses the
+// mount namespace for pivot_root). The front sets it only where it cannot
+// create them itself with the daemon (clone flags), that is when the
+// daemon joins a user namespace.
+const IsolateEnv = "GOPASTA_ISOLATE"
+
+// IsolateEnv's values: the constructor unshares (IsolateUnshare), or the
+// front created the namespaces with the daemon (IsolateClone: nothing to
+// do but to know).
+const (
+	IsolateUnshare = "unshare"
+	IsolateClone   = "clone"
+)
+
+// Isolated reports what the constructor did for IsolateEnv: asked, and
+// the unshare error if it failed.
+func Isolated() (asked bool, err error) {
+	switch v := int(C.gopasta_isolated); {
+	case v == 0:
+		return false, nil
+	case v < 0:
+		return true, syscall.Errno(-v)
+	}
+	return true, nil
+}
 
 // Supported reports whether this binary can join a user namespace at all.
 const Supported = true
@@ -45,6 +76,6 @@ const Supported = true
 // EnvVar in this process.
 func Joined() bool { return C.gopasta_userns_joined != 0 }
 
-// Clean removes EnvVar from the environment, so that programs this process
-// starts do not try to join the namespace again.
-func Clean() { os.Unsetenv(EnvVar) }
+// Clean removes EnvVar and IsolateEnv from the environment, so that
+// programs this process starts do not act on them again.
+func Clean() { os.Unsetenv(EnvVar); os.Unsetenv(IsolateEnv) }
