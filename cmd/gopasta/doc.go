@@ -76,6 +76,15 @@
 //     (128+N if a signal N killed it). SIGTERM and SIGHUP are passed on to
 //     COMMAND; SIGINT comes from the terminal to COMMAND directly.
 //
+//   - The sandbox's own (sandbox.go): unless --no-sandbox, the daemon runs
+//     in new mount, IPC and UTS namespaces. The front creates them with
+//     the daemon (clone flags, with CLONE_NEWUSER where it creates a user
+//     namespace: command mode and passt mode without root); when the
+//     daemon joins a user namespace instead, the nsenter constructor
+//     unshares them right after the join (GOPASTA_ISOLATE), so that they
+//     belong to the user namespace the daemon has capabilities in. Once
+//     set up, the daemon pivot_roots into an empty tmpfs there.
+//
 // # Shutdown
 //
 // SIGTERM or SIGINT (or the namespace or PID going away) cancels the
