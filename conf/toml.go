@@ -71,8 +71,14 @@ func LoadFile(mode Mode, path string) (*Config, error) {
 	return c, nil
 }
 
+// ReadFile reads configuration files. A sandboxed daemon, which has no
+// filesystem of its own once set up, points it at a reader that goes
+// through a descriptor of the host's mount tree for SIGHUP's reload
+// (cmd/gopasta/sandbox.go).
+var ReadFile = os.ReadFile
+
 func loadFile(p *parser, path string) (map[string]bool, error) {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("can't read configuration file: %w", err)
 	}
@@ -122,7 +128,7 @@ func applyTOML(p *parser, name string, data []byte) (map[string]bool, error) {
 // peekFileMode returns the "mode" key of a configuration file, if it has a
 // valid one; the file's errors are reported when it is loaded for real.
 func peekFileMode(path string) (Mode, bool) {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
 	if err != nil {
 		return ModePasta, false
 	}

@@ -3,6 +3,7 @@ package integration
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -212,5 +213,29 @@ func TestSandboxOff(t *testing.T) {
 	}
 	if !strings.Contains(gp.Log(), "--no-sandbox") {
 		t.Error("no warning about --no-sandbox in the log")
+	}
+}
+
+// TestSandboxCtlPcap: the control socket keeps working for the user who
+// started the daemon (root, although the daemon is nobody now), "pcap
+// FILE" at run time is refused with the way out, not an obscure error,
+// and the socket file is removed at exit by the cleaner.
+func TestSandboxCtlPcap(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "ctl.sock")
+	gp := StartGopasta(t, "-c", sock)
+	if out := ctl(t, sock, "stats"); !strings.Contains(out, "tcp_flows") {
+		t.Errorf("ctl stats: %q", out)
+	}
+	out, err := exec.Command(gopastaBin, "ctl", sock, "pcap", filepath.Join(t.TempDir(), "x.pcap")).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "sandbox") || !strings.Contains(string(out), "-p FILE") {
+		t.Errorf("ctl pcap under the sandbox: %v %q", err, out)
+	}
+	pid := gp.PID()
+	gp.Kill()
+	if _, ok := waitGone(pid, 3*time.Second); !ok {
+		t.Fatal("daemon still running")
+	}
+	if !Eventually(time.Second, func() bool { _, err := os.Lstat(sock); return os.IsNotExist(err) }) {
+		t.Error("control socket file left behind")
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -14,8 +15,9 @@ import (
 
 // The socket cleaner.
 //
-// In passt mode the daemon removes its listening socket file when it
-// exits, so that the next passt or QEMU finds no stale path. A sandboxed
+// The daemon removes its socket files when it exits (passt mode's
+// listening socket, the -c control socket), so that the next passt, QEMU
+// or pesto finds no stale path. A sandboxed
 // daemon cannot: it may have become nobody, which cannot unlink a file in
 // root's directory, and unlink is not among its system calls. So before
 // the sandbox closes, it starts a copy of the binary as a cleaner: a
@@ -28,8 +30,8 @@ import (
 
 const (
 	stageCleaner = "cleaner"
-	cleanPathEnv = "GOPASTA_CLEAN_PATH"
-	cleanIDEnv   = "GOPASTA_CLEAN_ID" // "DEV:INO" of the socket file
+	// cleanListEnv lists the files, one "DEV:INO:PATH" a line.
+	cleanListEnv = "GOPASTA_CLEAN"
 )
 
 // cleaner is the daemon's handle on its cleaner process.
@@ -38,11 +40,18 @@ type cleaner struct {
 	w   *os.File // the daemon's end of the pipe
 }
 
-// startCleaner starts the cleaner for the socket file at path.
-func startCleaner(path string, ownMountNS bool) (*cleaner, error) {
-	var st unix.Stat_t
-	if err := unix.Lstat(path, &st); err != nil {
-		return nil, fmt.Errorf("socket cleaner: %w", err)
+// startCleaner starts the cleaner for the socket files at paths.
+func startCleaner(paths []string, ownMountNS bool) (*cleaner, error) {
+	var list strings.Builder
+	for _, path := range paths {
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil {
+			return nil, fmt.Errorf("socket cleaner: %w", err)
+		}
+		if strings.ContainsRune(path, '\n') {
+			return nil, fmt.Errorf("socket cleaner: a newline in %q", path)
+		}
+		fmt.Fprintf(&list, "%d:%d:%s\n", st.Dev, st.Ino, path)
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -51,8 +60,7 @@ func startCleaner(path string, ownMountNS bool) (*cleaner, error) {
 	defer r.Close()
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Args[0] = "gopasta (socket cleaner)"
-	cmd.Env = []string{stageEnv + "=" + stageCleaner, cleanPathEnv + "=" + path,
-		fmt.Sprintf("%s=%d:%d", cleanIDEnv, st.Dev, st.Ino)}
+	cmd.Env = []string{stageEnv + "=" + stageCleaner, cleanListEnv + "=" + list.String()}
 	cmd.ExtraFiles = []*os.File{r}
 	// Its own session: a terminal's ^C to the daemon's process group
 	// must not take the cleaner with it.
@@ -69,7 +77,7 @@ func startCleaner(path string, ownMountNS bool) (*cleaner, error) {
 	return &cleaner{cmd: cmd, w: w}, nil
 }
 
-// finish lets the cleaner remove the file and waits a moment for it.
+// finish lets the cleaner remove the files and waits a moment for it.
 func (c *cleaner) finish() {
 	c.w.Close()
 	done := make(chan struct{})
@@ -82,17 +90,22 @@ func (c *cleaner) finish() {
 
 // cleanerMain is the cleaner process: fd 3 is the pipe.
 func cleanerMain() int {
-	path, id := os.Getenv(cleanPathEnv), os.Getenv(cleanIDEnv)
+	list := os.Getenv(cleanListEnv)
 	_, _ = io.Copy(io.Discard, os.NewFile(3, "daemon"))
-	var st unix.Stat_t
-	if path == "" || unix.Lstat(path, &st) != nil {
-		return 0
+	status := 0
+	for _, line := range strings.Split(strings.TrimSuffix(list, "\n"), "\n") {
+		dev, rest, _ := strings.Cut(line, ":")
+		ino, path, ok := strings.Cut(rest, ":")
+		var st unix.Stat_t
+		if !ok || unix.Lstat(path, &st) != nil {
+			continue
+		}
+		if strconv.FormatUint(st.Dev, 10) != dev || strconv.FormatUint(st.Ino, 10) != ino {
+			continue // somebody else's file now
+		}
+		if err := unix.Unlink(path); err != nil {
+			status = 1
+		}
 	}
-	if strconv.FormatUint(st.Dev, 10)+":"+strconv.FormatUint(st.Ino, 10) != id {
-		return 0 // somebody else's file now
-	}
-	if err := unix.Unlink(path); err != nil {
-		return 1
-	}
-	return 0
+	return status
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -75,6 +76,10 @@ type daemon struct {
 	qemu   *link.ReconnectingDevice
 	qemuFD *link.QemuDevice
 	vu     *vhostuser.Device // --vhost-user (vhostuser.go)
+	// vu's listening socket and its path, if it listens (the sandbox's
+	// cleaner removes the file).
+	vuLn   *net.UnixListener
+	vuPath string
 	// cleaner removes qemu's socket file once the daemon is gone
 	// (cleaner.go); nil without a sandbox.
 	cleaner *cleaner
@@ -89,6 +94,8 @@ type daemon struct {
 	// jailed: the root is the sandbox's empty one now, and nsDir (if
 	// any) is the only way to the namespace file.
 	jailed bool
+	// sandboxed: the sandbox is on (no files can be created any more).
+	sandboxed bool
 }
 
 // errQuit is the cancel cause of an orderly exit (signal, namespace or PID

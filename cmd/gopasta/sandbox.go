@@ -3,8 +3,12 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -61,6 +65,17 @@ func (d *daemon) sandbox() error {
 		}
 		p.ChangeUser, p.UID, p.GID = uid != 0, uid, gid
 	}
+	if d.ctl != nil && p.ChangeUser {
+		if cfg.RunAs != "" {
+			// The control socket is for the user the daemon becomes.
+			if err := d.ctl.Chown(p.UID, p.GID); err != nil {
+				return fmt.Errorf("control socket: %v", err)
+			}
+		} else {
+			// Still root's, who started it (as with pasta).
+			d.ctl.AllowUID(os.Geteuid())
+		}
+	}
 	if cfg.NoSandbox {
 		if !p.ChangeUser {
 			return nil
@@ -73,12 +88,30 @@ func (d *daemon) sandbox() error {
 		d.log.Infof("Running as UID %d, GID %d", p.UID, p.GID)
 		return nil
 	}
+	var sockets []string
 	if d.qemu != nil {
-		c, err := startCleaner(d.qemu.Path(), d.mountNS) // cleaner.go
+		sockets = append(sockets, d.qemu.Path())
+	}
+	if d.vuLn != nil {
+		sockets = append(sockets, d.vuPath)
+	}
+	if d.ctl != nil {
+		sockets = append(sockets, d.ctl.Path())
+	}
+	if len(sockets) > 0 {
+		c, err := startCleaner(sockets, d.mountNS) // cleaner.go
 		if err != nil {
 			return err
 		}
-		d.qemu.KeepFileOnClose()
+		if d.qemu != nil {
+			d.qemu.KeepFileOnClose()
+		}
+		if d.vuLn != nil {
+			d.vuLn.SetUnlinkOnClose(false)
+		}
+		if d.ctl != nil {
+			d.ctl.KeepFileOnClose()
+		}
 		d.cleaner = c
 	}
 	// The resolv.conf follower goes on by descriptor (link/netcfg's
@@ -97,6 +130,14 @@ func (d *daemon) sandbox() error {
 		}
 		readDirs = d.resolv.ReadDirs()
 	}
+	if cfg.ConfigFile != "" {
+		// SIGHUP reads the --config file again (control.go).
+		fds, err := d.keepConfigFile()
+		if err != nil {
+			return err
+		}
+		readDirs = append(readDirs, fds...)
+	}
 	switch {
 	case d.mountNS:
 		how, err := sandbox.Jail(cfg.ChrootFallback)
@@ -110,6 +151,7 @@ func (d *daemon) sandbox() error {
 	default:
 		d.log.Warn("no mount namespace (unprivileged, no user namespace to create it in): the filesystem stays visible to the daemon")
 	}
+	d.sandboxed = true
 	dropped, err := sandbox.Drop(p)
 	if err != nil {
 		return err
@@ -153,11 +195,12 @@ func (d *daemon) seal() error {
 }
 
 // mayBindLowPorts reports whether the daemon may have to bind a port below
-// net.ipv4.ip_unprivileged_port_start after setup: only "auto" forwarding
-// binds listeners then (the guest's flows use host sockets bound to port
-// 0).
+// net.ipv4.ip_unprivileged_port_start after setup: "auto" forwarding and
+// rules changed at run time bind listeners then (the guest's flows use
+// host sockets bound to port 0).
 func mayBindLowPorts(cfg *conf.Config) bool {
-	auto := false
+	// Rules changed at run time (-c, SIGHUP) may bind any port.
+	auto := cfg.ConfPath != "" || cfg.ConfigFile != ""
 	for _, l := range [][]conf.PortSpec{cfg.TCPPorts, cfg.UDPPorts, cfg.TCPNSPorts, cfg.UDPNSPorts} {
 		for _, s := range l {
 			auto = auto || s.Auto
@@ -184,4 +227,55 @@ func initUserNS() bool {
 	}
 	f := bytes.Fields(b)
 	return len(f) == 3 && string(f[0]) == "0" && string(f[1]) == "0" && string(f[2]) == "4294967295"
+}
+
+// keepConfigFile makes SIGHUP's reload (control.go) work once the root is
+// the sandbox's empty one and the daemon perhaps nobody: conf.ReadFile
+// reads the --config file through a descriptor of it opened now (which
+// sees edits made in place, by whoever may write it), and, once that file
+// has been replaced (renamed over, so unlinked), by its path in a copy of
+// the host's mount tree, which the daemon's user must be able to read. It
+// returns the file's directory for Landlock to allow reading beneath.
+func (d *daemon) keepConfigFile() ([]int, error) {
+	file := d.cfg.ConfigFile
+	if !filepath.IsAbs(file) {
+		file = filepath.Join(configDir, file)
+	}
+	kept, err := os.Open(file)
+	if err != nil {
+		return nil, fmt.Errorf("--config %s: %v", d.cfg.ConfigFile, err)
+	}
+	dir, err := unix.Open(filepath.Dir(file), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		kept.Close()
+		return nil, fmt.Errorf("--config %s: %v", d.cfg.ConfigFile, err)
+	}
+	tree := -1
+	if d.mountNS {
+		tree, err = unix.OpenTree(unix.AT_FDCWD, "/", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+		if err != nil {
+			kept.Close()
+			unix.Close(dir)
+			return nil, fmt.Errorf("keep the host's mount tree for --config: %v", err)
+		}
+	}
+	conf.ReadFile = func(path string) ([]byte, error) {
+		if path == file {
+			if st, err := kept.Stat(); err == nil && st.Sys().(*syscall.Stat_t).Nlink > 0 {
+				return io.ReadAll(io.NewSectionReader(kept, 0, 1<<30))
+			}
+		}
+		if tree < 0 {
+			return os.ReadFile(path)
+		}
+		fd, err := unix.Openat2(tree, strings.TrimLeft(filepath.Clean(path), "/"), &unix.OpenHow{
+			Flags: unix.O_RDONLY | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS})
+		if err != nil {
+			return nil, &os.PathError{Op: "open", Path: path, Err: err}
+		}
+		f := os.NewFile(uintptr(fd), path)
+		defer f.Close()
+		return io.ReadAll(f)
+	}
+	return []int{dir}, nil
 }

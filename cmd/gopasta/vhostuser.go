@@ -75,7 +75,7 @@ func (d *daemon) openVhostUser(mtu int) error {
 		return err
 	}
 	dev := vhostuser.Listen(ln, path, vcfg)
-	d.vu = dev
+	d.vu, d.vuLn, d.vuPath = dev, ln, path
 	d.dev = dev
 	if cfg.OneOff {
 		d.dev = d.oneOff(dev)

@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -51,6 +52,10 @@ type Server struct {
 	ln   *net.UnixListener
 	b    RulesBackend
 	log  logrus.FieldLogger
+	// owner is the uid that may connect, if set (AllowUID); else the
+	// daemon's own effective uid at the time.
+	owner    atomic.Int64
+	ownerSet atomic.Bool
 
 	session sync.Mutex // one pesto session at a time, as pasta
 	mu      sync.Mutex
@@ -100,6 +105,16 @@ func (s *Server) Path() string { return s.path }
 // Chown gives the socket file to uid:gid, for a daemon that is about to
 // become that user (--runas): only that user may then connect.
 func (s *Server) Chown(uid, gid int) error { return os.Chown(s.path, uid, gid) }
+
+// AllowUID makes uid the one user that may connect, whatever the daemon
+// becomes: a daemon started as root that turns into nobody by itself (not
+// by --runas) still serves root, who owns the socket file.
+func (s *Server) AllowUID(uid int) { s.owner.Store(int64(uid)); s.ownerSet.Store(true) }
+
+// KeepFileOnClose makes Close leave the socket file in place: a sandboxed
+// daemon can no longer reach the path, and its cleaner process removes the
+// file instead (cmd/gopasta/cleaner.go).
+func (s *Server) KeepFileOnClose() { s.ln.SetUnlinkOnClose(false) }
 
 // Serve accepts clients until ctx ends or Close is called. Each client is
 // served on a goroutine of its own, owned by the server; Close waits for
@@ -193,8 +208,13 @@ func (s *Server) serve(ctx context.Context, c *net.UnixConn) {
 		s.log.Warnf("control socket: can't get client credentials: %v", err)
 		return
 	}
-	// Our own effective uid now: after --runas it is the user we became.
-	if uid := os.Geteuid(); int(cred.Uid) != uid {
+	// Our own effective uid now: after --runas it is the user we became;
+	// a daemon that became nobody on its own serves who started it.
+	uid := os.Geteuid()
+	if s.ownerSet.Load() {
+		uid = int(s.owner.Load())
+	}
+	if int(cred.Uid) != uid {
 		s.log.Warnf("control socket: refusing client of uid %d (pid %d): only uid %d may connect", cred.Uid, cred.Pid, uid)
 		return
 	}
