@@ -69,7 +69,7 @@ func checkSandboxed(t *testing.T, pid int, want sandboxWant) {
 		}
 	}
 	// The root is the empty read-only tmpfs: nothing in it but the
-	// daemon's own /proc/PID/task, which psx lists (sandbox/filesystem.go).
+	// daemon's own /proc/PID/task, which psx lists (cmd/gopasta/sandbox/filesystem.go).
 	root := fmt.Sprintf("/proc/%d/root", pid)
 	if got := dirNames(t, root); strings.Join(got, " ") != "proc" {
 		t.Errorf("root of %d holds %v, want only proc", pid, got)

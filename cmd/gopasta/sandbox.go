@@ -12,8 +12,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/cmd/gopasta/sandbox"
 	"github.com/gopasta/gopasta/conf"
-	"github.com/gopasta/gopasta/sandbox"
 )
 
 // The sandbox, theory of operation.
