@@ -156,6 +156,14 @@ type Stats struct {
 	TCPOpened, UDPOpened, ICMPOpened atomic.Uint64
 	Panics                           atomic.Uint64
 	Refused                          atomic.Uint64 // over the flow limit
+
+	// BufferBytes is what flows hold or have reserved of the daemon-wide
+	// buffer budget (budget.go).
+	BufferBytes atomic.Int64
+	// TCPBeyondWindow counts guest segments whose data, or part of it,
+	// was dropped for lying beyond the window we advertised; TCPOOODropped
+	// out-of-order segments dropped because tcpMaxOOO were held already.
+	TCPBeyondWindow, TCPOOODropped atomic.Uint64
 }
 
 // FlowLog returns a log entry carrying the flow's key, for every line an

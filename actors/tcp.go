@@ -110,6 +110,7 @@ type tcpSeg struct {
 	b   []byte
 	seq uint32
 	fin bool
+	own bool // a packed buffer of ours (compact): b ends at len(f.Data)
 }
 
 // tcpConn is one TCP flow's actor.
@@ -157,7 +158,10 @@ type tcpConn struct {
 	guestMSS  int
 	pend      []tcpSeg // accepted, not yet written to the socket
 	pendBytes int
+	pendNew   int      // pend[pendNew:] is not compacted yet
 	ooo       []tcpSeg // beyond a hole, sorted by sequence
+	held      int      // capacity of the buffers of pend and ooo (budget.go)
+	charge    int64    // this flow's share of Stats.BufferBytes
 	ackDue    bool     // something to acknowledge, if the ACK says anything new
 	ackForce  bool     // send the ACK even if it repeats the last one
 	ackSent   uint32   // acknowledgement number of the last segment sent
@@ -615,6 +619,9 @@ func (c *tcpConn) finish() {
 		s.f.Release()
 	}
 	c.pend, c.ooo = nil, nil
+	c.held = 0
+	c.env.uncharge(c.charge)
+	c.charge = 0
 	if c.timer != nil {
 		c.timer.Stop()
 	}

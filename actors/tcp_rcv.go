@@ -66,12 +66,14 @@ func (c *tcpConn) accept(f *link.Frame, payload []byte, fin bool) bool {
 		payload = payload[:room]
 		fin = false
 		c.ackForce = true
+		c.env.Stats.TCPBeyondWindow.Add(1)
 	}
 	c.ackDue = true
 	kept := false
 	if len(payload) > 0 {
 		c.pend = append(c.pend, tcpSeg{f: f, b: payload})
 		c.pendBytes += len(payload)
+		c.held += cap(f.Data)
 		c.rcvNxt += uint32(len(payload))
 		kept = true
 	}
@@ -83,9 +85,22 @@ func (c *tcpConn) accept(f *link.Frame, payload []byte, fin bool) bool {
 }
 
 // oooInsert holds a segment that arrived after a hole, if it is inside our
-// window and there is room.
+// window and there is room. Its payload is copied into a right-sized
+// buffer if its frame is mostly empty: it reports whether f itself is kept.
 func (c *tcpConn) oooInsert(f *link.Frame, seq uint32, payload []byte, fin bool) bool {
-	if len(c.ooo) >= tcpMaxOOO || len(payload) == 0 || !seqLT(seq, c.rcvEdge) {
+	if len(payload) == 0 {
+		return false
+	}
+	if !seqLT(seq, c.rcvEdge) {
+		c.env.Stats.TCPBeyondWindow.Add(1)
+		return false
+	}
+	if room := c.rcvEdge - seq; uint32(len(payload)) > room {
+		payload, fin = payload[:room], false
+		c.env.Stats.TCPBeyondWindow.Add(1)
+	}
+	if len(c.ooo) >= tcpMaxOOO {
+		c.env.Stats.TCPOOODropped.Add(1)
 		return false
 	}
 	i := len(c.ooo)
@@ -95,10 +110,17 @@ func (c *tcpConn) oooInsert(f *link.Frame, seq uint32, payload []byte, fin bool)
 	if i > 0 && c.ooo[i-1].seq == seq {
 		return false
 	}
+	kept := true
+	if 2*len(payload) < cap(f.Data) {
+		g := link.GetBuffer(len(payload))
+		copy(g.Data, payload)
+		f, payload, kept = g, g.Data, false
+	}
+	c.held += cap(f.Data)
 	c.ooo = append(c.ooo, tcpSeg{})
 	copy(c.ooo[i+1:], c.ooo[i:])
 	c.ooo[i] = tcpSeg{f: f, b: payload, seq: seq, fin: fin}
-	return true
+	return kept
 }
 
 // oooPull moves held segments that the hole's filling made contiguous.
@@ -107,6 +129,7 @@ func (c *tcpConn) oooPull() {
 	for n < len(c.ooo) && seqLE(c.ooo[n].seq, c.rcvNxt) && c.state&tcpGuestFin == 0 {
 		s := c.ooo[n]
 		n++
+		c.held -= cap(s.f.Data) // accept counts it again if it keeps it
 		d := c.rcvNxt - s.seq
 		if d > uint32(len(s.b)) || d == uint32(len(s.b)) && !s.fin {
 			s.f.Release()
@@ -119,6 +142,80 @@ func (c *tcpConn) oooPull() {
 	m := copy(c.ooo, c.ooo[n:])
 	clear(c.ooo[m:])
 	c.ooo = c.ooo[:m]
+}
+
+// compact moves the payload of pend entries added since the last call
+// whose buffer is less than half used into packed buffers of ours, one
+// after another, so that what the flow holds costs at most twice its bytes
+// plus the last buffer's room (budget.go). A bulk transfer's full-sized
+// segments stay where they are; only the frames of small segments, or of
+// mid-sized ones in 64 KiB buffers, are copied and released. Entries
+// before pendNew are never looked at again: their cost was bounded when
+// they were compacted, and a partial write only frees memory.
+func (c *tcpConn) compact() {
+	j := c.pendNew
+	for i := c.pendNew; i < len(c.pend); i++ {
+		s := c.pend[i]
+		if 2*len(s.b) >= cap(s.f.Data) {
+			c.pend[j] = s
+			j++
+			continue
+		}
+		b := s.b
+		for len(b) > 0 {
+			if j > 0 {
+				if t := &c.pend[j-1]; t.own && cap(t.f.Data) > len(t.f.Data) {
+					l := len(t.f.Data)
+					k := min(cap(t.f.Data)-l, len(b))
+					t.f.Data = t.f.Data[:l+k]
+					copy(t.f.Data[l:], b[:k])
+					t.b = t.b[:len(t.b)+k]
+					b = b[k:]
+					continue
+				}
+			}
+			g := link.GetBuffer(max(len(b), link.SmallFrameSize))
+			g.Data = g.Data[:0]
+			c.held += cap(g.Data)
+			c.pend[j] = tcpSeg{f: g, b: g.Data, own: true}
+			j++
+		}
+		c.held -= cap(s.f.Data)
+		s.f.Release()
+	}
+	clear(c.pend[j:])
+	c.pend = c.pend[:j]
+	c.pendNew = j
+}
+
+// budgetWindow returns the largest window, at most w, whose filling the
+// flow's reservation covers, growing the reservation towards it first: the
+// guest can make us hold what is held now, plus at most twice the bytes
+// it may still send beyond rcvNxt, plus tcpBudgetSlack.
+func (c *tcpConn) budgetWindow(w int) int {
+	ahead := int64(w - c.pendBytes)
+	if ahead <= 0 {
+		return w
+	}
+	want := min(int64(c.held)+tcpBudgetSlack+2*ahead, c.env.flowBuffer())
+	if want > c.charge {
+		c.charge = c.env.reserve(c.charge, want)
+	}
+	room := (c.charge - int64(c.held) - tcpBudgetSlack) / 2
+	return min(w, c.pendBytes+int(max(room, 0)))
+}
+
+// trimCharge gives back the part of the flow's reservation that neither
+// what it holds nor the window it advertised can need any more.
+func (c *tcpConn) trimCharge() {
+	need := int64(c.held)
+	if seqGT(c.rcvEdge, c.rcvNxt) {
+		need += tcpBudgetSlack + 2*int64(c.rcvEdge-c.rcvNxt)
+	}
+	if need < c.charge {
+		c.env.uncharge(c.charge - need)
+		c.charge = need
+	}
 }
 
 // flush writes held payload to the socket, releasing the frames it took,
@@ -144,6 +241,7 @@ func (c *tcpConn) flush() {
 		i := 0
 		for ; i < n && w >= len(c.pend[i].b); i++ {
 			w -= len(c.pend[i].b)
+			c.held -= cap(c.pend[i].f.Data)
 			c.pend[i].f.Release()
 		}
 		if i < len(c.pend) {
@@ -152,6 +250,7 @@ func (c *tcpConn) flush() {
 		m := copy(c.pend, c.pend[i:])
 		clear(c.pend[m:])
 		c.pend = c.pend[:m]
+		c.pendNew = max(c.pendNew-i, 0)
 		if i < n {
 			// The socket is full: keep the rest and wait for room.
 			if !c.heldTraced {
@@ -161,12 +260,17 @@ func (c *tcpConn) flush() {
 				})
 			}
 			c.sock.arm(sockWritable)
+			c.compact()
+			c.trimCharge()
 			return
 		}
 	}
 	if c.heldTraced {
 		c.heldTraced = false
 		c.tracef(func() string { return "socket took the held bytes" })
+	}
+	if c.charge != 0 {
+		c.trimCharge()
 	}
 	if c.state&(tcpGuestFin|tcpSockShut) == tcpGuestFin && c.state&tcpClosed == 0 {
 		if e := nbsys.Shutdown(c.sock.fd, unix.SHUT_WR); e != 0 && e != unix.ENOTCONN {
@@ -209,7 +313,7 @@ func (c *tcpConn) rcvWindowRaw() int {
 	if c.rcvMax > 0 {
 		free = min(free, c.rcvMax)
 	}
-	return max(free, 0)
+	return max(c.budgetWindow(free), 0)
 }
 
 // rcvWindow returns the window field for our next segment and records the

@@ -128,6 +128,8 @@ type Config struct {
 	FlowLimit   int           // --flow-limit: most concurrent flows (default 65536)
 	UDPTimeout  time.Duration // --udp-timeout (default 180s)
 	ICMPTimeout time.Duration // --icmp-timeout (default 60s)
+	FlowBuffer  int64         // --flow-buffer: bytes one flow may hold (0: actors' default)
+	TotalBuffer int64         // --total-buffer: bytes all flows may hold (0: actors' default)
 
 	// Added by the command-line parser (additive; see conf/options.go).
 

@@ -601,6 +601,10 @@ func buildTable() []*option {
 			apply: flag(func(c *Config) { c.NoSandbox = true })},
 		{long: []string{"seccomp-debug"}, toml: tomlBool, help: "Debugging only: a system call outside the allowlist fails with EPERM (the kernel logs it) instead of killing gopasta",
 			apply: flag(func(c *Config) { c.SeccompDebug = true })},
+		{long: []string{"flow-buffer"}, hasArg: true, toml: tomlInt, argName: "BYTES", help: "Most guest data one flow may hold for the host (default: 16 MiB, at most an eighth of --total-buffer)",
+			apply: intOption(1<<40, 64<<10, func(c *Config, v uint64) { c.FlowBuffer = int64(v) })},
+		{long: []string{"total-buffer"}, hasArg: true, toml: tomlInt, argName: "BYTES", help: "Most guest data all flows together may hold for the host (default: 256 MiB)",
+			apply: intOption(1<<44, 1<<20, func(c *Config, v uint64) { c.TotalBuffer = int64(v) })},
 	}
 }
 

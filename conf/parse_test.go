@@ -397,7 +397,8 @@ func TestEveryOption(t *testing.T) {
 		"--map-host-loopback", "10.1.0.254", "--no-map-gw", "--map-guest-addr", "169.254.1.2",
 		"--no-icmp", "--no-dhcp", "--no-ndp", "--no-dhcpv6", "--no-ra",
 		"--userns", "/proc/1/ns/user", "--netns", "/proc/1/ns/net", "--no-netns-quit", "-F", "5",
-		"--flow-limit", "1000", "--udp-timeout", "30s", "--icmp-timeout", "5")
+		"--flow-limit", "1000", "--udp-timeout", "30s", "--icmp-timeout", "5",
+		"--flow-buffer", "1048576", "--total-buffer", "67108864")
 	checks := []struct {
 		name string
 		ok   bool
@@ -435,6 +436,7 @@ func TestEveryOption(t *testing.T) {
 		{"ns", c.UserNS == "/proc/1/ns/user" && c.NetNS == "/proc/1/ns/net" && !c.NetNSOnly && c.NoNetNSQuit},
 		{"fd", c.FD == 5 && c.OneOff},
 		{"gopasta", c.FlowLimit == 1000 && c.UDPTimeout == 30*time.Second && c.ICMPTimeout == 5*time.Second},
+		{"buffers", c.FlowBuffer == 1<<20 && c.TotalBuffer == 64<<20},
 	}
 	for _, ch := range checks {
 		if !ch.ok {

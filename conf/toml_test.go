@@ -30,6 +30,8 @@ dns = ["192.0.2.53"]
 netns = "/run/netns/x"
 quiet = true
 flow-limit = 100
+flow-buffer = 2097152
+total-buffer = 134217728
 udp-timeout = "30s"
 icmp-timeout = 5
 no-udp = false
@@ -39,7 +41,8 @@ mac-addr = "02:00:00:00:00:09"
 	c := mustParse(t, "pasta", "--config", file)
 	if !c.Foreground || c.MTU != 9000 || !c.MTUSet || !c.Quiet || c.FlowLimit != 100 ||
 		c.UDPTimeout != 30*time.Second || c.ICMPTimeout != 5*time.Second || c.NoUDP ||
-		c.OurMAC != [6]byte{2, 0, 0, 0, 0, 9} || c.ConfigFile != file {
+		c.OurMAC != [6]byte{2, 0, 0, 0, 0, 9} || c.ConfigFile != file ||
+		c.FlowBuffer != 2<<20 || c.TotalBuffer != 128<<20 {
 		t.Errorf("file values: %+v", c)
 	}
 	if c.Addr4 != netip.MustParsePrefix("10.0.2.100/24") || c.Addr6 != addr("fd00::2") {

@@ -1,0 +1,117 @@
+package actors
+
+import "github.com/gopasta/gopasta/link"
+
+// Memory budget, theory of operation.
+//
+// What the guest sends is held in the daemon whenever it cannot go on at
+// once: TCP payload waiting for room in its host socket (pend) or behind a
+// hole (ooo), UDP datagrams waiting in a binding's inbox, and the buffers a
+// binding's receiver keeps for recvmmsg. A guest chooses the sizes, so
+// counting frames bounds nothing: a frame read from the link sits in a
+// 64 KiB buffer whatever it carries. Everything held is therefore counted
+// by the bytes it keeps alive (the capacity of its buffers), against a
+// per-flow budget and one daemon-wide budget (Stats.BufferBytes, the
+// "buffer_bytes" statistic; --flow-buffer and --total-buffer).
+//
+// TCP may not simply drop what is over budget: a byte inside the window we
+// advertised must never be dropped (see tcp.go). So a flow reserves from
+// the daemon-wide budget, before it advertises a window, what the guest
+// could make it hold by filling that window, and the window is shrunk to
+// what the reservation covers. To make that bound tight, held payload is
+// kept in right-sized buffers (link.GetBuffer): a held segment whose frame
+// is less than half used is copied, and in-order pieces are packed one
+// after another (tcpConn.compact). Then n held bytes cost at most 2n plus a
+// constant per flow (tcpBudgetSlack), and a window W costs at most 2W more.
+// Copying rather than accounting the large buffers in full keeps the
+// window of a flow with small segments as large as a flow with full ones;
+// the copy is paid only for data that is actually held, and only when its
+// frame is mostly empty, which a bulk transfer's full-sized segments never
+// are.
+//
+// Only the guest's data that stays beyond one pass of the actor is
+// counted: the frames of one inbox drain (at most tcpDrain+1) are in
+// flight, like the frames in the inboxes, which are bounded by count.
+
+// Default budgets: a flow's is enough for a window larger than a Linux
+// socket's default largest send buffer; the daemon's lets 16 such flows run
+// at full window, and caps what a hostile guest can make the daemon hold.
+const (
+	DefaultFlowBuffer  = 16 << 20
+	DefaultTotalBuffer = 256 << 20
+)
+
+// tcpBudgetSlack is what a flow's held payload may cost beyond twice its
+// bytes: a minimum-sized buffer per out-of-order segment, the partly
+// filled last buffer of the packed in-order data and the partly written
+// first one.
+const tcpBudgetSlack = tcpMaxOOO*link.MinBufferSize + 2*link.SmallFrameSize
+
+// flowBuffer is the per-flow budget: as configured, but never more than
+// an eighth of the daemon-wide one, so that a few flows that reserve first
+// (see reserve) leave something to the others.
+func (e *Env) flowBuffer() int64 {
+	b := int64(DefaultFlowBuffer)
+	if e.Conf != nil && e.Conf.FlowBuffer > 0 {
+		b = e.Conf.FlowBuffer
+	}
+	return min(b, e.totalBuffer()/8)
+}
+
+// totalBuffer is the daemon-wide budget.
+func (e *Env) totalBuffer() int64 {
+	if e.Conf != nil && e.Conf.TotalBuffer > 0 {
+		return e.Conf.TotalBuffer
+	}
+	return DefaultTotalBuffer
+}
+
+// reserve grows a holder's share of the daemon-wide budget from have
+// towards want and returns the new share (never less than have). A holder
+// takes at most half of what is free at a time, so that one flow that asks
+// first cannot leave nothing to the others: the last flows to grow get
+// less, and everyone's share follows as held data drains.
+func (e *Env) reserve(have, want int64) int64 {
+	if want <= have {
+		return have
+	}
+	limit := e.totalBuffer()
+	for {
+		used := e.Stats.BufferBytes.Load()
+		free := limit - used
+		grow := want - have
+		if free < 2*tcpBudgetSlack {
+			grow = min(grow, free)
+		} else {
+			grow = min(grow, free/2)
+		}
+		if grow <= 0 {
+			return have
+		}
+		if e.Stats.BufferBytes.CompareAndSwap(used, used+grow) {
+			return have + grow
+		}
+	}
+}
+
+// charge takes n bytes of the daemon-wide budget if they are free, for a
+// holder that may drop instead (UDP).
+func (e *Env) charge(n int64) bool {
+	limit := e.totalBuffer()
+	for {
+		used := e.Stats.BufferBytes.Load()
+		if used+n > limit {
+			return false
+		}
+		if e.Stats.BufferBytes.CompareAndSwap(used, used+n) {
+			return true
+		}
+	}
+}
+
+// uncharge gives n bytes back to the daemon-wide budget.
+func (e *Env) uncharge(n int64) {
+	if n != 0 {
+		e.Stats.BufferBytes.Add(-n)
+	}
+}
