@@ -304,3 +304,104 @@ func TestTCPBudgetDaemonWide(t *testing.T) {
 		t.Fatalf("%d bytes still counted after every flow ended", got)
 	}
 }
+
+// TestInboxBytes: a UDP inbox is bounded by the bytes its frames keep
+// alive, charged to the daemon-wide budget until the actor takes them.
+func TestInboxBytes(t *testing.T) {
+	env := &Env{Conf: &conf.Config{TotalBuffer: 4 << 20}}
+	ib := newBudgetInbox(env, udpInboxLimit, 1<<20)
+	n := 0
+	for ; n < udpInboxLimit; n++ {
+		f := link.GetFrame(link.MaxFrameSize) // a 64 KiB datagram
+		if !ib.Push(f) {
+			f.Release()
+			break
+		}
+	}
+	if want := (1 << 20) / link.MaxFrameSize; n != want {
+		t.Fatalf("%d 64 KiB frames queued, want %d (1 MiB)", n, want)
+	}
+	if got := env.Stats.BufferBytes.Load(); got != int64(n*link.MaxFrameSize) {
+		t.Fatalf("budget charged %d for %d frames", got, n)
+	}
+	// Small frames still fit where a large one does not.
+	small := link.GetFrame(100)
+	if !ib.Push(small) {
+		t.Fatal("a small frame refused below the byte limit")
+	}
+	// The daemon-wide budget binds the inboxes together.
+	others := []*Inbox{newBudgetInbox(env, udpInboxLimit, 1<<20), newBudgetInbox(env, udpInboxLimit, 1<<20), newBudgetInbox(env, udpInboxLimit, 1<<20), newBudgetInbox(env, udpInboxLimit, 1<<20)}
+	total := 0
+	for _, o := range others {
+		for {
+			f := link.GetFrame(link.MaxFrameSize)
+			if !o.Push(f) {
+				f.Release()
+				break
+			}
+			total++
+		}
+	}
+	if got := env.Stats.BufferBytes.Load(); got > 4<<20 {
+		t.Fatalf("inboxes hold %d bytes, daemon-wide budget %d", got, 4<<20)
+	}
+	for _, q := range append(others, ib) {
+		for _, f := range q.Take(nil) {
+			f.Release()
+		}
+	}
+	if got := env.Stats.BufferBytes.Load(); got != 0 {
+		t.Fatalf("%d bytes still charged after every frame was taken", got)
+	}
+}
+
+// TestUDPStashCharged: a binding's receive buffers are charged to the
+// budget while it keeps them and given back once it is quiet.
+func TestUDPStashCharged(t *testing.T) {
+	te := newUDPTestEnv(t, &conf.Config{TotalBuffer: 1 << 20, UDPTimeout: 200 * time.Millisecond})
+	echo := udpEcho(t, "127.0.0.1:0")
+	gport := freeUDPPort(t, "127.0.0.1:0")
+	guest := netip.AddrPortFrom(tGuest4, gport)
+	far := netip.AddrPortFrom(tGW4, echo.Port())
+	h := StartUDP(te.Env, udpKey(guest, far), guestUDP(t, guest, far, []byte("first")))
+	if h == nil {
+		t.Fatal("StartUDP returned nil")
+	}
+	for i := range 100 {
+		if i > 0 {
+			put(t, h, guestUDP(t, guest, far, []byte("again")))
+		}
+		te.readGuest(t, 2*time.Second)
+	}
+	if got := te.Env.Stats.BufferBytes.Load(); got <= 0 || got > 1<<20+link.MaxFrameSize {
+		t.Fatalf("a receiving binding charges %d bytes", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for te.Env.Stats.BufferBytes.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d bytes still charged once the binding was quiet", te.Env.Stats.BufferBytes.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestICMPSpareFreed: an echo flow keeps no receive buffer between
+// replies.
+func TestICMPSpareFreed(t *testing.T) {
+	inPrivateNetns(t)
+	setPingGroupRange(t, "0 2147483647")
+	te := newUDPTestEnv(t, nil)
+	k := echoKey(false, tGuest4, 99, tGW4)
+	h := StartICMP(te.Env, k, guestFrame(t, tGuest4, tGW4, wire.ProtoICMP, guestEcho(t, tGuest4, tGW4, 99, 1, []byte("ping"))))
+	if h == nil {
+		t.Fatal("StartICMP returned nil")
+	}
+	te.readGuest(t, 2*time.Second)
+	deadline := time.Now().Add(2 * time.Second)
+	for te.Env.Stats.BufferBytes.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("an idle echo flow keeps %d bytes", te.Env.Stats.BufferBytes.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

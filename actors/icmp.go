@@ -131,9 +131,6 @@ func (a *icmpActor) run() {
 			a.log.WithField("panic", r).Error("icmp: actor panicked")
 		}
 		a.sock.close()
-		if a.spare != nil {
-			a.spare.Release()
-		}
 		a.env.Stats.ICMPFlows.Add(-1)
 		select {
 		case a.env.Ended <- a.h:
@@ -230,9 +227,21 @@ func (a *icmpActor) receive() {
 	}
 	hl := wire.EthernetLen + ipLen
 	maxLen := min(linkMTU(a.env), 65535) - ipLen
+	// The receive buffer is kept for the next reply of this wakeup only:
+	// an echo flow lives a minute after its last request, and a guest
+	// can open one per identifier. While it exists it is charged to the
+	// budget (budget.go), even over it: a flow must be able to receive.
+	defer func() {
+		if a.spare != nil {
+			a.env.uncharge(int64(cap(a.spare.Data)))
+			a.spare.Release()
+			a.spare = nil
+		}
+	}()
 	for i := range 64 {
 		if a.spare == nil {
 			a.spare = link.GetFrame(hl + maxLen)
+			a.env.Stats.BufferBytes.Add(int64(cap(a.spare.Data)))
 		}
 		f := a.spare
 		var from unix.RawSockaddrInet6
@@ -273,6 +282,7 @@ func (a *icmpActor) receive() {
 			wire.IPv4(f.Data[wire.EthernetLen:]).SetHeader(ipLen+n, m.Seq(), defaultTTL, wire.ProtoICMP, s, d)
 			m.SetChecksum(wire.Fold(wire.Checksum(m, 0)))
 		}
+		a.env.uncharge(int64(cap(f.Data)))
 		a.spare = nil
 		UDPStats.EchoReplies.Add(1)
 		a.h.Stats.FarSegs.Add(1)

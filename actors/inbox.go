@@ -8,7 +8,8 @@ import (
 
 // Inbox is an actor's queue of guest frames whose memory follows the
 // backlog: empty, it holds nothing; while the actor is behind, it grows up
-// to a limit of frames, and Push refuses beyond that.
+// to a limit of frames and of bytes (the buffers the frames keep alive: a
+// guest chooses the datagrams' sizes), and Push refuses beyond that.
 //
 // Why not a channel: the hand-over from the dispatcher to an actor is the
 // one buffer on the datagram path that has no kernel behind it, and it must
@@ -36,6 +37,13 @@ type Inbox struct {
 	mu    sync.Mutex
 	q     []*link.Frame
 	limit int
+
+	// With env set, the queue is also bounded by the bytes its frames
+	// keep alive: at most maxBytes, charged to env's daemon-wide budget
+	// (budget.go) until the consumer takes them.
+	env      *Env
+	maxBytes int64
+	bytes    int64
 }
 
 // NewInbox returns an empty Inbox that holds at most limit frames.
@@ -43,13 +51,25 @@ func NewInbox(limit int) *Inbox {
 	return &Inbox{Ready: make(chan struct{}, 1), limit: limit}
 }
 
+// newBudgetInbox returns an empty Inbox that holds at most limit frames
+// and maxBytes bytes of buffers, charged to env's budget.
+func newBudgetInbox(env *Env, limit int, maxBytes int64) *Inbox {
+	ib := NewInbox(limit)
+	ib.env, ib.maxBytes = env, maxBytes
+	return ib
+}
+
 // Push queues f and reports whether it did; when the inbox is full the
 // caller keeps f. It never blocks on the consumer.
 func (ib *Inbox) Push(f *link.Frame) bool {
+	size := int64(cap(f.Data))
 	ib.mu.Lock()
-	if len(ib.q) >= ib.limit {
+	if len(ib.q) >= ib.limit || ib.env != nil && (ib.bytes+size > ib.maxBytes || !ib.env.charge(size)) {
 		ib.mu.Unlock()
 		return false
+	}
+	if ib.env != nil {
+		ib.bytes += size
 	}
 	ib.q = append(ib.q, f)
 	first := len(ib.q) == 1
@@ -74,6 +94,10 @@ func (ib *Inbox) Take(spare []*link.Frame) []*link.Frame {
 	ib.mu.Lock()
 	q := ib.q
 	ib.q = spare[:0]
+	if ib.bytes != 0 {
+		ib.env.uncharge(ib.bytes)
+		ib.bytes = 0
+	}
 	ib.mu.Unlock()
 	return q
 }

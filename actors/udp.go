@@ -133,13 +133,14 @@ type udpBinding struct {
 	rxAtSweep int64 // actor's
 
 	// The receiver's state, under rxMu.
-	rxMu   sync.Mutex
-	ipID   uint16
-	want   int // frames offered to the next recvmmsg
-	stash  [udpBatch]*link.Frame
-	out    [udpBatch]*link.Frame // a batch's frames for the guest, handed to the Writer
-	rx     *mmsgBatch
-	rxDone chan struct{} // closed when the receiver has returned
+	rxMu       sync.Mutex
+	ipID       uint16
+	want       int // frames offered to the next recvmmsg
+	stash      [udpBatch]*link.Frame
+	stashBytes int64                 // what stash keeps alive, charged to the budget
+	out        [udpBatch]*link.Frame // a batch's frames for the guest, handed to the Writer
+	rx         *mmsgBatch
+	rxDone     chan struct{} // closed when the receiver has returned
 
 	closing atomic.Bool // the actor is shutting down: the receiver stops
 	errMu   sync.Mutex  // errBuf, oob: drainErrors runs on both goroutines
@@ -168,7 +169,7 @@ func newBinding(env *Env, v6 bool, sock *dgramSock) *udpBinding {
 	}
 	b := &udpBinding{
 		env: env, sock: sock, v6: v6, timeout: timeout,
-		in:         NewInbox(udpInboxLimit),
+		in:         newBudgetInbox(env, udpInboxLimit, env.flowBuffer()),
 		flows:      make(map[Key]*udpFlow),
 		byHost:     make(map[netip.AddrPort]*udpFlow),
 		maxPayload: maxUDPPayload(env, v6),
@@ -185,7 +186,8 @@ func newBinding(env *Env, v6 bool, sock *dgramSock) *udpBinding {
 	return b
 }
 
-// udpInboxLimit bounds a binding's backlog of guest datagrams: 400 ms at
+// udpInboxLimit bounds a binding's backlog of guest datagrams (and the
+// flow budget the bytes their buffers keep alive): 400 ms at
 // 10k datagrams/s, more than the host socket buffers (setBufs) hold, so
 // that a binding's actor falling behind for a while, as it does on a
 // loaded machine, loses nothing the rest of the path would have kept.
@@ -505,6 +507,8 @@ func (b *udpBinding) releaseStash() {
 			b.stash[i] = nil
 		}
 	}
+	b.env.uncharge(b.stashBytes)
+	b.stashBytes = 0
 	b.want = 4
 }
 
@@ -818,7 +822,21 @@ func (b *udpBinding) receive() {
 		k := b.want
 		for i := 0; i < k; i++ {
 			if b.stash[i] == nil {
-				b.stash[i] = link.GetFrame(b.hdrLen + b.maxPayload)
+				// Buffers are charged to the budget; beyond it the
+				// batch is smaller (the socket buffer holds the rest),
+				// but never empty: a binding must be able to receive.
+				f := link.GetFrame(b.hdrLen + b.maxPayload)
+				size := int64(cap(f.Data))
+				if !b.env.charge(size) {
+					if i > 0 {
+						f.Release()
+						k = i
+						break
+					}
+					b.env.Stats.BufferBytes.Add(size)
+				}
+				b.stashBytes += size
+				b.stash[i] = f
 			}
 			d := b.stash[i].Data
 			rx.iovs[i].Base = &d[b.hdrLen]
@@ -924,6 +942,8 @@ func (b *udpBinding) deliver(i int, now int64) *link.Frame {
 	}
 	f := b.stash[i]
 	b.stash[i] = nil
+	b.stashBytes -= int64(cap(f.Data))
+	b.env.uncharge(int64(cap(f.Data)))
 	f.Data = f.Data[:b.hdrLen+n]
 	b.ipID++
 	writeUDPHeaders(b.env, f.Data, far, dst, n, b.ipID)
