@@ -29,6 +29,13 @@ import "github.com/gopasta/gopasta/link"
 // frame is mostly empty, which a bulk transfer's full-sized segments never
 // are.
 //
+// A reservation is only worth what it lets the guest send, and a flow
+// that never fills its window does not need it: an idle connection
+// reserving for the window its socket could take would leave nothing for
+// the flows that move data. So, as Linux's receive-window autotuning does,
+// a flow offers at most tcpInitWindow at first and doubles that each time
+// the guest sends into the last half of it (tcpConn.winCap).
+//
 // Only the guest's data that stays beyond one pass of the actor is
 // counted: the frames of one inbox drain (at most tcpDrain+1) are in
 // flight, like the frames in the inboxes, which are bounded by count.
@@ -40,6 +47,10 @@ const (
 	DefaultFlowBuffer  = 16 << 20
 	DefaultTotalBuffer = 256 << 20
 )
+
+// tcpInitWindow is the most a flow offers before the guest has filled a
+// window: what Linux offers at first.
+const tcpInitWindow = 64 << 10
 
 // tcpBudgetSlack is what a flow's held payload may cost beyond twice its
 // bytes: a minimum-sized buffer per out-of-order segment, the partly

@@ -185,14 +185,12 @@ func TestTCPBudgetWindowNoLoss(t *testing.T) {
 		win := edge - int(c.rcvNxt-base) + c.pendBytes
 		minWin, maxWin = min(minWin, win), max(maxWin, win)
 		var batch []*link.Frame
-		var seqs []int
 		for sent < edge && sent < len(data) && len(batch) < 64 {
 			n := min(1+rng.Intn(3000), edge-sent, len(data)-sent)
 			if rng.Intn(8) == 0 {
 				n = min(20000+rng.Intn(20000), edge-sent, len(data)-sent) // a mid-sized segment in a large buffer
 			}
 			batch = append(batch, segFrame(c, base+uint32(sent), data[sent:sent+n]))
-			seqs = append(seqs, sent)
 			sent += n
 		}
 		for i := 0; i+1 < len(batch); i += 2 {

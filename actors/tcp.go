@@ -162,6 +162,8 @@ type tcpConn struct {
 	ooo       []tcpSeg // beyond a hole, sorted by sequence
 	held      int      // capacity of the buffers of pend and ooo (budget.go)
 	charge    int64    // this flow's share of Stats.BufferBytes
+	winCap    int      // largest window the guest has shown it needs (budget.go)
+	capEdge   uint32   // rcvEdge when winCap last grew
 	ackDue    bool     // something to acknowledge, if the ACK says anything new
 	ackForce  bool     // send the ACK even if it repeats the last one
 	ackSent   uint32   // acknowledgement number of the last segment sent
@@ -240,7 +242,7 @@ func StartTCP(env *Env, k Key, f *link.Frame) *Handle {
 }
 
 func newTCPConn(env *Env, h *Handle, k Key, inbound bool) *tcpConn {
-	c := &tcpConn{env: env, h: h, key: k, inbound: inbound, rto: tcpRTOInit, rcvWS: -1}
+	c := &tcpConn{env: env, h: h, key: k, inbound: inbound, rto: tcpRTOInit, rcvWS: -1, winCap: tcpInitWindow}
 	c.tmpl.init(env.Peer.OurMAC, k.Far, k.Guest)
 	c.linkMTU = 65520
 	if env.Conf != nil && env.Conf.MTU > 0 {

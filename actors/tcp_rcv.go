@@ -76,6 +76,11 @@ func (c *tcpConn) accept(f *link.Frame, payload []byte, fin bool) bool {
 		c.held += cap(f.Data)
 		c.rcvNxt += uint32(len(payload))
 		kept = true
+		if c.rcvNxt == c.rcvEdge {
+			// The window is full: say so even if the socket took
+			// nothing, so that the guest knows it is closed.
+			c.ackForce = true
+		}
 	}
 	if fin {
 		c.setState(c.state|tcpGuestFin, "FIN from the guest")
@@ -269,6 +274,13 @@ func (c *tcpConn) flush() {
 		c.heldTraced = false
 		c.tracef(func() string { return "socket took the held bytes" })
 	}
+	if int(c.rcvEdge-c.rcvNxt) < c.winCap/2 && c.winCap < tcpMaxWindow && c.rcvEdge != c.capEdge {
+		// The socket took everything and the guest used most of the
+		// window we offered: it could use more. Once per window offered;
+		// never while the socket is full, which limits the flow anyway.
+		c.winCap *= 2
+		c.capEdge = c.rcvEdge
+	}
 	if c.charge != 0 {
 		c.trimCharge()
 	}
@@ -313,6 +325,7 @@ func (c *tcpConn) rcvWindowRaw() int {
 	if c.rcvMax > 0 {
 		free = min(free, c.rcvMax)
 	}
+	free = min(free, c.winCap)
 	return max(c.budgetWindow(free), 0)
 }
 
