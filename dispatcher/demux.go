@@ -162,15 +162,23 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 
 // take returns the frame s[i] ready for an actor, with its offsets set.
 // A frame that fits the small size class is copied, leaving the large
-// buffer in its slot for the reader; a bigger one changes hands and leaves
-// its slot empty.
+// buffer in its slot for the reader; so is one that would use less than
+// half of it, into a right-sized buffer (link.GetBuffer): what an actor
+// queues or holds then keeps alive at most twice its bytes, whatever
+// sizes the guest picks. A frame that fills most of its buffer changes
+// hands and leaves its slot empty.
 func (d *Dispatcher) take(s []*link.Frame, i int, p *wire.Parsed) *link.Frame {
 	f := s[i]
-	if len(f.Data) <= link.SmallFrameSize {
+	switch {
+	case len(f.Data) <= link.SmallFrameSize:
 		g := link.GetFrame(len(f.Data))
 		copy(g.Data, f.Data)
 		f = g
-	} else {
+	case 2*len(f.Data) < cap(f.Data):
+		g := link.GetBuffer(len(f.Data))
+		copy(g.Data, f.Data)
+		f = g
+	default:
 		s[i] = nil
 	}
 	f.L3, f.L4, f.Payload = p.L3, p.L4, p.Payload
