@@ -22,8 +22,10 @@ package actors
 //     whatever the guest sends inside it is kept (the frames are held in the
 //     actor) until the socket takes it: no byte inside an advertised window
 //     is ever dropped. Dropping the tail of a partial write is what makes
-//     pasta collapse namespace->host on small machines; holding the frames
-//     costs nothing but the frames themselves.
+//     pasta collapse namespace->host on small machines. What is held costs
+//     memory the guest chooses the shape of, so it is counted by the bytes
+//     it keeps alive against a per-flow and a daemon-wide budget, and the
+//     window shrinks before the budget could be exceeded (budget.go).
 //
 //   - The actor waits in one select on its inbox, its socket's readiness
 //     (from the shared edge-triggered epoll, tcp_poll.go, armed only when it

@@ -10,10 +10,11 @@ import (
 )
 
 // Guest -> host: the guest's payload is accepted in sequence into pend,
-// holding its frames, and written to the socket with one sendmsg per inbox
-// drain. The guest is acknowledged only for bytes the socket took, and the
+// holding its frames (or, for what stays, right-sized copies: compact), and
+// written to the socket with one sendmsg per inbox drain. The guest is acknowledged only for bytes the socket took, and the
 // window offered to it is the socket's free send space less what we hold,
-// never moving its right edge backwards. Whatever arrives inside that edge
+// never moving its right edge backwards, and no larger than the flow's
+// memory budget covers (budgetWindow). Whatever arrives inside that edge
 // is kept until written, however long the socket stays full: this is the
 // difference from pasta, which drops the tail of a partial write and makes
 // the guest wait out a retransmission timeout.
