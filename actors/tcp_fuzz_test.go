@@ -18,7 +18,8 @@ import (
 // lengths, each handed to the flow as the dispatcher would (run inline or
 // queued). Whatever the script does, the flow must not panic, every frame
 // it sends the guest must pass a strict parse (lengths, checksums), and
-// it must end when the daemon shuts down, leaving no actor behind.
+// it must end when the daemon shuts down, leaving no actor behind and
+// nothing counted against the buffer budget.
 //
 // A script record is 9 bytes: flags, seq offset (int16, from the guest's
 // next sequence), ack offset (int16, from what the guest has received),
@@ -103,6 +104,10 @@ func FuzzTCPGuestSegments(f *testing.F) {
 		}
 		if n := te.env.Stats.Panics.Load(); n != 0 {
 			t.Fatalf("%d panics", n)
+		}
+		// Whatever the flow held or reserved, it gave back.
+		if n := te.env.Stats.BufferBytes.Load(); n != 0 {
+			t.Fatalf("%d bytes of the buffer budget still counted after the flow ended", n)
 		}
 	})
 }
