@@ -148,6 +148,8 @@ type Env struct {
 	// Trace, if set, streams the trace lines of the flows its
 	// subscribers select (gopasta ctl trace); nil traces nothing.
 	Trace *flowtrace.Hub
+
+	budgetFlows atomic.Int64 // TCP flows with a share of the buffer budget
 }
 
 // Stats are counters for the actors, reported in logs and by tests.

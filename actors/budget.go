@@ -77,16 +77,27 @@ func (e *Env) totalBuffer() int64 {
 	return DefaultTotalBuffer
 }
 
-// reserve grows a holder's share of the daemon-wide budget from have
-// towards want and returns the new share (never less than have). A holder
-// takes at most half of what is free at a time, so that one flow that asks
-// first cannot leave nothing to the others: the last flows to grow get
-// less, and everyone's share follows as held data drains.
+// reserve grows a TCP flow's share of the daemon-wide budget from have
+// towards want and returns the new share (never less than have). A flow
+// takes at most half of what is free at a time, and grows no further than
+// an equal share of the budget among the flows holding one, so that the
+// flows that ask first cannot leave nothing to the others: a flow above
+// its share shrinks to it as the guest uses its window (the right edge
+// never moves back, so that takes a window's worth of data), and a flow
+// whose window was starved looks again (tcpConn.budgetAt).
 func (e *Env) reserve(have, want int64) int64 {
 	if want <= have {
 		return have
 	}
 	limit := e.totalBuffer()
+	n := e.budgetFlows.Load()
+	if have == 0 {
+		n++
+	}
+	want = min(want, max(limit/max(n, 1), have))
+	if want <= have {
+		return have
+	}
 	for {
 		used := e.Stats.BufferBytes.Load()
 		free := limit - used

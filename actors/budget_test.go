@@ -403,3 +403,43 @@ func TestICMPSpareFreed(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestTCPBudgetStarvedFlowReopens: a flow whose window the daemon-wide
+// budget left too small looks again by itself, and offers the guest a
+// larger window once other flows have given budget back.
+func TestTCPBudgetStarvedFlowReopens(t *testing.T) {
+	const total = 1 << 20
+	env := budgetEnv(t, 0, total)
+	var cs []*tcpConn
+	for i := range 16 {
+		c, _ := budgetFlow(t, env, uint16(43000+i), 4<<20)
+		cs = append(cs, c)
+	}
+	if got := env.Stats.BufferBytes.Load(); got > total {
+		t.Fatalf("reserved %d, budget %d", got, total)
+	}
+	last := cs[len(cs)-1]
+	if last.budgetAt.IsZero() {
+		t.Fatalf("the last flow (window %d) is not waiting for budget", last.rcvEdge-last.rcvNxt)
+	}
+	before := last.rcvEdge - last.rcvNxt
+	for _, c := range cs[:8] {
+		c.finish()
+	}
+	last.now = last.budgetAt
+	last.onTimer()
+	after := last.rcvEdge - last.rcvNxt
+	if after <= before || int(after) < tcpInitWindow/2 {
+		t.Fatalf("window %d before, %d after budget came free", before, after)
+	}
+	sharing, sum := int64(0), int64(0)
+	for _, c := range cs[8:] {
+		if c.charge > 0 {
+			sharing++
+		}
+		sum += c.charge
+	}
+	if n := env.budgetFlows.Load(); n != sharing || env.Stats.BufferBytes.Load() != sum {
+		t.Fatalf("%d flows counted as sharing the budget (%d do), %d bytes (flows: %d)", n, sharing, env.Stats.BufferBytes.Load(), sum)
+	}
+}

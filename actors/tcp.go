@@ -186,6 +186,8 @@ type tcpConn struct {
 	retries   int
 	persistAt time.Time
 	hsAt      time.Time // handshake deadline
+	budgetAt  time.Time // look again for budget to reopen a starved window
+	budgetDly time.Duration
 	lastAct   time.Time
 	rttOn     bool
 	rttSeq    uint32
@@ -406,7 +408,7 @@ func (c *tcpConn) onSocket() {
 // far less than that.
 func (c *tcpConn) armTimer() {
 	next := c.lastAct.Add(tcpActTimeout)
-	for _, t := range [...]time.Time{c.rtoAt, c.persistAt, c.hsAt, c.ackAt} {
+	for _, t := range [...]time.Time{c.rtoAt, c.persistAt, c.hsAt, c.ackAt, c.budgetAt} {
 		if !t.IsZero() && t.Before(next) {
 			next = t
 		}
@@ -545,6 +547,17 @@ func (c *tcpConn) onTimer() {
 		c.sendFlagsSeq(c.sndUna-1, wire.TCPAck, c.lastWin)
 		c.persistAt = now.Add(min(c.rto*2, tcpRTOMax))
 	}
+	if c.state&tcpClosed == 0 && !c.budgetAt.IsZero() && !now.Before(c.budgetAt) {
+		// Our window was held small for want of budget, and nothing the
+		// guest sends may come to reopen it: see whether budget is free.
+		c.budgetAt = time.Time{}
+		if c.state&tcpEstablished != 0 {
+			if w := c.rcvWindow(); w > c.winSent {
+				c.ackDue, c.ackForce = true, true
+				c.output()
+			}
+		}
+	}
 	if c.state&tcpClosed == 0 && now.Sub(c.lastAct) >= tcpActTimeout {
 		c.reset("inactivity timeout")
 	}
@@ -624,8 +637,7 @@ func (c *tcpConn) finish() {
 	}
 	c.pend, c.ooo = nil, nil
 	c.held = 0
-	c.env.uncharge(c.charge)
-	c.charge = 0
+	c.setCharge(0)
 	if c.timer != nil {
 		c.timer.Stop()
 	}

@@ -2,6 +2,7 @@ package actors
 
 import (
 	"strconv"
+	"time"
 
 	"github.com/gopasta/gopasta/link/nbsys"
 	"golang.org/x/sys/unix"
@@ -205,10 +206,40 @@ func (c *tcpConn) budgetWindow(w int) int {
 	}
 	want := min(int64(c.held)+tcpBudgetSlack+2*ahead, c.env.flowBuffer())
 	if want > c.charge {
-		c.charge = c.env.reserve(c.charge, want)
+		c.setCharge(c.env.reserve(c.charge, want))
 	}
 	room := (c.charge - int64(c.held) - tcpBudgetSlack) / 2
-	return min(w, c.pendBytes+int(max(room, 0)))
+	w = min(w, c.pendBytes+int(max(room, 0)))
+	switch {
+	case c.charge >= want:
+		c.budgetAt, c.budgetDly = time.Time{}, 0
+	case w < tcpInitWindow/2 && c.budgetAt.IsZero():
+		// Starved by the daemon-wide budget, with too small a window
+		// for the guest's data to bring us back here soon: look again
+		// later, less often the longer it lasts.
+		c.budgetDly = min(max(2*c.budgetDly, tcpBudgetRetry), time.Second)
+		c.budgetAt = c.now.Add(c.budgetDly)
+	}
+	return w
+}
+
+// tcpBudgetRetry is the first delay before a starved flow looks again.
+const tcpBudgetRetry = 10 * time.Millisecond
+
+// setCharge sets the flow's share of the daemon-wide budget to n, giving
+// back or counting the difference (reserve already took it), and keeps
+// the count of flows sharing the budget.
+func (c *tcpConn) setCharge(n int64) {
+	switch {
+	case c.charge == 0 && n > 0:
+		c.env.budgetFlows.Add(1)
+	case c.charge > 0 && n == 0:
+		c.env.budgetFlows.Add(-1)
+	}
+	if n < c.charge {
+		c.env.uncharge(c.charge - n)
+	}
+	c.charge = n
 }
 
 // trimCharge gives back the part of the flow's reservation that neither
@@ -219,8 +250,7 @@ func (c *tcpConn) trimCharge() {
 		need += tcpBudgetSlack + 2*int64(c.rcvEdge-c.rcvNxt)
 	}
 	if need < c.charge {
-		c.env.uncharge(c.charge - need)
-		c.charge = need
+		c.setCharge(need)
 	}
 }
 
