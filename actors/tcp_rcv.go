@@ -249,7 +249,9 @@ func (c *tcpConn) trimCharge() {
 	if seqGT(c.rcvEdge, c.rcvNxt) {
 		need += tcpBudgetSlack + 2*int64(c.rcvEdge-c.rcvNxt)
 	}
-	if need < c.charge {
+	if need < c.charge-tcpBudgetSlack || need == 0 {
+		// Not for every byte the socket takes: a request/response flow
+		// would give back and take again at every exchange.
 		c.setCharge(need)
 	}
 }
