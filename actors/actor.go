@@ -150,6 +150,13 @@ type Env struct {
 	Trace *flowtrace.Hub
 
 	budgetFlows atomic.Int64 // TCP flows with a share of the buffer budget
+	// Limits are the descriptor budget and the cap on pending connects
+	// (limits.go); the zero value limits nothing.
+	Limits Limits
+	// TableFlows is the number of flows in the dispatcher's table, which
+	// the dispatcher keeps up to date, so that inbound flows accepted on
+	// listeners are held to the same --flow-limit as the guest's.
+	TableFlows atomic.Int64
 }
 
 // Stats are counters for the actors, reported in logs and by tests.

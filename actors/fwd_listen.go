@@ -75,7 +75,19 @@ func (f *forwarder) tcpSpliceIn(fw tcpForward) func(fd int, client netip.AddrPor
 // spliceConnect starts a non-blocking connect of nfd to dst and hands both
 // sockets to a splice pair; a connect refused (at once, or later) goes on
 // to alt if there is one, and otherwise resets the client.
+//
+// The pair takes fdsSplice descriptors from env's budget (its sockets and
+// the pipes its pumps will open) until it ends; without room, the client
+// is reset at once.
 func spliceConnect(env *Env, fd, nfd int, dst netip.AddrPort, alt *spliceAlt) {
+	if env != nil && !env.Limits.takeFDs(fdsSplice) {
+		tcpRefusedLog.Warnf(env.Log.WithField("splice", dst.String()), "splice: descriptor budget spent (%d), resetting new connections", env.Limits.fdMax.Load())
+		SpliceStats.TCPResets.Add(1)
+		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+		unix.Close(fd)
+		unix.Close(nfd)
+		return
+	}
 	err := unix.Connect(nfd, sockaddrOf(dst))
 	if err == unix.ECONNREFUSED && alt != nil {
 		if afd, aerr := alt.dial(); aerr == nil {
@@ -90,6 +102,9 @@ func spliceConnect(env *Env, fd, nfd int, dst netip.AddrPort, alt *spliceAlt) {
 		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		unix.Close(fd)
 		unix.Close(nfd)
+		if env != nil {
+			env.Limits.giveFDs(fdsSplice)
+		}
 		return
 	}
 	startSplice(env, fd, nfd, alt)

@@ -49,6 +49,10 @@ type icmpActor struct {
 	oob     []byte
 }
 
+// icmpSocketLog rate-limits the warnings about ping sockets that could
+// not be had: out of descriptors, they would come once an echo request.
+var icmpSocketLog RateLog
+
 // StartICMP is called by the dispatcher for an ICMP or ICMPv6 echo request
 // from the guest that matches no flow; see StartTCP for the contract.
 func StartICMP(env *Env, k Key, f *link.Frame) *Handle {
@@ -59,6 +63,12 @@ func StartICMP(env *Env, k Key, f *link.Frame) *Handle {
 	v6 := k.Proto == wire.ProtoICMPv6
 	if !k.Guest.IsValid() || !k.Far.IsValid() || k.Guest.Addr().Is6() != v6 || k.Far.Addr().Is6() != v6 {
 		UDPStats.EchoDropped.Add(1)
+		f.Release()
+		return nil
+	}
+	if !env.Limits.takeFDs(fdsICMP) {
+		UDPStats.EchoDropped.Add(1)
+		icmpSocketLog.Warnf(env.FlowLog(k), "icmp: descriptor budget spent (%d), dropping echo requests of new flows", env.Limits.fdMax.Load())
 		f.Release()
 		return nil
 	}
@@ -95,6 +105,7 @@ func StartICMP(env *Env, k Key, f *link.Frame) *Handle {
 		return nil
 	})
 	if err != nil {
+		env.Limits.giveFDs(fdsICMP)
 		UDPStats.EchoDropped.Add(1)
 		if err == unix.EACCES || err == unix.EPERM {
 			pingWarn.Do(func() {
@@ -102,7 +113,7 @@ func StartICMP(env *Env, k Key, f *link.Frame) *Handle {
 					`allow them with: sysctl -w net.ipv4.ping_group_range="0 2147483647"`)
 			})
 		} else {
-			env.FlowLog(k).WithError(err).Warn("icmp: cannot open ping socket")
+			icmpSocketLog.Warnf(env.FlowLog(k).WithError(err), "icmp: cannot open ping socket: %v", err)
 		}
 		f.Release()
 		return nil
@@ -131,6 +142,7 @@ func (a *icmpActor) run() {
 			a.log.WithField("panic", r).Error("icmp: actor panicked")
 		}
 		a.sock.close()
+		a.env.Limits.giveFDs(fdsICMP)
 		a.env.Stats.ICMPFlows.Add(-1)
 		select {
 		case a.env.Ended <- a.h:

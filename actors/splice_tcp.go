@@ -152,6 +152,7 @@ func (s *spliceSock) shut(reset bool) {
 
 // splicePair is two connected sockets joined by two pumps.
 type splicePair struct {
+	env   *Env // nil in some tests; else the pair holds fdsSplice of its budget
 	a, b  *spliceSock
 	left  atomic.Int32 // pumps still running
 	reset atomic.Bool
@@ -178,19 +179,22 @@ func startSplice(env *Env, accFD, connFD int, alt *spliceAlt) {
 	for _, fd := range []int{accFD, connFD} {
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
+	p := &splicePair{env: env}
 	a, err := newSpliceSock(accFD)
 	if err != nil {
 		unix.Close(accFD)
 		unix.Close(connFD)
+		p.giveFDs()
 		return
 	}
 	b, err := newSpliceSock(connFD)
 	if err != nil {
 		a.shut(true)
 		unix.Close(connFD)
+		p.giveFDs()
 		return
 	}
-	p := &splicePair{a: a, b: b}
+	p.a, p.b = a, b
 	SpliceStats.TCPOpened.Add(1)
 	SpliceStats.TCPActive.Add(1)
 	p.left.Store(2)
@@ -201,6 +205,7 @@ func startSplice(env *Env, accFD, connFD int, alt *spliceAlt) {
 				p.a.shut(true)
 				p.b.shut(false)
 				SpliceStats.TCPActive.Add(-1)
+				p.giveFDs()
 				return
 			}
 			alt = nil
@@ -289,6 +294,15 @@ func (p *splicePair) done(failed bool) {
 		p.a.shut(false)
 		p.b.shut(false)
 		SpliceStats.TCPActive.Add(-1)
+		p.giveFDs()
+	}
+}
+
+// giveFDs returns the pair's descriptors to the budget, once every one of
+// them is closed.
+func (p *splicePair) giveFDs() {
+	if p.env != nil {
+		p.env.Limits.giveFDs(fdsSplice)
 	}
 }
 

@@ -13,6 +13,7 @@ package actors
 // writer's "dropped" count the same kind of loss on their edges.
 func StatsSnapshot(env *Env) map[string]uint64 {
 	s, u := &env.Stats, &UDPStats
+	fdMax, fdUsed := env.Limits.FDBudget()
 	return map[string]uint64{
 		"tcp_flows":              uint64(max(s.TCPFlows.Load(), 0)),
 		"tcp_opened":             s.TCPOpened.Load(),
@@ -25,6 +26,14 @@ func StatsSnapshot(env *Env) map[string]uint64 {
 		"buffer_bytes":           uint64(max(s.BufferBytes.Load(), 0)),
 		"tcp_beyond_window":      s.TCPBeyondWindow.Load(),
 		"tcp_ooo_dropped":        s.TCPOOODropped.Load(),
+		"fd_budget":              uint64(max(fdMax, 0)),
+		"fd_budget_used":         uint64(max(fdUsed, 0)),
+		"fd_budget_refused":      env.Limits.FDRefused.Load(),
+		"tcp_connecting":         uint64(max(env.Limits.Connecting(), 0)),
+		"tcp_connect_refused":    env.Limits.ConnectRefused.Load(),
+		"tcp_connect_timeouts":   env.Limits.ConnectTimeout.Load(),
+		"udp_bindings":           uint64(max(u.Bindings.Load(), 0)),
+		"udp_bindings_refused":   u.BindingsRefused.Load(),
 		"udp_sent":               u.Sent.Load(),
 		"udp_received":           u.Received.Load(),
 		"udp_malformed":          u.Malformed.Load(),

@@ -195,6 +195,11 @@ type tcpConn struct {
 	srtt      time.Duration
 	rttvar    time.Duration
 
+	// Limits (limits.go): descriptors taken from the budget, to give back
+	// at the end, and whether the flow counts as a pending connect.
+	fds            int
+	pendingConnect bool
+
 	frames [tcpMaxIov]*link.Frame
 
 	// Observability (tcp_trace.go): counters kept plainly here and
@@ -237,12 +242,38 @@ func StartTCP(env *Env, k Key, f *link.Frame) *Handle {
 		f.Release()
 		return nil
 	}
+	if !env.Limits.takeFDs(fdsTCP) {
+		tcpRefusedLog.Warnf(env.FlowLog(k), "tcp: descriptor budget spent (%d), resetting new connections", env.Limits.fdMax.Load())
+		env.Out.TrySend(tcpRSTFor(env, k, th, segEnd(f)-f.Payload))
+		f.Release()
+		return nil
+	}
+	if !env.Limits.startConnect() {
+		env.Limits.giveFDs(fdsTCP)
+		tcpRefusedLog.Warnf(env.FlowLog(k), "tcp: %d connects pending, resetting new connections", env.Limits.ConnectLimit())
+		env.Out.TrySend(tcpRSTFor(env, k, th, segEnd(f)-f.Payload))
+		f.Release()
+		return nil
+	}
 	h := NewHandle(k)
 	c := newTCPConn(env, h, k, false)
+	c.fds, c.pendingConnect = fdsTCP, true
 	env.Stats.TCPFlows.Add(1)
 	env.Stats.TCPOpened.Add(1)
 	go c.runOutbound(f)
 	return h
+}
+
+// tcpRefusedLog rate-limits the warnings about connections refused for
+// want of descriptors or over the cap on pending connects.
+var tcpRefusedLog RateLog
+
+// connectDone ends the flow's share of the pending connects, once.
+func (c *tcpConn) connectDone() {
+	if c.pendingConnect {
+		c.pendingConnect = false
+		c.env.Limits.endConnect()
+	}
 }
 
 func newTCPConn(env *Env, h *Handle, k Key, inbound bool) *tcpConn {
@@ -529,6 +560,11 @@ func (c *tcpConn) ackDelayable() bool {
 func (c *tcpConn) onTimer() {
 	now := c.now
 	if !c.hsAt.IsZero() && !now.Before(c.hsAt) {
+		if c.state&tcpConnecting != 0 {
+			c.env.Limits.ConnectTimeout.Add(1)
+			c.reset("connect timeout after " + tcpConnectTimeoutFor().String())
+			return
+		}
 		c.reset("handshake timeout after " + tcpHandshakeTimeout.String())
 		return
 	}
@@ -641,6 +677,9 @@ func (c *tcpConn) finish() {
 	if c.timer != nil {
 		c.timer.Stop()
 	}
+	c.connectDone()
+	c.env.Limits.giveFDs(c.fds)
+	c.fds = 0
 	c.publish()
 	c.traceEnd()
 	c.env.Stats.TCPFlows.Add(-1)
@@ -721,6 +760,9 @@ func (c *tcpConn) connect() error {
 		return nil
 	case unix.EINPROGRESS:
 		c.setState(tcpConnecting, "connecting to "+dst.String())
+		// The kernel would retry its SYN for minutes; the guest's own
+		// connect is long given up by then.
+		c.hsAt = c.now.Add(tcpConnectTimeoutFor())
 		// To a local or loopback peer the handshake has usually
 		// completed by the time connect returns: answer the guest now
 		// rather than after a round through the poller.
@@ -760,6 +802,7 @@ func bindOutbound(fd int, env *Env, v6 bool) error {
 
 // onConnected answers the guest's SYN once the host connection is up.
 func (c *tcpConn) onConnected() {
+	c.connectDone()
 	c.setState(tcpSynRcvd, "host connected, SYN,ACK to the guest")
 	c.sndUna, c.sndNxt, c.sndHigh = c.iss, c.iss+1, c.iss+1
 	c.sendSynAck()

@@ -208,6 +208,9 @@ func (l *tcpListener) run(env *Env) {
 	})
 }
 
+// acceptLog rate-limits the warnings of every acceptLoop.
+var acceptLog RateLog
+
 // acceptLoop accepts connections on the listening socket f, handing each to
 // handle, until f is closed or the daemon stops. Accept errors that mean
 // "out of descriptors or memory" are logged and waited out for 100 ms
@@ -238,7 +241,7 @@ func acceptLoop(env *Env, f *os.File, what string, handle func(nfd int, sa unix.
 			return
 		}
 		if aerr != nil {
-			env.Log.Warnf("accept on %s: %v", what, aerr)
+			acceptLog.Warnf(env.Log.WithField("listener", what), "accept on %s: %v", what, aerr)
 			select {
 			case <-time.After(100 * time.Millisecond):
 			case <-env.Ctx.Done():
@@ -285,19 +288,50 @@ func (l *tcpListener) accepted(env *Env, fd int, sa unix.Sockaddr) {
 		unix.Close(fd)
 		return
 	}
-	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	k := Key{Proto: wire.ProtoTCP, Guest: netip.AddrPortFrom(guest, l.fw.to), Far: far}
+	if !takeInbound(env, k) {
+		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+		unix.Close(fd)
+		return
+	}
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	s, err := newTCPSock(env, fd, false)
 	if err != nil {
+		env.Limits.giveFDs(fdsTCP)
 		unix.Close(fd)
 		return
 	}
 	h := NewHandle(k)
 	h.Inbound = true
 	c := newTCPConn(env, h, k, true)
+	c.fds = fdsTCP
 	c.sock = s
 	s.owner.Store(c)
 	env.Stats.TCPFlows.Add(1)
 	env.Stats.TCPOpened.Add(1)
 	go c.runInbound()
+}
+
+// takeInbound reports whether a new inbound flow fits: the flow table under
+// --flow-limit, as the guest's own flows, and the descriptor budget (it
+// then holds fdsTCP of it). A refusal is counted and logged, rate-limited.
+func takeInbound(env *Env, k Key) bool {
+	if limit := flowLimit(env); env.TableFlows.Load() >= limit {
+		env.Stats.Refused.Add(1)
+		tcpRefusedLog.Warnf(env.FlowLog(k), "tcp: flow limit %d reached, resetting inbound connections", limit)
+		return false
+	}
+	if !env.Limits.takeFDs(fdsTCP) {
+		tcpRefusedLog.Warnf(env.FlowLog(k), "tcp: descriptor budget spent (%d), resetting inbound connections", env.Limits.fdMax.Load())
+		return false
+	}
+	return true
+}
+
+// flowLimit is --flow-limit, or its default.
+func flowLimit(env *Env) int64 {
+	if env.Conf != nil && env.Conf.FlowLimit > 0 {
+		return int64(env.Conf.FlowLimit)
+	}
+	return conf.DefaultFlowLimit
 }

@@ -216,15 +216,24 @@ func StartUDP(env *Env, k Key, f *link.Frame) *Handle {
 	udpReg.Lock()
 	b := udpReg.m[rk]
 	if b == nil {
+		if !env.Limits.takeFDs(fdsUDP) {
+			udpReg.Unlock()
+			UDPStats.BindingsRefused.Add(1)
+			udpSocketLog.Warnf(env.FlowLog(k), "udp: descriptor budget spent (%d), dropping datagrams of new flows", env.Limits.fdMax.Load())
+			f.Release()
+			return nil
+		}
 		var err error
 		b, err = newOutboundBinding(env, k.Guest)
 		if err != nil {
 			udpReg.Unlock()
+			env.Limits.giveFDs(fdsUDP)
 			UDPStats.SocketErrors.Add(1)
-			env.FlowLog(k).WithError(err).Warn("udp: cannot open host socket")
+			udpSocketLog.Warnf(env.FlowLog(k).WithError(err), "udp: cannot open host socket: %v", err)
 			f.Release()
 			return nil
 		}
+		UDPStats.Bindings.Add(1)
 		udpReg.m[rk] = b
 		go b.run()
 	}
@@ -237,6 +246,10 @@ func StartUDP(env *Env, k Key, f *link.Frame) *Handle {
 	}
 	return h
 }
+
+// udpSocketLog rate-limits the warnings about host sockets a new binding
+// could not have: out of descriptors, they would come once a datagram.
+var udpSocketLog RateLog
 
 // newOutboundBinding opens the host socket for the guest's addr:port.
 // Called with udpReg held.
@@ -452,7 +465,10 @@ func (b *udpBinding) sweep() bool {
 		}
 	}
 	b.rxAtSweep = lastRx
-	if b.inbound || nflows > 0 || now-b.last.Load() < int64(b.timeout) {
+	// The binding ends with its last flow. Datagrams from far ends the
+	// guest never sent to do not keep it: anyone who learnt the port could
+	// otherwise hold it, and its descriptor, for ever.
+	if b.inbound || nflows > 0 {
 		return false
 	}
 	udpReg.Lock()
@@ -497,6 +513,10 @@ func (b *udpBinding) shutdown() {
 	b.closed = true
 	b.txMu.Unlock()
 	b.in.Drain()
+	if !b.inbound {
+		UDPStats.Bindings.Add(-1)
+		b.env.Limits.giveFDs(fdsUDP)
+	}
 }
 
 // releaseStash frees the receive buffers; rxMu held (or the receiver gone).

@@ -178,6 +178,12 @@ func (b *udpBinding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) 
 		fl.last = now
 		return fl
 	}
+	if limit := flowLimit(b.env); b.env.TableFlows.Load() >= limit {
+		// Held to --flow-limit as the guest's own flows are.
+		b.env.Stats.Refused.Add(1)
+		udpSocketLog.Warnf(b.log, "udp: flow limit %d reached, dropping datagrams of new inbound flows", limit)
+		return nil
+	}
 	fl := b.addFlow(k, src, now)
 	if b.wildcard {
 		fl.clen = pktinfoReply(fl.ctrl[:], ctrl, b.v6)

@@ -33,6 +33,11 @@ type UDPCounters struct {
 	// PortTranslated counts outbound bindings that could not use the
 	// guest's own port on the host.
 	PortTranslated atomic.Uint64
+	// Bindings is the number of outbound bindings (host sockets) open.
+	Bindings atomic.Int64
+	// BindingsRefused counts guest datagrams dropped because a new
+	// binding did not fit the descriptor budget.
+	BindingsRefused atomic.Uint64
 
 	// EchoSent and EchoReplies count ICMP echo requests and replies;
 	// EchoDropped counts echo frames dropped (malformed, refused socket).

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
-	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -128,10 +127,7 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 	if len(d.flows) >= limit {
 		d.n[cDropFlowLimit].Add(1)
 		d.env.Stats.Refused.Add(1)
-		if now := time.Now(); now.Sub(d.lastLimitLog) >= flowLimitLogInterval {
-			d.lastLimitLog = now
-			d.log.Warnf("flow limit %d reached, dropping new flows", limit)
-		}
+		d.limitLog.Warnf(logrus.NewEntry(d.log), "flow limit %d reached, dropping new flows", limit)
 		if d.trace {
 			d.log.WithField("flow", k.String()).Trace("new flow over the flow limit, dropped")
 		}
@@ -149,7 +145,7 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 		return false
 	}
 	d.flows[h.Key] = h
-	d.active.Store(int64(len(d.flows)))
+	d.setActive()
 	d.n[cFlowsStarted].Add(1)
 	if d.trace {
 		d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes: flow started", n)
@@ -201,7 +197,7 @@ func (d *Dispatcher) endFlow(h *actors.Handle) {
 		return
 	}
 	delete(d.flows, h.Key)
-	d.active.Store(int64(len(d.flows)))
+	d.setActive()
 	d.n[cFlowsEnded].Add(1)
 	d.traceEnd(h)
 	if d.log.IsLevelEnabled(logrus.TraceLevel) {
@@ -225,7 +221,7 @@ func (d *Dispatcher) registerFlow(h *actors.Handle) {
 		return
 	}
 	d.flows[h.Key] = h
-	d.active.Store(int64(len(d.flows)))
+	d.setActive()
 	d.n[cFlowsRegistered].Add(1)
 	if d.env.Trace.Active() && h.Key.Proto != wire.ProtoTCP {
 		d.subs = true
@@ -254,4 +250,12 @@ func frameString(p *wire.Parsed) string {
 		return fmt.Sprintf("proto %d %s -> %s", p.Proto, p.Src, p.Dst)
 	}
 	return fmt.Sprintf("ethertype 0x%04x %x -> %x", p.EtherType, p.SrcMAC, p.DstMAC)
+}
+
+// setActive publishes the table's size, for Stats and for the forwarders
+// (Env.TableFlows), which hold inbound flows to the same limit.
+func (d *Dispatcher) setActive() {
+	n := int64(len(d.flows))
+	d.active.Store(n)
+	d.env.TableFlows.Store(n)
 }

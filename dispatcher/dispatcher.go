@@ -99,8 +99,6 @@ const (
 	// once the guest has shown it speaks IPv6, well inside routerLifetime
 	// so the guest never loses its default route.
 	raInterval = 5 * time.Minute
-	// flowLimitLogInterval rate-limits the "flow limit reached" warning.
-	flowLimitLogInterval = 10 * time.Second
 	// tick is the longest wait for periodic work while there are flows,
 	// idleTick while there are none: see the package comment.
 	tick     = time.Second
@@ -148,7 +146,7 @@ type Dispatcher struct {
 	svc services
 
 	// Rate limiting of the flow limit warning.
-	lastLimitLog time.Time
+	limitLog actors.RateLog
 
 	n         counters
 	inboxHigh uint64       // cInboxHighWater's value, kept here to compare cheaply

@@ -277,6 +277,7 @@ func (d *daemon) setup() error {
 		}
 		log.Logf(lvl, "forwarding rules cannot be changed at run time (SIGHUP): %v", err)
 	}
+	d.setLimits()
 
 	if cfg.PIDFile != "" {
 		if err := os.WriteFile(cfg.PIDFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
@@ -580,4 +581,16 @@ func (d *daemon) stats() map[string]uint64 {
 		m[k] = v
 	}
 	return m
+}
+
+// setLimits gives the flows their descriptor budget: what RLIMIT_NOFILE
+// leaves once everything set up so far is open, minus the reserve
+// (actors.FDBudgetFor). It runs after the listeners are bound, so that
+// they are counted among the open descriptors.
+func (d *daemon) setLimits() {
+	nofile, open := actors.NofileLimit(), actors.OpenFDs()
+	budget := actors.FDBudgetFor(nofile, open)
+	d.env.Limits.SetFDBudget(budget)
+	d.log.Debugf("descriptors: limit %d, %d open, %d reserved, %d for flows, %d pending connects at most",
+		nofile, open, actors.FDReserve, budget, d.env.Limits.ConnectLimit())
 }

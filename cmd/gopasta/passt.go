@@ -45,6 +45,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/sirupsen/logrus"
+
+	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 )
@@ -146,10 +149,10 @@ func (d *daemon) openPasst() error {
 			}).Info("client closed connection")
 		},
 		OnRefused: func(pid int) {
-			log.Infof("another client is connected: discarding connection from PID %d", pid)
+			refusedLog.Log(log.WithField("pid", pid), logrus.InfoLevel, "another client is connected: discarding connection from PID %d", pid)
 		},
 		OnAcceptError: func(err error) {
-			log.WithError(err).Warn("accept on the UNIX socket failed")
+			acceptErrLog.Warnf(log.WithError(err), "accept on the UNIX socket failed: %v", err)
 		},
 	})
 	d.qemu = rd
@@ -244,3 +247,11 @@ func usageMode(argv0 string, args []string) conf.Mode {
 	}
 	return mode
 }
+
+// refusedLog rate-limits the note about QEMU clients refused while another
+// is connected: any local process may connect as often as it likes.
+var refusedLog actors.RateLog
+
+// acceptErrLog rate-limits the UNIX socket's accept errors (out of
+// descriptors, they come every 100 ms).
+var acceptErrLog actors.RateLog
