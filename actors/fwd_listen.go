@@ -67,7 +67,7 @@ func (f *forwarder) tcpSpliceIn(fw tcpForward) func(fd int, client netip.AddrPor
 				alt = &spliceAlt{dst: d, sock: func() (int, error) { return f.ns.socket(family(!v6), unix.SOCK_STREAM, 0) }}
 			}
 		}
-		spliceConnect(f.env, fd, nfd, dst, alt)
+		spliceConnect(f.env, fdInbound, fd, nfd, dst, alt)
 		return true
 	}
 }
@@ -76,11 +76,11 @@ func (f *forwarder) tcpSpliceIn(fw tcpForward) func(fd int, client netip.AddrPor
 // sockets to a splice pair; a connect refused (at once, or later) goes on
 // to alt if there is one, and otherwise resets the client.
 //
-// The pair takes fdsSplice descriptors from env's budget (its sockets and
+// The pair takes fdsSplice descriptors of kind from env's budget (its sockets and
 // the pipes its pumps will open) until it ends; without room, the client
 // is reset at once.
-func spliceConnect(env *Env, fd, nfd int, dst netip.AddrPort, alt *spliceAlt) {
-	if env != nil && !env.Limits.takeFDs(fdsSplice) {
+func spliceConnect(env *Env, kind, fd, nfd int, dst netip.AddrPort, alt *spliceAlt) {
+	if env != nil && !env.Limits.takeFDs(kind, fdsSplice) {
 		tcpRefusedLog.Warnf(env.Log.WithField("splice", dst.String()), "splice: descriptor budget spent (%d), resetting new connections", env.Limits.fdMax.Load())
 		SpliceStats.TCPResets.Add(1)
 		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
@@ -93,7 +93,7 @@ func spliceConnect(env *Env, fd, nfd int, dst netip.AddrPort, alt *spliceAlt) {
 		if afd, aerr := alt.dial(); aerr == nil {
 			unix.Close(nfd)
 			SpliceStats.TCPFamilyRetries.Add(1)
-			startSplice(env, fd, afd, nil)
+			startSplice(env, kind, fd, afd, nil)
 			return
 		}
 	}
@@ -103,11 +103,11 @@ func spliceConnect(env *Env, fd, nfd int, dst netip.AddrPort, alt *spliceAlt) {
 		unix.Close(fd)
 		unix.Close(nfd)
 		if env != nil {
-			env.Limits.giveFDs(fdsSplice)
+			env.Limits.giveFDs(kind, fdsSplice)
 		}
 		return
 	}
-	startSplice(env, fd, nfd, alt)
+	startSplice(env, kind, fd, nfd, alt)
 }
 
 // udpInListener is a -u listening socket: the tap path's binding, with a
@@ -225,7 +225,7 @@ func (t *tcpOutListener) run() {
 				return unix.Socket(family(!v6), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 			}}
 		}
-		spliceConnect(t.env, nfd, hfd, t.to, alt)
+		spliceConnect(t.env, fdNSSplice, nfd, hfd, t.to, alt)
 	})
 }
 

@@ -66,7 +66,7 @@ func StartICMP(env *Env, k Key, f *link.Frame) *Handle {
 		f.Release()
 		return nil
 	}
-	if !env.Limits.takeFDs(fdsICMP) {
+	if !env.Limits.takeFDs(fdGuestDgram, fdsICMP) {
 		UDPStats.EchoDropped.Add(1)
 		icmpSocketLog.Warnf(env.FlowLog(k), "icmp: descriptor budget spent (%d), dropping echo requests of new flows", env.Limits.fdMax.Load())
 		f.Release()
@@ -105,7 +105,7 @@ func StartICMP(env *Env, k Key, f *link.Frame) *Handle {
 		return nil
 	})
 	if err != nil {
-		env.Limits.giveFDs(fdsICMP)
+		env.Limits.giveFDs(fdGuestDgram, fdsICMP)
 		UDPStats.EchoDropped.Add(1)
 		if err == unix.EACCES || err == unix.EPERM {
 			pingWarn.Do(func() {
@@ -142,7 +142,7 @@ func (a *icmpActor) run() {
 			a.log.WithField("panic", r).Error("icmp: actor panicked")
 		}
 		a.sock.close()
-		a.env.Limits.giveFDs(fdsICMP)
+		a.env.Limits.giveFDs(fdGuestDgram, fdsICMP)
 		a.env.Stats.ICMPFlows.Add(-1)
 		select {
 		case a.env.Ended <- a.h:

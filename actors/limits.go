@@ -104,10 +104,28 @@ func OpenFDs() int {
 	return len(ents) - 1 // ReadDir's own
 }
 
+// Kinds of flows, each held to its share of the descriptor budget.
+const (
+	fdGuestTCP   = iota // TCP flows the guest opens
+	fdGuestDgram        // UDP bindings and ICMP echo flows the guest opens
+	fdInbound           // connections accepted on -t listeners, tap path or spliced
+	fdNSSplice          // connections accepted on -T listeners in the namespace
+	numFDKinds
+)
+
+// fdShare is the part of the budget one kind of flow may hold: whatever a
+// guest (or a host peer) floods, the other kinds keep a quarter of the
+// descriptors, so that a guest opening TCP connections without end still
+// has its DNS and its ping, and a -t forward still accepts.
+func fdShare(budget int64) int64 { return budget - budget/4 }
+
 // Limits are the shared budgets of Env. The zero value limits nothing.
 type Limits struct {
-	fdMax      atomic.Int64 // 0: no limit
-	fdUsed     atomic.Int64
+	mu     sync.Mutex // fdUsed, fdKind
+	fdMax  atomic.Int64
+	fdUsed int64
+	fdKind [numFDKinds]int64
+
 	connMax    atomic.Int64 // 0: derived from fdMax, or maxConnecting
 	connecting atomic.Int64
 
@@ -125,7 +143,11 @@ func (l *Limits) SetFDBudget(n int) { l.fdMax.Store(int64(n)) }
 func (l *Limits) SetConnectLimit(n int) { l.connMax.Store(int64(n)) }
 
 // FDBudget returns the descriptor budget (0: none) and what flows hold.
-func (l *Limits) FDBudget() (budget, used int64) { return l.fdMax.Load(), l.fdUsed.Load() }
+func (l *Limits) FDBudget() (budget, used int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.fdMax.Load(), l.fdUsed
+}
 
 // ConnectLimit is the cap on pending connects in force.
 func (l *Limits) ConnectLimit() int64 {
@@ -138,24 +160,29 @@ func (l *Limits) ConnectLimit() int64 {
 	return maxConnecting
 }
 
-// takeFDs reserves n descriptors for a new flow and reports whether they
-// were there; a refusal is counted. giveFDs returns them when the flow has
-// closed its descriptors.
-func (l *Limits) takeFDs(n int) bool {
+// takeFDs reserves n descriptors for a new flow of kind and reports whether
+// they were there (in the budget, and in the kind's share); a refusal is
+// counted. giveFDs returns them when the flow has closed its descriptors.
+// Called once per flow, never per packet.
+func (l *Limits) takeFDs(kind, n int) bool {
 	max := l.fdMax.Load()
-	for {
-		u := l.fdUsed.Load()
-		if max > 0 && u+int64(n) > max {
-			l.FDRefused.Add(1)
-			return false
-		}
-		if l.fdUsed.CompareAndSwap(u, u+int64(n)) {
-			return true
-		}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if max > 0 && (l.fdUsed+int64(n) > max || l.fdKind[kind]+int64(n) > fdShare(max)) {
+		l.FDRefused.Add(1)
+		return false
 	}
+	l.fdUsed += int64(n)
+	l.fdKind[kind] += int64(n)
+	return true
 }
 
-func (l *Limits) giveFDs(n int) { l.fdUsed.Add(-int64(n)) }
+func (l *Limits) giveFDs(kind, n int) {
+	l.mu.Lock()
+	l.fdUsed -= int64(n)
+	l.fdKind[kind] -= int64(n)
+	l.mu.Unlock()
+}
 
 // startConnect counts a connect about to start, unless ConnectLimit are
 // pending already (counted as a refusal). endConnect ends it, once.

@@ -308,7 +308,7 @@ func TestTCPInboundFlowLimit(t *testing.T) {
 				te.env.TableFlows.Store(4)
 			} else {
 				te.env.Limits.SetFDBudget(2)
-				te.env.Limits.takeFDs(2)
+				te.env.Limits.takeFDs(fdInbound, 2)
 			}
 			stop, err := StartTCPForwarders(te.env)
 			if err != nil {
@@ -338,5 +338,35 @@ func TestTCPInboundFlowLimit(t *testing.T) {
 				t.Errorf("refusals counted: %d", refused)
 			}
 		})
+	}
+}
+
+// TestFDShares: one kind of flow cannot take the whole budget: the others
+// keep a quarter of it.
+func TestFDShares(t *testing.T) {
+	var l Limits
+	l.SetFDBudget(8)
+	for i := range 6 {
+		if !l.takeFDs(fdGuestTCP, 1) {
+			t.Fatalf("TCP flow %d refused within its share", i)
+		}
+	}
+	if l.takeFDs(fdGuestTCP, 1) {
+		t.Fatal("TCP took more than three quarters of the budget")
+	}
+	if !l.takeFDs(fdGuestDgram, 1) || !l.takeFDs(fdInbound, 1) {
+		t.Fatal("other kinds refused while a quarter is left")
+	}
+	if l.takeFDs(fdNSSplice, 1) {
+		t.Fatal("the budget was exceeded")
+	}
+	if n := l.FDRefused.Load(); n != 2 {
+		t.Errorf("refusals %d", n)
+	}
+	l.giveFDs(fdGuestTCP, 6)
+	l.giveFDs(fdGuestDgram, 1)
+	l.giveFDs(fdInbound, 1)
+	if _, used := l.FDBudget(); used != 0 {
+		t.Errorf("used %d after giving everything back", used)
 	}
 }

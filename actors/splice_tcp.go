@@ -153,6 +153,7 @@ func (s *spliceSock) shut(reset bool) {
 // splicePair is two connected sockets joined by two pumps.
 type splicePair struct {
 	env   *Env // nil in some tests; else the pair holds fdsSplice of its budget
+	kind  int  // of the descriptors it holds
 	a, b  *spliceSock
 	left  atomic.Int32 // pumps still running
 	reset atomic.Bool
@@ -175,11 +176,11 @@ type spliceAlt struct {
 // which a non-blocking connect is in progress. It owns both descriptors
 // from now on: if the connect fails (and alt, if not nil, is refused
 // too), the client is reset.
-func startSplice(env *Env, accFD, connFD int, alt *spliceAlt) {
+func startSplice(env *Env, kind, accFD, connFD int, alt *spliceAlt) {
 	for _, fd := range []int{accFD, connFD} {
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
-	p := &splicePair{env: env}
+	p := &splicePair{env: env, kind: kind}
 	a, err := newSpliceSock(accFD)
 	if err != nil {
 		unix.Close(accFD)
@@ -302,7 +303,7 @@ func (p *splicePair) done(failed bool) {
 // them is closed.
 func (p *splicePair) giveFDs() {
 	if p.env != nil {
-		p.env.Limits.giveFDs(fdsSplice)
+		p.env.Limits.giveFDs(p.kind, fdsSplice)
 	}
 }
 

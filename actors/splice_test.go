@@ -48,7 +48,7 @@ func splicedConnIn(t testing.TB, env *Env, network, addr string) (client, server
 	if err != nil {
 		t.Fatal(err)
 	}
-	spliceConnect(env, accFD, nfd, netip.MustParseAddrPort(back.Addr().String()), nil)
+	spliceConnect(env, fdInbound, accFD, nfd, netip.MustParseAddrPort(back.Addr().String()), nil)
 	s, err := back.(*net.TCPListener).AcceptTCP()
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +201,7 @@ func TestSpliceRefused(t *testing.T) {
 	defer c.Close()
 	accFD := acceptedFD(t, front)
 	nfd, _ := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	spliceConnect(fwdTestEnv(t, &conf.Config{}), accFD, nfd, deadAddr, nil)
+	spliceConnect(fwdTestEnv(t, &conf.Config{}), fdInbound, accFD, nfd, deadAddr, nil)
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, unix.ECONNRESET) {
 		t.Fatalf("client read: %v, want connection reset", err)
@@ -373,7 +373,7 @@ func TestSpliceOtherFamily(t *testing.T) {
 		return unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	}}
 	// Nothing listens on [::1]:port: refused, then 127.0.0.1:port.
-	spliceConnect(fwdTestEnv(t, &conf.Config{}), accFD, nfd, netip.AddrPortFrom(netip.IPv6Loopback(), port), alt)
+	spliceConnect(fwdTestEnv(t, &conf.Config{}), fdInbound, accFD, nfd, netip.AddrPortFrom(netip.IPv6Loopback(), port), alt)
 	back.(*net.TCPListener).SetDeadline(time.Now().Add(5 * time.Second))
 	s, err := back.Accept()
 	if err != nil {

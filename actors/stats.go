@@ -30,6 +30,7 @@ func StatsSnapshot(env *Env) map[string]uint64 {
 		"fd_budget_used":         uint64(max(fdUsed, 0)),
 		"fd_budget_refused":      env.Limits.FDRefused.Load(),
 		"tcp_connecting":         uint64(max(env.Limits.Connecting(), 0)),
+		"tcp_connect_limit":      uint64(env.Limits.ConnectLimit()),
 		"tcp_connect_refused":    env.Limits.ConnectRefused.Load(),
 		"tcp_connect_timeouts":   env.Limits.ConnectTimeout.Load(),
 		"udp_bindings":           uint64(max(u.Bindings.Load(), 0)),

@@ -198,6 +198,7 @@ type tcpConn struct {
 	// Limits (limits.go): descriptors taken from the budget, to give back
 	// at the end, and whether the flow counts as a pending connect.
 	fds            int
+	fdKind         int
 	pendingConnect bool
 
 	frames [tcpMaxIov]*link.Frame
@@ -242,14 +243,14 @@ func StartTCP(env *Env, k Key, f *link.Frame) *Handle {
 		f.Release()
 		return nil
 	}
-	if !env.Limits.takeFDs(fdsTCP) {
+	if !env.Limits.takeFDs(fdGuestTCP, fdsTCP) {
 		tcpRefusedLog.Warnf(env.FlowLog(k), "tcp: descriptor budget spent (%d), resetting new connections", env.Limits.fdMax.Load())
 		env.Out.TrySend(tcpRSTFor(env, k, th, segEnd(f)-f.Payload))
 		f.Release()
 		return nil
 	}
 	if !env.Limits.startConnect() {
-		env.Limits.giveFDs(fdsTCP)
+		env.Limits.giveFDs(fdGuestTCP, fdsTCP)
 		tcpRefusedLog.Warnf(env.FlowLog(k), "tcp: %d connects pending, resetting new connections", env.Limits.ConnectLimit())
 		env.Out.TrySend(tcpRSTFor(env, k, th, segEnd(f)-f.Payload))
 		f.Release()
@@ -257,7 +258,7 @@ func StartTCP(env *Env, k Key, f *link.Frame) *Handle {
 	}
 	h := NewHandle(k)
 	c := newTCPConn(env, h, k, false)
-	c.fds, c.pendingConnect = fdsTCP, true
+	c.fds, c.fdKind, c.pendingConnect = fdsTCP, fdGuestTCP, true
 	env.Stats.TCPFlows.Add(1)
 	env.Stats.TCPOpened.Add(1)
 	go c.runOutbound(f)
@@ -678,7 +679,7 @@ func (c *tcpConn) finish() {
 		c.timer.Stop()
 	}
 	c.connectDone()
-	c.env.Limits.giveFDs(c.fds)
+	c.env.Limits.giveFDs(c.fdKind, c.fds)
 	c.fds = 0
 	c.publish()
 	c.traceEnd()

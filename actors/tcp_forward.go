@@ -297,14 +297,14 @@ func (l *tcpListener) accepted(env *Env, fd int, sa unix.Sockaddr) {
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	s, err := newTCPSock(env, fd, false)
 	if err != nil {
-		env.Limits.giveFDs(fdsTCP)
+		env.Limits.giveFDs(fdInbound, fdsTCP)
 		unix.Close(fd)
 		return
 	}
 	h := NewHandle(k)
 	h.Inbound = true
 	c := newTCPConn(env, h, k, true)
-	c.fds = fdsTCP
+	c.fds, c.fdKind = fdsTCP, fdInbound
 	c.sock = s
 	s.owner.Store(c)
 	env.Stats.TCPFlows.Add(1)
@@ -321,7 +321,7 @@ func takeInbound(env *Env, k Key) bool {
 		tcpRefusedLog.Warnf(env.FlowLog(k), "tcp: flow limit %d reached, resetting inbound connections", limit)
 		return false
 	}
-	if !env.Limits.takeFDs(fdsTCP) {
+	if !env.Limits.takeFDs(fdInbound, fdsTCP) {
 		tcpRefusedLog.Warnf(env.FlowLog(k), "tcp: descriptor budget spent (%d), resetting inbound connections", env.Limits.fdMax.Load())
 		return false
 	}

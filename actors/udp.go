@@ -216,7 +216,7 @@ func StartUDP(env *Env, k Key, f *link.Frame) *Handle {
 	udpReg.Lock()
 	b := udpReg.m[rk]
 	if b == nil {
-		if !env.Limits.takeFDs(fdsUDP) {
+		if !env.Limits.takeFDs(fdGuestDgram, fdsUDP) {
 			udpReg.Unlock()
 			UDPStats.BindingsRefused.Add(1)
 			udpSocketLog.Warnf(env.FlowLog(k), "udp: descriptor budget spent (%d), dropping datagrams of new flows", env.Limits.fdMax.Load())
@@ -227,7 +227,7 @@ func StartUDP(env *Env, k Key, f *link.Frame) *Handle {
 		b, err = newOutboundBinding(env, k.Guest)
 		if err != nil {
 			udpReg.Unlock()
-			env.Limits.giveFDs(fdsUDP)
+			env.Limits.giveFDs(fdGuestDgram, fdsUDP)
 			UDPStats.SocketErrors.Add(1)
 			udpSocketLog.Warnf(env.FlowLog(k).WithError(err), "udp: cannot open host socket: %v", err)
 			f.Release()
@@ -515,7 +515,7 @@ func (b *udpBinding) shutdown() {
 	b.in.Drain()
 	if !b.inbound {
 		UDPStats.Bindings.Add(-1)
-		b.env.Limits.giveFDs(fdsUDP)
+		b.env.Limits.giveFDs(fdGuestDgram, fdsUDP)
 	}
 }
 
