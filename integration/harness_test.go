@@ -235,10 +235,17 @@ func LaunchGopasta(t testing.TB, extra ...string) *Gopasta {
 // LaunchGopastaIn is LaunchGopasta in a host namespace the test prepared.
 func LaunchGopastaIn(t testing.TB, h Netns, extra ...string) *Gopasta {
 	t.Helper()
+	return LaunchGopastaWrapped(t, h, nil, extra...)
+}
+
+// LaunchGopastaWrapped is LaunchGopastaIn with gopasta run by the command
+// wrapper (e.g. prlimit with its options), if not empty.
+func LaunchGopastaWrapped(t testing.TB, h Netns, wrapper []string, extra ...string) *Gopasta {
+	t.Helper()
 	g := NewNetns(t, "g")
 	dir := t.TempDir()
 	gp := &Gopasta{Host: h, Guest: g, LogFile: filepath.Join(dir, "gopasta.log"), PIDFile: filepath.Join(dir, "gopasta.pid")}
-	args := append([]string{gopastaBin, "--netns", g.Path(), "-P", gp.PIDFile, "-l", gp.LogFile}, extra...)
+	args := append(append(append([]string(nil), wrapper...), gopastaBin, "--netns", g.Path(), "-P", gp.PIDFile, "-l", gp.LogFile), extra...)
 	out, err := h.Try(args...)
 	if err != nil {
 		t.Fatalf("gopasta %v: %v\n%s", extra, err, out)
