@@ -13,6 +13,23 @@
 // on Env.Ended exactly once; the dispatcher then removes it from the table if
 // the table still points at that Handle. Frames still queued in a finished
 // actor's inbox are garbage collected, not released: that is rare and safe.
+//
+// # Limits
+//
+// The guest is not trusted. Every flow takes the host descriptors it holds
+// from Env.Limits, a budget derived from RLIMIT_NOFILE in which no one kind
+// of flow takes more than three quarters, and connects in progress are
+// capped and have a deadline of their own (limits.go). What does not fit
+// is refused alone and counted. Warnings an event can repeat go through a
+// RateLog.
+//
+// What a guest can make the host's port space look like: each guest UDP
+// (address, source port) with a live flow holds one host UDP socket, bound
+// to the guest's own port where the host has it free (else an ephemeral
+// one) on the outbound address, receiving from any far end, and closed
+// with its last flow (udp.go). The guest cannot take a port a host program
+// has, keep one past its flows, bind any host TCP port, or hold more
+// sockets than its share of the budget.
 package actors
 
 import (

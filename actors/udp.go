@@ -41,8 +41,19 @@ import (
 //   - That goroutine is the actor: it waits on its inbox (guest -> host,
 //     the backlog sent 64 datagrams per sendmmsg) and on a sweep timer that
 //     ends flows idle for UDPTimeout, each flow's Handle going back on
-//     Env.Ended. The binding itself closes when it has no flows and saw no
-//     traffic for UDPTimeout.
+//     Env.Ended. The binding itself closes with its last flow: datagrams
+//     from far ends the guest has no flow with reach the guest but do not
+//     keep the binding, or its host port, alive.
+//
+// The host port is the one pasta chooses (udp_flow.c, fwd.c: the guest's
+// source port, on the -o address or any): a guest's port looks bound on
+// the host for as long as it has flows, so a guest can make the host's
+// free UDP ports it sends from look taken, up to its share of the
+// descriptor budget (limits.go; each binding takes one descriptor, its far
+// ends none). Where the host has the port (or it is privileged and we may
+// not bind it) pasta
+// drops the datagram; gopasta binds an ephemeral port instead, so the
+// guest can never take a port from a host program.
 //   - A second goroutine, the receiver, waits in the runtime poller for the
 //     socket itself and moves datagrams host -> guest: recvmmsg straight
 //     into pooled frames, headers written in front of the payload, each
