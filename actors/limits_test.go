@@ -370,3 +370,81 @@ func TestFDShares(t *testing.T) {
 		t.Errorf("used %d after giving everything back", used)
 	}
 }
+
+// TestUDPHostPortChoice: the host port of a guest's flow is the guest's
+// own source port, as pasta chooses it; a port a host program has stays
+// the program's (the flow leaves from another port, and the program still
+// gets what is sent to its port).
+func TestUDPHostPortChoice(t *testing.T) {
+	te := newUDPTestEnv(t, nil)
+	echo := udpEcho(t, "127.0.0.1:0")
+	far := netip.AddrPortFrom(tGW4, echo.Port())
+	seen := make(chan netip.AddrPort, 4)
+	sink, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	farSink := netip.AddrPortFrom(tGW4, uint16(sink.LocalAddr().(*net.UDPAddr).Port))
+	go func() {
+		buf := make([]byte, 100)
+		for {
+			_, from, err := sink.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			seen <- from
+		}
+	}()
+	from := func() netip.AddrPort {
+		select {
+		case a := <-seen:
+			return a
+		case <-time.After(2 * time.Second):
+			t.Fatal("nothing reached the host")
+		}
+		return netip.AddrPort{}
+	}
+
+	free := freeUDPPort(t, "0.0.0.0:0")
+	g := netip.AddrPortFrom(tGuest4, free)
+	StartUDP(te.Env, udpKey(g, farSink), guestUDP(t, g, farSink, []byte("x")))
+	if a := from(); a.Port() != free {
+		t.Errorf("guest port %d free on the host: the flow left from %v", free, a)
+	}
+
+	// A host program has this port (no SO_REUSEADDR, as most do).
+	owner, err := net.ListenUDP("udp4", &net.UDPAddr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	taken := uint16(owner.LocalAddr().(*net.UDPAddr).Port)
+	g2 := netip.AddrPortFrom(tGuest4, taken)
+	StartUDP(te.Env, udpKey(g2, farSink), guestUDP(t, g2, farSink, []byte("y")))
+	if a := from(); a.Port() == taken || a.Port() == 0 {
+		t.Errorf("guest port %d taken on the host: the flow left from %v", taken, a)
+	}
+	// The program still has its port, and the guest its answers.
+	c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(taken)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("for the program"))
+	owner.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 100)
+	if n, _, err := owner.ReadFromUDP(buf); err != nil || string(buf[:n]) != "for the program" {
+		t.Fatalf("the program's port: %q %v", buf[:n], err)
+	}
+	StartUDP(te.Env, udpKey(g2, far), guestUDP(t, g2, far, []byte("z")))
+	for {
+		b, p := te.readGuest(t, 2*time.Second)
+		if netip.AddrPortFrom(p.Src, p.SrcPort) == far && string(b[p.Payload:p.End]) == "z" {
+			if got := netip.AddrPortFrom(p.Dst, p.DstPort); got != g2 {
+				t.Fatalf("answer to %v, want %v", got, g2)
+			}
+			break
+		}
+	}
+}
