@@ -248,8 +248,9 @@ func usageMode(argv0 string, args []string) conf.Mode {
 	return mode
 }
 
-// refusedLog rate-limits the note about QEMU clients refused while another
-// is connected: any local process may connect as often as it likes.
+// refusedLog rate-limits the note about QEMU (and vhost-user) clients
+// refused while another is connected: any local process may connect as
+// often as it likes.
 var refusedLog actors.RateLog
 
 // acceptErrLog rate-limits the UNIX socket's accept errors (out of

@@ -14,6 +14,8 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/vhostuser"
 )
@@ -40,7 +42,7 @@ func (d *daemon) openVhostUser(mtu int) error {
 			}).Info("client closed connection")
 		},
 		OnRefused: func(pid int) {
-			log.Infof("another client is connected: discarding connection from PID %d", pid)
+			refusedLog.Log(log.WithField("pid", pid), logrus.InfoLevel, "another client is connected: discarding connection from PID %d", pid)
 		},
 	}
 	if cfg.FD >= 0 {
