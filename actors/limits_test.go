@@ -270,14 +270,19 @@ func TestUDPBindingEndsWithLastFlow(t *testing.T) {
 	case <-time.After(2 * time.Second):
 		t.Fatal("the guest's flow did not end")
 	}
-	if !eventuallyTrue(2*time.Second, func() bool { return fdCount(t) <= base }) {
+	var berr error
+	if !eventuallyTrue(2*time.Second, func() bool {
+		c, err := net.ListenPacket("udp4", fmt.Sprintf("0.0.0.0:%d", gport))
+		if berr = err; err == nil {
+			c.Close()
+		}
+		return err == nil
+	}) {
+		t.Fatalf("the guest's port is still bound on the host after its last flow: %v", berr)
+	}
+	if !eventuallyTrue(time.Second, func() bool { return fdCount(t) <= base }) {
 		t.Fatalf("descriptors %d, base %d: the binding outlived its last flow", fdCount(t), base)
 	}
-	c, err := net.ListenPacket("udp4", fmt.Sprintf("0.0.0.0:%d", gport))
-	if err != nil {
-		t.Fatalf("the guest's port is still bound on the host: %v", err)
-	}
-	c.Close()
 }
 
 func eventuallyTrue(d time.Duration, cond func() bool) bool {
