@@ -128,6 +128,7 @@ func startForwarder(env *Env, nsFD int) (_ *forwarder, err error) {
 	// Read now, during setup: the daemon's sandbox takes the filesystem
 	// away before the first flow would read it (cmd/gopasta/sandbox.go).
 	tcpSysMax()
+	TCPConnectTimeout()
 	if nsFD >= 0 && c.Mode == conf.ModePasta {
 		if f.ns, err = newNSWorker(nsFD); err != nil {
 			return nil, fmt.Errorf("port forwarding: %v", err)

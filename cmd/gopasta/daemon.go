@@ -591,6 +591,6 @@ func (d *daemon) setLimits() {
 	nofile, open := actors.NofileLimit(), actors.OpenFDs()
 	budget := actors.FDBudgetFor(nofile, open)
 	d.env.Limits.SetFDBudget(budget)
-	d.log.Debugf("descriptors: limit %d, %d open, %d reserved, %d for flows, %d pending connects at most",
-		nofile, open, actors.FDReserve, budget, d.env.Limits.ConnectLimit())
+	d.log.Debugf("descriptors: limit %d, %d open, %d reserved, %d for flows, %d pending connects at most, for %v each",
+		nofile, open, actors.FDReserve, budget, d.env.Limits.ConnectLimit(), actors.TCPConnectTimeout())
 }
