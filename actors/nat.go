@@ -137,20 +137,26 @@ func (n *NAT) Outbound(far netip.AddrPort) netip.AddrPort {
 // becomes the host-loopback address, the host's own address its alias, and
 // the DNS host the forward address. The host's own address is the one
 // the guest was given and, after a change, also the host's new one. ok is
-// false when the guest cannot be shown the peer at all (loopback, or the
-// host's own address, with no mapping).
+// false when the guest cannot be shown the peer at all (loopback in any
+// spelling, or the host's own address, with no address to show it from;
+// an address the policy of wire.ClassifyAddr refuses on the link).
 func (n *NAT) Inbound(src netip.AddrPort) (netip.AddrPort, bool) {
 	a, port := src.Addr().Unmap(), src.Port()
 	host4, host6 := n.HostAddrs()
+	cls := wire.ClassifyAddr(a)
 	switch {
 	case a.Is4() && isDNSPort(port) && n.DNSForward4.IsValid() && n.isDNSHost(a):
 		return netip.AddrPortFrom(n.DNSForward4, port), true
 	case a.Is6() && isDNSPort(port) && n.DNSForward6.IsValid() && n.isDNSHost(a):
 		return netip.AddrPortFrom(n.DNSForward6, port), true
-	case a.IsLoopback() && a.Is4():
+	case cls == wire.AddrLoopback && a.Is4():
 		return n.firstOf(port, n.HostLoopback4, n.TapAddr4)
-	case a.IsLoopback():
+	case cls == wire.AddrLoopback:
 		return n.firstOf(port, n.HostLoopback6, n.TapLL6)
+	case cls != wire.AddrOrdinary:
+		// The address policy's other refusals: the guest would
+		// answer a martian it must not send.
+		return netip.AddrPortFrom(a, port), false
 	case a.Is4() && (a == n.HostAddr4 || a == host4):
 		return n.firstOf(port, n.GuestAddr4, n.HostLoopback4, n.TapAddr4)
 	case a.Is6() && (a == n.HostAddr6 || a == host6):

@@ -712,7 +712,12 @@ func (c *tcpConn) crashed(r any) {
 // connect opens the host socket of an outbound flow and starts connecting.
 func (c *tcpConn) connect() error {
 	dst := c.env.NAT.Outbound(c.key.Far)
-	v6 := !dst.Addr().Unmap().Is4()
+	// The family is the destination's as spelt, never unmapped: an IPv4
+	// address spelt as IPv6 (which the address policy keeps from getting
+	// here) then fails to connect, as putSockaddr writes it as IPv4, where
+	// an AF_INET socket would reach it (and ::ffff:0.0.0.0 the host's
+	// loopback).
+	v6 := dst.Addr().Is6()
 	fam := unix.AF_INET
 	if v6 {
 		fam = unix.AF_INET6

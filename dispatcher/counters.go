@@ -115,7 +115,7 @@ type counters [numCounters]atomic.Uint64
 // Names: frames_in, batches_in, frames_to_flows; the parser's drop reasons
 // (drop_short, drop_unknown_ethertype, drop_arp_malformed, drop_ip_version,
 // drop_ip_header, drop_ip_length, drop_ip_checksum, drop_fragment,
-// drop_loopback, drop_bad_source, drop_l4_header, drop_l4_checksum); the
+// drop_loopback, drop_bad_source, drop_martian, drop_l4_header, drop_l4_checksum); the
 // dispatcher's drops (drop_family_disabled, drop_unknown_proto,
 // drop_bad_dest, drop_no_tcp, drop_no_udp, drop_no_icmp, drop_icmp_other,
 // drop_inbox_full, drop_flow_limit, drop_out_full, drop_ndp_invalid,

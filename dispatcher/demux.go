@@ -18,9 +18,17 @@ const defaultFlowLimit = 65536
 
 var ipv4Broadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 
-// unicast reports whether a can be the far end of a flow.
+// unicast reports whether a can be the far end of a flow. ParseFrame has
+// applied the address policy (wire.GuestAddrReason) already; what is left
+// to refuse here is what is valid on a link but not as a flow's far end.
 func unicast(a netip.Addr) bool {
-	return !a.IsUnspecified() && !a.IsMulticast() && a != ipv4Broadcast
+	return !unspecified(a) && !a.IsMulticast() && a != ipv4Broadcast
+}
+
+// unspecified reports whether a is 0.0.0.0 or ::, as the address policy
+// sees it.
+func unspecified(a netip.Addr) bool {
+	return wire.ClassifyAddr(a) == wire.AddrUnspecified
 }
 
 // demux finds or starts the flow for the TCP, UDP or ICMP frame s[i] and
@@ -37,7 +45,7 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 		if !unicast(p.Dst) {
 			return d.drop(cDropBadDest)
 		}
-		if p.Src.IsUnspecified() {
+		if unspecified(p.Src) {
 			return d.drop(counter(wire.ReasonBadSource))
 		}
 		start = d.startTCP
@@ -50,10 +58,10 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 		// goes to the actors, as pasta lets it through; link-scope
 		// multicast and broadcast concern this link only, where
 		// nobody but us listens.
-		if p.Dst.IsUnspecified() || p.Dst == ipv4Broadcast || p.Dst.IsLinkLocalMulticast() || p.Dst.IsInterfaceLocalMulticast() {
+		if unspecified(p.Dst) || p.Dst == ipv4Broadcast || p.Dst.IsLinkLocalMulticast() || p.Dst.IsInterfaceLocalMulticast() {
 			return d.drop(cDropBadDest)
 		}
-		if p.Src.IsUnspecified() {
+		if unspecified(p.Src) {
 			return d.drop(counter(wire.ReasonBadSource))
 		}
 		start = d.startUDP
@@ -70,7 +78,7 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 		if !unicast(p.Dst) {
 			return d.drop(cDropBadDest)
 		}
-		if p.Src.IsUnspecified() {
+		if unspecified(p.Src) {
 			return d.drop(counter(wire.ReasonBadSource))
 		}
 		id := binary.BigEndian.Uint16(s[i].Data[p.L4+4:])

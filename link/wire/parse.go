@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"encoding/binary"
 	"net/netip"
 )
 
@@ -49,8 +48,9 @@ type Parsed struct {
 // ParseFrame validates the Ethernet frame b and fills p. It checks every
 // length field against the bytes actually present, the IPv4 header checksum
 // and the TCP, UDP, ICMP and ICMPv6 checksums, and refuses fragments,
-// loopback addresses and multicast or broadcast sources. The error, if any,
-// is a Reason.
+// the addresses the address policy refuses (GuestAddrReason: loopback in
+// any spelling, 0.0.0.0/8, IPv4 spelt as IPv6) and multicast or broadcast
+// sources. The error, if any, is a Reason.
 //
 // A frame that ParseFrame accepts can be read through the header views at
 // the offsets in p without further length checks: the transport header is
@@ -116,8 +116,8 @@ func parseIPv4(b []byte, p *Parsed) error {
 		return ReasonFragment
 	}
 	p.Src, p.Dst = h.Src(), h.Dst()
-	if h[12] == 127 || h[16] == 127 {
-		return ReasonLoopback
+	if r := addrPolicy(p); r != ReasonNone {
+		return r
 	}
 	if h[12] >= 224 { // multicast 224/4, reserved 240/4, broadcast
 		return ReasonBadSource
@@ -150,8 +150,8 @@ func parseIPv6(b []byte, p *Parsed) error {
 		return ReasonShort
 	}
 	p.Src, p.Dst = h.Src(), h.Dst()
-	if isLoopback6(h[8:24]) || isLoopback6(h[24:40]) {
-		return ReasonLoopback
+	if r := addrPolicy(p); r != ReasonNone {
+		return r
 	}
 	if h[8] == 0xff {
 		return ReasonBadSource
@@ -194,13 +194,17 @@ func parseIPv6(b []byte, p *Parsed) error {
 	return parseL4(b, p, h[8:24], h[24:40])
 }
 
-func isLoopback6(a []byte) bool {
-	// ::1, or an IPv4-mapped 127/8 address.
-	if binary.BigEndian.Uint64(a[0:8]) != 0 {
-		return false
+// addrPolicy applies GuestAddrReason to both addresses; a loopback one
+// wins, whichever it is, so that drop_loopback counts every loopback frame.
+func addrPolicy(p *Parsed) Reason {
+	rs, rd := GuestAddrReason(p.Src), GuestAddrReason(p.Dst)
+	if rs == ReasonLoopback || rd == ReasonLoopback {
+		return ReasonLoopback
 	}
-	lo := binary.BigEndian.Uint64(a[8:16])
-	return lo == 1 || lo>>24 == 0xffff7f
+	if rs != ReasonNone {
+		return rs
+	}
+	return rd
 }
 
 // parseL4 checks the transport header at p.L4..p.End, whose pseudo-header

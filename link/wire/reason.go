@@ -29,11 +29,16 @@ const (
 	// ReasonFragment: an IPv4 fragment or an IPv6 fragment header; gopasta
 	// hands whole datagrams to host sockets and does not reassemble.
 	ReasonFragment
-	// ReasonLoopback: a loopback source or destination address, which
-	// must never appear on a link (RFC 1122 3.2.1.3, RFC 4291 2.5.3).
+	// ReasonLoopback: a loopback source or destination address, in any
+	// spelling, which must never appear on a link (RFC 1122 3.2.1.3,
+	// RFC 4291 2.5.3).
 	ReasonLoopback
 	// ReasonBadSource: a multicast or broadcast source address.
 	ReasonBadSource
+	// ReasonMartian: a source or destination the address policy refuses
+	// that is not loopback (see GuestAddrReason): 0.0.0.0/8 other than
+	// an unspecified source, or an IPv4 address spelt as IPv6.
+	ReasonMartian
 	// ReasonL4Header: a transport header that is short or inconsistent
 	// (TCP data offset, UDP length, port zero).
 	ReasonL4Header
@@ -56,6 +61,7 @@ var reasonNames = [numReasons]string{
 	ReasonFragment:   "drop_fragment",
 	ReasonLoopback:   "drop_loopback",
 	ReasonBadSource:  "drop_bad_source",
+	ReasonMartian:    "drop_martian",
 	ReasonL4Header:   "drop_l4_header",
 	ReasonL4Checksum: "drop_l4_checksum",
 }
