@@ -471,7 +471,13 @@ loop:
 		case s := <-sigs:
 			switch {
 			case s == syscall.SIGUSR1:
-				d.logStats(logrus.InfoLevel)
+				// Asked for: written even under --quiet (podman's
+				// default), as a warning there.
+				lvl := logrus.InfoLevel
+				if !d.log.IsLevelEnabled(lvl) {
+					lvl = logrus.WarnLevel
+				}
+				d.logStats(lvl)
 			case d.cmd != nil:
 				// COMMAND decides; we exit when it does.
 				if s == syscall.SIGTERM || s == syscall.SIGHUP {
