@@ -2,6 +2,7 @@ package dispatcher
 
 import (
 	"encoding/binary"
+	"errors"
 	"net/netip"
 
 	"github.com/gopasta/gopasta/link"
@@ -15,11 +16,19 @@ import (
 const replyTTL = 64
 
 // buildUDP4 returns a frame carrying payload in UDP over IPv4, with both
-// checksums set.
-func buildUDP4(dstMAC, srcMAC [6]byte, src, dst netip.AddrPort, payload []byte) *link.Frame {
+// checksums set, or an error if it would not fit in a frame of at most
+// mtu bytes of IP (the link's MTU: a reply sized by what the guest sent
+// must be refused here, not by the device or by GetFrame).
+func buildUDP4(mtu int, dstMAC, srcMAC [6]byte, src, dst netip.AddrPort, payload []byte) (*link.Frame, error) {
 	ulen := wire.UDPLen + len(payload)
+	if wire.IPv4MinLen+ulen > mtu {
+		return nil, errReplyTooBig
+	}
 	n := wire.EthernetLen + wire.IPv4MinLen + ulen
-	f := link.GetFrame(n)
+	f, err := link.TryGetFrame(n)
+	if err != nil {
+		return nil, err
+	}
 	b := f.Data
 	wire.Ethernet(b).Set(dstMAC, srcMAC, wire.EtherTypeIPv4)
 	s4, d4 := src.Addr().As4(), dst.Addr().As4()
@@ -28,14 +37,20 @@ func buildUDP4(dstMAC, srcMAC [6]byte, src, dst netip.AddrPort, payload []byte) 
 	u.Set(src.Port(), dst.Port(), ulen)
 	copy(u[wire.UDPLen:], payload)
 	u.SetChecksum(udpChecksum(wire.Checksum(u, wire.PseudoHeaderSum(s4[:], d4[:], wire.ProtoUDP, ulen))))
-	return f
+	return f, nil
 }
 
 // buildUDP6 is buildUDP4 for IPv6.
-func buildUDP6(dstMAC, srcMAC [6]byte, src, dst netip.AddrPort, payload []byte) *link.Frame {
+func buildUDP6(mtu int, dstMAC, srcMAC [6]byte, src, dst netip.AddrPort, payload []byte) (*link.Frame, error) {
 	ulen := wire.UDPLen + len(payload)
+	if wire.IPv6Len+ulen > mtu {
+		return nil, errReplyTooBig
+	}
 	n := wire.EthernetLen + wire.IPv6Len + ulen
-	f := link.GetFrame(n)
+	f, err := link.TryGetFrame(n)
+	if err != nil {
+		return nil, err
+	}
 	b := f.Data
 	wire.Ethernet(b).Set(dstMAC, srcMAC, wire.EtherTypeIPv6)
 	s6, d6 := src.Addr().As16(), dst.Addr().As16()
@@ -44,7 +59,20 @@ func buildUDP6(dstMAC, srcMAC [6]byte, src, dst netip.AddrPort, payload []byte) 
 	u.Set(src.Port(), dst.Port(), ulen)
 	copy(u[wire.UDPLen:], payload)
 	u.SetChecksum(udpChecksum(wire.Checksum(u, wire.PseudoHeaderSum(s6[:], d6[:], wire.ProtoUDP, ulen))))
-	return f
+	return f, nil
+}
+
+// errReplyTooBig: a service's reply would be larger than the link's MTU.
+var errReplyTooBig = errors.New("reply larger than the MTU")
+
+// replyMTU is the most bytes of IP a service reply may take: the link's
+// MTU, and never more than a frame holds.
+func (d *Dispatcher) replyMTU() int {
+	m := link.MaxFrameSize - wire.EthernetLen
+	if mtu := d.dev.MTU(); mtu > 0 && mtu < m {
+		m = mtu
+	}
+	return m
 }
 
 // udpChecksum folds a UDP checksum; zero means "none" on the wire, so a

@@ -51,6 +51,8 @@ const (
 	cDHCPv6Replies
 	cDHCPv6Ignored
 	cDHCPv6Invalid
+	cReplyTooBig
+	cPanics
 
 	numCounters
 )
@@ -95,6 +97,8 @@ var counterNames = [numCounters]string{
 	cDHCPv6Replies:    "dhcpv6_replies",
 	cDHCPv6Ignored:    "dhcpv6_ignored",
 	cDHCPv6Invalid:    "drop_dhcpv6_invalid",
+	cReplyTooBig:      "drop_reply_too_big",
+	cPanics:           "dispatcher_panics",
 }
 
 func init() {
@@ -119,7 +123,9 @@ type counters [numCounters]atomic.Uint64
 // dispatcher's drops (drop_family_disabled, drop_unknown_proto,
 // drop_bad_dest, drop_no_tcp, drop_no_udp, drop_no_icmp, drop_icmp_other,
 // drop_inbox_full, drop_flow_limit, drop_out_full, drop_ndp_invalid,
-// drop_dhcp_invalid, drop_dhcpv6_invalid); inbox_high_water, the most
+// drop_dhcp_invalid, drop_dhcpv6_invalid, drop_reply_too_big: a service
+// reply that would not fit the MTU); dispatcher_panics (frames whose
+// handling panicked, each dropped; see recoverFrame); inbox_high_water, the most
 // frames ever seen queued in one actor's inbox right after a hand-over
 // (near actors.InboxDepth: an actor fell behind); flow events (flows_started,
 // flows_not_started, flows_ended, flows_ended_stale, flows_registered,

@@ -105,7 +105,7 @@ func (d *Dispatcher) handleDHCP(b []byte, p *wire.Parsed) {
 			mods = append(mods, dhcpv4.WithGeneric(dhcpv4.OptionFQDN, fqdnOption4(s.cfg.FQDN)))
 		}
 	}
-	resp, err := dhcpv4.NewReplyFromRequest(req, mods...)
+	resp, err := dhcpv4.New(dhcpv4.PrependModifiers(mods, replyTo(req))...)
 	if err != nil {
 		d.n[cDHCPInvalid].Add(1)
 		return
@@ -126,8 +126,12 @@ func (d *Dispatcher) handleDHCP(b []byte, p *wire.Parsed) {
 	default:
 		dst = addr
 	}
-	f := buildUDP4([6]byte(req.ClientHWAddr), s.ourMAC,
+	f, err := buildUDP4(d.replyMTU(), [6]byte(req.ClientHWAddr), s.ourMAC,
 		netip.AddrPortFrom(server, dhcpServerPort), netip.AddrPortFrom(dst, dhcpClientPort), resp.ToBytes())
+	if err != nil {
+		d.n[cReplyTooBig].Add(1)
+		return
+	}
 	d.send(f)
 	switch typ {
 	case dhcpv4.MessageTypeOffer:
@@ -143,6 +147,28 @@ func (d *Dispatcher) handleDHCP(b []byte, p *wire.Parsed) {
 	case dhcpv4.MessageTypeNak:
 		d.n[cDHCPNaks].Add(1)
 		log.Debugf("DHCP: NAK, client asked for another address than %s", addr)
+	}
+}
+
+// maxClientID is the longest client identifier (option 61) a reply
+// echoes: one option's worth. What a client sends may be concatenated from
+// many (RFC 3396), up to the whole datagram, and echoing that would make
+// the reply as large as the request plus ours.
+const maxClientID = 255
+
+// replyTo starts a reply to req as dhcpv4.NewReplyFromRequest does, except
+// for what that echoes without bound: the client identifier only up to
+// maxClientID bytes (RFC 6842 asks for it back; a longer one is no client
+// identifier anyone needs), and the relay agent information (option 82)
+// never: there is no relay between gopasta and its guest, and only a relay
+// may add that option.
+func replyTo(req *dhcpv4.DHCPv4) dhcpv4.Modifier {
+	return func(r *dhcpv4.DHCPv4) {
+		dhcpv4.WithReply(req)(r)
+		r.GatewayIPAddr = req.GatewayIPAddr
+		if id := req.Options.Get(dhcpv4.OptionClientIdentifier); id != nil && len(id) <= maxClientID {
+			r.UpdateOption(dhcpv4.OptGeneric(dhcpv4.OptionClientIdentifier, id))
+		}
 	}
 }
 

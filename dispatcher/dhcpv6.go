@@ -42,7 +42,9 @@ func (d *Dispatcher) handleDHCPv6(b []byte, p *wire.Parsed) {
 		return
 	}
 	cid := msg.Options.ClientID()
-	if cid == nil {
+	if cid == nil || len(cid.ToBytes()) > maxDUIDLen {
+		// A DUID is at most 128 bytes and its type (RFC 8415 11.1);
+		// the reply echoes it, so a longer one is refused, not sized.
 		d.n[cDHCPv6Invalid].Add(1)
 		return
 	}
@@ -115,8 +117,12 @@ func (d *Dispatcher) handleDHCPv6(b []byte, p *wire.Parsed) {
 		d.n[cDHCPv6Invalid].Add(1)
 		return
 	}
-	f := buildUDP6(p.SrcMAC, s.ourMAC, netip.AddrPortFrom(s.ll6, dhcpv6ServerPort),
+	f, err := buildUDP6(d.replyMTU(), p.SrcMAC, s.ourMAC, netip.AddrPortFrom(s.ll6, dhcpv6ServerPort),
 		netip.AddrPortFrom(p.Src, p.SrcPort), resp.ToBytes())
+	if err != nil {
+		d.n[cReplyTooBig].Add(1)
+		return
+	}
 	d.send(f)
 	if resp.MessageType == dhcpv6.MessageTypeAdvertise {
 		d.n[cDHCPv6Advertises].Add(1)
@@ -127,13 +133,30 @@ func (d *Dispatcher) handleDHCPv6(b []byte, p *wire.Parsed) {
 	}
 }
 
-// iaNA returns modifiers adding, for every IA_NA in msg, an IA_NA with the
-// same IAID holding our one address, or a NoAddrsAvail status if there is
-// no IPv6 address to give.
+// Bounds on what a DHCPv6 reply echoes of the request, so that its size
+// is known before it is built: a SOLICIT with 1600 IA_NAs would otherwise
+// get a reply larger than any frame.
+const (
+	// maxDUIDLen is the longest client DUID, type included.
+	maxDUIDLen = 130
+	// maxIANA is how many IA_NAs of one message are answered; the rest
+	// get nothing (RFC 8415 allows a server to leave an IA out). There
+	// is one address to give, so more than one IA_NA is already odd;
+	// pasta answers only the first.
+	maxIANA = 8
+)
+
+// iaNA returns modifiers adding, for each of the first maxIANA IA_NAs in
+// msg, an IA_NA with the same IAID holding our one address, or a
+// NoAddrsAvail status if there is no IPv6 address to give.
 func (d *Dispatcher) iaNA(msg *dhcpv6.Message) []dhcpv6.Modifier {
 	addr := d.svc.cfg.Addr6
 	var mods []dhcpv6.Modifier
-	for _, req := range msg.Options.IANA() {
+	reqs := msg.Options.IANA()
+	if len(reqs) > maxIANA {
+		reqs = reqs[:maxIANA]
+	}
+	for _, req := range reqs {
 		ia := &dhcpv6.OptIANA{IaId: req.IaId, T1: infiniteDuration, T2: infiniteDuration}
 		if addr.IsValid() && addr.Is6() {
 			ia.Options.Add(&dhcpv6.OptIAAddress{

@@ -70,9 +70,14 @@ package dispatcher
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
+	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -147,6 +152,10 @@ type Dispatcher struct {
 
 	// Rate limiting of the flow limit warning.
 	limitLog actors.RateLog
+
+	// panicSites are the call sites whose panic was logged: see
+	// recovered. The dispatcher goroutine's.
+	panicSites map[uintptr]struct{}
 
 	n         counters
 	inboxHigh uint64       // cInboxHighWater's value, kept here to compare cheaply
@@ -427,13 +436,67 @@ func (d *Dispatcher) handleBatch(s []*link.Frame) {
 	}
 	toFlows := uint64(0)
 	for i := range s {
-		if d.handleFrame(s, i) {
+		if d.handleFrameSafe(s, i) {
 			toFlows++
 		}
 	}
 	if toFlows > 0 {
 		d.n[cToFlows].Add(toFlows)
 	}
+}
+
+// handleFrameSafe is handleFrame, with a panic while handling the frame
+// (a bug, which some guest frame made reachable) turned into a dropped,
+// counted frame: one frame must not end every container's network. The
+// frame's slot needs no care: it holds the frame still or nil, and
+// refill handles both.
+func (d *Dispatcher) handleFrameSafe(s []*link.Frame, i int) (toFlow bool) {
+	defer func() {
+		if r := recover(); r != nil {
+			d.recovered(r, s[i])
+			toFlow = false
+		}
+	}()
+	return d.handleFrame(s, i)
+}
+
+// maxPanicSites bounds panicSites: past it, new sites are counted but not
+// logged.
+const maxPanicSites = 64
+
+// recovered counts a panic r that handling frame f (nil if it changed
+// hands) raised, and logs it with its stack and the frame the first time
+// it happens at its call site: a guest that found the bug can repeat it at
+// line rate, and one stack per site says all there is to say. Called
+// from the deferred function, so that the stack is still the panic's.
+func (d *Dispatcher) recovered(r any, f *link.Frame) {
+	d.n[cPanics].Add(1)
+	var pcs [32]uintptr
+	n := runtime.Callers(2, pcs[:])
+	site := uintptr(0)
+	frames := runtime.CallersFrames(pcs[:n])
+	for {
+		fr, more := frames.Next()
+		if !strings.HasPrefix(fr.Function, "runtime.") {
+			site = fr.PC
+			break
+		}
+		if !more {
+			break
+		}
+	}
+	if _, seen := d.panicSites[site]; seen || len(d.panicSites) >= maxPanicSites {
+		return
+	}
+	if d.panicSites == nil {
+		d.panicSites = make(map[uintptr]struct{})
+	}
+	d.panicSites[site] = struct{}{}
+	e := d.log.WithField("panic", fmt.Sprint(r))
+	if f != nil {
+		e = e.WithField("frame", hex.EncodeToString(f.Data[:min(len(f.Data), 256)]))
+	}
+	e.Errorf("frame handling panicked, frame dropped (only counted from now on at this site)\n%s", debug.Stack())
 }
 
 // handleFrame parses s[i] and acts on it. It reports whether the frame went

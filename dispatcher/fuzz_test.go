@@ -110,6 +110,10 @@ func FuzzDispatch(f *testing.F) {
 		if d.Stats()["frames_in"] != before+1 {
 			t.Fatal("frame not counted")
 		}
+		// handleBatch survives a panic; the fuzzer must still see it.
+		if d.Stats()["dispatcher_panics"] != 0 {
+			t.Fatalf("handling panicked: %x", b)
+		}
 		drainFakes(*handles)
 		// Whatever the dispatcher answered must pass our own strict
 		// parser (lengths, checksums). The writer first puts all of

@@ -12,7 +12,10 @@
 // no frame needs a lock.
 package link
 
-import "sync"
+import (
+	"errors"
+	"sync"
+)
 
 // Buffer size classes. Small frames (ACKs, ARP, DHCP, most UDP) use the small
 // class so that a queue of them does not pin 64 KiB each; anything that might
@@ -45,9 +48,24 @@ var (
 	largePool = sync.Pool{New: func() any { return &Frame{Data: make([]byte, MaxFrameSize)} }}
 )
 
+// ErrFrameSize is TryGetFrame's refusal of a size no frame can have.
+var ErrFrameSize = errors.New("frame larger than the largest frame")
+
+// TryGetFrame is GetFrame for a size that depends on what the guest sent
+// (a service's reply): a size over MaxFrameSize, or negative, is an error
+// instead of a panic.
+func TryGetFrame(size int) (*Frame, error) {
+	if size < 0 || size > MaxFrameSize {
+		return nil, ErrFrameSize
+	}
+	return GetFrame(size), nil
+}
+
 // GetFrame returns a frame whose buffer can hold at least size bytes, with
 // Data resliced to size. The caller owns it until it hands it over or calls
-// Release.
+// Release. size must be at most MaxFrameSize, which callers whose sizes are
+// bounded by construction (headers plus at most an MSS or an MTU) know;
+// any other caller uses TryGetFrame.
 func GetFrame(size int) *Frame {
 	p := &largePool
 	if size <= SmallFrameSize {

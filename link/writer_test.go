@@ -66,3 +66,19 @@ func producersKeepOrder(t *testing.T, depth int, produce func(ctx context.Contex
 		t.Fatalf("queued = %d after everything was written", q)
 	}
 }
+
+// TestTryGetFrame: a size no frame can have is an error, not a panic.
+func TestTryGetFrame(t *testing.T) {
+	for _, n := range []int{-1, MaxFrameSize + 1, 1 << 20} {
+		if f, err := TryGetFrame(n); err != ErrFrameSize || f != nil {
+			t.Errorf("TryGetFrame(%d) = %v, %v", n, f, err)
+		}
+	}
+	for _, n := range []int{0, SmallFrameSize, SmallFrameSize + 1, MaxFrameSize} {
+		f, err := TryGetFrame(n)
+		if err != nil || len(f.Data) != n {
+			t.Fatalf("TryGetFrame(%d): %v", n, err)
+		}
+		f.Release()
+	}
+}
