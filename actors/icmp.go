@@ -313,33 +313,41 @@ func (a *icmpActor) drainErrors() {
 		if !ok {
 			return
 		}
-		typ, code, info, ok := q.guestError(a.v6)
-		if !ok || q.n < wire.ICMPLen {
-			continue
-		}
-		k := a.h.Key
-		l4 := a.errBuf[:q.n]
-		proto := uint8(wire.ProtoICMP)
-		binary.BigEndian.PutUint16(l4[4:6], k.Guest.Port())
-		l4[2], l4[3] = 0, 0
-		if a.v6 {
-			proto = wire.ProtoICMPv6
-			g, fa := k.Guest.Addr().As16(), k.Far.Addr().As16()
-			wire.ICMP(l4).SetChecksum(wire.Fold(wire.Checksum(l4, wire.PseudoHeaderSum(g[:], fa[:], proto, q.n))))
-		} else {
-			wire.ICMP(l4).SetChecksum(wire.Fold(wire.Checksum(l4, 0)))
-		}
-		e := icmpError{
-			Type: typ, Code: code, Info: info,
-			From:  errorSource(a.env, &q, k.Far.Addr()),
-			Guest: k.Guest.Addr(), Far: k.Far.Addr(),
-			Proto: proto, L4Len: q.n, L4: l4,
-		}
-		if f := icmpErrorFrame(a.env, &e); f != nil {
+		if f := echoErrorFrame(a.env, &q, a.v6, a.h.Key, a.errBuf); f != nil {
 			UDPStats.ICMPErrors.Add(1)
 			if !a.env.Out.SendCtx(a.env.Ctx, f) {
 				return
 			}
 		}
 	}
+}
+
+// echoErrorFrame builds the ICMP error that tells the guest about q, an
+// error the kernel queued for the echo request of flow k, whose quoted
+// request (q.n bytes) is in buf; it puts the guest's own identifier back
+// into the quote. It returns nil for errors the guest need not hear about
+// and quotes too short to be an echo request.
+func echoErrorFrame(env *Env, q *queuedErr, v6 bool, k Key, buf []byte) *link.Frame {
+	typ, code, info, ok := q.guestError(v6)
+	if !ok || q.n < wire.ICMPLen || q.n > len(buf) {
+		return nil
+	}
+	l4 := buf[:q.n]
+	proto := uint8(wire.ProtoICMP)
+	binary.BigEndian.PutUint16(l4[4:6], k.Guest.Port())
+	l4[2], l4[3] = 0, 0
+	if v6 {
+		proto = wire.ProtoICMPv6
+		g, fa := k.Guest.Addr().As16(), k.Far.Addr().As16()
+		wire.ICMP(l4).SetChecksum(wire.Fold(wire.Checksum(l4, wire.PseudoHeaderSum(g[:], fa[:], proto, q.n))))
+	} else {
+		wire.ICMP(l4).SetChecksum(wire.Fold(wire.Checksum(l4, 0)))
+	}
+	e := icmpError{
+		Type: typ, Code: code, Info: info,
+		From:  errorSource(env, q, k.Far.Addr()),
+		Guest: k.Guest.Addr(), Far: k.Far.Addr(),
+		Proto: proto, L4Len: q.n, L4: l4,
+	}
+	return icmpErrorFrame(env, &e)
 }

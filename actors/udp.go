@@ -1020,21 +1020,7 @@ func (b *udpBinding) drainErrors() {
 				continue
 			}
 		}
-		l4len := wire.UDPLen + q.n
-		l4 := b.errBuf[:min(l4len, len(b.errBuf))]
-		u := wire.UDP(l4)
-		u.Set(guest.Port(), far.Port(), l4len)
-		if len(l4) == l4len {
-			gs, fs := guest.Addr().AsSlice(), far.Addr().AsSlice()
-			u.SetChecksum(udpCsum(wire.Checksum(l4, wire.PseudoHeaderSum(gs, fs, wire.ProtoUDP, l4len))))
-		}
-		e := icmpError{
-			Type: typ, Code: code, Info: info,
-			From:  errorSource(b.env, &q, far.Addr()),
-			Guest: guest.Addr(), Far: far.Addr(),
-			Proto: wire.ProtoUDP, L4Len: l4len, L4: l4,
-		}
-		if f := icmpErrorFrame(b.env, &e); f != nil {
+		if f := errorFrame(b.env, &q, typ, code, info, guest, far, b.errBuf); f != nil {
 			UDPStats.ICMPErrors.Add(1)
 			if !b.env.Out.SendCtx(b.env.Ctx, f) {
 				return

@@ -6,6 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )
 
@@ -49,9 +50,17 @@ func recvErr(fd int, buf, oob []byte) (queuedErr, bool) {
 	case *unix.SockaddrInet6:
 		q.dst = netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
 	}
-	cmsgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	q.parseControl(oob[:oobn])
+	return q, true
+}
+
+// parseControl fills q's extended error and offender from the control
+// messages of an error-queue read. The kernel wrote them, but their
+// lengths are checked all the same: nothing read here may panic.
+func (q *queuedErr) parseControl(oob []byte) {
+	cmsgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return q, true
+		return
 	}
 	for _, c := range cmsgs {
 		if !(c.Header.Level == unix.IPPROTO_IP && c.Header.Type == unix.IP_RECVERR) &&
@@ -69,7 +78,6 @@ func recvErr(fd int, buf, oob []byte) (queuedErr, bool) {
 			q.offender = getSockaddr(&sa).Addr()
 		}
 	}
-	return q, true
 }
 
 // guestError returns the ICMP (v6 false) or ICMPv6 type, code and info to
@@ -117,4 +125,28 @@ func errorSource(env *Env, q *queuedErr, far netip.Addr) netip.Addr {
 		return g.Addr()
 	}
 	return far
+}
+
+// errorFrame builds the ICMP error (typ, code, info: from guestError) that
+// tells the guest about q, an error the kernel queued for a datagram the
+// guest sent from guest to far. buf is the actor's error buffer: the
+// offending payload (q.n bytes) at buf[UDPLen:], room for the UDP header
+// before it, which errorFrame fills in. It returns nil when the frame
+// cannot be built (families that disagree).
+func errorFrame(env *Env, q *queuedErr, typ, code uint8, info uint32, guest, far netip.AddrPort, buf []byte) *link.Frame {
+	l4len := wire.UDPLen + q.n
+	l4 := buf[:min(l4len, len(buf))]
+	u := wire.UDP(l4)
+	u.Set(guest.Port(), far.Port(), l4len)
+	if len(l4) == l4len {
+		gs, fs := guest.Addr().AsSlice(), far.Addr().AsSlice()
+		u.SetChecksum(udpCsum(wire.Checksum(l4, wire.PseudoHeaderSum(gs, fs, wire.ProtoUDP, l4len))))
+	}
+	e := icmpError{
+		Type: typ, Code: code, Info: info,
+		From:  errorSource(env, q, far.Addr()),
+		Guest: guest.Addr(), Far: far.Addr(),
+		Proto: wire.ProtoUDP, L4Len: l4len, L4: l4,
+	}
+	return icmpErrorFrame(env, &e)
 }

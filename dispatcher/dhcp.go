@@ -120,7 +120,9 @@ func (d *Dispatcher) handleDHCP(b []byte, p *wire.Parsed) {
 	dst := ipv4Broadcast
 	switch ciaddr, _ := netip.AddrFromSlice(req.ClientIPAddr.To4()); {
 	case typ == dhcpv4.MessageTypeNak:
-	case ciaddr.Is4() && !ciaddr.IsUnspecified():
+	case ciaddr.Is4() && wire.ClassifyAddr(ciaddr) == wire.AddrOrdinary && !ciaddr.IsMulticast() && ciaddr != ipv4Broadcast:
+		// Only an address a frame may carry: a client claiming
+		// 127.0.0.1 or 0.1.2.3 is answered by broadcast.
 		dst = ciaddr
 	case req.IsBroadcast() || inform:
 	default:
