@@ -47,6 +47,7 @@ type Config struct {
 	RunAs      string // --runas
 	ConfPath   string // -c/--conf-path (control socket, pesto)
 	Pcap       string // -p/--pcap
+	PcapSize   int64  // --pcap-size, 0 for the default
 
 	// Interface, addresses, routes.
 	MTU          int          // -m; 0 until defaulted to 65520

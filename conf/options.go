@@ -436,6 +436,8 @@ func buildTable() []*option {
 			apply: str(path("control socket path"), func(c *Config, v string) { c.ConfPath = v })},
 		{long: []string{"pcap"}, short: 'p', hasArg: true, toml: tomlString, argName: "FILE", help: "Capture guest-side traffic to a pcap file",
 			apply: str(path("pcap path"), func(c *Config, v string) { c.Pcap = v })},
+		{long: []string{"pcap-size"}, hasArg: true, toml: tomlInt, argName: "BYTES", help: "Maximum size of the pcap file, then capture stops (default: 1 GiB)",
+			apply: intOption(1<<62, 4096, func(c *Config, v uint64) { c.PcapSize = int64(v) })},
 		{long: []string{"pid"}, short: 'P', hasArg: true, toml: tomlString, argName: "FILE", help: "Write our PID to FILE once ready",
 			apply: str(path("PID file"), func(c *Config, v string) { c.PIDFile = v })},
 		{long: []string{"chroot-fallback"}, toml: tomlBool, help: "Use chroot() if pivot_root() fails",

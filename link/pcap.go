@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Packet capture (-p/--pcap), as pasta does it: every frame that crosses
@@ -70,6 +72,8 @@ type Pcap struct {
 	start   time.Time // wall clock at open, with its monotonic reading
 	startNs int64     // start as Unix nanoseconds
 	err     error     // the write error that stopped capture; mu
+	size    int64     // bytes of the file, buffered ones included; mu
+	limit   int64     // the file's size cap (SetLimit), 0 for none; mu
 
 	off     atomic.Bool // capture stopped: Close, or a write error
 	onError func(error)
@@ -82,12 +86,13 @@ type Pcap struct {
 }
 
 // CreatePcap creates (or truncates) the file at path, readable by its owner
-// only since it holds the guest's traffic, and writes the file header to
+// only since it holds the guest's traffic, never through a symbolic link
+// (the daemon opens its own with more checks, and uses NewPcap), and writes the file header to
 // it, so that a path that cannot be written fails here, at start-up, and
 // not at the first frame. onError, if not nil, is told once about a write
 // error that stops the capture later.
 func CreatePcap(path string, onError func(error)) (*Pcap, error) {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -116,6 +121,7 @@ func NewPcap(w io.Writer, onError func(error)) (*Pcap, error) {
 	now := time.Now()
 	p := &Pcap{
 		w:       w,
+		size:    pcapFileHeaderLen,
 		buf:     make([]byte, 0, pcapBufferSize),
 		start:   now,
 		startNs: now.UnixNano(),
@@ -125,6 +131,20 @@ func NewPcap(w io.Writer, onError func(error)) (*Pcap, error) {
 	}
 	go p.flusher()
 	return p, nil
+}
+
+// SetLimit caps the file at n bytes (0: no cap): the first frame whose
+// record would take it past n stops the capture, and the file keeps every
+// whole record before it. Only while capturing can the guest make the
+// file grow, by as much as it sends; the cap keeps a long-running capture
+// from filling the disk.
+func (p *Pcap) SetLimit(n int64) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	p.limit = n
+	p.mu.Unlock()
 }
 
 // Tee records f. It copies what it needs before it returns and keeps no
@@ -148,6 +168,18 @@ func (p *Pcap) record(b []byte) {
 	if p.off.Load() {
 		return
 	}
+	if p.limit > 0 && p.size+pcapRecordLen+int64(incl) > p.limit {
+		// Whole records only: the file ends with the last one that
+		// fitted, and tcpdump reads it to the end.
+		p.flushLocked()
+		p.off.Store(true)
+		p.buf = nil
+		if p.onError != nil {
+			p.onError(fmt.Errorf("pcap: size cap of %d bytes reached; capture stopped", p.limit))
+		}
+		return
+	}
+	p.size += pcapRecordLen + int64(incl)
 	if len(p.buf)+pcapRecordLen+incl > cap(p.buf) {
 		if !p.flushLocked() {
 			return

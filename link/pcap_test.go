@@ -387,3 +387,41 @@ func BenchmarkPcapTee(b *testing.B) {
 		})
 	}
 }
+
+// TestPcapLimit: the capture stops at the first record that would take the
+// file past its cap, the file keeps every whole record before it, and the
+// stop is reported once.
+func TestPcapLimit(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "x.pcap")
+	var reports []error
+	p, err := CreatePcap(path, func(err error) { reports = append(reports, err) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	const limit = 4096
+	p.SetLimit(limit)
+	for i := range 100 {
+		f := pcapTestFrame(1000, byte(i))
+		p.Tee(f)
+		f.Release()
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > limit {
+		t.Fatalf("capture of %d bytes over its cap of %d", len(b), limit)
+	}
+	recs := parsePcap(t, b)
+	// 24 + 3 * (16 + 1000) = 3072; a fourth record would make 4088 + ...
+	want := (limit - pcapFileHeaderLen) / (pcapRecordLen + 1000)
+	if len(recs) != want || p.Frames.Load() != uint64(want) {
+		t.Fatalf("%d records (%d counted), want %d", len(recs), p.Frames.Load(), want)
+	}
+	if len(reports) != 1 || !strings.Contains(reports[0].Error(), "size cap") {
+		t.Fatalf("reports %v", reports)
+	}
+}

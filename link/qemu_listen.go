@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -28,16 +29,65 @@ type QemuListener struct {
 }
 
 // DefaultQemuSocketPath returns the first /tmp/gopasta_N.socket, N = 1..64,
-// that nobody listens on: a path that does not exist, or a stale socket file
-// left behind by a dead process (which ListenQemu will replace).
+// that nobody listens on and that is ours to take: a path that does not
+// exist, or a stale socket file of ours left behind by a dead process
+// (which ListenQemu will replace). A stale socket of another user, which
+// we could not remove from /tmp, and anything that is not a socket are
+// skipped.
 func DefaultQemuSocketPath() (string, error) {
-	for i := 1; i <= qemuSocketMax; i++ {
-		p := fmt.Sprintf(qemuSocketPattern, i)
-		if free, _ := qemuPathFree(p); free {
+	return defaultSocketPath(qemuSocketPattern, qemuSocketMax)
+}
+
+// ListenQemuDefault listens on the first /tmp/gopasta_N.socket it can
+// have (see DefaultQemuSocketPath), going on to N+1 when binding one
+// fails: another process may take a path between the check and the bind.
+func ListenQemuDefault() (*QemuListener, error) {
+	return listenFirst(qemuSocketPattern, qemuSocketMax)
+}
+
+func defaultSocketPath(pattern string, max int) (string, error) {
+	for i := 1; i <= max; i++ {
+		p := fmt.Sprintf(pattern, i)
+		if ok, _ := qemuPathReusable(p); ok {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("no free socket path among "+qemuSocketPattern+" .. %d", 1, qemuSocketMax)
+	return "", fmt.Errorf("no free socket path among "+pattern+" .. %d", 1, max)
+}
+
+func listenFirst(pattern string, max int) (*QemuListener, error) {
+	for i := 1; i <= max; i++ {
+		p := fmt.Sprintf(pattern, i)
+		if ok, _ := qemuPathReusable(p); !ok {
+			continue
+		}
+		if l, err := ListenQemu(p); err == nil {
+			return l, nil
+		}
+	}
+	return nil, fmt.Errorf("no free socket path among "+pattern+" .. %d", 1, max)
+}
+
+// qemuPathReusable is qemuPathFree for the default search, which also
+// leaves alone a stale socket that is not ours: removing it from a sticky
+// directory fails for another user's, and even root has no business
+// taking it.
+func qemuPathReusable(path string) (bool, error) {
+	free, err := qemuPathFree(path)
+	if !free {
+		return false, err
+	}
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return true, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+		return false, fmt.Errorf("%s is a stale socket of UID %d", path, st.Uid)
+	}
+	return true, nil
 }
 
 // qemuPathFree reports whether path can be bound after removing a stale

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"hash/crc32"
 	"io"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1215,5 +1217,56 @@ func TestReconnectingDeviceQuickReconnect(t *testing.T) {
 	expectFrame(t, readOne(r), f2)
 	if g.disconnects.Load() != 1 || g.connects.Load() != 2 || r.Refused.Load() != 0 {
 		t.Fatalf("disconnects %d connects %d refused %d", g.disconnects.Load(), g.connects.Load(), r.Refused.Load())
+	}
+}
+
+// TestQemuDefaultSkipsForeign: the default socket search goes past what it
+// cannot reuse: a stale socket of another user (in a sticky directory, as
+// /tmp is, removing it would fail for anyone but its owner, and even root
+// must not take it) and a regular file, both left untouched.
+func TestQemuDefaultSkipsForeign(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to leave a socket of another user")
+	}
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	pattern := filepath.Join(dir, "gp_%d.socket")
+	foreign := fmt.Sprintf(pattern, 1)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: foreign, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false)
+	ln.Close()
+	if err := os.Lchown(foreign, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(fmt.Sprintf(pattern, 2), []byte("keep"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := defaultSocketPath(pattern, 4)
+	if err != nil || p != fmt.Sprintf(pattern, 3) {
+		t.Fatalf("default path %q, %v; want the third", p, err)
+	}
+	l, err := listenFirst(pattern, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if l.Path() != fmt.Sprintf(pattern, 3) {
+		t.Fatalf("listening on %s, want the third", l.Path())
+	}
+	fi, err := os.Lstat(foreign)
+	if err != nil || fi.Mode().Type() != os.ModeSocket || fi.Sys().(*syscall.Stat_t).Uid != 65534 {
+		t.Fatalf("the other user's socket was touched: %v %v", fi, err)
+	}
+	if b, _ := os.ReadFile(fmt.Sprintf(pattern, 2)); string(b) != "keep" {
+		t.Fatal("regular file touched")
+	}
+	// All taken: an error, not a path.
+	if _, err := listenFirst(pattern, 2); err == nil {
+		t.Fatal("listened with every path taken")
 	}
 }

@@ -43,6 +43,9 @@ type daemon struct {
 	foreground bool
 	command    bool
 
+	pidFile *os.File // -P, opened at the start of setup, written and closed at its end
+	profile *os.File // profileEnv's file, opened before setup (profile.go)
+
 	nsFD    int
 	nsArg   string   // the namespace file to watch ("" in command mode)
 	nsDir   int      // nsArg's directory (O_PATH), or -1 (watch.go)
@@ -139,6 +142,7 @@ func daemonMain(prog string) int {
 		_, d.isolateErr = nsenter.Isolated()
 		d.mountNS = d.isolateErr == nil
 	}
+	d.profile = openProfile(log)
 	d.foreground = cfg.Foreground || d.command
 	d.ctx, d.cancel = context.WithCancelCause(context.Background())
 	defer d.closePcap()
@@ -162,8 +166,9 @@ func daemonMain(prog string) int {
 		return 1
 	}
 	log.afterReady(d.foreground)
-	// The profile file is opened now, while there is a filesystem.
-	defer startProfile(log)()
+	// The profile file was opened before setup (profile.go); profiling
+	// starts now.
+	defer startProfile(log, d.profile)()
 	// Last: stdio detached (it opens /dev/null), then the sandbox
 	// (sandbox.go), whose seccomp filter is the very last step.
 	for _, step := range []func() error{d.detachStdio, d.sandbox, d.seal} {
@@ -212,6 +217,15 @@ func detachStdio() error {
 func (d *daemon) setup() error {
 	cfg, log := d.cfg, d.log
 
+	// Output files first: before anything enters a namespace or drops a
+	// privilege, relative to the caller's directory (outfile.go).
+	if cfg.PIDFile != "" {
+		f, err := openOutput(cfg.PIDFile, true)
+		if err != nil {
+			return fmt.Errorf("PID file: %v", err)
+		}
+		d.pidFile = f
+	}
 	if err := d.openPcap(); err != nil {
 		return err
 	}
@@ -279,8 +293,13 @@ func (d *daemon) setup() error {
 	}
 	d.setLimits()
 
-	if cfg.PIDFile != "" {
-		if err := os.WriteFile(cfg.PIDFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
+	if d.pidFile != nil {
+		_, err := d.pidFile.WriteString(strconv.Itoa(os.Getpid()) + "\n")
+		if cerr := d.pidFile.Close(); err == nil {
+			err = cerr
+		}
+		d.pidFile = nil
+		if err != nil {
 			return fmt.Errorf("PID file: %v", err)
 		}
 	}

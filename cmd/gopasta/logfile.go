@@ -33,11 +33,14 @@ type cappedLog struct {
 
 // openCappedLog opens (creating it if need be) the log file at path,
 // appending to what it holds, under a cap of limit bytes (0: the default).
+// It opens it as every output file (openOutput): never through a symbolic
+// link, and a regular file only if it is the daemon's own with one link,
+// since making room rewrites it in place.
 func openCappedLog(path string, limit int64) (*cappedLog, error) {
 	if limit <= 0 {
 		limit = defaultLogSize
 	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := openOutputRW(path)
 	if err != nil {
 		return nil, err
 	}

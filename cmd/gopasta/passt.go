@@ -120,15 +120,13 @@ func (d *daemon) openPasst() error {
 		return nil
 	}
 
-	path := cfg.Socket
-	if path == "" {
-		p, err := link.DefaultQemuSocketPath()
-		if err != nil {
-			return err
-		}
-		path = p
+	var ln *link.QemuListener
+	var err error
+	if cfg.Socket == "" {
+		ln, err = link.ListenQemuDefault()
+	} else {
+		ln, err = link.ListenQemu(cfg.Socket)
 	}
-	ln, err := link.ListenQemu(path)
 	if err != nil {
 		return err
 	}

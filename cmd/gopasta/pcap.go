@@ -15,7 +15,12 @@ import (
 	"github.com/gopasta/gopasta/link/wire"
 )
 
-// openPcap creates the -p/--pcap capture file, as pasta does, during setup:
+// defaultPcapSize caps the capture file when --pcap-size is not given:
+// pasta has no cap, and a capture left running fills the disk.
+const defaultPcapSize = 1 << 30
+
+// openPcap creates the -p/--pcap capture file, as pasta does, during setup
+// and as every output file (outfile.go), capped at --pcap-size:
 // before readiness and before the daemon leaves its working directory, so
 // that a relative path is the user's and a path that cannot be created is
 // a start-up error (exit status 1, one line), not a silent empty capture.
@@ -26,9 +31,15 @@ func (d *daemon) openPcap() error {
 	if path == "" {
 		return nil
 	}
-	p, err := link.CreatePcap(path, func(err error) {
-		d.log.Errorf("%s: %v", path, err)
-	})
+	f, err := openOutput(path, true)
+	if err == nil {
+		var p *link.Pcap
+		if p, err = link.NewPcap(f, func(err error) { d.log.Errorf("%s: %v", path, err) }); err != nil {
+			f.Close()
+		} else {
+			d.pcap = p
+		}
+	}
 	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
@@ -36,7 +47,11 @@ func (d *daemon) openPcap() error {
 		}
 		return fmt.Errorf("cannot open pcap file %s: %v", path, err)
 	}
-	d.pcap = p
+	limit := d.cfg.PcapSize
+	if limit <= 0 {
+		limit = defaultPcapSize
+	}
+	d.pcap.SetLimit(limit)
 	d.log.Infof("Saving packet capture to %s", path)
 	return nil
 }

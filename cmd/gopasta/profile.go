@@ -12,22 +12,31 @@ import (
 // since the daemon leaves its working directory.
 const profileEnv = "GOPASTA_CPUPROFILE"
 
-// startProfile starts CPU profiling if profileEnv is set and returns the
-// function that stops it and writes the file. Failing to profile is logged
-// and otherwise ignored.
-func startProfile(log *logging) (stop func()) {
+// openProfile opens the profile file if profileEnv is set, as every
+// output file (openOutput), at start-up while the daemon still has its
+// privileges and its working directory. Failing to is logged and
+// otherwise ignored: nil.
+func openProfile(log *logging) *os.File {
 	path := os.Getenv(profileEnv)
 	if path == "" {
+		return nil
+	}
+	f, err := openOutput(path, true)
+	if err != nil {
+		log.Warnf("%s: %v", profileEnv, err)
+		return nil
+	}
+	return f
+}
+
+// startProfile starts CPU profiling into f (from openProfile; nil: none)
+// and returns the function that stops it and closes the file.
+func startProfile(log *logging, f *os.File) (stop func()) {
+	if f == nil {
 		return func() {}
 	}
-	f, err := os.Create(path)
-	if err == nil {
-		err = pprof.StartCPUProfile(f)
-		if err != nil {
-			f.Close()
-		}
-	}
-	if err != nil {
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
 		log.Warnf("%s: %v", profileEnv, err)
 		return func() {}
 	}
