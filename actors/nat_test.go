@@ -194,3 +194,39 @@ func TestNATString(t *testing.T) {
 		t.Errorf("after a move: %s", got)
 	}
 }
+
+// TestNATInboundPolicy: a host-side peer in any loopback spelling is shown
+// through the host-loopback mapping or not at all, and addresses the
+// address policy refuses on the link are never shown.
+func TestNATInboundPolicy(t *testing.T) {
+	a := netip.MustParseAddr
+	mapped := &NAT{HostLoopback4: a("192.0.2.1"), HostLoopback6: a("fd00::1")}
+	none := &NAT{}
+	for _, c := range []struct {
+		n     *NAT
+		src   string
+		shown string // "" for not shown
+	}{
+		{mapped, "127.0.0.1", "192.0.2.1"},
+		{mapped, "::ffff:127.0.0.1", "192.0.2.1"},
+		{mapped, "127.1.2.3", "192.0.2.1"},
+		{mapped, "::1", "fd00::1"},
+		{mapped, "::127.0.0.1", "fd00::1"},
+		{none, "127.0.0.1", ""},
+		{none, "::ffff:127.0.0.1", ""},
+		{none, "::1", ""},
+		{none, "::127.0.0.1", ""},
+		{mapped, "0.0.0.0", ""},
+		{mapped, "::", ""},
+		{mapped, "0.1.2.3", ""},
+		{mapped, "::ffff:0.1.2.3", ""},
+		{mapped, "::8.8.8.8", ""},
+		{mapped, "::ffff:8.8.8.8", "8.8.8.8"}, // a dual-stack socket's IPv4 peer
+		{mapped, "2001:db8::1", "2001:db8::1"},
+	} {
+		got, ok := c.n.Inbound(netip.AddrPortFrom(a(c.src), 80))
+		if (c.shown == "") == ok || ok && got.Addr() != a(c.shown) {
+			t.Errorf("Inbound(%s) = %v, %v; want %q", c.src, got, ok, c.shown)
+		}
+	}
+}
