@@ -471,17 +471,22 @@ const maxPanicSites = 64
 // from the deferred function, so that the stack is still the panic's.
 func (d *Dispatcher) recovered(r any, f *link.Frame) {
 	d.n[cPanics].Add(1)
-	var pcs [32]uintptr
+	// The site is the first frame below runtime.gopanic that is not the
+	// runtime's own (a bounds check or a nil dereference panics from
+	// runtime helpers).
+	var pcs [64]uintptr
 	n := runtime.Callers(2, pcs[:])
 	site := uintptr(0)
 	frames := runtime.CallersFrames(pcs[:n])
-	for {
+	for inPanic := false; ; {
 		fr, more := frames.Next()
-		if !strings.HasPrefix(fr.Function, "runtime.") {
+		switch {
+		case fr.Function == "runtime.gopanic":
+			inPanic = true
+		case inPanic && !strings.HasPrefix(fr.Function, "runtime."):
 			site = fr.PC
-			break
 		}
-		if !more {
+		if site != 0 || !more {
 			break
 		}
 	}

@@ -144,7 +144,9 @@ func genFlowFrames(c *choices, udpPort, tcpPort uint16) [][]byte {
 // FuzzDispatchActors is the dispatcher wired to the real TCP, UDP and ICMP
 // actors: generated frames (genFlowFrames) go through handleBatch, in
 // batches as the link reads them, to flows whose host sockets talk to
-// echo servers on the host's loopback through the gateway mapping. Then
+// echo servers on the host's loopback through the gateway mapping (lone
+// frames through the actors' Direct paths when the input's last bit says
+// so, as on the tap). Then
 // the daemon shuts down. For any input: no panic in the dispatcher or an
 // actor, no flow to a refused address, every frame sent to the guest
 // parses strictly, and every actor ends.
@@ -173,6 +175,9 @@ func FuzzDispatchActors(f *testing.F) {
 			NAT: &actors.NAT{HostLoopback4: gw4, HostLoopback6: gw6}}
 		env.Peer.SetMAC(guestMAC)
 		d := New(cfg, ours, env, log)
+		// As on the tap (runInline), now and then: lone frames go to
+		// the actors' Direct paths, run on this goroutine.
+		d.direct = len(in) > 0 && in[len(in)-1]&1 != 0
 		var p wire.Parsed
 		readGuest := func() {
 			for {

@@ -135,7 +135,8 @@ func (l *lockedBuffer) String() string {
 
 // TestPanicIsACountedDrop: a bug some frame reaches (here, a starter that
 // panics) costs that frame, counted, with one stack in the log per call
-// site; the dispatcher goes on serving the link.
+// site (two sites here, each hit several times); the dispatcher goes on
+// serving the link.
 func TestPanicIsACountedDrop(t *testing.T) {
 	var logBuf lockedBuffer
 	boom := func(_ *envT, _ keyT, f *frameT) *handleT {
@@ -143,23 +144,31 @@ func TestPanicIsACountedDrop(t *testing.T) {
 		_ = s[len(f.Data)] // index out of range
 		return nil
 	}
+	bang := func(_ *envT, _ keyT, f *frameT) *handleT {
+		var h *handleT
+		_ = h.Key // nil dereference: another site
+		return nil
+	}
 	h := newHarness(t, nil, func(d *Dispatcher) {
 		d.log.Out = &logBuf
-		d.startTCP, d.startUDP = boom, boom
+		d.startTCP, d.startUDP = boom, bang
 	})
 	for i := range 5 {
 		h.send(wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(uint16(40000+i), 80, 1, 0, wire.TCPSyn, nil)))
 	}
-	h.send(wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(4000, 53, []byte("q"))))
-	h.waitStat("dispatcher_panics", 6)
+	for i := range 3 {
+		h.send(wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(uint16(4000+i), 53, []byte("q"))))
+	}
+	h.waitStat("dispatcher_panics", 8)
 	// Still serving.
 	h.send(arpRequest(guest4, gw4))
 	h.recv(func(b []byte, p *wire.Parsed) bool { return p.EtherType == wire.EtherTypeARP })
 	log := logBuf.String()
-	if n := strings.Count(log, "frame handling panicked"); n != 1 {
-		t.Fatalf("%d panics logged, want 1 (one site):\n%s", n, log)
+	if n := strings.Count(log, "frame handling panicked"); n != 2 {
+		t.Fatalf("%d panics logged, want 2 (two sites):\n%s", n, log)
 	}
-	if !strings.Contains(log, "index out of range") || !strings.Contains(log, "hostile_test.go") {
-		t.Fatalf("log lacks the panic or its stack:\n%s", log)
+	if !strings.Contains(log, "index out of range") || !strings.Contains(log, "nil pointer dereference") ||
+		!strings.Contains(log, "hostile_test.go") {
+		t.Fatalf("log lacks the panics or their stacks:\n%s", log)
 	}
 }
