@@ -78,3 +78,37 @@ func TestOutputFilesNoSymlinks(t *testing.T) {
 		}
 	}
 }
+
+// TestProfileFileSafe: the developer's CPU profile (GOPASTA_CPUPROFILE) is
+// created 0600 at start-up, and a symbolic link at its path is not
+// followed (the daemon runs on without a profile).
+func TestProfileFileSafe(t *testing.T) {
+	dir := t.TempDir()
+	prof := filepath.Join(dir, "cpu.pprof")
+	t.Setenv("GOPASTA_CPUPROFILE", prof)
+	gp := StartGopasta(t)
+	st, err := os.Stat(prof)
+	if err != nil {
+		t.Fatalf("profile not created at start-up: %v", err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Errorf("profile mode %v, want 0600", st.Mode().Perm())
+	}
+	gp.Kill()
+
+	victim := filepath.Join(dir, "victim")
+	os.WriteFile(victim, []byte("precious\n"), 0o644)
+	link := filepath.Join(dir, "link.pprof")
+	if err := os.Symlink(victim, link); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("GOPASTA_CPUPROFILE", link)
+	gp = StartGopasta(t)
+	gp.Kill()
+	if b, _ := os.ReadFile(victim); string(b) != "precious\n" {
+		t.Fatalf("the link's target changed: %d bytes", len(b))
+	}
+	if !strings.Contains(gp.Log(), "symbolic link") {
+		t.Errorf("no warning about the link:\n%s", tail(gp.Log(), 2000))
+	}
+}
