@@ -6,11 +6,13 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv6"
 	"github.com/insomniacslk/dhcp/iana"
 
+	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 	"github.com/gopasta/gopasta/link/wire/wiretest"
 )
@@ -170,5 +172,38 @@ func TestPanicIsACountedDrop(t *testing.T) {
 	if !strings.Contains(log, "index out of range") || !strings.Contains(log, "nil pointer dereference") ||
 		!strings.Contains(log, "hostile_test.go") {
 		t.Fatalf("log lacks the panics or their stacks:\n%s", log)
+	}
+}
+
+// TestPanicMidBatch: the frames after one whose handling panicked, in the
+// same batch, are handled as if nothing happened.
+func TestPanicMidBatch(t *testing.T) {
+	d, guest, _ := offline(t)
+	d.startTCP = func(_ *envT, _ keyT, f *frameT) *handleT {
+		f.Release()
+		panic("boom")
+	}
+	frames := [][]byte{
+		wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(40000, 80, 1, 0, wire.TCPSyn, nil)),
+		arpRequest(guest4, gw4),
+		wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(40001, 80, 1, 0, wire.TCPSyn, nil)),
+		arpRequest(guest4, dns4),
+	}
+	batch := make([]*frameT, len(frames))
+	for i, b := range frames {
+		batch[i] = link.GetFrame(link.MaxFrameSize)
+		batch[i].Data = batch[i].Data[:copy(batch[i].Data, b)]
+	}
+	d.handleBatch(batch)
+	link.ReleaseAll(batch)
+	if st := d.Stats(); st["dispatcher_panics"] != 2 || st["arp_replies"] != 2 || st["frames_in"] != 4 {
+		t.Fatalf("stats %v", nonzero(st))
+	}
+	for range 2 {
+		select {
+		case <-guest.Frames():
+		case <-time.After(3 * time.Second):
+			t.Fatal("ARP reply missing")
+		}
 	}
 }

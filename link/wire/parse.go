@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"encoding/binary"
 	"net/netip"
 )
 
@@ -116,8 +117,12 @@ func parseIPv4(b []byte, p *Parsed) error {
 		return ReasonFragment
 	}
 	p.Src, p.Dst = h.Src(), h.Dst()
-	if r := addrPolicy(p); r != ReasonNone {
-		return r
+	// Only 0/8 and 127/8 can be special (ClassifyAddr): the policy is
+	// asked about those alone, which keeps it off the per-frame path.
+	if s, d := h[12], h[16]; s == 0 || s == 127 || d == 0 || d == 127 {
+		if r := addrPolicy(p); r != ReasonNone {
+			return r
+		}
 	}
 	if h[12] >= 224 { // multicast 224/4, reserved 240/4, broadcast
 		return ReasonBadSource
@@ -150,8 +155,11 @@ func parseIPv6(b []byte, p *Parsed) error {
 		return ReasonShort
 	}
 	p.Src, p.Dst = h.Src(), h.Dst()
-	if r := addrPolicy(p); r != ReasonNone {
-		return r
+	// Only addresses in ::/80 can be special (ClassifyAddr).
+	if binary.BigEndian.Uint64(h[8:16]) == 0 || binary.BigEndian.Uint64(h[24:32]) == 0 {
+		if r := addrPolicy(p); r != ReasonNone {
+			return r
+		}
 	}
 	if h[8] == 0xff {
 		return ReasonBadSource
