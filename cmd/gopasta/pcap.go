@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/gopasta/gopasta/actors/flowtrace"
+	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/conf/control"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
@@ -47,13 +48,17 @@ func (d *daemon) openPcap() error {
 		}
 		return fmt.Errorf("cannot open pcap file %s: %v", path, err)
 	}
-	limit := d.cfg.PcapSize
-	if limit <= 0 {
-		limit = defaultPcapSize
-	}
-	d.pcap.SetLimit(limit)
+	d.pcap.SetLimit(pcapLimit(d.cfg))
 	d.log.Infof("Saving packet capture to %s", path)
 	return nil
+}
+
+// pcapLimit is the cap of a capture file: --pcap-size, or the default.
+func pcapLimit(cfg *conf.Config) int64 {
+	if cfg.PcapSize > 0 {
+		return cfg.PcapSize
+	}
+	return defaultPcapSize
 }
 
 // teePcap points the capture hooks of the link writer (frames to the
@@ -64,6 +69,7 @@ func (d *daemon) openPcap() error {
 // no run-time capture costs a call and one atomic load more than without.
 func (d *daemon) teePcap() {
 	d.caps.start = d.pcap
+	d.caps.limit = pcapLimit(d.cfg)
 	d.w.Tee = d.caps.tee
 	d.disp.Tee = d.caps.tee
 }
@@ -71,6 +77,7 @@ func (d *daemon) teePcap() {
 // captures are the daemon's packet captures.
 type captures struct {
 	start *link.Pcap // --pcap: every frame, for the daemon's life
+	limit int64      // --pcap-size, for the run-time captures too
 	mu    sync.Mutex // serialises starting and stopping rt
 	rt    atomic.Pointer[capture]
 }
@@ -121,7 +128,14 @@ func (c *captures) startRT(file string, f flowtrace.Filter, onError func(error))
 	if r := c.rt.Load(); r != nil {
 		return fmt.Errorf("pcap: already capturing to %s (stop it first)", r.file)
 	}
-	p, err := link.CreatePcap(file, onError)
+	// As every output file (outfile.go), and capped as --pcap is.
+	fh, err := openOutput(file, true)
+	var p *link.Pcap
+	if err == nil {
+		if p, err = link.NewPcap(fh, onError); err != nil {
+			fh.Close()
+		}
+	}
 	if err != nil {
 		var pe *fs.PathError
 		if errors.As(err, &pe) {
@@ -129,6 +143,7 @@ func (c *captures) startRT(file string, f flowtrace.Filter, onError func(error))
 		}
 		return fmt.Errorf("cannot open pcap file %s: %v", file, err)
 	}
+	p.SetLimit(c.limit)
 	c.rt.Store(&capture{p: p, file: file, filter: f})
 	return nil
 }
