@@ -56,16 +56,31 @@ func defaultSocketPath(pattern string, max int) (string, error) {
 }
 
 func listenFirst(pattern string, max int) (*QemuListener, error) {
+	ln, p, err := listenFirstUnix(pattern, max)
+	if err != nil {
+		return nil, err
+	}
+	return &QemuListener{ln: ln, path: p}, nil
+}
+
+// ListenUnixSocketDefault is ListenQemuDefault for a link that speaks
+// another protocol on the socket (vhost-user): the bare listener and its
+// path.
+func ListenUnixSocketDefault() (*net.UnixListener, string, error) {
+	return listenFirstUnix(qemuSocketPattern, qemuSocketMax)
+}
+
+func listenFirstUnix(pattern string, max int) (*net.UnixListener, string, error) {
 	for i := 1; i <= max; i++ {
 		p := fmt.Sprintf(pattern, i)
 		if ok, _ := qemuPathReusable(p); !ok {
 			continue
 		}
-		if l, err := ListenQemu(p); err == nil {
-			return l, nil
+		if ln, err := ListenUnixSocket(p); err == nil {
+			return ln, p, nil
 		}
 	}
-	return nil, fmt.Errorf("no free socket path among "+pattern+" .. %d", 1, max)
+	return nil, "", fmt.Errorf("no free socket path among "+pattern+" .. %d", 1, max)
 }
 
 // qemuPathReusable is qemuPathFree for the default search, which also

@@ -11,6 +11,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 
@@ -64,15 +65,14 @@ func (d *daemon) openVhostUser(mtu int) error {
 		d.dev = d.oneOff(dev)
 		return nil
 	}
+	var ln *net.UnixListener
+	var err error
 	path := cfg.Socket
 	if path == "" {
-		p, err := link.DefaultQemuSocketPath()
-		if err != nil {
-			return err
-		}
-		path = p
+		ln, path, err = link.ListenUnixSocketDefault()
+	} else {
+		ln, err = link.ListenUnixSocket(path)
 	}
-	ln, err := link.ListenUnixSocket(path)
 	if err != nil {
 		return err
 	}
