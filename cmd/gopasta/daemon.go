@@ -154,6 +154,7 @@ func daemonMain(prog string) int {
 
 	if err := d.setup(); err != nil {
 		log.WithError(err).Debug("setup failed")
+		d.discardPIDFile()
 		d.teardown()
 		d.closeNS()
 		var fe *actors.ForwardError

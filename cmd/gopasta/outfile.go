@@ -92,3 +92,21 @@ func checkOutput(fd int, path string, trunc bool) (*os.File, error) {
 	}
 	return os.NewFile(uintptr(fd), path), nil
 }
+
+// discardPIDFile removes the -P file that setup opened but, failing, never
+// wrote: a daemon that did not start leaves no pid file behind. Only the
+// file it opened goes, and only while still empty: if the path names
+// another file by now, that one stays.
+func (d *daemon) discardPIDFile() {
+	f := d.pidFile
+	if f == nil {
+		return
+	}
+	d.pidFile = nil
+	var opened, now unix.Stat_t
+	if unix.Fstat(int(f.Fd()), &opened) == nil && unix.Lstat(d.cfg.PIDFile, &now) == nil &&
+		opened.Dev == now.Dev && opened.Ino == now.Ino && opened.Mode&unix.S_IFMT == unix.S_IFREG && opened.Size == 0 {
+		_ = os.Remove(d.cfg.PIDFile)
+	}
+	f.Close()
+}
