@@ -17,37 +17,6 @@ import (
 	"github.com/gopasta/gopasta/link/wire/wiretest"
 )
 
-// packetSocketIn opens a packet socket on the guest's interface and
-// returns a function that sends one raw Ethernet frame, and the
-// interface's MAC.
-func packetSocketIn(t *testing.T, g Netns) (send func([]byte), mac [6]byte) {
-	t.Helper()
-	var fd, ifindex int
-	var err error
-	InNetns(t, g, func() {
-		var ifs []net.Interface
-		if ifs, err = net.Interfaces(); err != nil {
-			return
-		}
-		for _, ifi := range ifs {
-			if ifi.Flags&net.FlagLoopback == 0 && len(ifi.HardwareAddr) == 6 {
-				ifindex, mac = ifi.Index, [6]byte(ifi.HardwareAddr)
-			}
-		}
-		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
-	})
-	if err != nil || ifindex == 0 {
-		t.Fatalf("packet socket in the guest: %v (ifindex %d)", err, ifindex)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	sa := &unix.SockaddrLinklayer{Ifindex: ifindex, Halen: 6}
-	return func(b []byte) {
-		if err := unix.Sendto(fd, b, 0, sa); err != nil {
-			t.Errorf("send raw frame: %v", err)
-		}
-	}, mac
-}
-
 // tcpSeqs reads a connected socket's next sequence number to send and to
 // receive, through TCP_REPAIR (root), leaving it as it was.
 func tcpSeqs(t *testing.T, c *net.TCPConn) (snd, rcv uint32) {
@@ -175,7 +144,7 @@ func TestHostileHolesMemoryBounded(t *testing.T) {
 		got <- res{s, n, err}
 	}()
 
-	send, mac := packetSocketIn(t, gp.Guest)
+	send, mac := guestRaw(t, gp.Guest)
 	body := make([]byte, payload)
 	for i := range body {
 		body[i] = 'h'

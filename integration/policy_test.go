@@ -22,7 +22,7 @@ var podmanArgs = []string{"-t", "none", "-u", "none", "-T", "none", "-U", "none"
 
 // guestRaw opens a packet socket on the guest's interface and returns a
 // function that sends one raw Ethernet frame on it, and the interface's
-// MAC.
+// MAC. send may be called from any goroutine (a failure is an Errorf).
 func guestRaw(t *testing.T, g Netns) (send func([]byte), mac [6]byte) {
 	t.Helper()
 	var fd, ifindex int
@@ -47,7 +47,7 @@ func guestRaw(t *testing.T, g Netns) (send func([]byte), mac [6]byte) {
 	return func(b []byte) {
 		t.Helper()
 		if err := unix.Sendto(fd, b, 0, sa); err != nil {
-			t.Fatalf("send raw frame: %v", err)
+			t.Errorf("send raw frame: %v", err)
 		}
 	}, mac
 }

@@ -179,6 +179,18 @@ func NewQemuDevice(conn *net.UnixConn) (*QemuDevice, error) {
 // ownership of fd (it is closed, the device works on a duplicate). There is
 // no listener behind such a device: when the peer leaves it is gone for good.
 func QemuDeviceFromFD(fd int) (*QemuDevice, error) {
+	uc, err := InheritedUnixStream(fd, "qemu-fd")
+	if err != nil {
+		return nil, err
+	}
+	return NewQemuDevice(uc)
+}
+
+// InheritedUnixStream takes over fd, a connected UNIX stream socket
+// inherited from the parent (-F/--fd), as a *net.UnixConn named name. fd
+// stays the caller's if it is not a stream socket; past that check it is
+// closed whatever the outcome (the conn works on a duplicate).
+func InheritedUnixStream(fd int, name string) (*net.UnixConn, error) {
 	st, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
 	if err != nil {
 		return nil, fmt.Errorf("fd %d: not a socket: %w", fd, err)
@@ -186,7 +198,7 @@ func QemuDeviceFromFD(fd int) (*QemuDevice, error) {
 	if st != unix.SOCK_STREAM {
 		return nil, fmt.Errorf("fd %d: not a stream socket", fd)
 	}
-	f := os.NewFile(uintptr(fd), "qemu-fd")
+	f := os.NewFile(uintptr(fd), name)
 	c, err := net.FileConn(f)
 	f.Close()
 	if err != nil {
@@ -197,7 +209,7 @@ func QemuDeviceFromFD(fd int) (*QemuDevice, error) {
 		c.Close()
 		return nil, fmt.Errorf("fd %d: not a UNIX domain socket", fd)
 	}
-	return NewQemuDevice(uc)
+	return uc, nil
 }
 
 // SetMTU sets the MTU that MTU reports (default QemuMTU). Call it before the

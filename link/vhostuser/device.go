@@ -125,20 +125,9 @@ func Listen(ln *net.UnixListener, path string, cfg Config) *Device {
 // inherited from our parent (--fd). The device takes ownership of fd;
 // when that front end leaves, the device is closed.
 func FromFD(fd int, cfg Config) (*Device, error) {
-	st, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
-	if err != nil || st != unix.SOCK_STREAM {
-		return nil, fmt.Errorf("fd %d: not a stream socket", fd)
-	}
-	f := os.NewFile(uintptr(fd), "vhost-user")
-	c, err := net.FileConn(f)
-	f.Close()
+	uc, err := link.InheritedUnixStream(fd, "vhost-user")
 	if err != nil {
-		return nil, fmt.Errorf("fd %d: %w", fd, err)
-	}
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		c.Close()
-		return nil, fmt.Errorf("fd %d: not a UNIX domain socket", fd)
+		return nil, err
 	}
 	cfg.OneOff = true
 	d := newDevice(cfg)
