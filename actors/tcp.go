@@ -202,6 +202,7 @@ type tcpConn struct {
 	pendingConnect bool
 
 	frames [tcpMaxIov]*link.Frame
+	fcap   [tcpSendFrames]int // payload room of frames[i] in sendBatch
 
 	// Observability (tcp_trace.go): counters kept plainly here and
 	// published to h.Stats once per wake-up, the flow's view of the trace

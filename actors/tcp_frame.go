@@ -72,6 +72,30 @@ func (t *tcpTemplate) fill(f *link.Frame, mac [6]byte, seq, ack uint32, flags ui
 	th.SetChecksum(wire.Fold(wire.Checksum(th, t.pseudo+uint32(l4len))))
 }
 
+// fillLent writes the headers of a segment whose payload (payLen bytes)
+// is in the guest's buffers (f.Loan) into f.Data, which they fill. The
+// TCP checksum is left to the link as offloaded: the field holds the
+// pseudo-header sum and the loan says where it goes.
+func (t *tcpTemplate) fillLent(f *link.Frame, mac [6]byte, seq, ack uint32, flags uint8, win uint16, payLen int) {
+	b := f.Data[:t.hlen]
+	f.Data = b
+	copy(b, t.hdr[:t.hlen])
+	copy(b[0:6], mac[:])
+	l4len := wire.TCPMinLen + payLen
+	if t.v6 {
+		binary.BigEndian.PutUint16(b[wire.EthernetLen+4:], uint16(l4len))
+	} else {
+		tot := wire.IPv4MinLen + l4len
+		binary.BigEndian.PutUint16(b[wire.EthernetLen+2:], uint16(tot))
+		binary.BigEndian.PutUint16(b[wire.EthernetLen+10:], wire.Fold(t.ipSum+uint32(tot)))
+	}
+	th := wire.TCP(b[t.l4:])
+	th.SetSeqAck(seq, ack)
+	th.SetFlagsWindow(wire.TCPMinLen, flags, win)
+	th.SetChecksum(^wire.Fold(t.pseudo + uint32(l4len)))
+	f.Loan.Commit(payLen, t.l4, 16)
+}
+
 // putSynOpts writes MSS and, when ws >= 0, window scale into b (at least
 // tcpSynOptsLen bytes) and returns the options' length.
 func putSynOpts(b []byte, mss uint16, ws int) int {

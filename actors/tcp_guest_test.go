@@ -37,10 +37,19 @@ type testEnv struct {
 	cancel   context.CancelFunc
 }
 
-func newTestEnv(t testing.TB) *testEnv {
+func newTestEnv(t testing.TB) *testEnv { return newTestEnvDev(t, nil) }
+
+// newTestEnvDev is newTestEnv with the writer's device wrapped by wrap,
+// and lending if that is a link.Lender.
+func newTestEnvDev(t testing.TB, wrap func(*link.MemoryDevice) link.Device) *testEnv {
 	a, b := link.NewMemoryPair(65520, 8192)
 	ctx, cancel := context.WithCancel(context.Background())
-	w := link.NewWriter(a, 1024)
+	var dev link.Device = a
+	if wrap != nil {
+		dev = wrap(a)
+	}
+	w := link.NewWriter(dev, 1024)
+	w.Lend, _ = dev.(link.Lender)
 	go w.Run(ctx)
 	log := logrus.New()
 	if testing.Verbose() {

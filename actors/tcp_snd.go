@@ -16,7 +16,10 @@ import (
 // peek returns the next bytes to send. One recvmsg scatters them straight
 // into the payload areas of up to tcpSendFrames pooled frames, whose headers
 // are then filled from the flow's template: the data is copied once, from
-// the kernel into the frame that goes to the link. When the guest
+// the kernel into the frame that goes to the link. On a link that lends the
+// guest's receive buffers (vhost-user, link.Lender) the payload areas are
+// those buffers, and the frame carries only its headers: the data is copied
+// once, from the kernel into the guest. When the guest
 // acknowledges, as many bytes are discarded from the queue (MSG_TRUNC);
 // to retransmit we set the peek offset back to zero.
 
@@ -54,13 +57,33 @@ func (c *tcpConn) sendBatch() bool {
 	}
 	want := 0
 	nf := 0
+	lender := c.env.Out.Lender()
 	for nf < tcpSendFrames && room > 0 && iv < tcpMaxIov {
 		l := min(c.mss, room)
-		f := link.GetFrame(hlen + c.mss)
+		var f *link.Frame
+		if lender != nil {
+			if f = lender.Lend(hlen, l); f != nil {
+				p := f.Loan.Payload()
+				if iv+len(p) > tcpMaxIov {
+					f.Release()
+					break
+				}
+				l = 0
+				for _, b := range p {
+					setIov(&s.iov[iv], b)
+					iv++
+					l += len(b)
+				}
+			}
+		}
+		if f == nil {
+			f = link.GetFrame(hlen + c.mss)
+			setIov(&s.iov[iv], f.Data[hlen:hlen+l])
+			iv++
+		}
 		c.frames[nf] = f
-		setIov(&s.iov[iv], f.Data[hlen:hlen+l])
+		c.fcap[nf] = l
 		nf++
-		iv++
 		room -= l
 		want += l
 	}
@@ -96,14 +119,18 @@ func (c *tcpConn) sendBatch() bool {
 	off := 0
 	i := 0
 	for ; off < n; i++ {
-		l := min(c.mss, n-off)
+		l := min(c.fcap[i], n-off)
 		flags := uint8(wire.TCPAck)
 		if off+l == n {
 			flags |= wire.TCPPsh
 		}
 		f := c.frames[i]
 		c.frames[i] = nil
-		c.tmpl.fill(f, mac, seq+uint32(off), ack, flags, win, 0, l)
+		if f.Loan != nil {
+			c.tmpl.fillLent(f, mac, seq+uint32(off), ack, flags, win, l)
+		} else {
+			c.tmpl.fill(f, mac, seq+uint32(off), ack, flags, win, 0, l)
+		}
 		if l == n {
 			c.send(f) // the whole answer in one segment
 		} else {

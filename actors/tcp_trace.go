@@ -61,6 +61,9 @@ func (c *tcpConn) traceSeg(in bool, f *link.Frame, l4 int) {
 	if n := end - l4 - doff; n > 0 {
 		s.Len = n
 	}
+	if !in && f.Loan != nil {
+		s.Len = f.Loan.Len() // the payload is in the guest's buffers
+	}
 	if s.Flags&wire.TCPSyn != 0 {
 		if doff > wire.TCPMinLen && l4+doff <= len(d) {
 			o := wire.ParseTCPOptions(d[l4+wire.TCPMinLen : l4+doff])
@@ -86,7 +89,9 @@ func (c *tcpConn) traceSeg(in bool, f *link.Frame, l4 int) {
 // the frame is handed to the writer, while the flow still owns it.
 func (c *tcpConn) countOut(f *link.Frame) {
 	l4 := c.tmpl.l4
-	if n := len(f.Data) - c.tmpl.hlen; n > 0 && len(f.Data) > l4+wire.TCPMinLen {
+	if f.Loan != nil {
+		c.outBytes += uint64(f.Loan.Len())
+	} else if n := len(f.Data) - c.tmpl.hlen; n > 0 && len(f.Data) > l4+wire.TCPMinLen {
 		n = len(f.Data) - l4 - wire.TCP(f.Data[l4:]).DataOffset()
 		c.outBytes += uint64(max(n, 0))
 	}

@@ -40,7 +40,45 @@ type Frame struct {
 	// payload. They are only meaningful on frames received from the guest.
 	L3, L4, Payload int
 
+	// Loan, when set, is the frame's payload in buffers the link lent
+	// (the guest's own receive buffers, see Lender): Data then holds
+	// only the headers, and the link puts them in front of the payload
+	// when it writes the frame. Release returns the loan.
+	Loan Loan
+
 	pool *sync.Pool
+}
+
+// Lender is a Device that can lend a producer the guest's receive buffers,
+// so that a host socket's bytes are read straight into the guest's memory
+// and the frame travels without its payload. Only the vhost-user device
+// is one; producers must cope with Lend refusing.
+type Lender interface {
+	// Lend returns a frame with hlen bytes of Data for the headers and
+	// a Loan of guest buffers for up to payLen bytes of payload (maybe
+	// fewer: as many as the buffers it could take hold), or nil when it
+	// cannot lend now (no buffers posted, the queue stopped, features
+	// that do not allow it). The caller owns the frame as any other.
+	Lend(hlen, payLen int) *Frame
+}
+
+// Loan is guest memory lent for one frame's payload. Its producer writes
+// the payload into Payload only with system calls (a recvmsg), never from
+// Go code: the memory belongs to a guest that may fault it away, which
+// the kernel reports as EFAULT and the link guards against itself.
+type Loan interface {
+	// Payload returns the lent memory, in order.
+	Payload() [][]byte
+	// Commit says how many payload bytes were written, and where the
+	// transport checksum goes: at csumStart+csumOff of the frame, over
+	// everything from csumStart on, the field holding the pseudo-header
+	// sum (what a NIC's checksum offload is given).
+	Commit(n, csumStart, csumOff int)
+	// Len is the payload length committed.
+	Len() int
+	// Release gives back whatever the link did not consume. It is
+	// called by Frame.Release; nobody else calls it.
+	Release()
 }
 
 var (
@@ -81,7 +119,14 @@ func GetFrame(size int) *Frame {
 // Release returns the frame's buffer to its pool. The caller must be its
 // owner and must not use the frame afterwards.
 func (f *Frame) Release() {
-	if f == nil || f.pool == nil {
+	if f == nil {
+		return
+	}
+	if f.Loan != nil {
+		f.Loan.Release()
+		f.Loan = nil
+	}
+	if f.pool == nil {
 		return
 	}
 	p := f.pool

@@ -31,8 +31,17 @@ type Writer struct {
 	one    [1]*Frame // SendNow's batch; mu
 
 	// Tee, if set before Run, sees every frame after it is written (pcap).
-	// It must not keep the frame.
+	// It must not keep the frame. A lent frame (Frame.Loan) shows only
+	// its headers: set Capturing so that no frame is lent while a
+	// capture runs.
 	Tee func(*Frame)
+
+	// Lend, if set before Run, is the device as a Lender, whose lent
+	// frames the producers may then send (see Lender).
+	Lend Lender
+	// Capturing, if set before Run, reports whether a capture runs:
+	// Lender then returns nil, so that captures see whole frames.
+	Capturing func() bool
 
 	// Dropped counts frames TrySend could not queue; Errors counts
 	// WriteBatch failures.
@@ -44,6 +53,14 @@ type Writer struct {
 // NewWriter returns a Writer for dev with a queue of depth frames.
 func NewWriter(dev Device, depth int) *Writer {
 	return &Writer{dev: dev, q: make(chan *Frame, depth)}
+}
+
+// Lender returns Lend unless a capture runs.
+func (w *Writer) Lender() Lender {
+	if w.Lend == nil || w.Capturing != nil && w.Capturing() {
+		return nil
+	}
+	return w.Lend
 }
 
 // Send queues f, blocking while the queue is full. Ownership of f passes to

@@ -270,6 +270,9 @@ func (d *daemon) setup() error {
 	d.logConfig(host)
 
 	d.w = link.NewWriter(d.dev, writerDepth)
+	if d.vu != nil && os.Getenv(vhostUserCopyEnv) == "" {
+		d.w.Lend = d.vu
+	}
 	d.env = &actors.Env{Ctx: d.ctx, Conf: cfg, Out: d.w, Peer: d.peer, Log: log.Logger, NAT: host.NAT, Trace: &d.trace}
 	d.disp = dispatcher.New(cfg, d.dev, d.env, log.Logger)
 	d.teePcap()

@@ -71,6 +71,7 @@ func (d *daemon) teePcap() {
 	d.caps.start = d.pcap
 	d.caps.limit = pcapLimit(d.cfg)
 	d.w.Tee = d.caps.tee
+	d.w.Capturing = d.caps.capturing
 	d.disp.Tee = d.caps.tee
 }
 
@@ -98,6 +99,12 @@ func (c *captures) tee(f *link.Frame) {
 	if r := c.rt.Load(); r != nil {
 		r.tee(f)
 	}
+}
+
+// capturing reports whether any capture runs, so that the writer lends no
+// guest buffers meanwhile (a lent frame's payload is not ours to record).
+func (c *captures) capturing() bool {
+	return c.start != nil || c.rt.Load() != nil
 }
 
 func (r *capture) tee(f *link.Frame) {

@@ -21,6 +21,12 @@ import (
 	"github.com/gopasta/gopasta/link/vhostuser"
 )
 
+// vhostUserCopyEnv, set to anything, makes the TCP path copy host data
+// into gopasta's own frames instead of reading it straight into the
+// guest's buffers: for measuring what the direct path buys, and as a way
+// out should it misbehave.
+const vhostUserCopyEnv = "GOPASTA_VHOST_USER_COPY"
+
 // openVhostUser opens the vhost-user link. It sets d.dev and d.vu.
 func (d *daemon) openVhostUser(mtu int) error {
 	cfg, log, peer := d.cfg, d.log, d.peer
@@ -39,6 +45,7 @@ func (d *daemon) openVhostUser(mtu int) error {
 			log.WithFields(map[string]any{
 				"frames_in": s.RxFrames.Load(), "frames_out": s.TxFrames.Load(),
 				"dropped_in": s.RxDropped.Load(), "dropped_out": s.TxDropped.Load(),
+				"lent": s.Lent.Load(), "lent_bytes": s.LentBytes.Load(),
 				"interrupts": s.Interrupts.Load(), "waits": s.Waits.Load(), "broken": s.Broken.Load(),
 			}).Info("client closed connection")
 		},
@@ -97,6 +104,8 @@ func (d *daemon) vhostUserStats(m map[string]any) {
 	m["tx_frames"] = s.TxFrames.Load()
 	m["rx_dropped"] = s.RxDropped.Load()
 	m["link_dropped"] = s.TxDropped.Load()
+	m["vu_lent_frames"] = s.Lent.Load()
+	m["vu_lent_bytes"] = s.LentBytes.Load()
 	m["vu_interrupts"] = s.Interrupts.Load()
 	m["vu_waits"] = s.Waits.Load()
 	m["vu_broken"] = s.Broken.Load()

@@ -38,6 +38,9 @@ type Config struct {
 	// OnRefused runs for every front end turned away because another one
 	// is connected.
 	OnRefused func(pid int)
+	// Copy makes Lend refuse, so that every frame to the guest is
+	// copied from gopasta's buffers.
+	Copy bool
 }
 
 // Stats counts what a Device did. All fields may be read at any time.
@@ -49,6 +52,10 @@ type Stats struct {
 	// could not be (no running queue, bad size, too big for the buffers
 	// of a guest without mergeable buffers).
 	TxFrames, TxDropped atomic.Uint64
+	// Lent counts frames written whose payload a producer read straight
+	// into the guest's buffers (Lend); LentBytes their payload: bytes
+	// not copied a second time.
+	Lent, LentBytes atomic.Uint64
 	// Interrupts counts call-fd notifications sent, Waits sleeps on a kick.
 	Interrupts, Waits atomic.Uint64
 	// Connects counts front ends served, Refused those turned away,
@@ -93,6 +100,17 @@ type Device struct {
 	rdChain, wrChain *chain
 	rdKick, wrKick   [8]byte
 
+	// Lending (lend.go). rxMu guards the receive ring's avail side and
+	// the fields below; it comes after mu.
+	rxMu      sync.Mutex
+	rxEpoch   uint64   // advanced when the receive queue stops or moves
+	stash     []uint16 // chains taken and given back unused
+	lent      int      // chains held by loans
+	rxReturns uint64   // stash additions, for the writer's wait
+	rxWaiting bool     // the writer sleeps for buffers: poke it
+	lendChain *chain   // Lend's scratch
+	poke      [8]byte  // what Release writes to our own kick
+
 	// Stats counts frames and events.
 	Stats Stats
 }
@@ -102,7 +120,7 @@ func newDevice(cfg Config) *Device {
 		cfg.MTU = link.QemuMTU
 	}
 	d := &Device{cfg: cfg, log: cfg.Log, changed: make(chan struct{}),
-		rdChain: newChain(), wrChain: newChain()}
+		rdChain: newChain(), wrChain: newChain(), lendChain: newChain(), poke: [8]byte{1}}
 	if d.log == nil {
 		d.log = logrus.StandardLogger()
 	}
@@ -234,6 +252,7 @@ func (d *Device) serve(c *net.UnixConn) {
 // resetLocked forgets everything the front end set up: the rings stop,
 // descriptors are closed, memory unmapped. mu held.
 func (d *Device) resetLocked() {
+	d.rxStopLocked(false)
 	for i := range d.vq {
 		d.closeKickLocked(i)
 		if d.call[i] >= 0 {
@@ -242,7 +261,7 @@ func (d *Device) resetLocked() {
 		}
 		d.vq[i] = vring{}
 	}
-	d.mem.unmap()
+	d.mem.release()
 	d.mem = nil
 	// Until SET_FEATURES says otherwise, the virtio 1 header.
 	d.acked, d.protocol, d.hdrLen, d.flags = 0, 0, virtioNetHdrSize, 0
@@ -497,12 +516,23 @@ func (d *Device) WriteBatch(frames []*link.Frame) error {
 			d.mu.RUnlock()
 			return nil
 		}
+		d.rxMu.Lock()
+		seen := d.rxReturns
+		d.rxMu.Unlock()
 		n, err := d.toGuest(frames)
 		frames = frames[n:]
 		if err == nil && len(frames) > 0 {
 			d.vq[rxQ].notify(true)
-			var more bool
-			if more, err = d.vq[rxQ].hasAvail(); err == nil && more {
+			// Chains given back meanwhile (lend.go) raise no kick:
+			// look at them, or have the next return poke us.
+			d.rxMu.Lock()
+			more := d.rxReturns != seen
+			d.rxWaiting = !more
+			d.rxMu.Unlock()
+			if !more {
+				more, err = d.vq[rxQ].hasAvail()
+			}
+			if err == nil && more {
 				d.mu.RUnlock()
 				continue
 			}
@@ -518,6 +548,9 @@ func (d *Device) WriteBatch(frames []*link.Frame) error {
 			return nil
 		}
 		d.wait(rxQ, d.wrKick[:])
+		d.rxMu.Lock()
+		d.rxWaiting = false
+		d.rxMu.Unlock()
 	}
 	return nil
 }
@@ -532,6 +565,13 @@ func (d *Device) toGuest(frames []*link.Frame) (n int, err error) {
 	q.notify(false)
 	written := 0
 	for n < len(frames) {
+		if frames[n].Loan != nil {
+			if d.putLoan(q, frames[n]) {
+				written++
+			}
+			n++
+			continue
+		}
 		p := frames[n].Data
 		if len(p) < 14 || len(p) > link.QemuMaxFrame {
 			d.Stats.TxDropped.Add(1)
@@ -555,6 +595,10 @@ func (d *Device) toGuest(frames []*link.Frame) (n int, err error) {
 // put writes one frame with its virtio-net header into as many receive
 // chains as it takes (one without mergeable buffers). It returns false,
 // having taken nothing, if the guest has not posted enough buffers.
+//
+// Chains come from the stash of given-back loans first (lend.go), then the
+// avail ring; on failure the stash is left as it was and the ring rewound,
+// which rxMu, held throughout, makes safe against concurrent Lends.
 func (d *Device) put(q *vring, p []byte) (bool, error) {
 	c, m, hl := d.wrChain, d.mem, d.hdrLen
 	mrg := d.acked&(1<<fNetMrgRxbuf) != 0
@@ -562,17 +606,32 @@ func (d *Device) put(q *vring, p []byte) (bool, error) {
 	hdr[0] = d.flags
 	var nb [2][]byte // where num_buffers went, patched at the end
 	pending := q.pending
-	var chains uint16
+	var chains, popped uint16
+	stashed := 0 // taken from the stash's end
+	d.rxMu.Lock()
+	defer d.rxMu.Unlock()
+	undo := func() {
+		q.unpop(popped)
+		q.pending = pending
+	}
 	done := 0
 	for first := true; first || done < len(p); first = false {
-		ok, err := q.pop(m, c)
+		var ok bool
+		var err error
+		if stashed < len(d.stash) {
+			stashed++
+			ok, err = true, q.walk(m, d.stash[len(d.stash)-stashed], c)
+		} else if ok, err = q.pop(m, c); ok && err == nil {
+			popped++
+		}
 		if err != nil {
 			return false, err
 		}
 		if !ok {
-			q.unpop(chains)
-			q.pending = pending
-			if uint32(chains) == q.num {
+			undo()
+			// Chains lent to frames queued behind this one come back
+			// only after it: count them as not there.
+			if uint32(chains)+uint32(d.lent) >= q.num {
 				// The whole ring is too small for the frame:
 				// waiting cannot help.
 				d.Stats.TxDropped.Add(1)
@@ -601,12 +660,12 @@ func (d *Device) put(q *vring, p []byte) (bool, error) {
 		if !mrg && done < len(p) {
 			// One chain per frame, and it is too small: the frame
 			// is dropped, the buffer left for a smaller one.
-			q.unpop(chains)
-			q.pending = pending
+			undo()
 			d.Stats.TxDropped.Add(1)
 			return true, nil
 		}
 	}
+	d.stash = d.stash[:len(d.stash)-stashed]
 	if nb[0] != nil {
 		nb[0][0], nb[1][0] = byte(chains), byte(chains>>8)
 	}
@@ -661,6 +720,7 @@ func (d *Device) handle(k *conn, m *msg) (err error) {
 		case reqResetOwner:
 			// Stop the rings, as libvhost-user does; the memory
 			// table stays until the front end replaces it.
+			d.rxStopLocked(true)
 			for i := range d.vq {
 				d.vq[i].started = false
 				d.closeKickLocked(i)
@@ -676,6 +736,9 @@ func (d *Device) handle(k *conn, m *msg) (err error) {
 				return err
 			}
 			q := &d.vq[i]
+			if i == rxQ && m.req == reqSetVringNum {
+				d.rxStopLocked(true)
+			}
 			switch m.req {
 			case reqSetVringNum:
 				if v == 0 || v > maxQueueSize || v&(v-1) != 0 {
@@ -698,6 +761,9 @@ func (d *Device) handle(k *conn, m *msg) (err error) {
 			}
 			// Stopping: every batch ended with its used entries
 			// published, so the next one to take is the base.
+			if i == rxQ {
+				d.rxStopLocked(true)
+			}
 			q := &d.vq[i]
 			base := q.lastAvail
 			if !q.started {
@@ -800,7 +866,7 @@ func (d *Device) setMemTableLocked(m *msg) error {
 	}
 	old := d.mem
 	d.mem = t
-	old.unmap()
+	old.release() // unmapped once no loan holds it
 	for i := range d.vq {
 		if err := d.vq[i].mapRings(t); err != nil {
 			return fmt.Errorf("%w: queue %d: %v", errProto, i, err)
@@ -817,6 +883,9 @@ func (d *Device) setVringAddrLocked(m *msg) error {
 	i := binary.LittleEndian.Uint32(b[0:])
 	if i >= numQueues {
 		return fmt.Errorf("%w: SET_VRING_ADDR for queue %d", errProto, i)
+	}
+	if i == rxQ {
+		d.rxStopLocked(true)
 	}
 	q := &d.vq[i]
 	q.descQVA = binary.LittleEndian.Uint64(b[8:])
@@ -872,6 +941,9 @@ func (d *Device) setVringFDLocked(m *msg) error {
 			if err := q.mapRings(d.mem); err != nil || q.desc == nil {
 				return fmt.Errorf("%w: queue %d started without rings in guest memory: %v", errProto, i, err)
 			}
+		}
+		if i == rxQ {
+			d.rxStopLocked(true)
 		}
 		q.started = true
 		q.start()

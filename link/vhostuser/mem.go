@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,6 +32,21 @@ type region struct {
 // that runs past the end of guest memory, cannot reach anything else.
 type memTable struct {
 	regions []region
+
+	// refs counts the device's reference and every loan's: the mappings
+	// go when the last is released (see lend.go).
+	refs atomic.Int32
+}
+
+// acquire takes a reference; the caller must hold one already (the
+// device's, under its lock).
+func (t *memTable) acquire() { t.refs.Add(1) }
+
+// release drops a reference and unmaps the table with the last one.
+func (t *memTable) release() {
+	if t != nil && t.refs.Add(-1) == 0 {
+		t.unmap()
+	}
 }
 
 // regionDesc is a region as SET_MEM_TABLE describes it.
@@ -49,6 +65,7 @@ func mapRegions(descs []regionDesc, fds []int) (*memTable, error) {
 		return nil, fmt.Errorf("memory table: %d regions but %d descriptors", len(descs), len(fds))
 	}
 	t := &memTable{}
+	t.refs.Store(1)
 	for i, d := range descs {
 		if err := checkRegion(d); err != nil {
 			t.unmap()
