@@ -522,15 +522,21 @@ func (d *Device) WriteBatch(frames []*link.Frame) error {
 		n, err := d.toGuest(frames)
 		frames = frames[n:]
 		if err == nil && len(frames) > 0 {
-			d.vq[rxQ].notify(true)
-			// Chains given back meanwhile (lend.go) raise no kick:
-			// look at them, or have the next return poke us.
-			d.rxMu.Lock()
-			more := d.rxReturns != seen
-			d.rxWaiting = !more
-			d.rxMu.Unlock()
-			if !more {
-				more, err = d.vq[rxQ].hasAvail()
+			// The buffers ran out, or there are some but not enough
+			// for the next frame: wait for the guest to add more (a
+			// kick once its avail index passes where it is now), or
+			// for chains given back meanwhile (lend.go), which raise
+			// no kick: look at them, or have the next return poke us.
+			q := &d.vq[rxQ]
+			var more bool
+			if more, err = q.hasAvail(); err == nil {
+				idx := q.availIdx()
+				q.notifyAfter(idx)
+				d.rxMu.Lock()
+				more = d.rxReturns != seen
+				d.rxWaiting = !more
+				d.rxMu.Unlock()
+				more = more || q.availIdx() != idx
 			}
 			if err == nil && more {
 				d.mu.RUnlock()

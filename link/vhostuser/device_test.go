@@ -10,6 +10,7 @@ import (
 
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
+	"golang.org/x/sys/unix"
 )
 
 // txFrame makes frame p available on the guest's transmit queue behind a
@@ -596,5 +597,42 @@ func TestResizeRunningRing(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("no frame %d after the resize", i)
 		}
+	}
+}
+
+// With some buffers posted but too few for the frame, the writer sleeps
+// until the guest adds more (asking for a kick past the guest's current
+// avail index, which is where the guest is) instead of spinning on the
+// ones there are.
+func TestReceiveWaitsForEnoughBuffers(t *testing.T) {
+	r := newRig(t, Config{})
+	f := r.connect(defaultFeatures)
+	q := f.q[rxQ]
+	rxBuffers(q, 1, 2048)
+	var b [8]byte
+	unix.Read(q.kick, b[:])
+	p := testFrame(3, 5000)
+	done := make(chan error, 1)
+	go func() { done <- r.d.WriteBatch([]*link.Frame{{Data: p}}) }()
+	waitUntil(t, "the writer to sleep", func() bool { return r.d.Stats.Waits.Load() > 0 })
+	time.Sleep(20 * time.Millisecond)
+	if w := r.d.Stats.Waits.Load(); w != 1 {
+		t.Errorf("%d waits for one frame: spinning", w)
+	}
+	if ev := binary.LittleEndian.Uint16(r.g.at(q.used+4+8*fakeQSize, 2)); ev != q.availIdx {
+		t.Errorf("avail_event %d, want the driver's avail index %d", ev, q.availIdx)
+	}
+	rxBuffers(q, 2, 2048)
+	q.doKick()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the writer slept on after the guest added buffers")
+	}
+	if used := q.takeUsed(); len(used) != 3 {
+		t.Errorf("used = %+v", used)
 	}
 }

@@ -2,7 +2,9 @@
 // fast link to a virtual machine. QEMU (the front end) connects to a UNIX
 // socket, shares the guest's memory with us as file descriptors, and tells
 // us where the guest's virtqueues are; frames then move between those
-// queues and gopasta's frame buffers with one copy and no socket.
+// queues and gopasta's frame buffers with one copy and no socket, and TCP
+// data from the host goes into the guest's receive buffers straight from
+// the socket, the device lending those buffers to the flows (lend.go).
 //
 // # Pieces
 //
@@ -14,6 +16,8 @@
 //     ring, and notification suppression.
 //   - device.go: the Device (a link.Device): sessions with front ends, the
 //     request handlers, and the data path.
+//   - lend.go: lending receive buffers to producers (link.Lender), the
+//     stash of chains given back, memory references and queue epochs.
 //
 // # Guest memory is hostile input
 //
@@ -37,7 +41,9 @@
 // RWMutex: the control goroutine holds it exclusively for a request, the
 // reader and the writer each hold it shared for one batch of their own
 // queue, so a memory table or a ring is never replaced under a batch, and
-// the two directions never wait for each other. Waiting for the guest
+// the two directions never wait for each other. Lending adds a fourth
+// kind, the flows' goroutines, which take and give back receive chains
+// under rxMu (after mu); see lend.go. Waiting for the guest
 // (a kick on the queue's eventfd, or a state change) happens without the
 // lock; the control goroutine wakes waiters with a read deadline in the
 // past on the kick file and by closing the changed channel.

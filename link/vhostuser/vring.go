@@ -297,6 +297,20 @@ func (q *vring) flush() bool {
 	return q.usedIdx-ev-1 < q.usedIdx-old
 }
 
+// notifyAfter asks the driver to kick us once it makes chains available
+// beyond avail index idx (with event indexes; without, any addition
+// kicks once notifications are on). For a writer that holds too few
+// buffers for its frame: asking at lastAvail would never be answered,
+// the driver being past it already.
+func (q *vring) notifyAfter(idx uint16) {
+	if q.eventIdx {
+		binary.LittleEndian.PutUint16(q.used[4+8*q.num:], idx)
+		q.barrier()
+		return
+	}
+	q.notify(true)
+}
+
 // notify says whether the driver should kick us when it adds buffers:
 // before sleeping on the kick, on; while busy, off. With event indexes the
 // driver kicks when its avail index passes avail_event, so "on" publishes
