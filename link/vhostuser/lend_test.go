@@ -81,7 +81,9 @@ func (d *rxDriver) frames() (frames, hdrs [][]byte, runts int) {
 
 // tcpPair returns the two ends of a loopback TCP connection, the
 // receiving one as a blocking fd of its own.
-func tcpPair(t *testing.T) (net.Conn, int) {
+func tcpPair(t *testing.T) (net.Conn, int) { return benchPair(t) }
+
+func benchPair(t testing.TB) (net.Conn, int) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
