@@ -153,7 +153,8 @@ func (d *Device) giveBackLocked(l *loan) {
 	l.heads, l.lens = l.heads[:0], l.lens[:0]
 }
 
-// Lend implements link.Lender. It lends only with mergeable buffers (a
+// Lend implements link.Lender, for the whole payLen or not at all. It
+// lends only with mergeable buffers (a
 // frame may take several chains, as upstream's TCP path does) and with
 // VIRTIO_NET_F_GUEST_CSUM, which lets the frame carry its checksum as
 // offloaded: the guest's stack treats it as verified, and completes it
@@ -173,7 +174,11 @@ func (d *Device) Lend(hlen, payLen int) *link.Frame {
 	d.rxMu.Lock()
 	total, err := d.takeLoanLocked(l, room+payLen)
 	l.d, l.epoch = d, d.rxEpoch
-	if err == nil && total <= room {
+	if err == nil && total < room+payLen {
+		// Too few buffers for the whole segment: a shorter one would
+		// cost the guest, whose per-packet work is what limits it,
+		// a packet more for the same bytes. The copy path waits for
+		// buffers and sends whole segments.
 		d.giveBackLocked(l)
 	}
 	d.rxMu.Unlock()

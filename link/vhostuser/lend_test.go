@@ -275,8 +275,9 @@ func TestLendHalfRing(t *testing.T) {
 		lent = append(lent, fr)
 		chains += len(fr.Loan.(*loan).heads)
 	}
-	if chains != fakeQSize/2 {
-		t.Errorf("%d chains lent, want half the ring, %d", chains, fakeQSize/2)
+	// 30 chains a loan: four fit in half the ring, a fifth does not.
+	if chains != 4*30 {
+		t.Errorf("%d chains lent, want 120 of at most half the ring, %d", chains, fakeQSize/2)
 	}
 	for _, fr := range lent {
 		fr.Release()
@@ -420,4 +421,29 @@ func TestLendRefused(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Too few buffers for the whole segment: nothing is lent (a shorter
+// segment would cost the guest a packet more), and the chains looked at
+// serve the copy path.
+func TestLendWholeOrNothing(t *testing.T) {
+	r := newRig(t, Config{})
+	f := r.connect(defaultFeatures)
+	drv := newRxDriver(t, f.q[rxQ], 2, 2048)
+	f.q[rxQ].doKick()
+	if fr := r.d.Lend(lendHlen, 5000); fr != nil {
+		t.Fatalf("lent %d chains for a segment they cannot hold", len(fr.Loan.(*loan).heads))
+	}
+	if lent, _ := lentStash(r.d); lent != 0 {
+		t.Fatalf("%d chains lent after a refusal", lent)
+	}
+	p := testFrame(5, 3000)
+	if err := r.d.WriteBatch([]*link.Frame{{Data: p}}); err != nil {
+		t.Fatal(err)
+	}
+	frames, _, _ := drv.frames()
+	if len(frames) != 1 || !bytes.Equal(frames[0], p) {
+		t.Fatalf("copied frame after a refused loan: %d frames", len(frames))
+	}
+	checkAllBack(t, f, drv)
 }
