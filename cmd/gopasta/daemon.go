@@ -270,7 +270,7 @@ func (d *daemon) setup() error {
 	d.logConfig(host)
 
 	d.w = link.NewWriter(d.dev, writerDepth)
-	if d.vu != nil && os.Getenv(vhostUserCopyEnv) == "" {
+	if d.vu != nil && os.Getenv(vhostUserLendEnv) != "" {
 		d.w.Lend = d.vu
 	}
 	d.env = &actors.Env{Ctx: d.ctx, Conf: cfg, Out: d.w, Peer: d.peer, Log: log.Logger, NAT: host.NAT, Trace: &d.trace}

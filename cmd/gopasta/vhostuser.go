@@ -21,11 +21,13 @@ import (
 	"github.com/gopasta/gopasta/link/vhostuser"
 )
 
-// vhostUserCopyEnv, set to anything, makes the TCP path copy host data
-// into gopasta's own frames instead of reading it straight into the
-// guest's buffers: for measuring what the direct path buys, and as a way
-// out should it misbehave.
-const vhostUserCopyEnv = "GOPASTA_VHOST_USER_COPY"
+// vhostUserLendEnv, set to anything, makes the TCP path read host data
+// straight into the guest's receive buffers instead of copying it from
+// gopasta's own frames. It is off by default: under QEMU's TCG the guest
+// then has to complete the TCP checksum (NEEDS_CSUM) itself, and the
+// direct path measured no faster than the copy, while the guest to host
+// half does not exist yet.
+const vhostUserLendEnv = "GOPASTA_VHOST_USER_LEND"
 
 // openVhostUser opens the vhost-user link. It sets d.dev and d.vu.
 func (d *daemon) openVhostUser(mtu int) error {
