@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -92,11 +93,9 @@ func (b ctlBackend) SetLogLevel(level string) error {
 	return nil
 }
 
-func (b ctlBackend) StartPcap(file string, f flowtrace.Filter) error {
-	if b.d.sandboxed {
-		return fmt.Errorf("pcap %s: the sandbox took the filesystem away after setup: start gopasta with -p FILE, or (debugging only) --no-sandbox", file)
-	}
-	err := b.d.caps.startRT(file, f, func(err error) { b.d.log.Errorf("%s: %v", file, err) })
+func (b ctlBackend) StartPcap(out *os.File, f flowtrace.Filter) error {
+	file := out.Name()
+	err := b.d.caps.startRT(out, f, func(err error) { b.d.log.Errorf("%s: %v", file, err) })
 	if err == nil {
 		b.d.log.Infof("Saving packet capture to %s (gopasta ctl)", file)
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,6 +19,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/conf/control"
 )
 
@@ -31,7 +33,9 @@ func init() {
 	registerCtl(&ctlCmd{name: "log-level", usage: "[trace|debug|info|warning|error]", run: ctlLogLevel,
 		help: "show or set the daemon's log level"})
 	registerCtl(&ctlCmd{name: "pcap", usage: "[FILE [FILTER] | stop]", run: ctlPcap,
-		help: "capture the frames of the flows FILTER selects to FILE; stop; or show the capture"})
+		help: "capture the frames of the flows FILTER selects to FILE; stop; or show the capture.\n" +
+			"ctl creates FILE (0600, never through a symbolic link) and hands it to the daemon\n" +
+			"over the socket: the sandboxed daemon opens no path itself. --pcap-size caps it."})
 }
 
 // FilterHelp explains FILTER in the usage text.
@@ -282,20 +286,16 @@ func ctlPcap(ctx context.Context, conn io.ReadWriter, args []string, out io.Writ
 	var err error
 	switch {
 	case len(args) == 0:
-		st, err = cl.Pcap("", "", false)
+		st, err = cl.Pcap(false)
 	case args[0] == "stop" && len(args) == 1:
-		st, err = cl.Pcap("", "", true)
+		st, err = cl.Pcap(true)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "capture to %s stopped: %d frames\n", st.File, st.Frames)
 		return nil
 	default:
-		file, ferr := filepath.Abs(args[0])
-		if ferr != nil {
-			return ferr
-		}
-		st, err = cl.Pcap(file, strings.Join(args[1:], " "), false)
+		st, err = ctlPcapStart(cl, args[0], strings.Join(args[1:], " "))
 	}
 	if err != nil {
 		return err
@@ -310,4 +310,28 @@ func ctlPcap(ctx context.Context, conn io.ReadWriter, args []string, out io.Writ
 	}
 	fmt.Fprintf(out, "capturing %s to %s: %d frames so far\n", what, st.File, st.Frames)
 	return nil
+}
+
+// ctlPcapStart opens the capture file, as the user running ctl and as the
+// daemon opens its own output files (openOutput), and sends it over: the
+// daemon opens no path at run time. A filter the daemon would refuse
+// creates no file.
+func ctlPcapStart(cl *control.NativeClient, path, filter string) (control.PcapStatus, error) {
+	if _, err := flowtrace.ParseFilter(filter); err != nil {
+		return control.PcapStatus{}, err
+	}
+	file, err := filepath.Abs(path)
+	if err != nil {
+		return control.PcapStatus{}, err
+	}
+	f, err := openOutput(file, true)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return control.PcapStatus{}, fmt.Errorf("cannot open pcap file %s: %v", file, err)
+	}
+	defer f.Close() // the daemon holds its own copy
+	return cl.StartPcap(f, filter)
 }

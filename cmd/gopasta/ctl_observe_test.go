@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/conf/control"
+	"golang.org/x/sys/unix"
 )
 
 // fakeBackend is a control.Backend in memory.
@@ -24,6 +27,7 @@ type fakeBackend struct {
 	level  string
 	frames atomic.Uint64
 	pcap   control.PcapStatus
+	out    *os.File // the capture's file, as the daemon received it
 	hub    flowtrace.Hub
 }
 
@@ -52,14 +56,19 @@ func (f *fakeBackend) SetLogLevel(l string) error {
 	f.mu.Unlock()
 	return nil
 }
-func (f *fakeBackend) StartPcap(file string, fl flowtrace.Filter) error {
-	f.pcap = control.PcapStatus{Active: true, File: file, Filter: fl.String(), Frames: 3}
+func (f *fakeBackend) StartPcap(out *os.File, fl flowtrace.Filter) error {
+	f.pcap = control.PcapStatus{Active: true, File: out.Name(), Filter: fl.String(), Frames: 3}
+	f.out = out
 	return nil
 }
 func (f *fakeBackend) StopPcap() (control.PcapStatus, error) {
 	st := f.pcap
 	st.Active = false
 	f.pcap = control.PcapStatus{}
+	if f.out != nil {
+		f.out.Close()
+		f.out = nil
+	}
 	return st, nil
 }
 func (f *fakeBackend) Pcap() control.PcapStatus { return f.pcap }
@@ -67,13 +76,27 @@ func (f *fakeBackend) Pcap() control.PcapStatus { return f.pcap }
 // runCtlCmd runs command name against b and returns what it printed.
 func runCtlCmd(t *testing.T, b control.Backend, name string, args ...string) (string, error) {
 	t.Helper()
-	s, c := net.Pipe()
+	// A UNIX socket pair, as the control socket: it carries descriptors.
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) net.Conn {
+		f := os.NewFile(uintptr(fd), "pair")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	s, c := conn(fds[0]), conn(fds[1])
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = control.ServeNative(ctx, s, b); s.Close(); close(done) }()
 	defer func() { cancel(); c.Close(); <-done }()
 	var out bytes.Buffer
-	err := ctlCmds[name].run(ctx, c, args, &out)
+	err = ctlCmds[name].run(ctx, c, args, &out)
 	return out.String(), err
 }
 
@@ -169,13 +192,51 @@ func TestCtlLogLevelAndPcap(t *testing.T) {
 	if out, err := runCtlCmd(t, b, "pcap"); err != nil || out != "no capture running\n" {
 		t.Fatalf("%q %v", out, err)
 	}
+	// ctl creates the file, relative to its own directory, and sends it.
+	dir := t.TempDir()
+	t.Chdir(dir)
+	if err := os.WriteFile("rel.pcap", []byte("old contents"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	out, err := runCtlCmd(t, b, "pcap", "rel.pcap", "tcp", "port", "80")
-	if err != nil || !strings.HasPrefix(b.pcap.File, "/") || !strings.HasSuffix(b.pcap.File, "/rel.pcap") || b.pcap.Filter != "tcp port 80" ||
+	if err != nil || b.pcap.File != filepath.Join(dir, "rel.pcap") || b.pcap.Filter != "tcp port 80" ||
 		!strings.Contains(out, "capturing tcp port 80 to /") {
 		t.Fatalf("pcap start: %q %v %+v", out, err, b.pcap)
 	}
+	if _, err := b.out.WriteString("frames"); err != nil {
+		t.Fatalf("the daemon's copy of the file: %v", err)
+	}
+	if got, err := os.ReadFile("rel.pcap"); err != nil || string(got) != "frames" {
+		t.Fatalf("rel.pcap holds %q, %v: not truncated, or not the file sent", got, err)
+	}
 	if out, err := runCtlCmd(t, b, "pcap", "stop"); err != nil || !strings.Contains(out, "rel.pcap stopped: 3 frames") {
 		t.Fatalf("pcap stop %q %v", out, err)
+	}
+	// As every output file: a new one is 0600, a symbolic link is not
+	// followed, and a bad filter creates nothing.
+	if _, err := runCtlCmd(t, b, "pcap", "new.pcap"); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat("new.pcap"); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("new.pcap: %v %v, want mode 0600", fi, err)
+	}
+	if _, err := runCtlCmd(t, b, "pcap", "stop"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(dir, "target"), "link.pcap"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCtlCmd(t, b, "pcap", "link.pcap"); err == nil || !strings.Contains(err.Error(), "symbolic link") || b.pcap.Active {
+		t.Fatalf("a symbolic link: %v, %+v", err, b.pcap)
+	}
+	if _, err := os.Lstat("target"); err == nil {
+		t.Fatal("the link's target was created")
+	}
+	if _, err := runCtlCmd(t, b, "pcap", "bad.pcap", "port", "99999"); err == nil || b.pcap.Active {
+		t.Fatalf("a bad filter: %v", err)
+	}
+	if _, err := os.Lstat("bad.pcap"); err == nil {
+		t.Fatal("a bad filter created the file")
 	}
 }
 
@@ -195,7 +256,21 @@ func TestCtlTrace(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}()
-	s, c := net.Pipe()
+	// A UNIX socket pair, as the control socket: it carries descriptors.
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) net.Conn {
+		f := os.NewFile(uintptr(fd), "pair")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	s, c := conn(fds[0]), conn(fds[1])
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = control.ServeNative(ctx, s, b); s.Close(); close(done) }()

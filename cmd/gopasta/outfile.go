@@ -33,6 +33,11 @@ import (
 //
 // A path that is not a regular file (a FIFO for a live capture,
 // /dev/stderr) is written as it is.
+//
+// A capture started at run time (gopasta ctl SOCKET pcap FILE) is opened
+// the same way by the ctl client, as the user running it, and its
+// descriptor handed to the daemon over the control socket, which opens
+// no path after setup (conf/control/fdpass.go).
 
 // openOutput opens path for writing as described above. trunc empties a
 // regular file once it passed the checks.

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"net/netip"
-	"path/filepath"
+	"os"
 	"sync"
 	"sync/atomic"
 
@@ -120,38 +120,28 @@ func (r *capture) tee(f *link.Frame) {
 	r.p.Tee(f)
 }
 
-// startRT starts a run-time capture to file (absolute) of the frames of
-// the flows f selects (by protocol, address, port: a frame has no flow
-// id). One at a time.
-func (c *captures) startRT(file string, f flowtrace.Filter, onError func(error)) error {
-	if !filepath.IsAbs(file) {
-		return fmt.Errorf("pcap file %q: not an absolute path", file)
-	}
+// startRT starts a run-time capture to out, which gopasta ctl opened (as
+// every output file, outfile.go) and sent over the control socket, of the
+// frames of the flows f selects (by protocol, address, port: a frame has
+// no flow id), capped as --pcap is. One at a time. It owns out.
+func (c *captures) startRT(out *os.File, f flowtrace.Filter, onError func(error)) error {
 	if f.ID != 0 {
+		out.Close()
 		return errors.New("pcap: a capture selects by protocol, address and port, not by flow id")
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if r := c.rt.Load(); r != nil {
+		out.Close()
 		return fmt.Errorf("pcap: already capturing to %s (stop it first)", r.file)
 	}
-	// As every output file (outfile.go), and capped as --pcap is.
-	fh, err := openOutput(file, true)
-	var p *link.Pcap
-	if err == nil {
-		if p, err = link.NewPcap(fh, onError); err != nil {
-			fh.Close()
-		}
-	}
+	p, err := link.NewPcap(out, onError)
 	if err != nil {
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return fmt.Errorf("cannot open pcap file %s: %v", file, err)
+		out.Close()
+		return fmt.Errorf("cannot write pcap file %s: %v", out.Name(), err)
 	}
 	p.SetLimit(c.limit)
-	c.rt.Store(&capture{p: p, file: file, filter: f})
+	c.rt.Store(&capture{p: p, file: out.Name(), filter: f})
 	return nil
 }
 

@@ -10,11 +10,13 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sort"
 	"sync/atomic"
 	"time"
 
 	"github.com/gopasta/gopasta/actors/flowtrace"
+	"golang.org/x/sys/unix"
 )
 
 // The native protocol: `gopasta ctl SOCKET COMMAND` for people.
@@ -28,7 +30,7 @@ import (
 //	{"cmd":"log-level"}                      the level now
 //	{"cmd":"log-level","level":"debug"}      set it
 //	{"cmd":"pcap"}                           the capture now
-//	{"cmd":"pcap","file":"/abs/f.pcap","filter":"udp"}   start one
+//	{"cmd":"pcap","file":"/abs/f.pcap","filter":"udp"}   start one (+ fd)
 //	{"cmd":"pcap","stop":true}               stop it
 //	{"cmd":"trace","filter":"id 17"}         stream
 //
@@ -43,6 +45,12 @@ import (
 // that does not read its trace fast enough is dropped: the server sends
 // {"end": reason} if it can and closes, and the daemon goes on as if the
 // client had never been there.
+//
+// A pcap request that starts a capture carries the file: the client opens
+// it and sends its descriptor with the request line (SCM_RIGHTS, see
+// fdpass.go); "file" is only its name, for people. The daemon never opens
+// a path at run time. Such a request without a descriptor gets an error
+// answer; descriptors sent with any other request are closed.
 
 // NativeByte is what a client sends after the pesto tables to speak the
 // native protocol.
@@ -138,9 +146,11 @@ type Backend interface {
 	// LogLevel is the daemon's log level; SetLogLevel changes it.
 	LogLevel() string
 	SetLogLevel(level string) error
-	// StartPcap starts capturing the frames f selects to file (absolute);
-	// StopPcap stops it; Pcap describes it.
-	StartPcap(file string, f flowtrace.Filter) error
+	// StartPcap starts capturing the frames f selects to out, a regular
+	// file or a FIFO open for writing that the client sent, named
+	// out.Name() (the client's absolute path). It owns out from then on,
+	// also when it fails. StopPcap stops it; Pcap describes it.
+	StartPcap(out *os.File, f flowtrace.Filter) error
 	StopPcap() (PcapStatus, error)
 	Pcap() PcapStatus
 }
@@ -179,9 +189,27 @@ type errBadRequest struct{ error }
 func ServeNative(ctx context.Context, conn net.Conn, b Backend) error {
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
-	r := bufio.NewReaderSize(conn, MaxRequest)
+	var in io.Reader = conn
+	var fds *fdReader
+	if uc, ok := conn.(*net.UnixConn); ok {
+		fds = newFDReader(uc)
+		defer fds.closeAll()
+		in = fds
+	}
+	r := bufio.NewReaderSize(in, MaxRequest)
+	var off int64 // of the next request line in the stream
 	for {
-		req, err := readRequest(r)
+		req, n, err := readRequest(r)
+		start := off
+		off += int64(n)
+		fd := -1
+		if fds != nil {
+			fd = fds.take(start, off)
+		}
+		if fd >= 0 && (err != nil || req.Cmd != "pcap" || req.File == "") {
+			unix.Close(fd) // this request takes none
+			fd = -1
+		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
@@ -195,7 +223,7 @@ func ServeNative(ctx context.Context, conn net.Conn, b Backend) error {
 		if req.Cmd == "trace" {
 			return serveTrace(ctx, conn, r, b, req)
 		}
-		resp, err := handle(ctx, b, req)
+		resp, err := handle(ctx, b, req, fd)
 		if err != nil {
 			var bad errBadRequest
 			if errors.As(err, &bad) {
@@ -210,18 +238,20 @@ func ServeNative(ctx context.Context, conn net.Conn, b Backend) error {
 	}
 }
 
-// readRequest reads and checks one request line.
-func readRequest(r *bufio.Reader) (Request, error) {
+// readRequest reads and checks one request line, and says how many bytes
+// of the stream it took.
+func readRequest(r *bufio.Reader) (Request, int, error) {
 	line, err := r.ReadSlice('\n')
 	switch {
 	case errors.Is(err, bufio.ErrBufferFull):
-		return Request{}, errBadRequest{fmt.Errorf("request longer than %d bytes", MaxRequest)}
+		return Request{}, len(line), errBadRequest{fmt.Errorf("request longer than %d bytes", MaxRequest)}
 	case errors.Is(err, io.EOF) && len(line) > 0:
-		return Request{}, errBadRequest{errors.New("request not terminated by a newline")}
+		return Request{}, len(line), errBadRequest{errors.New("request not terminated by a newline")}
 	case err != nil:
-		return Request{}, err
+		return Request{}, len(line), err
 	}
-	return ParseRequest(line)
+	req, err := ParseRequest(line)
+	return req, len(line), err
 }
 
 // ParseRequest decodes and checks one request line.
@@ -272,8 +302,9 @@ func ParseRequest(line []byte) (Request, error) {
 	return req, nil
 }
 
-// handle answers one request other than trace.
-func handle(ctx context.Context, b Backend, req Request) (Response, error) {
+// handle answers one request other than trace. fd is the descriptor sent
+// with it, -1 if none; handle owns it.
+func handle(ctx context.Context, b Backend, req Request, fd int) (Response, error) {
 	switch req.Cmd {
 	case "flows":
 		f, _ := flowtrace.ParseFilter(req.Filter) // checked by ParseRequest
@@ -311,8 +342,15 @@ func handle(ctx context.Context, b Backend, req Request) (Response, error) {
 			}
 			return Response{OK: true, Pcap: &st}, nil
 		case req.File != "":
+			if fd < 0 {
+				return Response{}, fmt.Errorf("pcap %s: the request carries no file descriptor: the daemon opens no path at run time, and this client did not send the open file (a gopasta ctl older than the daemon?)", req.File)
+			}
+			out, err := outputFile(fd, req.File)
+			if err != nil {
+				return Response{}, err
+			}
 			f, _ := flowtrace.ParseFilter(req.Filter)
-			if err := b.StartPcap(req.File, f); err != nil {
+			if err := b.StartPcap(out, f); err != nil {
 				return Response{}, err
 			}
 		}

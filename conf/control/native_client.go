@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"os"
 )
 
 // NativeClient speaks the native protocol on a connection that is already
@@ -88,14 +90,58 @@ func (c *NativeClient) LogLevel(level string) (string, error) {
 	return resp.Level, err
 }
 
-// Pcap starts a capture to file (absolute) of what filter selects, stops
-// the capture (stop), or only asks (neither).
-func (c *NativeClient) Pcap(file, filter string, stop bool) (PcapStatus, error) {
-	resp, err := c.Do(Request{Cmd: "pcap", File: file, Filter: filter, Stop: stop})
+// Pcap stops the run-time capture (stop), or only asks about it.
+func (c *NativeClient) Pcap(stop bool) (PcapStatus, error) {
+	return c.pcap(Request{Cmd: "pcap", Stop: stop}, nil)
+}
+
+// StartPcap starts a capture of what filter selects to out, which the
+// caller opened for writing (a regular file or a FIFO) and named with an
+// absolute path: its descriptor goes to the daemon with the request, which
+// needs a connection over a UNIX socket. The caller still closes out; the
+// daemon has its own copy.
+func (c *NativeClient) StartPcap(out *os.File, filter string) (PcapStatus, error) {
+	return c.pcap(Request{Cmd: "pcap", File: out.Name(), Filter: filter}, out)
+}
+
+func (c *NativeClient) pcap(req Request, out *os.File) (PcapStatus, error) {
+	var resp Response
+	var err error
+	if out == nil {
+		resp, err = c.Do(req)
+	} else {
+		resp, err = c.doWithFile(req, out)
+	}
 	if resp.Pcap == nil {
 		return PcapStatus{}, err
 	}
 	return *resp.Pcap, err
+}
+
+// doWithFile is Do with out's descriptor sent along.
+func (c *NativeClient) doWithFile(req Request, out *os.File) (Response, error) {
+	var resp Response
+	uc, ok := c.w.(*net.UnixConn)
+	if !ok {
+		return resp, errors.New("sending a file needs a UNIX socket connection")
+	}
+	line, err := json.Marshal(req)
+	if err != nil {
+		return resp, err
+	}
+	if err := sendWithFile(uc, append(line, '\n'), out); err != nil {
+		return resp, err
+	}
+	if err := c.read(&resp); err != nil {
+		return resp, err
+	}
+	if !resp.OK {
+		if resp.Error == "" {
+			resp.Error = "request failed"
+		}
+		return resp, errors.New(resp.Error)
+	}
+	return resp, nil
 }
 
 // Trace starts a trace of what filter selects and calls each for every

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -22,6 +23,7 @@ type memBackend struct {
 	stats  map[string]uint64
 	level  string
 	pcap   PcapStatus
+	out    *os.File // the capture's file, which StopPcap closes
 	hub    flowtrace.Hub
 	depth  int
 	traced chan struct{} // receives when a subscriber is added
@@ -51,11 +53,13 @@ func (m *memBackend) SetLogLevel(l string) error {
 	}
 	return errors.New("no such level: " + l)
 }
-func (m *memBackend) StartPcap(file string, f flowtrace.Filter) error {
+func (m *memBackend) StartPcap(out *os.File, f flowtrace.Filter) error {
 	if m.pcap.Active {
+		out.Close()
 		return errors.New("a capture is running")
 	}
-	m.pcap = PcapStatus{Active: true, File: file, Filter: f.String()}
+	m.pcap = PcapStatus{Active: true, File: out.Name(), Filter: f.String()}
+	m.out = out
 	return nil
 }
 func (m *memBackend) StopPcap() (PcapStatus, error) {
@@ -66,7 +70,9 @@ func (m *memBackend) StopPcap() (PcapStatus, error) {
 	st.Active = false
 	st.Frames = 42
 	m.pcap = PcapStatus{}
-	return st, nil
+	err := m.out.Close()
+	m.out = nil
+	return st, err
 }
 func (m *memBackend) Pcap() PcapStatus { return m.pcap }
 
@@ -171,19 +177,19 @@ func TestNativeStatsLogLevelPcap(t *testing.T) {
 	if _, err := cl.LogLevel("loud"); err == nil || !strings.Contains(err.Error(), "no such level") {
 		t.Fatalf("bad level: %v", err)
 	}
-	if _, err := cl.Pcap("", "", true); err == nil {
+	if _, err := cl.Pcap(true); err == nil {
 		t.Fatal("stop without a capture succeeded")
 	}
-	p, err := cl.Pcap("/tmp/x.pcap", "tcp port 80", false)
-	if err != nil || !p.Active || p.File != "/tmp/x.pcap" || p.Filter != "tcp port 80" {
-		t.Fatalf("pcap start %+v, %v", p, err)
+	// Over a pipe no file can be sent, and the daemon opens none itself.
+	if _, err := c.Write([]byte(`{"cmd":"pcap","file":"/tmp/x.pcap"}` + "\n")); err != nil {
+		t.Fatal(err)
 	}
-	if p, err := cl.Pcap("", "", false); err != nil || !p.Active {
+	var resp Response
+	if err := cl.read(&resp); err != nil || resp.OK || !strings.Contains(resp.Error, "no file descriptor") {
+		t.Fatalf("pcap without a descriptor: %+v, %v", resp, err)
+	}
+	if p, err := cl.Pcap(false); err != nil || p.Active {
 		t.Fatalf("pcap status %+v, %v", p, err)
-	}
-	p, err = cl.Pcap("", "", true)
-	if err != nil || p.Active || p.Frames != 42 {
-		t.Fatalf("pcap stop %+v, %v", p, err)
 	}
 }
 
