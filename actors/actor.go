@@ -30,6 +30,43 @@
 // with its last flow (udp.go). The guest cannot take a port a host program
 // has, keep one past its flows, bind any host TCP port, or hold more
 // sockets than its share of the budget.
+//
+// # Locks
+//
+// The dispatcher runs an idle flow's work on its own goroutine
+// (Handle.Direct), and the TCP harvester does too (tcp_inline.go), so a
+// flow's state is guarded by locks rather than owned by one goroutine.
+// Where several are taken, they are taken in this order, never the other
+// way:
+//
+//	tcpConn.mu                  everything in a tcpConn; the actor holds it except while it
+//	                            waits, the dispatcher and the harvester only TryLock it
+//	  tcpPoller.mu              the shared epoll's registrations (a closing flow removes its socket)
+//
+//	udpBinding.txMu | rxMu      txMu: the send path (tx, txq, txOff, spare, noGSO, closed),
+//	                            held by the actor, or by the dispatcher in sendDirect (TryLock);
+//	                            rxMu: the receiver's buffers and ipID, held by the receiver, the
+//	                            sweep only TryLocks it. Never both.
+//	  udpBinding.errMu          the error queue buffers (errBuf, oob), from either path
+//	    udpBinding.mu           the flow tables (flows, byHost) and every udpFlow's fields;
+//	                            held for lookups only, never across a syscall
+//	      udpReg.Mutex          the registry of outbound bindings and each binding's pending list
+//	        Inbox.mu            a binding's queue of guest datagrams (a leaf)
+//
+// Locks of the link Writer and of the buffer budget are leaves below all
+// of these: they take no flow's lock and never wait for the dispatcher.
+//
+// The rule, which the dispatcher's liveness rests on: no channel send and
+// no Registrar call (Env.register, Env.ended) while holding a flow's lock.
+// The dispatcher alone drains Env.Register and Env.Ended, and it waits for
+// udpBinding.mu in sendDirect; a flow that waited for room in either
+// channel while holding a lock the dispatcher can wait for would stop the
+// daemon's data path. So what a flow has to report under a lock is
+// collected there and reported after the lock is released
+// (udpBinding.endedQ, the new-flow result of newInboundFlow). The one
+// exception is handing frames to the link Writer, a leaf, which a flow
+// does under its own locks (the UDP receiver under rxMu, a TCP flow under
+// mu): the Writer's goroutine needs none of them to make room.
 package actors
 
 import (
@@ -155,8 +192,8 @@ type Env struct {
 
 	// Ended receives each actor's Handle once, when it ends. Register
 	// receives inbound actors to be put into the flow table. Both are read
-	// by the dispatcher goroutine, which never blocks on anything else, so
-	// sends on them complete promptly.
+	// by the dispatcher goroutine alone. Actors send on them only through
+	// the Registrar (Env.register, Env.ended), never with a lock held.
 	Ended    chan<- *Handle
 	Register chan<- *Handle
 
@@ -190,6 +227,34 @@ type Stats struct {
 	// was dropped for lying beyond the window we advertised; TCPOOODropped
 	// out-of-order segments dropped because tcpMaxOOO were held already.
 	TCPBeyondWindow, TCPOOODropped atomic.Uint64
+}
+
+// The Registrar: how a flow tells the dispatcher it has started (an
+// inbound flow, to be put into the table) or ended. Each call waits for
+// room in the dispatcher's channel, or until the daemon stops; the
+// dispatcher drains them without blocking on anything a flow holds, so the
+// wait is short, unless the caller holds a lock the dispatcher may wait
+// for. Hence the rule in the package comment: no flow calls them with any
+// of its locks held.
+
+// register hands the inbound flow h to the dispatcher; false if the daemon
+// is stopping.
+func (e *Env) register(h *Handle) bool {
+	select {
+	case e.Register <- h:
+		return true
+	case <-e.Ctx.Done():
+		return false
+	}
+}
+
+// ended tells the dispatcher that h's flow has ended, exactly once per
+// Handle.
+func (e *Env) ended(h *Handle) {
+	select {
+	case e.Ended <- h:
+	case <-e.Ctx.Done():
+	}
 }
 
 // FlowLog returns a log entry carrying the flow's key, for every line an

@@ -142,6 +142,10 @@ type udpBinding struct {
 	last      atomic.Int64 // monoNow of the last datagram either way
 	lastRx    atomic.Int64
 	rxAtSweep int64 // actor's
+	// endedQ holds the Handles of flows endFlow ended, for the actor to
+	// report once it has released mu (flushEnded). The actor's: only the
+	// actor ends flows.
+	endedQ []*Handle
 
 	// The receiver's state, under rxMu.
 	rxMu       sync.Mutex
@@ -431,7 +435,10 @@ func (b *udpBinding) addFlow(k Key, host netip.AddrPort, now int64) *udpFlow {
 	return fl
 }
 
-// endFlow forgets fl and tells the dispatcher; mu held.
+// endFlow forgets fl and queues its Handle for flushEnded; mu held, by
+// the actor. Telling the dispatcher here would break the lock rule (see
+// the package comment): sendDirect waits for mu on the dispatcher's
+// goroutine, so a full Env.Ended would stop both for good.
 func (b *udpBinding) endFlow(fl *udpFlow) {
 	delete(b.flows, fl.key)
 	if b.byHost[fl.host] == fl {
@@ -441,11 +448,18 @@ func (b *udpBinding) endFlow(fl *udpFlow) {
 		return
 	}
 	b.env.Stats.UDPFlows.Add(-1)
-	select {
-	case b.env.Ended <- fl.h:
-	case <-b.env.Ctx.Done():
-	}
+	b.endedQ = append(b.endedQ, fl.h)
 	fl.h = nil
+}
+
+// flushEnded tells the dispatcher about the flows endFlow ended; called by
+// the actor with no lock held.
+func (b *udpBinding) flushEnded() {
+	for i, h := range b.endedQ {
+		b.env.ended(h)
+		b.endedQ[i] = nil
+	}
+	b.endedQ = b.endedQ[:0]
 }
 
 // sweep ends idle flows, frees receive buffers of a quiet socket, and
@@ -461,6 +475,7 @@ func (b *udpBinding) sweep() bool {
 	}
 	nflows := len(b.flows)
 	b.mu.Unlock()
+	b.flushEnded()
 	lastRx := b.lastRx.Load()
 	if lastRx == b.rxAtSweep && b.rxMu.TryLock() {
 		// Quiet since the last sweep and the receiver is waiting: give
@@ -515,6 +530,7 @@ func (b *udpBinding) shutdown() {
 		b.endFlow(fl)
 	}
 	b.mu.Unlock()
+	b.flushEnded()
 	b.releaseStash()
 	b.txMu.Lock()
 	for _, f := range b.txq[b.txOff:] {
@@ -948,7 +964,7 @@ func (b *udpBinding) deliver(i int, now int64) *link.Frame {
 			return nil
 		}
 		b.mu.Lock()
-		fl := b.newInboundFlow(src, rx.ctrl[i][:h.Hdr.Controllen], now)
+		fl, isNew := b.newInboundFlow(src, rx.ctrl[i][:h.Hdr.Controllen], now)
 		if fl != nil {
 			far, dst = fl.key.Far, fl.key.Guest
 			fh, tfl = fl.h, fl
@@ -956,6 +972,12 @@ func (b *udpBinding) deliver(i int, now int64) *link.Frame {
 		b.mu.Unlock()
 		if fl == nil {
 			return nil
+		}
+		if isNew {
+			// Registered after mu is released (the lock rule, see the
+			// package comment) and before the datagram is handed to
+			// the Writer, so the guest's answer finds the flow.
+			b.env.register(fh)
 		}
 	default:
 		var ok bool

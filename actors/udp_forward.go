@@ -144,20 +144,20 @@ func newListenerBinding(env *Env, spec conf.PortSpec, toAddr netip.Addr, p, to u
 	return b, nil
 }
 
-// newInboundFlow starts the flow for a new client at src, whose datagram
-// came with control data ctrl, and registers it with the dispatcher; the
-// binding's mu held (the dispatcher never waits for it, so the Register
-// send cannot deadlock).
-func (b *udpBinding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) *udpFlow {
+// newInboundFlow finds or starts the flow for the client at src, whose
+// datagram came with control data ctrl, and reports whether it started
+// one, which the caller must then register with the dispatcher once it has
+// released mu (the lock rule, see the package comment); mu held.
+func (b *udpBinding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) (fl *udpFlow, isNew bool) {
 	if b.env.Conf != nil && b.env.Conf.SpliceOnly {
 		// No tap to take it to (loopback clients were relayed before).
 		SpliceStats.OnlyRefused.Add(1)
-		return nil
+		return nil, false
 	}
 	far, ok := b.env.NAT.Inbound(src)
 	if !ok {
 		UDPStats.Unmappable.Add(1)
-		return nil
+		return nil, false
 	}
 	ga := b.fwdAddr
 	if !ga.IsValid() {
@@ -165,37 +165,33 @@ func (b *udpBinding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) 
 	}
 	if !ga.IsValid() || ga.Is6() != far.Addr().Is6() {
 		UDPStats.Unmappable.Add(1)
-		return nil
+		return nil, false
 	}
 	k := Key{Proto: wire.ProtoUDP, Guest: netip.AddrPortFrom(ga, b.fwdPort), Far: far}
-	if fl := b.flows[k]; fl != nil {
+	if old := b.flows[k]; old != nil {
 		// Another host address the guest sees as the same far end: the
 		// latest one gets the replies.
-		delete(b.byHost, fl.host)
-		fl.host = src
-		fl.salen = putSockaddr(&fl.sa, src)
-		b.byHost[src] = fl
-		fl.last = now
-		return fl
+		delete(b.byHost, old.host)
+		old.host = src
+		old.salen = putSockaddr(&old.sa, src)
+		b.byHost[src] = old
+		old.last = now
+		return old, false
 	}
 	if limit := flowLimit(b.env); b.env.TableFlows.Load() >= limit {
 		// Held to --flow-limit as the guest's own flows are.
 		b.env.Stats.Refused.Add(1)
 		udpSocketLog.Warnf(b.log, "udp: flow limit %d reached, dropping datagrams of new inbound flows", limit)
-		return nil
+		return nil, false
 	}
-	fl := b.addFlow(k, src, now)
+	fl = b.addFlow(k, src, now)
 	if b.wildcard {
 		fl.clen = pktinfoReply(fl.ctrl[:], ctrl, b.v6)
 	}
 	fl.h = initHandle(&Handle{Key: k, Q: b.in, Direct: b.direct, Inbound: true})
 	b.env.Stats.UDPOpened.Add(1)
 	b.env.Stats.UDPFlows.Add(1)
-	select {
-	case b.env.Register <- fl.h:
-	case <-b.env.Ctx.Done():
-	}
-	return fl
+	return fl, true
 }
 
 // pktinfoReply finds the destination address in received control data and
