@@ -144,10 +144,7 @@ func (a *icmpActor) run() {
 		a.sock.close()
 		a.env.Limits.giveFDs(fdGuestDgram, fdsICMP)
 		a.env.Stats.ICMPFlows.Add(-1)
-		select {
-		case a.env.Ended <- a.h:
-		case <-a.env.Ctx.Done():
-		}
+		a.env.ended(a.h)
 	}()
 	sweep := max(a.timeout/4, 5*time.Millisecond)
 	t := time.NewTimer(sweep)

@@ -122,8 +122,11 @@ type tcpSeg struct {
 // select, or, while it waits there, the dispatcher or the harvester
 // running the flow inline (tcp_inline.go). The actor takes mu from its
 // first instruction (newTCPConn locks it for the goroutine about to start)
-// and keeps it once its loop is over, so the flow is never run inline
-// before it is established or after it has ended.
+// to its end; it lets go of it only to wait, to register an inbound flow
+// and once the flow is closed, to report its end (the Registrar is never
+// called with mu held). An inline run takes mu only for an established,
+// open flow, so the flow is never run inline before it is established or
+// after it has ended.
 type tcpConn struct {
 	mu   sync.Mutex
 	poke chan struct{} // an inline run closed the flow: the actor must look
@@ -369,9 +372,13 @@ func (c *tcpConn) runOutbound(syn *link.Frame) {
 func (c *tcpConn) runInbound() {
 	defer c.finish()
 	c.timer = time.NewTimer(time.Hour)
-	select {
-	case c.env.Register <- c.h:
-	case <-c.env.Ctx.Done():
+	// Not yet established, so nobody runs the flow inline while the
+	// actor lets go of mu to register (the lock rule, see the package
+	// comment).
+	c.mu.Unlock()
+	ok := c.env.register(c.h)
+	c.mu.Lock()
+	if !ok {
 		c.sock.close(true)
 		c.closeReason = "shutting down"
 		c.setState(tcpClosed, c.closeReason)
@@ -685,10 +692,12 @@ func (c *tcpConn) finish() {
 	c.publish()
 	c.traceEnd()
 	c.env.Stats.TCPFlows.Add(-1)
-	select {
-	case c.env.Ended <- c.h:
-	case <-c.env.Ctx.Done():
-	}
+	// The flow is closed, so an inline run that takes mu now finds
+	// nothing to do (lockIdle): let go of it before telling the
+	// dispatcher (the lock rule, see the package comment).
+	c.state |= tcpClosed
+	c.mu.Unlock()
+	c.env.ended(c.h)
 }
 
 // crashed resets a flow whose handling panicked with r: the guest and the
