@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -159,25 +160,111 @@ func TestSandboxCommand(t *testing.T) {
 			}
 			t.Cleanup(func() { os.RemoveAll(dir) })
 			_ = os.Chmod(dir, 0o777)
-			out := filepath.Join(dir, "pid")
+			out := filepath.Join(dir, "started")
 			args := append(append([]string{}, c.pre...), gopastaBin, "-q", "-t", "none", "-u", "none", "-T", "none", "-U", "none",
-				"--", "sh", "-c", "echo $PPID > "+out+"; sleep 30")
-			h.Start(t, args...)
+				"--", "sh", "-c", "echo > "+out+"; sleep 30")
+			front := h.Start(t, args...)
+			// COMMAND is PID 1 of its own PID namespace, where the
+			// daemon is not to be seen: the daemon is the descendant
+			// of the front with the seccomp filter, the last step
+			// before its readiness.
 			var pid int
 			if !Eventually(5*time.Second, func() bool {
-				b, err := os.ReadFile(out)
-				pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-				return err == nil && pid > 0
+				for _, p := range descendants(front.Process.Pid) {
+					b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+					if strings.Contains(string(b), "\nSeccomp:\t2\n") {
+						pid = p
+						return true
+					}
+				}
+				return false
 			}) {
+				t.Fatal("no sandboxed daemon under the front")
+			}
+			checkSandboxed(t, pid, sandboxWant{capEff: "0000000000000000", uid: c.uid})
+		})
+	}
+}
+
+// descendants lists the processes below pid, depth first. A child is
+// listed under the thread that forked it, and a Go program forks from any.
+func descendants(pid int) []int {
+	var out []int
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, task := range tasks {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		for _, f := range strings.Fields(string(b)) {
+			if c, err := strconv.Atoi(f); err == nil {
+				out = append(out, c)
+				out = append(out, descendants(c)...)
+			}
+		}
+	}
+	return out
+}
+
+// TestCommandPIDNamespace: COMMAND is PID 1 of a PID namespace of its
+// own, as with pasta, with a /proc that shows only its processes, its
+// exit status is gopasta's, and SIGTERM to gopasta ends a COMMAND that
+// leaves it at its default action (which PID 1 would not get) as if it
+// had got it, while one that catches it decides.
+func TestCommandPIDNamespace(t *testing.T) {
+	h := HostNetns(t)
+	for _, c := range []struct {
+		name string
+		pre  []string
+	}{{"root", nil}, {"unprivileged", []string{"runuser", "-u", "nobody", "--"}}} {
+		t.Run(c.name, func(t *testing.T) {
+			args := append(append([]string{}, c.pre...), gopastaBin, "-q", "-t", "none", "-u", "none", "-T", "none", "-U", "none",
+				"--", "sh", "-c", "echo pid=$$; echo procs=$(cd /proc && echo [0-9]*); exit 7")
+			r := runFrontBin(t, h, 10*time.Second, args[0], args[1:]...)
+			if r.code != 7 {
+				t.Errorf("exit status %d, want COMMAND's 7 (output %q)", r.code, r.out)
+			}
+			if !strings.Contains(r.out, "pid=1\n") {
+				t.Errorf("COMMAND's $$ is not 1: %q", r.out)
+			}
+			// sh (1) and the subshell of $(...): nothing of the host.
+			if !regexp.MustCompile(`(?m)^procs=1 [0-9]+$`).MatchString(r.out) {
+				t.Errorf("COMMAND's /proc shows other processes: %q", r.out)
+			}
+		})
+	}
+	for _, c := range []struct {
+		name, script string
+		want         int
+	}{{"default", "exec sleep 30", 128 + int(syscall.SIGTERM)}, {"caught", "trap 'exit 3' TERM; sleep 30 & wait", 3}} {
+		t.Run("SIGTERM "+c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			started := filepath.Join(dir, "started")
+			front := h.Start(t, gopastaBin, "-q", "-t", "none", "-u", "none", "-T", "none", "-U", "none",
+				"--", "sh", "-c", "echo > "+started+"; "+c.script)
+			if !Eventually(5*time.Second, func() bool { _, err := os.Stat(started); return err == nil }) {
 				t.Fatal("command did not start")
 			}
-			// COMMAND starts during setup: wait for the daemon's
-			// readiness, whose last step is the seccomp filter.
+			// Readiness: the front knows COMMAND once the daemon is
+			// sealed.
 			Eventually(5*time.Second, func() bool {
-				b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-				return strings.Contains(string(b), "\nSeccomp:\t2\n")
+				for _, p := range descendants(front.Process.Pid) {
+					b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+					if strings.Contains(string(b), "\nSeccomp:\t2\n") {
+						return true
+					}
+				}
+				return false
 			})
-			checkSandboxed(t, pid, sandboxWant{capEff: "0000000000000000", uid: c.uid})
+			time.Sleep(100 * time.Millisecond)
+			_ = front.Process.Signal(syscall.SIGTERM)
+			done := make(chan error, 1)
+			go func() { done <- front.Wait() }()
+			select {
+			case err := <-done:
+				if code := exitCode(err); code != c.want {
+					t.Errorf("exit status %d after SIGTERM, want %d", code, c.want)
+				}
+			case <-time.After(3 * time.Second):
+				t.Fatal("still running 3 s after SIGTERM")
+			}
 		})
 	}
 }

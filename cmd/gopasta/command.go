@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -15,10 +18,31 @@ import (
 // commandNamespaces are the namespaces COMMAND gets of its own besides the
 // network namespace, unshared on the thread that forks it (a child
 // inherits its thread's namespaces; netns.Do throws the thread away after).
-// pasta gives its command new UTS, IPC, PID and mount namespaces; here the
-// mount namespace is a clone flag (startCommand), and there is no PID
-// namespace yet.
+// pasta gives its command new UTS, IPC, PID and mount namespaces, as does
+// gopasta. The mount and PID namespaces are clone flags instead
+// (startCommand): unshare(2) cannot give a mount namespace to a thread of
+// a Go program (its threads share their filesystem information), and an
+// unshared PID namespace would be the next child's of the whole daemon,
+// not of this thread's, and never again another one's.
 const commandNamespaces = unix.CLONE_NEWUTS | unix.CLONE_NEWIPC
+
+// commandCloneFlags are the namespaces COMMAND is created in by clone(2):
+// a PID namespace of which it is PID 1, as with pasta (`echo $$` prints 1,
+// ps shows its own processes only, and when it exits the kernel kills
+// what it leaves behind), and a mount namespace, a copy of the daemon's
+// (which still is the host's view), where /proc can show that PID
+// namespace, and which the daemon's pivot_root into an empty root later
+// does not move.
+const commandCloneFlags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNS
+
+// stageCommand is the first program COMMAND's process runs: a copy of
+// this binary that mounts the new PID namespace's /proc and then
+// executes COMMAND in its place, so that COMMAND stays PID 1
+// (commandInitMain). commandPathEnv is the program it executes.
+const (
+	stageCommand   = "command"
+	commandPathEnv = "GOPASTA_COMMAND_PATH"
+)
 
 // hostnamePrefix is what pasta puts before the host's name to make the
 // hostname of a command's namespace when -H does not give one.
@@ -59,15 +83,13 @@ func (d *daemon) startCommand() error {
 	if err != nil {
 		return fmt.Errorf("command %s: %v", argv[0], err)
 	}
-	cmd := &exec.Cmd{Path: path, Args: argv, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}
-	if d.mountNS {
-		// A mount namespace of its own (a copy of the daemon's, which
-		// still is the host's view), as a clone flag: unshare(2) cannot
-		// give one to a thread of a Go program (its threads share their
-		// filesystem information), and without it the daemon's
-		// pivot_root into an empty root later would move COMMAND too.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
-	}
+	// The daemon is root of the user namespace that owns the network
+	// namespace (its own, or the one it joined), so it may create these
+	// namespaces; COMMAND's process is the init stage until it executes
+	// COMMAND.
+	cmd := &exec.Cmd{Path: "/proc/self/exe", Args: argv, Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
+		Env:         append(os.Environ(), stageEnv+"="+stageCommand, commandPathEnv+"="+path),
+		SysProcAttr: &syscall.SysProcAttr{Cloneflags: commandCloneFlags}}
 	hostname := commandHostname(d.cfg)
 	err = netns.Do(d.nsFD, func() error {
 		if err := unix.Unshare(commandNamespaces); err != nil {
@@ -85,4 +107,84 @@ func (d *daemon) startCommand() error {
 	d.cmd = cmd
 	d.log.Debugf("started %v, pid %d, hostname %s", argv, cmd.Process.Pid, hostname)
 	return nil
+}
+
+// commandInitMain runs as PID 1 of COMMAND's new PID namespace, in its new
+// mount namespace: it mounts a /proc that shows that PID namespace and
+// executes COMMAND in its place. A /proc that cannot be mounted is a
+// warning, as with pasta: COMMAND still runs, seeing the host's.
+func commandInitMain(prog string) int {
+	path := os.Getenv(commandPathEnv)
+	os.Unsetenv(commandPathEnv)
+	os.Unsetenv(stageEnv)
+	// The mount namespace is a copy of the host's, and as real root its
+	// mounts may still be peers of the host's: nothing mounted here may
+	// propagate there, while what the host mounts still shows here.
+	err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, "")
+	if err == nil {
+		err = unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: couldn't mount /proc for the command's PID namespace: %v\n", prog, err)
+	}
+	err = unix.Exec(path, os.Args, os.Environ())
+	fmt.Fprintf(os.Stderr, "%s: %s: %v\n", prog, path, err)
+	return 127
+}
+
+// commandSignals passes the front's termination signals on to COMMAND,
+// once the daemon has named it (readiness line "ok PID"): the front has
+// the credentials of whoever started gopasta, while the daemon, sandboxed
+// (as nobody, if started as root), may not signal a COMMAND running as
+// root. As PID 1 of its namespace, COMMAND gets no signal it has left at
+// its default action, not even from us (pid_namespaces(7)), nor SIGINT
+// from the terminal: so for a signal it neither catches nor ignores, which
+// would have ended it without the PID namespace, it gets SIGKILL in its
+// stead, and status reports it ended by the signal sent. SIGINT itself is
+// not passed on: the terminal sent it to COMMAND's process group already.
+type commandSignals struct {
+	pid       atomic.Int64
+	killedFor atomic.Int64
+}
+
+// signal passes s on; false if COMMAND is not known yet.
+func (c *commandSignals) signal(s syscall.Signal) bool {
+	pid := int(c.pid.Load())
+	if pid <= 0 {
+		return false
+	}
+	if s == syscall.SIGQUIT {
+		return true
+	}
+	if s != syscall.SIGINT {
+		_ = unix.Kill(pid, s)
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return true // gone
+	}
+	var caught, ignored uint64
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, ":\t")
+		switch k {
+		case "SigCgt":
+			caught, _ = strconv.ParseUint(v, 16, 64)
+		case "SigIgn":
+			ignored, _ = strconv.ParseUint(v, 16, 64)
+		}
+	}
+	if (caught|ignored)&(1<<(uint(s)-1)) == 0 {
+		c.killedFor.Store(int64(s))
+		_ = unix.Kill(pid, unix.SIGKILL)
+	}
+	return true
+}
+
+// status is the exit status COMMAND's shell would see: if signal killed
+// it in place of a signal, ended by that signal.
+func (c *commandSignals) status(status int) int {
+	if s := int(c.killedFor.Load()); s != 0 && status == 128+int(syscall.SIGKILL) {
+		return 128 + s
+	}
+	return status
 }

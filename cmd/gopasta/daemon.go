@@ -181,7 +181,12 @@ func daemonMain(prog string) int {
 		}
 	}
 	log.Debugf("ready after %v", time.Since(start).Round(time.Microsecond))
-	report("ok")
+	if d.cmd != nil {
+		// The front passes signals on to COMMAND (command.go).
+		report("ok " + strconv.Itoa(d.cmd.Process.Pid))
+	} else {
+		report("ok")
+	}
 	return d.run(sigs)
 }
 

@@ -142,12 +142,19 @@ func front(prog string, cfg *conf.Config) int {
 		relay.Wait()
 		return fail("start daemon: %v", err)
 	}
-	go relaySignals(sigs, cmd.Process, commandMode(cfg))
+	var command *commandSignals
+	if commandMode(cfg) {
+		command = &commandSignals{}
+	}
+	go relaySignals(sigs, cmd.Process, command)
 
 	line, _ := bufio.NewReader(readR).ReadString('\n')
 	readR.Close()
 	line = strings.TrimSuffix(line, "\n")
-	ready := line == "ok"
+	ready := line == "ok" || strings.HasPrefix(line, "ok ")
+	if pid, err := strconv.Atoi(strings.TrimPrefix(line, "ok ")); err == nil && command != nil {
+		command.pid.Store(int64(pid))
+	}
 
 	if !ready {
 		status := exitStatus(cmd.Wait())
@@ -171,7 +178,11 @@ func front(prog string, cfg *conf.Config) int {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
 	}
 	if foreground {
-		return exitStatus(cmd.Wait())
+		status := exitStatus(cmd.Wait())
+		if command != nil {
+			status = command.status(status)
+		}
+		return status
 	}
 	// The daemon has pointed its stdio at /dev/null: the copy ends.
 	relay.Wait()
@@ -219,13 +230,17 @@ func usernsToJoin(cfg *conf.Config) (string, error) {
 	return path, nil
 }
 
-// relaySignals passes termination signals to the daemon. In command mode
-// SIGINT and SIGQUIT come from the terminal, which delivers them to the
-// whole foreground process group, COMMAND included: passing them on would
-// deliver them twice.
-func relaySignals(sigs <-chan os.Signal, p *os.Process, command bool) {
+// relaySignals passes termination signals to the daemon or, in command
+// mode once it runs, to COMMAND (the daemon exits when it does). In
+// command mode SIGINT and SIGQUIT come from the terminal, which delivers
+// them to the whole foreground process group, COMMAND included: passing
+// them on would deliver them twice.
+func relaySignals(sigs <-chan os.Signal, p *os.Process, command *commandSignals) {
 	for s := range sigs {
-		if command && (s == syscall.SIGINT || s == syscall.SIGQUIT) {
+		if command != nil && command.signal(s.(syscall.Signal)) {
+			continue
+		}
+		if command != nil && (s == syscall.SIGINT || s == syscall.SIGQUIT) {
 			continue
 		}
 		if s == syscall.SIGQUIT {

@@ -28,6 +28,8 @@ func run() int {
 		return daemonMain(prog)
 	case stageCleaner:
 		return cleanerMain() // cleaner.go
+	case stageCommand:
+		return commandInitMain(prog) // command.go
 	}
 	if isCtl(prog, os.Args[1:]) {
 		return ctlEntry(prog)
