@@ -138,9 +138,60 @@ func TestSandboxPasst(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("front exit %d: %s", r.code, r.out)
 	}
-	checkSandboxed(t, (&Gopasta{PIDFile: pidf}).PID(), sandboxWant{capEff: "0000000000000000", uid: 65534})
+	pid := (&Gopasta{PIDFile: pidf}).PID()
+	checkSandboxed(t, pid, sandboxWant{capEff: "0000000000000000", uid: 65534})
+	checkOwnPIDNS(t, pid)
 	m, f := dialQemu(t, sock, macA).dhcp()
 	checkOffer(t, m, f, macA, HostAddr4)
+}
+
+// checkOwnPIDNS: pid (the number the PID file gives, the caller's) is
+// PID 1 of a PID namespace of its own, as upstream passt is.
+func checkOwnPIDNS(t *testing.T, pid int) {
+	t.Helper()
+	status := readFile(t, fmt.Sprintf("/proc/%d/status", pid))
+	if want := fmt.Sprintf("\nNSpid:\t%d\t1\n", pid); !strings.Contains(status, want) {
+		i := strings.Index(status, "NSpid")
+		t.Errorf("daemon %d not PID 1 of a PID namespace of its own: %q", pid, status[i:i+strings.IndexByte(status[i:], '\n')])
+	}
+	ours, _ := os.Readlink("/proc/self/ns/pid")
+	if its, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid)); err != nil || its == ours {
+		t.Errorf("daemon's PID namespace %q (%v), the caller's %q", its, err, ours)
+	}
+}
+
+// TestSandboxPasstUser: passt mode started by a user is PID 1 of its own
+// PID namespace too (owned by its user namespace), and its socket file is
+// gone once it has exited on SIGTERM (the front's cleaner).
+func TestSandboxPasstUser(t *testing.T) {
+	h := HostNetns(t)
+	dir, err := os.MkdirTemp("", "gopasta-sandbox-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	_ = os.Chmod(dir, 0o777)
+	sock, pidf, bin := filepath.Join(dir, "p.sock"), filepath.Join(dir, "p.pid"), filepath.Join(dir, "passt")
+	if err := os.Symlink(gopastaBin, bin); err != nil {
+		t.Fatal(err)
+	}
+	r := runFrontBin(t, h, 10*time.Second, "runuser", "-u", "nobody", "--", bin, "-q", "-s", sock, "-P", pidf)
+	t.Cleanup(func() { killPIDFile(pidf) })
+	if r.code != 0 {
+		t.Fatalf("front exit %d: %s", r.code, r.out)
+	}
+	pid := (&Gopasta{PIDFile: pidf}).PID()
+	checkSandboxed(t, pid, sandboxWant{capEff: "0000000000000000", uid: -1})
+	checkOwnPIDNS(t, pid)
+	m, f := dialQemu(t, sock, macA).dhcp()
+	checkOffer(t, m, f, macA, HostAddr4)
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	if _, ok := waitGone(pid, 3*time.Second); !ok {
+		t.Fatal("daemon still running 3 s after SIGTERM")
+	}
+	if _, err := os.Lstat(sock); !os.IsNotExist(err) {
+		t.Errorf("socket file left behind: %v", err)
+	}
 }
 
 // TestSandboxCommand: command mode, as root and unprivileged (root of a

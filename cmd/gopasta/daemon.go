@@ -86,13 +86,19 @@ type daemon struct {
 	// cleaner removes qemu's socket file once the daemon is gone
 	// (cleaner.go); nil without a sandbox.
 	cleaner *cleaner
+	// cleanerEnd is the daemon's end of the front's cleaner, if the
+	// front started one (PID namespace).
+	cleanerEnd *os.File
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
 	// mountNS: the daemon runs in a mount namespace of its own, which
 	// the sandbox may pivot_root in; isolateErr says why not, if asked.
-	mountNS    bool
+	mountNS bool
+	// pidNS: the daemon is PID 1 of a PID namespace of its own, and
+	// /proc (the host's) knows it by another number (hostPID).
+	pidNS      bool
 	isolateErr error
 	// jailed: the root is the sandbox's empty one now, and nsDir (if
 	// any) is the only way to the namespace file.
@@ -143,6 +149,15 @@ func daemonMain(prog string) int {
 		d.mountNS = d.isolateErr == nil
 	}
 	d.profile = openProfile(log)
+	if v := os.Getenv(cleanerFDEnv); v != "" {
+		os.Unsetenv(cleanerFDEnv)
+		if fd, err := strconv.Atoi(v); err == nil && fd > 2 {
+			unix.CloseOnExec(fd)
+			d.cleanerEnd = os.NewFile(uintptr(fd), "cleaner")
+		}
+	}
+	// PID 1: the front made a PID namespace for the daemon (passt mode).
+	d.pidNS = os.Getpid() == 1
 	d.foreground = cfg.Foreground || d.command
 	d.ctx, d.cancel = context.WithCancelCause(context.Background())
 	defer d.closePcap()
@@ -303,7 +318,7 @@ func (d *daemon) setup() error {
 	d.setLimits()
 
 	if d.pidFile != nil {
-		_, err := d.pidFile.WriteString(strconv.Itoa(os.Getpid()) + "\n")
+		_, err := d.pidFile.WriteString(strconv.Itoa(hostPID()) + "\n")
 		if cerr := d.pidFile.Close(); err == nil {
 			err = cerr
 		}
@@ -627,4 +642,18 @@ func (d *daemon) setLimits() {
 	d.env.Limits.SetFDBudget(budget)
 	d.log.Debugf("descriptors: limit %d, %d open, %d reserved, %d for flows, %d pending connects at most, for %v each",
 		nofile, open, actors.FDReserve, budget, d.env.Limits.ConnectLimit(), actors.TCPConnectTimeout())
+}
+
+// hostPID is the daemon's PID as its caller knows it: in a PID namespace
+// of its own it is 1 to itself, but /proc, still the caller's until the
+// sandbox's pivot_root, names it by the caller's number.
+func hostPID() int {
+	if os.Getpid() != 1 {
+		return os.Getpid()
+	}
+	self, err := os.Readlink("/proc/self")
+	if pid, err2 := strconv.Atoi(self); err == nil && err2 == nil {
+		return pid
+	}
+	return os.Getpid()
 }

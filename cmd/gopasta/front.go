@@ -98,6 +98,21 @@ func front(prog string, cfg *conf.Config) int {
 		case ownUserNS || os.Geteuid() == 0:
 			cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWNS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWUTS
 			cmd.Env = append(cmd.Env, nsenter.IsolateEnv+"="+nsenter.IsolateClone)
+			if cfg.Mode == conf.ModePasst {
+				// passt's own PID namespace, as upstream's: the
+				// daemon is its PID 1 and sees no other process.
+				// Its cleaner must live outside (cleaner.go), and
+				// its sandbox mounts a procfs of the new namespace
+				// for psx (sandbox.Jail).
+				end, err := startFrontCleaner()
+				if err != nil {
+					return fail("%v", err)
+				}
+				defer end.Close()
+				cmd.ExtraFiles = append(cmd.ExtraFiles, end)
+				cmd.Env = append(cmd.Env, cleanerFDEnv+"="+strconv.Itoa(readyFD+len(cmd.ExtraFiles)-1))
+				cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWPID
+			}
 		}
 	}
 

@@ -99,7 +99,8 @@ func (d *daemon) sandbox() error {
 		sockets = append(sockets, d.ctl.Path())
 	}
 	if len(sockets) > 0 {
-		c, err := startCleaner(sockets, d.mountNS) // cleaner.go
+		c, err := startCleaner(sockets, d.cleanerEnd, d.mountNS) // cleaner.go
+		d.cleanerEnd = nil
 		if err != nil {
 			return err
 		}
@@ -140,7 +141,7 @@ func (d *daemon) sandbox() error {
 	}
 	switch {
 	case d.mountNS:
-		how, err := sandbox.Jail(cfg.ChrootFallback)
+		how, err := sandbox.Jail(cfg.ChrootFallback, d.pidNS)
 		if err != nil {
 			return err
 		}

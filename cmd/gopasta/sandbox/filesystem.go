@@ -27,7 +27,11 @@ import (
 // threads by listing it, and that must happen after the pivot: the pivot
 // needs CAP_SYS_ADMIN, which goes with those changes. It shows nothing of
 // other processes; Landlock, where the kernel has it, then takes even that
-// away (landlock.go).
+// away (landlock.go). In a PID namespace of its own (passt mode) the
+// daemon is PID 1 to itself while the host's /proc knows it and its
+// threads by the host's numbers, and psx signals the thread numbers it
+// lists: there the directory comes from a procfs of the daemon's PID
+// namespace, mounted only for as long as it takes to bind it.
 
 // jailMountPoints are tried in turn for the new root: an existing
 // directory of the old root, over which the empty tmpfs is mounted (in
@@ -35,11 +39,12 @@ import (
 var jailMountPoints = []string{"/tmp", "/run", "/mnt", "/dev"}
 
 // Jail replaces the daemon's root with an empty read-only tmpfs holding
-// only /proc/PID/task. With chrootFallback, a refused pivot_root (an
+// only /proc/PID/task. ownPIDNS says the daemon is PID 1 of a PID
+// namespace of its own, which the host's /proc does not show as such. With chrootFallback, a refused pivot_root (an
 // initramfs root) falls back to chroot(2), as pasta's --chroot-fallback
 // does; without it, that is an error. It returns "pivot_root" or
 // "chroot".
-func Jail(chrootFallback bool) (string, error) {
+func Jail(chrootFallback, ownPIDNS bool) (string, error) {
 	// Nothing mounted or unmounted here may reach the host's mount
 	// namespace (or COMMAND's), and what the host unmounts (a netns
 	// file) should still reach the daemon: a recursive slave.
@@ -66,8 +71,32 @@ func Jail(chrootFallback bool) (string, error) {
 			return "", fmt.Errorf("new root: %w", err)
 		}
 	}
-	if err := unix.Mount("/proc/self/task", dir+task, "", unix.MS_BIND, ""); err != nil {
+	src := "/proc/self/task"
+	if ownPIDNS {
+		// The host's /proc numbers our threads as the host does, and
+		// psx signals the numbers it lists: a procfs of our own PID
+		// namespace, mounted for the moment beside the bind mount's
+		// target (we still have CAP_SYS_ADMIN over the namespace).
+		tmp := dir + "/proc.new"
+		if err := unix.Mkdir(tmp, 0o555); err != nil {
+			return "", fmt.Errorf("new root: %w", err)
+		}
+		if err := unix.Mount("proc", tmp, "proc", flags, ""); err != nil {
+			return "", fmt.Errorf("mount a procfs for the PID namespace: %w", err)
+		}
+		src = tmp + "/self/task"
+	}
+	if err := unix.Mount(src, dir+task, "", unix.MS_BIND, ""); err != nil {
 		return "", fmt.Errorf("bind-mount %s: %w", task, err)
+	}
+	if ownPIDNS {
+		// The bind mount keeps what it shows; the rest goes.
+		if err := unix.Unmount(dir+"/proc.new", unix.MNT_DETACH); err != nil {
+			return "", fmt.Errorf("unmount the PID namespace's procfs: %w", err)
+		}
+		if err := unix.Rmdir(dir + "/proc.new"); err != nil {
+			return "", fmt.Errorf("new root: %w", err)
+		}
 	}
 	// Best effort: in a user namespace the kernel may refuse a remount
 	// that does not repeat every locked flag of the procfs mount, and
