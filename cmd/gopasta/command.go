@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -133,7 +134,9 @@ func commandInitMain(prog string) int {
 }
 
 // commandSignals passes the front's termination signals on to COMMAND,
-// once the daemon has named it (readiness line "ok PID"): the front has
+// once the daemon has named it (readiness line "ok PID"; what comes
+// before waits for it, as the daemon would have had them wait for the end
+// of its setup): the front has
 // the credentials of whoever started gopasta, while the daemon, sandboxed
 // (as nobody, if started as root), may not signal a COMMAND running as
 // root. As PID 1 of its namespace, COMMAND gets no signal it has left at
@@ -145,23 +148,63 @@ func commandInitMain(prog string) int {
 type commandSignals struct {
 	pid       atomic.Int64
 	killedFor atomic.Int64
+	// pidfd is COMMAND's from when the daemon named it (still its
+	// unreaped child then): no signal reaches a process that reused the
+	// number after COMMAND ended. -1: kill(2) by number.
+	pidfd atomic.Int64
+
+	// pending are the signals that came before COMMAND was known: the
+	// daemon, sandboxed by then, could not pass them on.
+	mu      sync.Mutex
+	pending []syscall.Signal
 }
 
-// signal passes s on; false if COMMAND is not known yet.
-func (c *commandSignals) signal(s syscall.Signal) bool {
+// setPID records COMMAND, named by the daemon's readiness line, and
+// passes on what came before.
+func (c *commandSignals) setPID(pid int) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		fd = -1
+	}
+	c.mu.Lock()
+	c.pidfd.Store(int64(fd))
+	c.pid.Store(int64(pid))
+	pending := c.pending
+	c.pending = nil
+	c.mu.Unlock()
+	for _, s := range pending {
+		c.signal(s)
+	}
+}
+
+// kill sends s to COMMAND.
+func (c *commandSignals) kill(pid int, s syscall.Signal) {
+	if fd := int(c.pidfd.Load()); fd >= 0 {
+		_ = unix.PidfdSendSignal(fd, s, nil, 0)
+		return
+	}
+	_ = unix.Kill(pid, s)
+}
+
+// signal passes s on, or keeps it until COMMAND is known.
+func (c *commandSignals) signal(s syscall.Signal) {
+	if s == syscall.SIGQUIT {
+		return
+	}
+	c.mu.Lock()
 	pid := int(c.pid.Load())
 	if pid <= 0 {
-		return false
+		c.pending = append(c.pending, s)
+		c.mu.Unlock()
+		return
 	}
-	if s == syscall.SIGQUIT {
-		return true
-	}
+	c.mu.Unlock()
 	if s != syscall.SIGINT {
-		_ = unix.Kill(pid, s)
+		c.kill(pid, s)
 	}
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
-		return true // gone
+		return // gone
 	}
 	var caught, ignored uint64
 	for _, line := range strings.Split(string(b), "\n") {
@@ -175,9 +218,8 @@ func (c *commandSignals) signal(s syscall.Signal) bool {
 	}
 	if (caught|ignored)&(1<<(uint(s)-1)) == 0 {
 		c.killedFor.Store(int64(s))
-		_ = unix.Kill(pid, unix.SIGKILL)
+		c.kill(pid, unix.SIGKILL)
 	}
-	return true
 }
 
 // status is the exit status COMMAND's shell would see: if signal killed

@@ -23,15 +23,18 @@
 //     --version are answered at once), then re-executes /proc/self/exe with
 //     the same arguments and GOPASTA_STAGE=daemon in the environment. It
 //     gives the child a pipe as fd 3 and reads one line from it: "ok" once
-//     setup is complete, or "err MESSAGE". On "ok" it exits 0; on an error
-//     it prints "<prog>: MESSAGE" and exits 1.
+//     setup is complete ("ok PID" in command mode, naming COMMAND, to
+//     which the front then passes signals: command.go), or "err MESSAGE".
+//     On "ok" it exits 0 (in command mode, with COMMAND's status); on an
+//     error it prints "<prog>: MESSAGE" and exits 1.
 //
 //   - The daemon child does all the setup: it resolves the host's template
 //     interface, enters or creates the target network namespace, opens the
 //     tap there and configures it (--config-net), starts the dispatcher,
-//     binds the forwarded ports, writes the -P pid file (its own pid), and
-//     only then reports readiness. Nothing the front does after "ok" can
-//     fail, so readiness means what podman thinks it means.
+//     binds the forwarded ports, writes the -P pid file (its own pid, as its
+//     caller numbers it), and only then reports readiness. Nothing the
+//     front does after "ok" can fail, so readiness means what podman
+//     thinks it means.
 //
 // In the background (the default), the child runs in its own session
 // (Setsid) and its stdout and stderr are a pipe that the front copies to
@@ -65,16 +68,21 @@
 //     --config-net, and starts COMMAND (default $SHELL, else /bin/sh) from
 //     a thread inside it: a forked child inherits its thread's namespace.
 //     That thread also unshares the other namespaces COMMAND gets
-//     (commandNamespaces in command.go: a UTS namespace, whose hostname
-//     is -H's, else "pasta-" and the host's, as with pasta).
+//     (commandNamespaces in command.go: UTS, whose hostname is -H's, else
+//     "pasta-" and the host's, and IPC), and COMMAND is cloned into new
+//     PID and mount namespaces, as with pasta: it is PID 1 there, after a
+//     copy of this binary (GOPASTA_STAGE=command) mounted that namespace's
+//     /proc and executed COMMAND in its place.
 //     Without root, the front starts the daemon itself in a new user
 //     namespace (CLONE_NEWUSER, the caller mapped to root, setgroups
 //     denied), which makes it root over the network namespace it creates
 //     while it stays in the caller's network namespace, where its sockets
 //     belong. Command mode is always in the foreground: COMMAND has the
 //     terminal, and the front and daemon exit with COMMAND's status
-//     (128+N if a signal N killed it). SIGTERM and SIGHUP are passed on to
-//     COMMAND; SIGINT comes from the terminal to COMMAND directly.
+//     (128+N if a signal N killed it). The front passes SIGTERM and SIGHUP
+//     on to COMMAND; SIGINT comes from the terminal to COMMAND directly.
+//     As PID 1, COMMAND ignores any of them it leaves at its default
+//     action: the front kills it in their stead (commandSignals).
 //
 //   - The sandbox's own (sandbox.go): unless --no-sandbox, the daemon runs
 //     in new mount, IPC and UTS namespaces. The front creates them with
@@ -83,7 +91,10 @@
 //     daemon joins a user namespace instead, the nsenter constructor
 //     unshares them right after the join (GOPASTA_ISOLATE), so that they
 //     belong to the user namespace the daemon has capabilities in. Once
-//     set up, the daemon pivot_roots into an empty tmpfs there.
+//     set up, the daemon pivot_roots into an empty tmpfs there. In passt
+//     mode, where the front creates them, the daemon also gets a PID
+//     namespace (CLONE_NEWPID) and is its PID 1; its socket cleaner is then
+//     the front's (cleaner.go).
 //
 // # Shutdown
 //

@@ -168,7 +168,7 @@ func front(prog string, cfg *conf.Config) int {
 	line = strings.TrimSuffix(line, "\n")
 	ready := line == "ok" || strings.HasPrefix(line, "ok ")
 	if pid, err := strconv.Atoi(strings.TrimPrefix(line, "ok ")); err == nil && command != nil {
-		command.pid.Store(int64(pid))
+		command.setPID(pid)
 	}
 
 	if !ready {
@@ -246,16 +246,11 @@ func usernsToJoin(cfg *conf.Config) (string, error) {
 }
 
 // relaySignals passes termination signals to the daemon or, in command
-// mode once it runs, to COMMAND (the daemon exits when it does). In
-// command mode SIGINT and SIGQUIT come from the terminal, which delivers
-// them to the whole foreground process group, COMMAND included: passing
-// them on would deliver them twice.
+// mode, to COMMAND (the daemon exits when it does; commandSignals).
 func relaySignals(sigs <-chan os.Signal, p *os.Process, command *commandSignals) {
 	for s := range sigs {
-		if command != nil && command.signal(s.(syscall.Signal)) {
-			continue
-		}
-		if command != nil && (s == syscall.SIGINT || s == syscall.SIGQUIT) {
+		if command != nil {
+			command.signal(s.(syscall.Signal))
 			continue
 		}
 		if s == syscall.SIGQUIT {
