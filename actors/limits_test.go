@@ -144,7 +144,13 @@ func TestTCPConnectCap(t *testing.T) {
 	if n := te.env.Limits.Connecting(); n != 3 {
 		t.Errorf("connects pending: %d, want 3", n)
 	}
-	if got := fdCount(t); got < base+3 {
+	// Each actor opens its socket on its own goroutine: give them until
+	// well before the connect deadline.
+	got := fdCount(t)
+	for wait := time.Now().Add(300 * time.Millisecond); got < base+3 && time.Now().Before(wait); got = fdCount(t) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got < base+3 {
 		t.Errorf("descriptors %d, base %d: the pending connects hold none?", got, base)
 	}
 	for range pending {

@@ -338,8 +338,12 @@ func TestSpliceRREmptyReads(t *testing.T) {
 		if watched && empty > rounds/10 {
 			t.Errorf("watched pair: %d empty reads in %d exchanges, want almost none", empty, rounds)
 		}
-		if !watched && empty < 2*rounds-10 {
-			t.Errorf("unwatched pair: %d empty reads in %d exchanges, want one per message", empty, rounds)
+		// An unwatched pump reads again after every message; that read
+		// finds nothing unless the next message has already arrived,
+		// which the scheduler decides, so the control only asks for
+		// more than one per exchange (the watched pair stays near none).
+		if !watched && empty < rounds {
+			t.Errorf("unwatched pair: %d empty reads in %d exchanges, want about one per message", empty, rounds)
 		}
 		c.Close()
 		s.Close()
