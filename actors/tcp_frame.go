@@ -53,7 +53,17 @@ func (t *tcpTemplate) init(ourMAC [6]byte, src, dst netip.AddrPort) {
 // bytes) and payload (payLen bytes) are already in place after the fixed
 // headers, reslices f.Data to the segment and computes both checksums.
 func (t *tcpTemplate) fill(f *link.Frame, mac [6]byte, seq, ack uint32, flags uint8, win uint16, optLen, payLen int) {
-	b := f.Data[:t.hlen+optLen+payLen]
+	th := t.headers(f, mac, seq, ack, flags, win, optLen, payLen, t.hlen+optLen+payLen)
+	th[16], th[17] = 0, 0
+	th.SetChecksum(wire.Fold(wire.Checksum(th, t.pseudo+uint32(wire.TCPMinLen+optLen+payLen))))
+}
+
+// headers writes the Ethernet, IP and TCP headers of a segment of
+// optLen option and payLen payload bytes into f, whose Data becomes n
+// bytes long, and returns the TCP header; the TCP checksum is the
+// caller's.
+func (t *tcpTemplate) headers(f *link.Frame, mac [6]byte, seq, ack uint32, flags uint8, win uint16, optLen, payLen, n int) wire.TCP {
+	b := f.Data[:n]
 	f.Data = b
 	copy(b, t.hdr[:t.hlen])
 	copy(b[0:6], mac[:])
@@ -68,8 +78,7 @@ func (t *tcpTemplate) fill(f *link.Frame, mac [6]byte, seq, ack uint32, flags ui
 	th := wire.TCP(b[t.l4:])
 	th.SetSeqAck(seq, ack)
 	th.SetFlagsWindow(wire.TCPMinLen+optLen, flags, win)
-	th[16], th[17] = 0, 0
-	th.SetChecksum(wire.Fold(wire.Checksum(th, t.pseudo+uint32(l4len))))
+	return th
 }
 
 // fillLent writes the headers of a segment whose payload (payLen bytes)
@@ -77,22 +86,8 @@ func (t *tcpTemplate) fill(f *link.Frame, mac [6]byte, seq, ack uint32, flags ui
 // TCP checksum is left to the link as offloaded: the field holds the
 // pseudo-header sum and the loan says where it goes.
 func (t *tcpTemplate) fillLent(f *link.Frame, mac [6]byte, seq, ack uint32, flags uint8, win uint16, payLen int) {
-	b := f.Data[:t.hlen]
-	f.Data = b
-	copy(b, t.hdr[:t.hlen])
-	copy(b[0:6], mac[:])
-	l4len := wire.TCPMinLen + payLen
-	if t.v6 {
-		binary.BigEndian.PutUint16(b[wire.EthernetLen+4:], uint16(l4len))
-	} else {
-		tot := wire.IPv4MinLen + l4len
-		binary.BigEndian.PutUint16(b[wire.EthernetLen+2:], uint16(tot))
-		binary.BigEndian.PutUint16(b[wire.EthernetLen+10:], wire.Fold(t.ipSum+uint32(tot)))
-	}
-	th := wire.TCP(b[t.l4:])
-	th.SetSeqAck(seq, ack)
-	th.SetFlagsWindow(wire.TCPMinLen, flags, win)
-	th.SetChecksum(^wire.Fold(t.pseudo + uint32(l4len)))
+	th := t.headers(f, mac, seq, ack, flags, win, 0, payLen, t.hlen)
+	th.SetChecksum(^wire.Fold(t.pseudo + uint32(wire.TCPMinLen+payLen)))
 	f.Loan.Commit(payLen, t.l4, 16)
 }
 

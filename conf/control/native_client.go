@@ -30,6 +30,13 @@ func (c *NativeClient) Do(req Request) (Response, error) {
 	if err := encodeLine(c.w, req); err != nil {
 		return resp, err
 	}
+	return c.answer()
+}
+
+// answer reads one answer; an answer with an error is returned as an
+// error.
+func (c *NativeClient) answer() (Response, error) {
+	var resp Response
 	if err := c.read(&resp); err != nil {
 		return resp, err
 	}
@@ -132,16 +139,7 @@ func (c *NativeClient) doWithFile(req Request, out *os.File) (Response, error) {
 	if err := sendWithFile(uc, append(line, '\n'), out); err != nil {
 		return resp, err
 	}
-	if err := c.read(&resp); err != nil {
-		return resp, err
-	}
-	if !resp.OK {
-		if resp.Error == "" {
-			resp.Error = "request failed"
-		}
-		return resp, errors.New(resp.Error)
-	}
-	return resp, nil
+	return c.answer()
 }
 
 // Trace starts a trace of what filter selects and calls each for every
