@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/gopasta/gopasta/link/wire"
 )
 
 func TestParseFilter(t *testing.T) {
@@ -65,11 +67,11 @@ func TestAppendTCP(t *testing.T) {
 		s    Segment
 		want string
 	}{
-		{Segment{Flags: tcpSyn, Seq: 1000, Win: 64240, MSS: 1460, WScale: 7}, "Flags [S], seq 1000, win 64240, options [mss 1460,wscale 7], length 0"},
-		{Segment{Flags: tcpSyn | tcpAck, Seq: 5, Ack: 1001, Win: 65535, MSS: 65480, WScale: -1}, "Flags [S.], seq 5, ack 1001, win 65535, options [mss 65480], length 0"},
-		{Segment{Flags: tcpPsh | tcpAck, Seq: 1, Ack: 1, Win: 502, Len: 100, WScale: -1}, "Flags [P.], seq 1:101, ack 1, win 502, length 100"},
-		{Segment{Flags: tcpRst | tcpAck, Seq: 7, Ack: 9, WScale: -1}, "Flags [R.], seq 7, ack 9, win 0, length 0"},
-		{Segment{Flags: tcpFin | tcpAck, Seq: 3, Ack: 4, Win: 1, WScale: -1}, "Flags [F.], seq 3, ack 4, win 1, length 0"},
+		{Segment{Flags: wire.TCPSyn, Seq: 1000, Win: 64240, MSS: 1460, WScale: 7}, "Flags [S], seq 1000, win 64240, options [mss 1460,wscale 7], length 0"},
+		{Segment{Flags: wire.TCPSyn | wire.TCPAck, Seq: 5, Ack: 1001, Win: 65535, MSS: 65480, WScale: -1}, "Flags [S.], seq 5, ack 1001, win 65535, options [mss 65480], length 0"},
+		{Segment{Flags: wire.TCPPsh | wire.TCPAck, Seq: 1, Ack: 1, Win: 502, Len: 100, WScale: -1}, "Flags [P.], seq 1:101, ack 1, win 502, length 100"},
+		{Segment{Flags: wire.TCPRst | wire.TCPAck, Seq: 7, Ack: 9, WScale: -1}, "Flags [R.], seq 7, ack 9, win 0, length 0"},
+		{Segment{Flags: wire.TCPFin | wire.TCPAck, Seq: 3, Ack: 4, Win: 1, WScale: -1}, "Flags [F.], seq 3, ack 4, win 1, length 0"},
 		{Segment{WScale: -1}, "Flags [none], seq 0, win 0, length 0"},
 	} {
 		if got := string(AppendTCP(nil, c.s)); got != c.want {

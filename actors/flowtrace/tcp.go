@@ -4,18 +4,8 @@ import (
 	"net/netip"
 	"strconv"
 	"time"
-)
 
-// TCP flag bits, as in the header.
-const (
-	tcpFin = 1 << 0
-	tcpSyn = 1 << 1
-	tcpRst = 1 << 2
-	tcpPsh = 1 << 3
-	tcpAck = 1 << 4
-	tcpUrg = 1 << 5
-	tcpEce = 1 << 6
-	tcpCwr = 1 << 7
+	"github.com/gopasta/gopasta/link/wire"
 )
 
 // Segment is what a trace line says about a TCP segment.
@@ -36,12 +26,12 @@ func AppendTCP(b []byte, s Segment) []byte {
 	for _, f := range [...]struct {
 		bit uint8
 		c   byte
-	}{{tcpSyn, 'S'}, {tcpFin, 'F'}, {tcpRst, 'R'}, {tcpPsh, 'P'}, {tcpUrg, 'U'}, {tcpEce, 'E'}, {tcpCwr, 'W'}} {
+	}{{wire.TCPSyn, 'S'}, {wire.TCPFin, 'F'}, {wire.TCPRst, 'R'}, {wire.TCPPsh, 'P'}, {wire.TCPUrg, 'U'}, {wire.TCPEce, 'E'}, {wire.TCPCwr, 'W'}} {
 		if s.Flags&f.bit != 0 {
 			b = append(b, f.c)
 		}
 	}
-	if s.Flags&tcpAck != 0 {
+	if s.Flags&wire.TCPAck != 0 {
 		b = append(b, '.')
 	}
 	if len(b) == n {
@@ -53,7 +43,7 @@ func AppendTCP(b []byte, s Segment) []byte {
 		b = append(b, ':')
 		b = strconv.AppendUint(b, uint64(s.Seq+uint32(s.Len)), 10)
 	}
-	if s.Flags&tcpAck != 0 {
+	if s.Flags&wire.TCPAck != 0 {
 		b = append(b, ", ack "...)
 		b = strconv.AppendUint(b, uint64(s.Ack), 10)
 	}

@@ -124,6 +124,8 @@ const (
 	TCPPsh = 1 << 3
 	TCPAck = 1 << 4
 	TCPUrg = 1 << 5
+	TCPEce = 1 << 6
+	TCPCwr = 1 << 7
 )
 
 // TCP is a view of a TCP header (and what follows it).
