@@ -57,7 +57,7 @@
 // of these: they take no flow's lock and never wait for the dispatcher.
 //
 // The rule, which the dispatcher's liveness rests on: no channel send and
-// no Registrar call (Env.register, Env.ended) while holding a flow's lock.
+// no Registrar call (Env.RegisterFlow, Env.EndFlow) while holding a flow's lock.
 // The dispatcher alone drains Env.Register and Env.Ended, and it waits for
 // udpBinding.mu in sendDirect; a flow that waited for room in either
 // channel while holding a lock the dispatcher can wait for would stop the
@@ -123,6 +123,9 @@ type Handle struct {
 	Inbound bool
 	// Stats are the flow's counters (flowstats.go).
 	Stats FlowStats
+	// StateName, if set, names the protocol state the flow keeps in
+	// Stats.State (TCP's); flows without one are "ACTIVE".
+	StateName func(uint16) string
 	// Tap is the dispatcher's view of the trace subscribers for this
 	// flow, owned by the dispatcher goroutine.
 	Tap flowtrace.Tap
@@ -193,7 +196,7 @@ type Env struct {
 	// Ended receives each actor's Handle once, when it ends. Register
 	// receives inbound actors to be put into the flow table. Both are read
 	// by the dispatcher goroutine alone. Actors send on them only through
-	// the Registrar (Env.register, Env.ended), never with a lock held.
+	// the Registrar (Env.RegisterFlow, Env.EndFlow), never with a lock held.
 	Ended    chan<- *Handle
 	Register chan<- *Handle
 
@@ -239,7 +242,7 @@ type Stats struct {
 
 // register hands the inbound flow h to the dispatcher; false if the daemon
 // is stopping.
-func (e *Env) register(h *Handle) bool {
+func (e *Env) registerFlow(h *Handle) bool {
 	select {
 	case e.Register <- h:
 		return true
@@ -250,7 +253,7 @@ func (e *Env) register(h *Handle) bool {
 
 // ended tells the dispatcher that h's flow has ended, exactly once per
 // Handle.
-func (e *Env) ended(h *Handle) {
+func (e *Env) endFlow(h *Handle) {
 	select {
 	case e.Ended <- h:
 	case <-e.Ctx.Done():

@@ -56,6 +56,9 @@ const tcpInitWindow = 64 << 10
 // bytes: a minimum-sized buffer per out-of-order segment, the partly
 // filled last buffer of the packed in-order data and the partly written
 // first one.
+// tcpMaxOOO is how many out-of-order segments a TCP flow holds.
+const tcpMaxOOO = 64
+
 const tcpBudgetSlack = tcpMaxOOO*link.MinBufferSize + 2*link.SmallFrameSize
 
 // flowBuffer is the per-flow budget: as configured, but never more than

@@ -25,7 +25,7 @@ var flowIDs atomic.Uint64
 type FlowStats struct {
 	Start time.Time // set before the Handle is shared, read-only after
 
-	State                 atomic.Uint32 // TCP: the state bits (tcpStateString)
+	State                 atomic.Uint32 // TCP: the state bits (Handle.StateName)
 	GuestBytes, GuestSegs atomic.Uint64 // payload and segments (datagrams) from the guest
 	FarBytes, FarSegs     atomic.Uint64 // payload and segments to the guest
 	Retrans               atomic.Uint64 // TCP: retransmissions to the guest
@@ -65,11 +65,9 @@ func (h *Handle) Snapshot(now time.Time) FlowSnapshot {
 		Retrans: s.Retrans.Load(), GuestWnd: s.GuestWindow.Load(), OurWnd: s.OurWindow.Load(),
 		Unacked: s.Unacked.Load(), Held: s.Held.Load(), Backlog: h.Backlog(),
 	}
-	switch h.Key.Proto {
-	case 6:
-		fs.State = tcpStateString(uint16(s.State.Load()))
-	default:
-		fs.State = "ACTIVE"
+	fs.State = "ACTIVE"
+	if h.StateName != nil {
+		fs.State = h.StateName(uint16(s.State.Load()))
 	}
 	return fs
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -62,12 +63,12 @@ func StartICMP(env *Env, k Key, f *link.Frame) *Handle {
 	}
 	v6 := k.Proto == wire.ProtoICMPv6
 	if !k.Guest.IsValid() || !k.Far.IsValid() || k.Guest.Addr().Is6() != v6 || k.Far.Addr().Is6() != v6 {
-		UDPStats.EchoDropped.Add(1)
+		ICMPStats.EchoDropped.Add(1)
 		f.Release()
 		return nil
 	}
 	if !env.Limits.takeFDs(fdGuestDgram, fdsICMP) {
-		UDPStats.EchoDropped.Add(1)
+		ICMPStats.EchoDropped.Add(1)
 		icmpSocketLog.Warnf(env.FlowLog(k), "icmp: descriptor budget spent (%d), dropping echo requests of new flows", env.Limits.fdMax.Load())
 		f.Release()
 		return nil
@@ -106,7 +107,7 @@ func StartICMP(env *Env, k Key, f *link.Frame) *Handle {
 	})
 	if err != nil {
 		env.Limits.giveFDs(fdGuestDgram, fdsICMP)
-		UDPStats.EchoDropped.Add(1)
+		ICMPStats.EchoDropped.Add(1)
 		if err == unix.EACCES || err == unix.EPERM {
 			pingWarn.Do(func() {
 				env.Log.Warn(`icmp: ping sockets are not allowed for this group, echo requests are dropped; ` +
@@ -144,7 +145,7 @@ func (a *icmpActor) run() {
 		a.sock.close()
 		a.env.Limits.giveFDs(fdGuestDgram, fdsICMP)
 		a.env.Stats.ICMPFlows.Add(-1)
-		a.env.ended(a.h)
+		a.env.endFlow(a.h)
 	}()
 	sweep := max(a.timeout/4, 5*time.Millisecond)
 	t := time.NewTimer(sweep)
@@ -208,14 +209,14 @@ func (a *icmpActor) send(f *link.Frame) {
 	defer f.Release()
 	m := a.echoBytes(f)
 	if m == nil {
-		UDPStats.EchoDropped.Add(1)
+		ICMPStats.EchoDropped.Add(1)
 		return
 	}
 	a.last = monoNow()
 	for try := 0; try < 2; try++ {
 		e := sendto(a.sock.fd, m, &a.sa, a.salen)
 		if e == 0 {
-			UDPStats.EchoSent.Add(1)
+			ICMPStats.EchoSent.Add(1)
 			a.h.Stats.GuestSegs.Add(1)
 			a.h.Stats.GuestBytes.Add(uint64(len(m)))
 			return
@@ -225,7 +226,7 @@ func (a *icmpActor) send(f *link.Frame) {
 			break
 		}
 	}
-	UDPStats.EchoDropped.Add(1)
+	ICMPStats.EchoDropped.Add(1)
 }
 
 func (a *icmpActor) receive() {
@@ -269,7 +270,7 @@ func (a *icmpActor) receive() {
 			return
 		}
 		if n > maxLen || n < wire.ICMPLen {
-			UDPStats.EchoDropped.Add(1)
+			ICMPStats.EchoDropped.Add(1)
 			continue
 		}
 		m := wire.ICMP(f.Data[hl : hl+n])
@@ -293,7 +294,7 @@ func (a *icmpActor) receive() {
 		}
 		a.env.uncharge(int64(cap(f.Data)))
 		a.spare = nil
-		UDPStats.EchoReplies.Add(1)
+		ICMPStats.EchoReplies.Add(1)
 		a.h.Stats.FarSegs.Add(1)
 		a.h.Stats.FarBytes.Add(uint64(n))
 		if !a.env.Out.SendNow(a.env.Ctx, f) {
@@ -311,7 +312,7 @@ func (a *icmpActor) drainErrors() {
 			return
 		}
 		if f := echoErrorFrame(a.env, &q, a.v6, a.h.Key, a.errBuf); f != nil {
-			UDPStats.ICMPErrors.Add(1)
+			ICMPStats.Errors.Add(1)
 			if !a.env.Out.SendCtx(a.env.Ctx, f) {
 				return
 			}
@@ -347,4 +348,25 @@ func echoErrorFrame(env *Env, q *queuedErr, v6 bool, k Key, buf []byte) *link.Fr
 		Proto: proto, L4Len: q.n, L4: l4,
 	}
 	return icmpErrorFrame(env, &e)
+}
+
+// ICMPCounters count what the ICMP echo actors did and dropped.
+type ICMPCounters struct {
+	// EchoSent and EchoReplies count ICMP echo requests and replies;
+	// EchoDropped counts echo frames dropped (malformed, refused socket).
+	EchoSent, EchoReplies, EchoDropped atomic.Uint64
+	// Errors counts ICMP errors about echo requests relayed to the guest.
+	Errors atomic.Uint64
+}
+
+// ICMPStats are the process-wide ICMP counters.
+var ICMPStats ICMPCounters
+
+// icmpAddStats adds the ICMP counters to m, by the names the statistics log uses.
+func icmpAddStats(m map[string]uint64) {
+	// Relayed errors are reported with UDP's, under one name.
+	m["udp_icmp_errors"] += ICMPStats.Errors.Load()
+	m["icmp_echo_sent"] = ICMPStats.EchoSent.Load()
+	m["icmp_echo_replies"] = ICMPStats.EchoReplies.Load()
+	m["icmp_echo_dropped"] = ICMPStats.EchoDropped.Load()
 }

@@ -145,12 +145,12 @@ func TestICMPPingGroupRange(t *testing.T) {
 	inPrivateNetns(t)
 	setPingGroupRange(t, "1 0")
 	te := newUDPTestEnv(t, nil)
-	before := UDPStats.EchoDropped.Load()
+	before := ICMPStats.EchoDropped.Load()
 	k := echoKey(false, tGuest4, 5, tGW4)
 	if h := StartICMP(te.Env, k, guestFrame(t, tGuest4, tGW4, wire.ProtoICMP, guestEcho(t, tGuest4, tGW4, 5, 1, nil))); h != nil {
 		t.Fatal("echo flow started without ping sockets")
 	}
-	if UDPStats.EchoDropped.Load() == before {
+	if ICMPStats.EchoDropped.Load() == before {
 		t.Fatal("drop not counted")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 )
 
@@ -95,5 +96,55 @@ func TestInboxNoLostWakeup(t *testing.T) {
 	ib.Shrink()
 	if ib.Len() != 0 {
 		t.Fatal("frames left")
+	}
+}
+
+// TestInboxBytes: a UDP inbox is bounded by the bytes its frames keep
+// alive, charged to the daemon-wide budget until the actor takes them.
+func TestInboxBytes(t *testing.T) {
+	env := &Env{Conf: &conf.Config{TotalBuffer: 4 << 20}}
+	ib := newBudgetInbox(env, udpInboxLimit, 1<<20)
+	n := 0
+	for ; n < udpInboxLimit; n++ {
+		f := link.GetFrame(link.MaxFrameSize) // a 64 KiB datagram
+		if !ib.Push(f) {
+			f.Release()
+			break
+		}
+	}
+	if want := (1 << 20) / link.MaxFrameSize; n != want {
+		t.Fatalf("%d 64 KiB frames queued, want %d (1 MiB)", n, want)
+	}
+	if got := env.Stats.BufferBytes.Load(); got != int64(n*link.MaxFrameSize) {
+		t.Fatalf("budget charged %d for %d frames", got, n)
+	}
+	// Small frames still fit where a large one does not.
+	small := link.GetFrame(100)
+	if !ib.Push(small) {
+		t.Fatal("a small frame refused below the byte limit")
+	}
+	// The daemon-wide budget binds the inboxes together.
+	others := []*Inbox{newBudgetInbox(env, udpInboxLimit, 1<<20), newBudgetInbox(env, udpInboxLimit, 1<<20), newBudgetInbox(env, udpInboxLimit, 1<<20), newBudgetInbox(env, udpInboxLimit, 1<<20)}
+	total := 0
+	for _, o := range others {
+		for {
+			f := link.GetFrame(link.MaxFrameSize)
+			if !o.Push(f) {
+				f.Release()
+				break
+			}
+			total++
+		}
+	}
+	if got := env.Stats.BufferBytes.Load(); got > 4<<20 {
+		t.Fatalf("inboxes hold %d bytes, daemon-wide budget %d", got, 4<<20)
+	}
+	for _, q := range append(others, ib) {
+		for _, f := range q.Take(nil) {
+			f.Release()
+		}
+	}
+	if got := env.Stats.BufferBytes.Load(); got != 0 {
+		t.Fatalf("%d bytes still charged after every frame was taken", got)
 	}
 }

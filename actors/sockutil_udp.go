@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -181,25 +182,6 @@ func getSockaddr(sa *unix.RawSockaddrInet6) netip.AddrPort {
 	return netip.AddrPort{}
 }
 
-// mmsgBatch is the scratch space of one sendmmsg or recvmmsg call: message
-// headers, one iovec each, and room for a peer address and a little
-// control data per message. It is allocated once per socket owner.
-type mmsgBatch struct {
-	hdrs  [udpBatch]unix.Mmsghdr
-	iovs  [udpBatch]unix.Iovec
-	names [udpBatch]unix.RawSockaddrInet6
-	ctrl  [udpBatch][64]byte
-
-	// Sending only: the datagrams of the batch, and for each header the
-	// first of them and how many it carries (more than one when
-	// segmented).
-	dgrams       []udpDgram
-	first, count [udpBatch]int
-}
-
-// udpBatch is how many datagrams one sendmmsg/recvmmsg moves at most.
-const udpBatch = 64
-
 // sendmmsg sends hdrs[:n] and returns how many went out.
 func sendmmsg(fd int, hdrs []unix.Mmsghdr) (int, syscall.Errno) {
 	return nbsys.Sendmmsg(fd, hdrs, unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
@@ -231,4 +213,16 @@ func isTransient(e syscall.Errno) bool {
 		return true
 	}
 	return false
+}
+
+var monoBase = time.Now()
+
+// monoNow is a monotonic clock in nanoseconds, cheap enough per batch.
+func monoNow() int64 { return int64(time.Since(monoBase)) }
+
+// setBufs asks for socket buffers big enough for bursts of large datagrams;
+// the kernel caps them at rmem_max/wmem_max.
+func setBufs(fd int) {
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
 }

@@ -473,3 +473,14 @@ func (u *splicePump) drain() bool {
 	}
 	return true
 }
+
+// spliceAddStats adds the loopback splice counters to m, by the names the statistics log uses.
+func spliceAddStats(m map[string]uint64) {
+	m["splice_tcp_opened"] = uint64(max(SpliceStats.TCPOpened.Load(), 0))
+	m["splice_tcp_active"] = uint64(max(SpliceStats.TCPActive.Load(), 0))
+	m["splice_tcp_resets"] = uint64(max(SpliceStats.TCPResets.Load(), 0))
+	m["splice_tcp_empty_reads"] = uint64(max(SpliceStats.TCPEmptyReads.Load(), 0))
+	m["splice_udp_flows"] = uint64(max(SpliceStats.UDPFlows.Load(), 0))
+	m["splice_udp_datagrams"] = uint64(max(SpliceStats.UDPDatagrams.Load(), 0))
+	m["splice_only_refused"] = uint64(max(SpliceStats.OnlyRefused.Load(), 0))
+}

@@ -2,13 +2,14 @@ package actors
 
 import (
 	"errors"
-	"github.com/gopasta/gopasta/link/nbsys"
 	"net/netip"
 	"os"
 	"sync"
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/gopasta/gopasta/link/nbsys"
 
 	"golang.org/x/sys/unix"
 )

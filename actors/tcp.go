@@ -41,7 +41,6 @@ package actors
 
 import (
 	"fmt"
-	"github.com/gopasta/gopasta/link/nbsys"
 	"net/netip"
 	"runtime/debug"
 	"strconv"
@@ -50,6 +49,8 @@ import (
 	"sync/atomic"
 	"time"
 	"unsafe"
+
+	"github.com/gopasta/gopasta/link/nbsys"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -100,7 +101,6 @@ const (
 	tcpRTOMin           = 200 * time.Millisecond
 	tcpRTOMax           = 60 * time.Second
 	tcpMaxRetries       = 8
-	tcpMaxOOO           = 64 // out-of-order segments held per flow
 	tcpDrain            = 64 // inbox frames handled before writing and ACKing
 	tcpSendBatches      = 4  // peeks per wakeup before yielding to the inbox
 	tcpSendFrames       = 32 // frames per peek
@@ -261,6 +261,7 @@ func StartTCP(env *Env, k Key, f *link.Frame) *Handle {
 		return nil
 	}
 	h := NewHandle(k)
+	h.StateName = tcpStateString
 	c := newTCPConn(env, h, k, false)
 	c.fds, c.fdKind, c.pendingConnect = fdsTCP, fdGuestTCP, true
 	env.Stats.TCPFlows.Add(1)
@@ -376,7 +377,7 @@ func (c *tcpConn) runInbound() {
 	// actor lets go of mu to register (the lock rule, see the package
 	// comment).
 	c.mu.Unlock()
-	ok := c.env.register(c.h)
+	ok := c.env.registerFlow(c.h)
 	c.mu.Lock()
 	if !ok {
 		c.sock.close(true)
@@ -697,7 +698,7 @@ func (c *tcpConn) finish() {
 	// dispatcher (the lock rule, see the package comment).
 	c.state |= tcpClosed
 	c.mu.Unlock()
-	c.env.ended(c.h)
+	c.env.endFlow(c.h)
 }
 
 // crashed resets a flow whose handling panicked with r: the guest and the
@@ -766,7 +767,7 @@ func (c *tcpConn) connect() error {
 	}
 	if err == nil || err == unix.EINPROGRESS {
 		// Registered only now: see newTCPSock.
-		if rerr := s.register(); rerr != nil {
+		if rerr := s.registerFlow(); rerr != nil {
 			err = rerr
 		}
 	}

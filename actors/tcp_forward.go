@@ -302,6 +302,7 @@ func (l *tcpListener) accepted(env *Env, fd int, sa unix.Sockaddr) {
 		return
 	}
 	h := NewHandle(k)
+	h.StateName = tcpStateString
 	h.Inbound = true
 	c := newTCPConn(env, h, k, true)
 	c.fds, c.fdKind = fdsTCP, fdInbound
@@ -326,12 +327,4 @@ func takeInbound(env *Env, k Key) bool {
 		return false
 	}
 	return true
-}
-
-// flowLimit is --flow-limit, or its default.
-func flowLimit(env *Env) int64 {
-	if env.Conf != nil && env.Conf.FlowLimit > 0 {
-		return int64(env.Conf.FlowLimit)
-	}
-	return conf.DefaultFlowLimit
 }

@@ -132,3 +132,9 @@ func (c *tcpConn) inlineDone() {
 		}
 	}
 }
+
+// tcpAddStats adds the TCP counters to m, by the names the statistics log uses.
+func tcpAddStats(m map[string]uint64) {
+	m["tcp_inline_segments"] = TCPInline.Segments.Load()
+	m["tcp_inline_events"] = TCPInline.Events.Load()
+}

@@ -2,10 +2,11 @@ package actors
 
 import (
 	"context"
-	"github.com/gopasta/gopasta/link/nbsys"
 	"os"
 	"sync"
 	"syscall"
+
+	"github.com/gopasta/gopasta/link/nbsys"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,15 +48,6 @@ import (
 // Spliced sockets are registered too, for hang-ups only (splice_tcp.go):
 // the pumps wait for data in the runtime's own poller, but it does not say
 // whether a FIN came, and that is what lets a pump skip a read.
-
-// Readiness bits of tcpSock.pending and tcpSock.armed.
-// sockHup is sticky: the socket reported end of stream, a hang-up or an
-// error, so a short peek no longer means the queue is drained.
-const (
-	sockReadable = 1 << iota
-	sockWritable
-	sockHup
-)
 
 // tcpPollEvents is what every flow socket is registered for.
 const tcpPollEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
@@ -230,65 +222,4 @@ func (p *tcpPoller) close() {
 	p.closed = true
 	p.mu.Unlock()
 	p.file.Close()
-}
-
-// notify is the harvester's half of the protocol described above: it
-// records events and reports whether the owner is to be woken.
-func (s *tcpSock) notify(events uint32) bool {
-	var b uint32
-	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		b |= sockReadable
-	}
-	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		b |= sockWritable
-	}
-	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
-		b |= sockHup
-	}
-	s.pending.Or(b)
-	return s.armed.Load()&b != 0
-}
-
-// woken runs the flow inline if it can, else wakes its actor.
-func (s *tcpSock) woken() {
-	if !sockInline(s) {
-		s.kick()
-	}
-}
-
-func (s *tcpSock) kick() {
-	select {
-	case s.wake <- struct{}{}:
-	default:
-	}
-}
-
-// clear forgets pending events of kind b: the owner calls it right before
-// the I/O whose EAGAIN would make it arm b.
-func (s *tcpSock) clear(b uint32) { s.pending.And(^b) }
-
-// arm asks for a value on wake at the next event of kind b (or at once, if
-// one arrived since clear). Owner only.
-func (s *tcpSock) arm(b uint32) {
-	if s.armed.Load()&b == b {
-		return
-	}
-	s.armed.Or(b)
-	if s.pending.Load()&b != 0 {
-		s.kick()
-	}
-}
-
-// hungUp reports whether the socket ever reported end of stream, a
-// hang-up or an error.
-func (s *tcpSock) hungUp() bool { return s.pending.Load()&sockHup != 0 }
-
-// fired returns the armed kinds that have an event pending, disarms them
-// and clears their pending bits: the owner calls it after receiving from
-// wake, and then looks at the socket for each kind returned.
-func (s *tcpSock) fired() uint32 {
-	f := s.armed.Load() & s.pending.Load()
-	s.armed.And(^f)
-	s.pending.And(^f)
-	return f
 }

@@ -1,12 +1,13 @@
 package actors
 
 import (
-	"github.com/gopasta/gopasta/link/nbsys"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+
+	"github.com/gopasta/gopasta/link/nbsys"
 
 	"golang.org/x/sys/unix"
 )
@@ -70,7 +71,7 @@ func newTCPSock(env *Env, fd int, later bool) (*tcpSock, error) {
 	s := &tcpSock{fd: fd, poll: p, slot: -1, wake: make(chan struct{}, 1)}
 	s.peekOff = !tcpNoPeekOff && nbsys.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0) == 0
 	if !later {
-		if err := s.register(); err != nil {
+		if err := s.registerFlow(); err != nil {
 			return nil, err
 		}
 	}
@@ -78,7 +79,7 @@ func newTCPSock(env *Env, fd int, later bool) (*tcpSock, error) {
 }
 
 // register adds the socket to its poller.
-func (s *tcpSock) register() error {
+func (s *tcpSock) registerFlow() error {
 	slot, err := s.poll.add(s.fd, s, tcpPollEvents)
 	s.slot = slot
 	return err
@@ -217,4 +218,74 @@ func windowScale(buf int) int {
 		ws++
 	}
 	return ws
+}
+
+// Readiness bits of tcpSock.pending and tcpSock.armed.
+// sockHup is sticky: the socket reported end of stream, a hang-up or an
+// error, so a short peek no longer means the queue is drained.
+const (
+	sockReadable = 1 << iota
+	sockWritable
+	sockHup
+)
+
+// notify is the harvester's half of the protocol described above: it
+// records events and reports whether the owner is to be woken.
+func (s *tcpSock) notify(events uint32) bool {
+	var b uint32
+	if events&(unix.EPOLLIN|unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		b |= sockReadable
+	}
+	if events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		b |= sockWritable
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		b |= sockHup
+	}
+	s.pending.Or(b)
+	return s.armed.Load()&b != 0
+}
+
+// woken runs the flow inline if it can, else wakes its actor.
+func (s *tcpSock) woken() {
+	if !sockInline(s) {
+		s.kick()
+	}
+}
+
+func (s *tcpSock) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// clear forgets pending events of kind b: the owner calls it right before
+// the I/O whose EAGAIN would make it arm b.
+func (s *tcpSock) clear(b uint32) { s.pending.And(^b) }
+
+// arm asks for a value on wake at the next event of kind b (or at once, if
+// one arrived since clear). Owner only.
+func (s *tcpSock) arm(b uint32) {
+	if s.armed.Load()&b == b {
+		return
+	}
+	s.armed.Or(b)
+	if s.pending.Load()&b != 0 {
+		s.kick()
+	}
+}
+
+// hungUp reports whether the socket ever reported end of stream, a
+// hang-up or an error.
+func (s *tcpSock) hungUp() bool { return s.pending.Load()&sockHup != 0 }
+
+// fired returns the armed kinds that have an event pending, disarms them
+// and clears their pending bits: the owner calls it after receiving from
+// wake, and then looks at the socket for each kind returned.
+func (s *tcpSock) fired() uint32 {
+	f := s.armed.Load() & s.pending.Load()
+	s.armed.And(^f)
+	s.pending.And(^f)
+	return f
 }

@@ -2,7 +2,6 @@ package actors
 
 import (
 	"bytes"
-	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -17,51 +16,6 @@ import (
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )
-
-// server listens on loopback and hands out accepted connections.
-type server struct {
-	ln    *net.TCPListener
-	conns chan *net.TCPConn
-}
-
-func newServer(t testing.TB, network, addr string) *server {
-	ln, err := net.Listen(network, addr)
-	if err != nil {
-		t.Skipf("listen %s %s: %v", network, addr, err)
-	}
-	s := &server{ln: ln.(*net.TCPListener), conns: make(chan *net.TCPConn, 16)}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s.conns <- c.(*net.TCPConn)
-		}
-	}()
-	t.Cleanup(func() { ln.Close() })
-	return s
-}
-
-func (s *server) port() uint16 { return uint16(s.ln.Addr().(*net.TCPAddr).Port) }
-
-func (s *server) accept(t testing.TB) *net.TCPConn {
-	t.Helper()
-	select {
-	case c := <-s.conns:
-		t.Cleanup(func() { c.Close() })
-		return c
-	case <-time.After(5 * time.Second):
-		t.Fatalf("no connection at the server")
-		return nil
-	}
-}
-
-func randBytes(n int) []byte {
-	b := make([]byte, n)
-	_, _ = rand.Read(b)
-	return b
-}
 
 // Outbound handshake, data both ways, guest closes first, then the host.
 func TestTCPOutboundGuestClosesFirst(t *testing.T) {

@@ -14,22 +14,6 @@ import (
 	"github.com/gopasta/gopasta/link/wire"
 )
 
-// waitStats polls until ok holds for h's published counters.
-func waitStats(t *testing.T, h *Handle, ok func(FlowSnapshot) bool) FlowSnapshot {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		s := h.Snapshot(time.Now())
-		if ok(s) {
-			return s
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("flow stats never right: %+v", s)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // A subscriber sees the story of its flow, in order, and nothing of
 // another; the flow's counters are published while it runs.
 func TestTCPTraceAndStats(t *testing.T) {

@@ -209,11 +209,6 @@ func newBinding(env *Env, v6 bool, sock *dgramSock) *udpBinding {
 // Memory is only taken while the backlog exists (see Inbox).
 const udpInboxLimit = 4096
 
-var monoBase = time.Now()
-
-// monoNow is a monotonic clock in nanoseconds, cheap enough per batch.
-func monoNow() int64 { return int64(time.Since(monoBase)) }
-
 // StartUDP is called by the dispatcher for a UDP datagram from the guest
 // that matches no flow; see StartTCP for the contract. The returned Handle
 // shares its inbox with the other flows of the guest's (address, port).
@@ -315,13 +310,6 @@ func newOutboundBinding(env *Env, guest netip.AddrPort) (*udpBinding, error) {
 		b.log.WithField("host_port", p).Debug("udp: guest port busy on the host, using another")
 	}
 	return b, nil
-}
-
-// setBufs asks for socket buffers big enough for bursts of large datagrams;
-// the kernel caps them at rmem_max/wmem_max.
-func setBufs(fd int) {
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
 }
 
 // run is the actor's loop.
@@ -456,7 +444,7 @@ func (b *udpBinding) endFlow(fl *udpFlow) {
 // the actor with no lock held.
 func (b *udpBinding) flushEnded() {
 	for i, h := range b.endedQ {
-		b.env.ended(h)
+		b.env.endFlow(h)
 		b.endedQ[i] = nil
 	}
 	b.endedQ = b.endedQ[:0]
@@ -977,7 +965,7 @@ func (b *udpBinding) deliver(i int, now int64) *link.Frame {
 			// Registered after mu is released (the lock rule, see the
 			// package comment) and before the datagram is handed to
 			// the Writer, so the guest's answer finds the flow.
-			b.env.register(fh)
+			b.env.registerFlow(fh)
 		}
 	default:
 		var ok bool
@@ -1050,3 +1038,22 @@ func (b *udpBinding) drainErrors() {
 		}
 	}
 }
+
+// mmsgBatch is the scratch space of one sendmmsg or recvmmsg call: message
+// headers, one iovec each, and room for a peer address and a little
+// control data per message. It is allocated once per socket owner.
+type mmsgBatch struct {
+	hdrs  [udpBatch]unix.Mmsghdr
+	iovs  [udpBatch]unix.Iovec
+	names [udpBatch]unix.RawSockaddrInet6
+	ctrl  [udpBatch][64]byte
+
+	// Sending only: the datagrams of the batch, and for each header the
+	// first of them and how many it carries (more than one when
+	// segmented).
+	dgrams       []udpDgram
+	first, count [udpBatch]int
+}
+
+// udpBatch is how many datagrams one sendmmsg/recvmmsg moves at most.
+const udpBatch = 64

@@ -140,7 +140,7 @@ func errorFrame(env *Env, q *queuedErr, typ, code uint8, info uint32, guest, far
 	u.Set(guest.Port(), far.Port(), l4len)
 	if len(l4) == l4len {
 		gs, fs := guest.Addr().AsSlice(), far.Addr().AsSlice()
-		u.SetChecksum(udpCsum(wire.Checksum(l4, wire.PseudoHeaderSum(gs, fs, wire.ProtoUDP, l4len))))
+		u.SetChecksum(wire.FoldUDP(wire.Checksum(l4, wire.PseudoHeaderSum(gs, fs, wire.ProtoUDP, l4len))))
 	}
 	e := icmpError{
 		Type: typ, Code: code, Info: info,

@@ -1,10 +1,8 @@
 package actors
 
 import (
-	"encoding/binary"
 	"net/netip"
 
-	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )
 
@@ -13,9 +11,6 @@ import (
 // the Ethernet, IP and UDP headers are written in front of it afterwards, so
 // the payload is never copied.
 
-// defaultTTL is the TTL / hop limit of packets gopasta makes for the guest.
-const defaultTTL = 64
-
 // udpHdrLen is the length of the Ethernet, IP and UDP headers in front of a
 // UDP payload in a frame.
 func udpHdrLen(v6 bool) int {
@@ -23,14 +18,6 @@ func udpHdrLen(v6 bool) int {
 		return wire.EthernetLen + wire.IPv6Len + wire.UDPLen
 	}
 	return wire.EthernetLen + wire.IPv4MinLen + wire.UDPLen
-}
-
-// linkMTU is the IP MTU of the link to the guest.
-func linkMTU(env *Env) int {
-	if env.Conf != nil && env.Conf.MTU > 0 {
-		return env.Conf.MTU
-	}
-	return 65520
 }
 
 // maxUDPPayload is the largest UDP payload that fits the guest's link in
@@ -56,7 +43,7 @@ func writeUDPHeaders(env *Env, b []byte, src, dst netip.AddrPort, n int, id uint
 		u := wire.UDP(b[wire.EthernetLen+wire.IPv4MinLen:])
 		u.Set(src.Port(), dst.Port(), l4)
 		sum := wire.PseudoHeaderSum(s[:], d[:], wire.ProtoUDP, l4)
-		u.SetChecksum(udpCsum(wire.Checksum(u[:l4], sum)))
+		u.SetChecksum(wire.FoldUDP(wire.Checksum(u[:l4], sum)))
 		return
 	}
 	wire.Ethernet(b).Set(env.Peer.MAC(), env.Peer.OurMAC, wire.EtherTypeIPv6)
@@ -65,79 +52,5 @@ func writeUDPHeaders(env *Env, b []byte, src, dst netip.AddrPort, n int, id uint
 	u := wire.UDP(b[wire.EthernetLen+wire.IPv6Len:])
 	u.Set(src.Port(), dst.Port(), l4)
 	sum := wire.PseudoHeaderSum(s[:], d[:], wire.ProtoUDP, l4)
-	u.SetChecksum(udpCsum(wire.Checksum(u[:l4], sum)))
-}
-
-// udpCsum folds a UDP checksum; zero means "none" on the wire, so a computed
-// zero is sent as all ones (RFC 768).
-func udpCsum(sum uint32) uint16 {
-	c := wire.Fold(sum)
-	if c == 0 {
-		return 0xffff
-	}
-	return c
-}
-
-// ICMP error quoting limits: RFC 1812 (576-byte IPv4 datagram) and RFC 4443
-// (the IPv6 minimum MTU).
-const (
-	icmp4ErrMax = 576
-	icmp6ErrMax = 1280
-)
-
-// icmpError describes an ICMP error for the guest about a packet it sent.
-type icmpError struct {
-	Type, Code uint8
-	Info       uint32     // next-hop MTU for "fragmentation needed" / "packet too big"
-	From       netip.Addr // source of the error as the guest sees it
-	Guest, Far netip.Addr // the guest's original packet: source and destination
-	Proto      uint8      // its transport protocol
-	L4Len      int        // its transport length (header and payload)
-	L4         []byte     // its transport header and as much payload as known
-}
-
-// icmpErrorFrame builds the error frame, quoting the guest's original packet
-// rebuilt from the flow: an IP header as the guest sent it and the transport
-// bytes, truncated to the quoting limit. It returns nil if the families of
-// the addresses disagree.
-func icmpErrorFrame(env *Env, e *icmpError) *link.Frame {
-	v6 := e.Guest.Is6()
-	if e.Far.Is6() != v6 || e.From.Is6() != v6 || !e.From.IsValid() {
-		return nil
-	}
-	ipLen, maxLen, etype, proto := wire.IPv4MinLen, icmp4ErrMax, uint16(wire.EtherTypeIPv4), uint8(wire.ProtoICMP)
-	if v6 {
-		ipLen, maxLen, etype, proto = wire.IPv6Len, icmp6ErrMax, wire.EtherTypeIPv6, wire.ProtoICMPv6
-	}
-	quote := min(len(e.L4), maxLen-ipLen-wire.ICMPLen-ipLen)
-	icmpLen := wire.ICMPLen + ipLen + quote
-	f := link.GetFrame(wire.EthernetLen + ipLen + icmpLen)
-	b := f.Data
-	wire.Ethernet(b).Set(env.Peer.MAC(), env.Peer.OurMAC, etype)
-	m := b[wire.EthernetLen+ipLen:]
-	m[0], m[1] = e.Type, e.Code
-	clear(m[2:8])
-	switch {
-	case !v6 && e.Type == wire.ICMPv4DestUnreach && e.Code == 4:
-		binary.BigEndian.PutUint16(m[6:8], uint16(min(e.Info, 0xffff)))
-	case v6 && e.Type == wire.ICMPv6PacketTooBig:
-		binary.BigEndian.PutUint32(m[4:8], e.Info)
-	}
-	inner := m[wire.ICMPLen:]
-	copy(inner[ipLen:], e.L4[:quote])
-	if !v6 {
-		g, fa := e.Guest.As4(), e.Far.As4()
-		wire.IPv4(inner).SetHeader(ipLen+e.L4Len, 0, defaultTTL, e.Proto, g, fa)
-		from, guest := e.From.As4(), e.Guest.As4()
-		binary.BigEndian.PutUint16(m[2:4], wire.Fold(wire.Checksum(m[:icmpLen], 0)))
-		wire.IPv4(b[wire.EthernetLen:]).SetHeader(ipLen+icmpLen, 0, defaultTTL, proto, from, guest)
-		return f
-	}
-	g, fa := e.Guest.As16(), e.Far.As16()
-	wire.IPv6(inner).SetHeader(e.L4Len, e.Proto, defaultTTL, g, fa)
-	from, guest := e.From.As16(), e.Guest.As16()
-	wire.IPv6(b[wire.EthernetLen:]).SetHeader(icmpLen, proto, defaultTTL, from, guest)
-	sum := wire.PseudoHeaderSum(from[:], guest[:], proto, icmpLen)
-	binary.BigEndian.PutUint16(m[2:4], wire.Fold(wire.Checksum(m[:icmpLen], sum)))
-	return f
+	u.SetChecksum(wire.FoldUDP(wire.Checksum(u[:l4], sum)))
 }

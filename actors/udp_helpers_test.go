@@ -3,6 +3,7 @@ package actors
 import (
 	"context"
 	"io"
+	"math/rand"
 	"net"
 	"net/netip"
 	"os"
@@ -230,5 +231,77 @@ func put(t testing.TB, h *Handle, f *link.Frame) {
 			t.Fatal("actor's inbox stayed full")
 		}
 		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+func eventuallyTrue(d time.Duration, cond func() bool) bool {
+	end := time.Now().Add(d)
+	for time.Now().Before(end) {
+		if cond() {
+			return true
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return cond()
+}
+
+// server listens on loopback and hands out accepted connections.
+type server struct {
+	ln    *net.TCPListener
+	conns chan *net.TCPConn
+}
+
+func newServer(t testing.TB, network, addr string) *server {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		t.Skipf("listen %s %s: %v", network, addr, err)
+	}
+	s := &server{ln: ln.(*net.TCPListener), conns: make(chan *net.TCPConn, 16)}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s.conns <- c.(*net.TCPConn)
+		}
+	}()
+	t.Cleanup(func() { ln.Close() })
+	return s
+}
+
+func (s *server) port() uint16 { return uint16(s.ln.Addr().(*net.TCPAddr).Port) }
+
+func (s *server) accept(t testing.TB) *net.TCPConn {
+	t.Helper()
+	select {
+	case c := <-s.conns:
+		t.Cleanup(func() { c.Close() })
+		return c
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no connection at the server")
+		return nil
+	}
+}
+
+func randBytes(n int) []byte {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return b
+}
+
+// waitStats polls until ok holds for h's published counters.
+func waitStats(t *testing.T, h *Handle, ok func(FlowSnapshot) bool) FlowSnapshot {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s := h.Snapshot(time.Now())
+		if ok(s) {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("flow stats never right: %+v", s)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

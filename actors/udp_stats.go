@@ -2,7 +2,7 @@ package actors
 
 import "sync/atomic"
 
-// UDPCounters count what the UDP and ICMP actors did and dropped, for logs
+// UDPCounters count what the UDP actors did and dropped, for logs
 // and tests. They are process-wide: every Env adds to the same counters.
 type UDPCounters struct {
 	// Sent and Received count datagrams guest -> host and host -> guest.
@@ -38,11 +38,27 @@ type UDPCounters struct {
 	// BindingsRefused counts guest datagrams dropped because a new
 	// binding did not fit the descriptor budget.
 	BindingsRefused atomic.Uint64
-
-	// EchoSent and EchoReplies count ICMP echo requests and replies;
-	// EchoDropped counts echo frames dropped (malformed, refused socket).
-	EchoSent, EchoReplies, EchoDropped atomic.Uint64
 }
 
-// UDPStats are the process-wide UDP and ICMP counters.
+// UDPStats are the process-wide UDP counters.
 var UDPStats UDPCounters
+
+// udpAddStats adds the UDP counters to m, by the names the statistics log uses.
+func udpAddStats(m map[string]uint64) {
+	m["udp_bindings"] = uint64(max(UDPStats.Bindings.Load(), 0))
+	m["udp_bindings_refused"] = UDPStats.BindingsRefused.Load()
+	m["udp_sent"] = UDPStats.Sent.Load()
+	m["udp_received"] = UDPStats.Received.Load()
+	m["udp_malformed"] = UDPStats.Malformed.Load()
+	m["udp_no_flow"] = UDPStats.NoFlow.Load()
+	m["udp_inbox_dropped"] = UDPStats.InboxDropped.Load()
+	m["udp_send_dropped"] = UDPStats.SendDropped.Load()
+	m["udp_segmented"] = UDPStats.Segmented.Load()
+	m["udp_direct"] = UDPStats.Direct.Load()
+	m["udp_send_errors"] = UDPStats.SendErrors.Load()
+	m["udp_too_big"] = UDPStats.TooBig.Load()
+	m["udp_unmappable"] = UDPStats.Unmappable.Load()
+	m["udp_icmp_errors"] += UDPStats.ICMPErrors.Load()
+	m["udp_socket_errors"] = UDPStats.SocketErrors.Load()
+	m["udp_port_translated"] = UDPStats.PortTranslated.Load()
+}

@@ -90,3 +90,13 @@ func PseudoHeaderSum(src, dst []byte, proto uint8, length int) uint32 {
 	s = Checksum(dst, s)
 	return fold64(uint64(s) + uint64(proto) + uint64(length))
 }
+
+// FoldUDP folds a UDP checksum: zero means "none" on the wire, so a
+// computed zero is sent as all ones (RFC 768).
+func FoldUDP(sum uint32) uint16 {
+	c := Fold(sum)
+	if c == 0 {
+		return 0xffff
+	}
+	return c
+}

@@ -1,0 +1,170 @@
+package actors
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/gopasta/gopasta/conf"
+)
+
+// TestUDPBindingBudget: bindings are capped like flows: a new guest port
+// beyond the budget is dropped and counted, while a new far end of a port
+// already bound needs nothing more.
+func TestUDPBindingBudget(t *testing.T) {
+	te := newUDPTestEnv(t, nil)
+	te.Limits.SetFDBudget(1)
+	echo := udpEcho(t, "127.0.0.1:0")
+	echo2 := udpEcho(t, "127.0.0.1:0")
+	g1 := netip.AddrPortFrom(tGuest4, freeUDPPort(t, "127.0.0.1:0"))
+	g2 := netip.AddrPortFrom(tGuest4, freeUDPPort(t, "127.0.0.1:0"))
+	far := netip.AddrPortFrom(tGW4, echo.Port())
+	far2 := netip.AddrPortFrom(tGW4, echo2.Port())
+	refused := UDPStats.BindingsRefused.Load()
+	if StartUDP(te.Env, udpKey(g1, far), guestUDP(t, g1, far, []byte("a"))) == nil {
+		t.Fatal("first binding refused")
+	}
+	te.readGuest(t, 2*time.Second)
+	if StartUDP(te.Env, udpKey(g2, far), guestUDP(t, g2, far, []byte("b"))) != nil {
+		t.Fatal("a second binding beyond the budget of one")
+	}
+	if n := UDPStats.BindingsRefused.Load() - refused; n != 1 {
+		t.Errorf("bindings refused: %d", n)
+	}
+	if StartUDP(te.Env, udpKey(g1, far2), guestUDP(t, g1, far2, []byte("c"))) == nil {
+		t.Fatal("a new far end of a bound port refused")
+	}
+	te.readGuest(t, 2*time.Second)
+}
+
+// TestUDPBindingEndsWithLastFlow: a far end the guest never sent to can
+// reach the guest's port, but cannot keep the binding, and with it the
+// host port and a descriptor, alive once the guest's flows are over.
+func TestUDPBindingEndsWithLastFlow(t *testing.T) {
+	te := newUDPTestEnv(t, &conf.Config{UDPTimeout: 200 * time.Millisecond})
+	echo := udpEcho(t, "127.0.0.1:0")
+	stranger, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	base := fdCount(t)
+	gport := freeUDPPort(t, "127.0.0.1:0")
+	guest := netip.AddrPortFrom(tGuest4, gport)
+	far := netip.AddrPortFrom(tGW4, echo.Port())
+	h := StartUDP(te.Env, udpKey(guest, far), guestUDP(t, guest, far, []byte("hello")))
+	te.readGuest(t, 2*time.Second)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+				_, _ = stranger.WriteToUDPAddrPort([]byte("keepalive"), netip.AddrPortFrom(lo4, gport))
+			}
+		}
+	}()
+	select {
+	case e := <-te.ended:
+		if e != h {
+			t.Fatalf("ended %v", e.Key)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the guest's flow did not end")
+	}
+	var berr error
+	if !eventuallyTrue(2*time.Second, func() bool {
+		c, err := net.ListenPacket("udp4", fmt.Sprintf("0.0.0.0:%d", gport))
+		if berr = err; err == nil {
+			c.Close()
+		}
+		return err == nil
+	}) {
+		t.Fatalf("the guest's port is still bound on the host after its last flow: %v", berr)
+	}
+	if !eventuallyTrue(time.Second, func() bool { return fdCount(t) <= base }) {
+		t.Fatalf("descriptors %d, base %d: the binding outlived its last flow", fdCount(t), base)
+	}
+}
+
+// TestUDPHostPortChoice: the host port of a guest's flow is the guest's
+// own source port, as pasta chooses it; a port a host program has stays
+// the program's (the flow leaves from another port, and the program still
+// gets what is sent to its port).
+func TestUDPHostPortChoice(t *testing.T) {
+	te := newUDPTestEnv(t, nil)
+	echo := udpEcho(t, "127.0.0.1:0")
+	far := netip.AddrPortFrom(tGW4, echo.Port())
+	seen := make(chan netip.AddrPort, 4)
+	sink, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	farSink := netip.AddrPortFrom(tGW4, uint16(sink.LocalAddr().(*net.UDPAddr).Port))
+	go func() {
+		buf := make([]byte, 100)
+		for {
+			_, from, err := sink.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			seen <- from
+		}
+	}()
+	from := func() netip.AddrPort {
+		select {
+		case a := <-seen:
+			return a
+		case <-time.After(2 * time.Second):
+			t.Fatal("nothing reached the host")
+		}
+		return netip.AddrPort{}
+	}
+
+	free := freeUDPPort(t, "0.0.0.0:0")
+	g := netip.AddrPortFrom(tGuest4, free)
+	StartUDP(te.Env, udpKey(g, farSink), guestUDP(t, g, farSink, []byte("x")))
+	if a := from(); a.Port() != free {
+		t.Errorf("guest port %d free on the host: the flow left from %v", free, a)
+	}
+
+	// A host program has this port (no SO_REUSEADDR, as most do).
+	owner, err := net.ListenUDP("udp4", &net.UDPAddr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	taken := uint16(owner.LocalAddr().(*net.UDPAddr).Port)
+	g2 := netip.AddrPortFrom(tGuest4, taken)
+	StartUDP(te.Env, udpKey(g2, farSink), guestUDP(t, g2, farSink, []byte("y")))
+	if a := from(); a.Port() == taken || a.Port() == 0 {
+		t.Errorf("guest port %d taken on the host: the flow left from %v", taken, a)
+	}
+	// The program still has its port, and the guest its answers.
+	c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(taken)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("for the program"))
+	owner.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 100)
+	if n, _, err := owner.ReadFromUDP(buf); err != nil || string(buf[:n]) != "for the program" {
+		t.Fatalf("the program's port: %q %v", buf[:n], err)
+	}
+	StartUDP(te.Env, udpKey(g2, far), guestUDP(t, g2, far, []byte("z")))
+	for {
+		b, p := te.readGuest(t, 2*time.Second)
+		if netip.AddrPortFrom(p.Src, p.SrcPort) == far && string(b[p.Payload:p.End]) == "z" {
+			if got := netip.AddrPortFrom(p.Dst, p.DstPort); got != g2 {
+				t.Fatalf("answer to %v, want %v", got, g2)
+			}
+			break
+		}
+	}
+}
