@@ -78,6 +78,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/actors/flowtrace"
+	"github.com/gopasta/gopasta/actors/nat"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 )
@@ -145,7 +146,7 @@ type Handle struct {
 	// inflight counts frames Offer put into In that the actor has not
 	// finished handling, for a Handle with Direct (a TCP actor; see
 	// tcp_inline.go).
-	inflight atomic.Int32
+	Inflight atomic.Int32
 }
 
 // Offer hands f to the actor without blocking and reports whether it did;
@@ -156,14 +157,14 @@ func (h *Handle) Offer(f *link.Frame) bool {
 	}
 	count := h.Direct != nil // only an actor that runs inline counts
 	if count {
-		h.inflight.Add(1)
+		h.Inflight.Add(1)
 	}
 	select {
 	case h.In <- f:
 		return true
 	default:
 		if count {
-			h.inflight.Add(-1)
+			h.Inflight.Add(-1)
 		}
 		return false
 	}
@@ -179,7 +180,7 @@ func (h *Handle) Backlog() int {
 
 // NewHandle returns a Handle with an inbox of InboxDepth frames.
 func NewHandle(k Key) *Handle {
-	return initHandle(&Handle{Key: k, In: make(chan *link.Frame, InboxDepth)})
+	return InitHandle(&Handle{Key: k, In: make(chan *link.Frame, InboxDepth)})
 }
 
 // Env is what all actors share. Fields are set once before the dispatcher
@@ -191,7 +192,7 @@ type Env struct {
 	Out  *link.Writer
 	Peer *link.Peer
 	Log  *logrus.Logger
-	NAT  *NAT
+	NAT  *nat.NAT
 
 	// Ended receives each actor's Handle once, when it ends. Register
 	// receives inbound actors to be put into the flow table. Both are read
@@ -206,7 +207,7 @@ type Env struct {
 	// subscribers select (gopasta ctl trace); nil traces nothing.
 	Trace *flowtrace.Hub
 
-	budgetFlows atomic.Int64 // TCP flows with a share of the buffer budget
+	BudgetFlows atomic.Int64 // TCP flows with a share of the buffer budget
 	// Limits are the descriptor budget and the cap on pending connects
 	// (limits.go); the zero value limits nothing.
 	Limits Limits
@@ -242,7 +243,7 @@ type Stats struct {
 
 // register hands the inbound flow h to the dispatcher; false if the daemon
 // is stopping.
-func (e *Env) registerFlow(h *Handle) bool {
+func (e *Env) RegisterFlow(h *Handle) bool {
 	select {
 	case e.Register <- h:
 		return true
@@ -253,7 +254,7 @@ func (e *Env) registerFlow(h *Handle) bool {
 
 // ended tells the dispatcher that h's flow has ended, exactly once per
 // Handle.
-func (e *Env) endFlow(h *Handle) {
+func (e *Env) EndFlow(h *Handle) {
 	select {
 	case e.Ended <- h:
 	case <-e.Ctx.Done():

@@ -50,21 +50,21 @@ const (
 
 // tcpInitWindow is the most a flow offers before the guest has filled a
 // window: what Linux offers at first.
-const tcpInitWindow = 64 << 10
+const TCPInitWindow = 64 << 10
 
 // tcpBudgetSlack is what a flow's held payload may cost beyond twice its
 // bytes: a minimum-sized buffer per out-of-order segment, the partly
 // filled last buffer of the packed in-order data and the partly written
 // first one.
 // tcpMaxOOO is how many out-of-order segments a TCP flow holds.
-const tcpMaxOOO = 64
+const TCPMaxOOO = 64
 
-const tcpBudgetSlack = tcpMaxOOO*link.MinBufferSize + 2*link.SmallFrameSize
+const TCPBudgetSlack = TCPMaxOOO*link.MinBufferSize + 2*link.SmallFrameSize
 
 // flowBuffer is the per-flow budget: as configured, but never more than
 // an eighth of the daemon-wide one, so that a few flows that reserve first
 // (see reserve) leave something to the others.
-func (e *Env) flowBuffer() int64 {
+func (e *Env) FlowBuffer() int64 {
 	b := int64(DefaultFlowBuffer)
 	if e.Conf != nil && e.Conf.FlowBuffer > 0 {
 		b = e.Conf.FlowBuffer
@@ -88,12 +88,12 @@ func (e *Env) totalBuffer() int64 {
 // its share shrinks to it as the guest uses its window (the right edge
 // never moves back, so that takes a window's worth of data), and a flow
 // whose window was starved looks again (tcpConn.budgetAt).
-func (e *Env) reserve(have, want int64) int64 {
+func (e *Env) Reserve(have, want int64) int64 {
 	if want <= have {
 		return have
 	}
 	limit := e.totalBuffer()
-	n := e.budgetFlows.Load()
+	n := e.BudgetFlows.Load()
 	if have == 0 {
 		n++
 	}
@@ -105,7 +105,7 @@ func (e *Env) reserve(have, want int64) int64 {
 		used := e.Stats.BufferBytes.Load()
 		free := limit - used
 		grow := want - have
-		if free < 2*tcpBudgetSlack {
+		if free < 2*TCPBudgetSlack {
 			grow = min(grow, free)
 		} else {
 			grow = min(grow, free/2)
@@ -121,7 +121,7 @@ func (e *Env) reserve(have, want int64) int64 {
 
 // charge takes n bytes of the daemon-wide budget if they are free, for a
 // holder that may drop instead (UDP).
-func (e *Env) charge(n int64) bool {
+func (e *Env) Charge(n int64) bool {
 	limit := e.totalBuffer()
 	for {
 		used := e.Stats.BufferBytes.Load()
@@ -135,7 +135,7 @@ func (e *Env) charge(n int64) bool {
 }
 
 // uncharge gives n bytes back to the daemon-wide budget.
-func (e *Env) uncharge(n int64) {
+func (e *Env) Uncharge(n int64) {
 	if n != 0 {
 		e.Stats.BufferBytes.Add(-n)
 	}

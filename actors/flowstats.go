@@ -73,7 +73,7 @@ func (h *Handle) Snapshot(now time.Time) FlowSnapshot {
 }
 
 // initHandle gives a new Handle its id and start time.
-func initHandle(h *Handle) *Handle {
+func InitHandle(h *Handle) *Handle {
 	h.ID = flowIDs.Add(1)
 	h.Stats.Start = time.Now()
 	return h
@@ -81,6 +81,6 @@ func initHandle(h *Handle) *Handle {
 
 // traceDesc is how a flow's trace lines start: "17 tcp 10.0.2.100:40000 >
 // 93.184.216.34:80".
-func traceDesc(id uint64, k Key) string {
+func TraceDesc(id uint64, k Key) string {
 	return flowtrace.Desc(id, k.Proto, k.Guest, k.Far)
 }

@@ -3,10 +3,10 @@ package actors
 // What frames a flow builds for the guest have in common.
 
 // defaultTTL is the TTL / hop limit of packets gopasta makes for the guest.
-const defaultTTL = 64
+const DefaultTTL = 64
 
 // linkMTU is the IP MTU of the link to the guest.
-func linkMTU(env *Env) int {
+func LinkMTU(env *Env) int {
 	if env.Conf != nil && env.Conf.MTU > 0 {
 		return env.Conf.MTU
 	}

@@ -53,7 +53,7 @@ func NewInbox(limit int) *Inbox {
 
 // newBudgetInbox returns an empty Inbox that holds at most limit frames
 // and maxBytes bytes of buffers, charged to env's budget.
-func newBudgetInbox(env *Env, limit int, maxBytes int64) *Inbox {
+func NewBudgetInbox(env *Env, limit int, maxBytes int64) *Inbox {
 	ib := NewInbox(limit)
 	ib.env, ib.maxBytes = env, maxBytes
 	return ib
@@ -64,7 +64,7 @@ func newBudgetInbox(env *Env, limit int, maxBytes int64) *Inbox {
 func (ib *Inbox) Push(f *link.Frame) bool {
 	size := int64(cap(f.Data))
 	ib.mu.Lock()
-	if len(ib.q) >= ib.limit || ib.env != nil && (ib.bytes+size > ib.maxBytes || !ib.env.charge(size)) {
+	if len(ib.q) >= ib.limit || ib.env != nil && (ib.bytes+size > ib.maxBytes || !ib.env.Charge(size)) {
 		ib.mu.Unlock()
 		return false
 	}
@@ -95,7 +95,7 @@ func (ib *Inbox) Take(spare []*link.Frame) []*link.Frame {
 	q := ib.q
 	ib.q = spare[:0]
 	if ib.bytes != 0 {
-		ib.env.uncharge(ib.bytes)
+		ib.env.Uncharge(ib.bytes)
 		ib.bytes = 0
 	}
 	ib.mu.Unlock()
@@ -111,14 +111,14 @@ func (ib *Inbox) Len() int {
 }
 
 // inboxKeep is the capacity an idle Inbox may keep.
-const inboxKeep = 64
+const InboxKeep = 64
 
 // Shrink drops the queue's memory if it is empty and grew beyond what a
 // quiet actor needs. The consumer calls it when idle, and drops its spare
 // slice the same way.
 func (ib *Inbox) Shrink() {
 	ib.mu.Lock()
-	if len(ib.q) == 0 && cap(ib.q) > inboxKeep {
+	if len(ib.q) == 0 && cap(ib.q) > InboxKeep {
 		ib.q = nil
 	}
 	ib.mu.Unlock()

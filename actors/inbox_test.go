@@ -103,9 +103,9 @@ func TestInboxNoLostWakeup(t *testing.T) {
 // alive, charged to the daemon-wide budget until the actor takes them.
 func TestInboxBytes(t *testing.T) {
 	env := &Env{Conf: &conf.Config{TotalBuffer: 4 << 20}}
-	ib := newBudgetInbox(env, udpInboxLimit, 1<<20)
+	ib := NewBudgetInbox(env, testInboxLimit, 1<<20)
 	n := 0
-	for ; n < udpInboxLimit; n++ {
+	for ; n < testInboxLimit; n++ {
 		f := link.GetFrame(link.MaxFrameSize) // a 64 KiB datagram
 		if !ib.Push(f) {
 			f.Release()
@@ -124,7 +124,7 @@ func TestInboxBytes(t *testing.T) {
 		t.Fatal("a small frame refused below the byte limit")
 	}
 	// The daemon-wide budget binds the inboxes together.
-	others := []*Inbox{newBudgetInbox(env, udpInboxLimit, 1<<20), newBudgetInbox(env, udpInboxLimit, 1<<20), newBudgetInbox(env, udpInboxLimit, 1<<20), newBudgetInbox(env, udpInboxLimit, 1<<20)}
+	others := []*Inbox{NewBudgetInbox(env, testInboxLimit, 1<<20), NewBudgetInbox(env, testInboxLimit, 1<<20), NewBudgetInbox(env, testInboxLimit, 1<<20), NewBudgetInbox(env, testInboxLimit, 1<<20)}
 	total := 0
 	for _, o := range others {
 		for {
@@ -148,3 +148,6 @@ func TestInboxBytes(t *testing.T) {
 		t.Fatalf("%d bytes still charged after every frame was taken", got)
 	}
 }
+
+// testInboxLimit is a datagram limit as a UDP binding's inbox has.
+const testInboxLimit = 4096

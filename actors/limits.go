@@ -34,10 +34,10 @@ import (
 
 // Descriptors a flow of each kind holds.
 const (
-	fdsTCP    = 1 // the socket
-	fdsUDP    = 1 // a binding's socket, whatever its number of flows
-	fdsICMP   = 1 // the ping socket
-	fdsSplice = 6 // both sockets, and a pipe (two descriptors) each way
+	FDsTCP    = 1 // the socket
+	FDsUDP    = 1 // a binding's socket, whatever its number of flows
+	FDsICMP   = 1 // the ping socket
+	FDsSplice = 6 // both sockets, and a pipe (two descriptors) each way
 )
 
 // Descriptors kept out of the budget for what is not a flow but must not
@@ -83,7 +83,7 @@ func FDBudgetFor(nofile uint64, open int) int {
 	if nofile == 0 || nofile > 1<<30 {
 		return 0
 	}
-	return max(int(nofile)-open-FDReserve, fdsSplice)
+	return max(int(nofile)-open-FDReserve, FDsSplice)
 }
 
 // NofileLimit returns the soft RLIMIT_NOFILE (which the Go runtime has
@@ -107,10 +107,10 @@ func OpenFDs() int {
 
 // Kinds of flows, each held to its share of the descriptor budget.
 const (
-	fdGuestTCP   = iota // TCP flows the guest opens
-	fdGuestDgram        // UDP bindings and ICMP echo flows the guest opens
-	fdInbound           // connections accepted on -t listeners, tap path or spliced
-	fdNSSplice          // connections accepted on -T listeners in the namespace
+	FDGuestTCP   = iota // TCP flows the guest opens
+	FDGuestDgram        // UDP bindings and ICMP echo flows the guest opens
+	FDInbound           // connections accepted on -t listeners, tap path or spliced
+	FDNSSplice          // connections accepted on -T listeners in the namespace
 	numFDKinds
 )
 
@@ -123,7 +123,7 @@ func fdShare(budget int64) int64 { return budget - budget/4 }
 // Limits are the shared budgets of Env. The zero value limits nothing.
 type Limits struct {
 	mu     sync.Mutex // fdUsed, fdKind
-	fdMax  atomic.Int64
+	FDMax  atomic.Int64
 	fdUsed int64
 	fdKind [numFDKinds]int64
 
@@ -138,7 +138,7 @@ type Limits struct {
 
 // SetFDBudget sets how many descriptors flows may hold in all (0: no
 // limit). Safe to call while flows run: it applies to flows started later.
-func (l *Limits) SetFDBudget(n int) { l.fdMax.Store(int64(n)) }
+func (l *Limits) SetFDBudget(n int) { l.FDMax.Store(int64(n)) }
 
 // SetConnectLimit sets the cap on pending connects (0: the default).
 func (l *Limits) SetConnectLimit(n int) { l.connMax.Store(int64(n)) }
@@ -147,7 +147,7 @@ func (l *Limits) SetConnectLimit(n int) { l.connMax.Store(int64(n)) }
 func (l *Limits) FDBudget() (budget, used int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return l.fdMax.Load(), l.fdUsed
+	return l.FDMax.Load(), l.fdUsed
 }
 
 // ConnectLimit is the cap on pending connects in force.
@@ -155,7 +155,7 @@ func (l *Limits) ConnectLimit() int64 {
 	if n := l.connMax.Load(); n > 0 {
 		return n
 	}
-	if b := l.fdMax.Load(); b > 0 {
+	if b := l.FDMax.Load(); b > 0 {
 		return min(max(b/4, minConnecting), maxConnecting)
 	}
 	return maxConnecting
@@ -165,8 +165,8 @@ func (l *Limits) ConnectLimit() int64 {
 // they were there (in the budget, and in the kind's share); a refusal is
 // counted. giveFDs returns them when the flow has closed its descriptors.
 // Called once per flow, never per packet.
-func (l *Limits) takeFDs(kind, n int) bool {
-	max := l.fdMax.Load()
+func (l *Limits) TakeFDs(kind, n int) bool {
+	max := l.FDMax.Load()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if max > 0 && (l.fdUsed+int64(n) > max || l.fdKind[kind]+int64(n) > fdShare(max)) {
@@ -178,7 +178,7 @@ func (l *Limits) takeFDs(kind, n int) bool {
 	return true
 }
 
-func (l *Limits) giveFDs(kind, n int) {
+func (l *Limits) GiveFDs(kind, n int) {
 	l.mu.Lock()
 	l.fdUsed -= int64(n)
 	l.fdKind[kind] -= int64(n)
@@ -187,7 +187,7 @@ func (l *Limits) giveFDs(kind, n int) {
 
 // startConnect counts a connect about to start, unless ConnectLimit are
 // pending already (counted as a refusal). endConnect ends it, once.
-func (l *Limits) startConnect() bool {
+func (l *Limits) StartConnect() bool {
 	max := l.ConnectLimit()
 	for {
 		c := l.connecting.Load()
@@ -201,7 +201,7 @@ func (l *Limits) startConnect() bool {
 	}
 }
 
-func (l *Limits) endConnect() { l.connecting.Add(-1) }
+func (l *Limits) EndConnect() { l.connecting.Add(-1) }
 
 // Connecting is the number of connects pending.
 func (l *Limits) Connecting() int64 { return l.connecting.Load() }
@@ -216,7 +216,7 @@ var TCPConnectTimeout = sync.OnceValue(func() time.Duration {
 
 // tcpConnectTimeoutFor is what the actors use, a variable so that tests
 // can shorten it.
-var tcpConnectTimeoutFor = TCPConnectTimeout
+var TCPConnectTimeoutFor = TCPConnectTimeout
 
 // synTimeout is the time pasta takes to give up a handshake: it repeats
 // its SYN up to retries+linear times but at most 7 (the size of its retry
@@ -297,7 +297,7 @@ func (r *RateLog) Warnf(e *logrus.Entry, format string, args ...any) {
 }
 
 // flowLimit is --flow-limit, or its default.
-func flowLimit(env *Env) int64 {
+func FlowLimit(env *Env) int64 {
 	if env.Conf != nil && env.Conf.FlowLimit > 0 {
 		return int64(env.Conf.FlowLimit)
 	}

@@ -29,8 +29,8 @@ func TestFDBudgetFor(t *testing.T) {
 	if got := FDBudgetFor(256, 20); got != 256-20-FDReserve {
 		t.Errorf("256 with 20 open: %d", got)
 	}
-	if got := FDBudgetFor(40, 20); got != fdsSplice {
-		t.Errorf("40 with 20 open: %d, want the floor %d", got, fdsSplice)
+	if got := FDBudgetFor(40, 20); got != FDsSplice {
+		t.Errorf("40 with 20 open: %d, want the floor %d", got, FDsSplice)
 	}
 	if got := FDBudgetFor(0, 20); got != 0 {
 		t.Errorf("unknown limit: %d, want no budget", got)
@@ -74,25 +74,25 @@ func TestFDShares(t *testing.T) {
 	var l Limits
 	l.SetFDBudget(8)
 	for i := range 6 {
-		if !l.takeFDs(fdGuestTCP, 1) {
+		if !l.TakeFDs(FDGuestTCP, 1) {
 			t.Fatalf("TCP flow %d refused within its share", i)
 		}
 	}
-	if l.takeFDs(fdGuestTCP, 1) {
+	if l.TakeFDs(FDGuestTCP, 1) {
 		t.Fatal("TCP took more than three quarters of the budget")
 	}
-	if !l.takeFDs(fdGuestDgram, 1) || !l.takeFDs(fdInbound, 1) {
+	if !l.TakeFDs(FDGuestDgram, 1) || !l.TakeFDs(FDInbound, 1) {
 		t.Fatal("other kinds refused while a quarter is left")
 	}
-	if l.takeFDs(fdNSSplice, 1) {
+	if l.TakeFDs(FDNSSplice, 1) {
 		t.Fatal("the budget was exceeded")
 	}
 	if n := l.FDRefused.Load(); n != 2 {
 		t.Errorf("refusals %d", n)
 	}
-	l.giveFDs(fdGuestTCP, 6)
-	l.giveFDs(fdGuestDgram, 1)
-	l.giveFDs(fdInbound, 1)
+	l.GiveFDs(FDGuestTCP, 6)
+	l.GiveFDs(FDGuestDgram, 1)
+	l.GiveFDs(FDInbound, 1)
 	if _, used := l.FDBudget(); used != 0 {
 		t.Errorf("used %d after giving everything back", used)
 	}

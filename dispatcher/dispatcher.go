@@ -82,6 +82,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gopasta/gopasta/actors/icmp"
+	"github.com/gopasta/gopasta/actors/tcp"
+	"github.com/gopasta/gopasta/actors/udp"
+
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/actors"
@@ -174,9 +178,9 @@ func New(cfg *conf.Config, dev link.Device, env *actors.Env, log *logrus.Logger)
 		register:  make(chan *actors.Handle, registerDepth),
 		queries:   make(chan chan<- []*actors.Handle, queryDepth),
 		flows:     make(map[actors.Key]*actors.Handle),
-		startTCP:  actors.StartTCP,
-		startUDP:  actors.StartUDP,
-		startICMP: actors.StartICMP,
+		startTCP:  tcp.Start,
+		startUDP:  udp.Start,
+		startICMP: icmp.Start,
 	}
 	env.Ended = d.ended
 	env.Register = d.register

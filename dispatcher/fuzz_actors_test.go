@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasta/gopasta/actors/nat"
+
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/actors"
@@ -172,7 +174,7 @@ func FuzzDispatchActors(f *testing.F) {
 		wdone := make(chan struct{})
 		go func() { _ = w.Run(ctx); close(wdone) }()
 		env := &actors.Env{Ctx: ctx, Conf: cfg, Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log,
-			NAT: &actors.NAT{HostLoopback4: gw4, HostLoopback6: gw6}}
+			NAT: &nat.NAT{HostLoopback4: gw4, HostLoopback6: gw6}}
 		env.Peer.SetMAC(guestMAC)
 		d := New(cfg, ours, env, log)
 		// As on the tap (runInline), now and then: lone frames go to

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/gopasta/gopasta/actors/nat"
+
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv6"
 	"github.com/sirupsen/logrus"
@@ -54,7 +56,7 @@ func offline(tb testing.TB) (*Dispatcher, *link.MemoryDevice, *[]*actors.Handle)
 	done := make(chan struct{})
 	go func() { w.Run(ctx); close(done) }()
 	tb.Cleanup(func() { cancel(); <-done; ours.Close(); guest.Close() })
-	env := &actors.Env{Ctx: ctx, Conf: cfg, Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &actors.NAT{}}
+	env := &actors.Env{Ctx: ctx, Conf: cfg, Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &nat.NAT{}}
 	d := New(cfg, ours, env, log)
 	handles := new([]*actors.Handle)
 	start := func(_ *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {

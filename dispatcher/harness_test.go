@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasta/gopasta/actors/nat"
+
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/actors"
@@ -100,7 +102,7 @@ func newHarnessOn(t *testing.T, split bool, mod func(*conf.Config), before func(
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w := link.NewWriter(ours, 256)
-	env := &actors.Env{Ctx: ctx, Conf: cfg, Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &actors.NAT{}}
+	env := &actors.Env{Ctx: ctx, Conf: cfg, Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &nat.NAT{}}
 	var dev link.Device = newDeadlineDevice(ours)
 	if split {
 		dev = ours

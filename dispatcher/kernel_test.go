@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasta/gopasta/actors/nat"
+
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -72,7 +74,7 @@ func TestRealKernelServices(t *testing.T) {
 	// lease shows whether we sent a valid one.
 	var sent dhcpSent
 	w.Tee = sent.tee
-	env := &actors.Env{Ctx: ctx, Conf: cfg, Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &actors.NAT{}}
+	env := &actors.Env{Ctx: ctx, Conf: cfg, Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &nat.NAT{}}
 	d := New(cfg, tap, env, log)
 	// Nothing here should start a flow; keep the host out of it.
 	fa := &fakeActors{depth: 4}

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"time"
 
+	"github.com/gopasta/gopasta/actors/nat"
+
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
@@ -50,7 +52,7 @@ func (s *services) init(cfg *conf.Config, env *actors.Env) {
 	if s.ourMAC == ([6]byte{}) {
 		s.ourMAC = cfg.OurMAC
 	}
-	s.ll6 = actors.TapLinkLocal6(cfg.Gateway6, s.ourMAC)
+	s.ll6 = nat.TapLinkLocal6(cfg.Gateway6, s.ourMAC)
 
 	// DNS: advertise the configured resolvers, or the DNS forwarding
 	// address when none is configured. As in pasta, only passt does so

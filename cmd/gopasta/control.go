@@ -7,9 +7,10 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/gopasta/gopasta/actors/forward"
+
 	"github.com/sirupsen/logrus"
 
-	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/conf/control"
 )
@@ -20,14 +21,14 @@ import (
 type rulesBackend struct {
 	mu     sync.Mutex
 	tables []control.Table
-	fw     *actors.Forwarding
+	fw     *forward.Forwarding
 	cfg    *conf.Config
 	log    logrus.FieldLogger
 }
 
 // start puts the backend in charge of fw, with the tables of the
 // configuration it was made with.
-func (b *rulesBackend) start(fw *actors.Forwarding) error {
+func (b *rulesBackend) start(fw *forward.Forwarding) error {
 	ts, err := control.ConfigTables(b.cfg, control.Ephemeral())
 	if err != nil {
 		return err
@@ -107,8 +108,8 @@ func (b *rulesBackend) Apply(update []control.Table) ([]string, error) {
 // -u as they are; SPLICE rules (-T, -U) listen on the namespace's loopback
 // and go to the host's, which is all gopasta does for them: any other
 // listening address, interface or a target address is refused.
-func fwdRules(cfg *conf.Config, ts []control.Table) (actors.FwdRules, error) {
-	var out actors.FwdRules
+func fwdRules(cfg *conf.Config, ts []control.Table) (forward.Rules, error) {
+	var out forward.Rules
 	for _, t := range ts {
 		for _, r := range t.Rules {
 			cr := conf.Rule{

@@ -14,6 +14,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/gopasta/gopasta/actors/forward"
+	"github.com/gopasta/gopasta/actors/icmp"
+	"github.com/gopasta/gopasta/actors/splice"
+	"github.com/gopasta/gopasta/actors/tcp"
+	"github.com/gopasta/gopasta/actors/udp"
+
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
@@ -63,7 +69,7 @@ type daemon struct {
 
 	// fw is the port forwarder, rules its tables as the control socket
 	// (ctl, -c) and SIGHUP change them (control.go).
-	fw    *actors.Forwarding
+	fw    *forward.Forwarding
 	rules *rulesBackend
 	ctl   *control.Server
 
@@ -172,7 +178,7 @@ func daemonMain(prog string) int {
 		d.discardPIDFile()
 		d.teardown()
 		d.closeNS()
-		var fe *actors.ForwardError
+		var fe *forward.ForwardError
 		if errors.As(err, &fe) {
 			// pasta's own wording, shown as is (podman users see it).
 			report("die " + fe.Error())
@@ -300,7 +306,7 @@ func (d *daemon) setup() error {
 
 	// Listening sockets are bound now, so that a port in use is a setup
 	// error that podman sees, and "auto" has scanned once.
-	if d.fw, err = actors.StartForwarder(d.env, d.nsFD); err != nil {
+	if d.fw, err = forward.StartForwarder(d.env, d.nsFD); err != nil {
 		return err
 	}
 	d.stops = append(d.stops, d.fw.Stop)
@@ -629,6 +635,10 @@ func (d *daemon) stats() map[string]uint64 {
 	for k, v := range actors.StatsSnapshot(d.env) {
 		m[k] = v
 	}
+	tcp.AddStats(m)
+	udp.AddStats(m)
+	icmp.AddStats(m)
+	splice.AddStats(m)
 	return m
 }
 

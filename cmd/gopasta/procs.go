@@ -7,9 +7,10 @@ import (
 	"time"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
+	"github.com/gopasta/gopasta/actors/forward"
+	"github.com/gopasta/gopasta/actors/tcp"
 
-	"github.com/gopasta/gopasta/actors"
+	"golang.org/x/sys/unix"
 )
 
 // Adaptive GOMAXPROCS, theory of operation.
@@ -47,13 +48,13 @@ const (
 func adaptProcs(ctx context.Context) {
 	max := runtime.GOMAXPROCS(0)
 	if os.Getenv("GOMAXPROCS") != "" || max < 2 {
-		actors.SetSerial(max == 1)
+		tcp.SetSerial(max == 1)
 		return
 	}
 	cur := 1
 	runtime.GOMAXPROCS(cur)
-	actors.SetSerial(true)
-	t := time.NewTimer(actors.UntilBoundary(procsSample))
+	tcp.SetSerial(true)
+	t := time.NewTimer(forward.UntilBoundary(procsSample))
 	defer t.Stop()
 	last, lastAt := cpuTime(), time.Now()
 	for {
@@ -67,9 +68,9 @@ func adaptProcs(ctx context.Context) {
 			if n := nextProcs(cur, max, cores); n != cur {
 				cur = n
 				runtime.GOMAXPROCS(cur)
-				actors.SetSerial(cur == 1)
+				tcp.SetSerial(cur == 1)
 			}
-			t.Reset(actors.UntilBoundary(nextSample(cur, cores)))
+			t.Reset(forward.UntilBoundary(nextSample(cur, cores)))
 		}
 	}
 }

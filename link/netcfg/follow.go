@@ -10,11 +10,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gopasta/gopasta/actors/nat"
+
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/link/nbsys"
 )
 
@@ -36,7 +37,7 @@ import (
 // HostAddrFollower moves the NAT's alias of the host's own address along
 // with the host's addresses (theory above).
 type HostAddrFollower struct {
-	nat        *actors.NAT
+	nat        *nat.NAT
 	log        logrus.FieldLogger
 	ifname     [2]string     // template interface, IPv4 and IPv6
 	orig, cur  [2]netip.Addr // the guest's address; where the alias leads now
@@ -57,7 +58,7 @@ type HostAddrFollower struct {
 // address or route at start) the guest's address is not the host's, and
 // the alias leads nowhere until the host has an address: then it leads
 // there. Call it in the host's network namespace: its sockets stay there.
-func FollowHostAddrs(host *Host, nat *actors.NAT, log logrus.FieldLogger) (*HostAddrFollower, error) {
+func FollowHostAddrs(host *Host, nat *nat.NAT, log logrus.FieldLogger) (*HostAddrFollower, error) {
 	f := &HostAddrFollower{nat: nat, log: log, ifname: [2]string{host.If4, host.If6}}
 	f.orig[0], f.orig[1] = nat.HostAddrs()
 	f.cur = f.orig

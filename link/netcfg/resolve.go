@@ -29,10 +29,11 @@ import (
 	"os"
 	"strings"
 
+	"github.com/gopasta/gopasta/actors/nat"
+
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/conf"
 )
 
@@ -62,7 +63,7 @@ type Host struct {
 	// the host's resolv.conf's, and is not followed.
 	UserDNSHost bool
 	// NAT is the address mapping for the actors.
-	NAT *actors.NAT
+	NAT *nat.NAT
 	// Warnings are for the user: local mode, no IPv6, no resolver.
 	Warnings []string
 }
@@ -301,8 +302,8 @@ func isDefault(r netlink.Route) bool {
 }
 
 // NATFor computes the actors' address mapping from a resolved cfg.
-func NATFor(cfg *conf.Config) *actors.NAT {
-	n := &actors.NAT{}
+func NATFor(cfg *conf.Config) *nat.NAT {
+	n := &nat.NAT{}
 	if !cfg.MapHostLoopbackNone {
 		n.HostLoopback4, n.HostLoopback6 = cfg.MapHostLoopback4, cfg.MapHostLoopback6
 		if !cfg.NoMapGW {
@@ -327,7 +328,7 @@ func NATFor(cfg *conf.Config) *actors.NAT {
 		n.TapAddr4 = cfg.Gateway4
 	}
 	if !cfg.IPv4Only {
-		n.TapLL6 = actors.TapLinkLocal6(cfg.Gateway6, cfg.OurMAC)
+		n.TapLL6 = nat.TapLinkLocal6(cfg.Gateway6, cfg.OurMAC)
 	}
 	for _, a := range cfg.DNSHost {
 		switch {

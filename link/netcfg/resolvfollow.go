@@ -11,10 +11,10 @@ import (
 	"sync"
 	"unsafe"
 
+	"github.com/gopasta/gopasta/actors/nat"
+
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
-
-	"github.com/gopasta/gopasta/actors"
 )
 
 // Following the host's resolver
@@ -64,7 +64,7 @@ const (
 // nameservers (theory above).
 type ResolvFollower struct {
 	path string
-	nat  *actors.NAT
+	nat  *nat.NAT
 	log  logrus.FieldLogger
 	f    *os.File         // the inotify descriptor, in the runtime's poller
 	fd   int              // f's descriptor
@@ -79,7 +79,7 @@ type ResolvFollower struct {
 // FollowResolvConf returns a follower of path for nat, or nil, nil when
 // there is nothing to follow: the resolver was given (userDNSHost), or no
 // address is forwarded to it.
-func FollowResolvConf(path string, userDNSHost bool, nat *actors.NAT, log logrus.FieldLogger) (*ResolvFollower, error) {
+func FollowResolvConf(path string, userDNSHost bool, nat *nat.NAT, log logrus.FieldLogger) (*ResolvFollower, error) {
 	if userDNSHost || (!nat.DNSForward4.IsValid() && !nat.DNSForward6.IsValid()) {
 		return nil, nil
 	}

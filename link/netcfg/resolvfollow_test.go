@@ -9,29 +9,29 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
+	"github.com/gopasta/gopasta/actors/nat"
 
-	"github.com/gopasta/gopasta/actors"
+	"github.com/sirupsen/logrus"
 )
 
 // startResolvFollowerIn follows path for a NAT forwarding to the first
 // nameservers path has now, and returns the NAT. With keepRoot it runs as
 // the sandboxed daemon runs it: everything through a descriptor of the
 // mount tree (resolvroot.go).
-func startResolvFollowerIn(t *testing.T, path string, keepRoot bool) *actors.NAT {
+func startResolvFollowerIn(t *testing.T, path string, keepRoot bool) *nat.NAT {
 	t.Helper()
 	servers, _ := readResolvConf(path)
-	nat := &actors.NAT{DNSForward4: netip.MustParseAddr("169.254.1.1"), DNSForward6: netip.MustParseAddr("fd00::53")}
+	n := &nat.NAT{DNSForward4: netip.MustParseAddr("169.254.1.1"), DNSForward6: netip.MustParseAddr("fd00::53")}
 	for _, a := range servers {
-		if a.Is4() && !nat.DNSHost4.IsValid() {
-			nat.DNSHost4 = a
-		} else if a.Is6() && !nat.DNSHost6.IsValid() {
-			nat.DNSHost6 = a
+		if a.Is4() && !n.DNSHost4.IsValid() {
+			n.DNSHost4 = a
+		} else if a.Is6() && !n.DNSHost6.IsValid() {
+			n.DNSHost6 = a
 		}
 	}
 	log := logrus.New()
 	log.Out = io.Discard
-	r, err := FollowResolvConf(path, false, nat, log)
+	r, err := FollowResolvConf(path, false, n, log)
 	if err != nil || r == nil {
 		t.Fatalf("FollowResolvConf: %v %v", r, err)
 	}
@@ -41,15 +41,15 @@ func startResolvFollowerIn(t *testing.T, path string, keepRoot bool) *actors.NAT
 		}
 	}
 	runUntilCleanup(t, r.Run)
-	return nat
+	return n
 }
 
 // waitDNS waits until nat forwards to want4 and want6.
-func waitDNS(t *testing.T, nat *actors.NAT, step, want4, want6 string) {
+func waitDNS(t *testing.T, n *nat.NAT, step, want4, want6 string) {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Second)
 	for {
-		v4, v6 := nat.DNSHosts()
+		v4, v6 := n.DNSHosts()
 		if v4.String() == want4 && v6.String() == want6 {
 			return
 		}
@@ -90,27 +90,27 @@ func TestResolvFollowerFile(t *testing.T) {
 func testResolvFollowerFile(t *testing.T, keepRoot bool) {
 	path := filepath.Join(t.TempDir(), "resolv.conf")
 	writeFile(t, path, "nameserver 192.0.2.1\nnameserver 2001:db8::1\n")
-	nat := startResolvFollowerIn(t, path, keepRoot)
-	waitDNS(t, nat, "start", "192.0.2.1", "2001:db8::1")
+	n := startResolvFollowerIn(t, path, keepRoot)
+	waitDNS(t, n, "start", "192.0.2.1", "2001:db8::1")
 
 	writeFile(t, path, "# in place\nnameserver 192.0.2.2\nnameserver 2001:db8::2\n")
-	waitDNS(t, nat, "in place", "192.0.2.2", "2001:db8::2")
+	waitDNS(t, n, "in place", "192.0.2.2", "2001:db8::2")
 
 	replaceFile(t, path, "nameserver 192.0.2.3\n")
-	waitDNS(t, nat, "renamed, IPv4 only", "192.0.2.3", "2001:db8::2")
+	waitDNS(t, n, "renamed, IPv4 only", "192.0.2.3", "2001:db8::2")
 
 	writeFile(t, path, "")
 	replaceFile(t, path, "search example.org\n")
 	// Nothing to change to: a later change must still be seen, so the
 	// inode watch has followed the replacement.
 	writeFile(t, path, "nameserver 2001:db8::4\nnameserver 192.0.2.4\n")
-	waitDNS(t, nat, "in place after rename", "192.0.2.4", "2001:db8::4")
+	waitDNS(t, n, "in place after rename", "192.0.2.4", "2001:db8::4")
 
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
 	}
 	replaceFile(t, path, "nameserver 192.0.2.5\n")
-	waitDNS(t, nat, "deleted, then created", "192.0.2.5", "2001:db8::4")
+	waitDNS(t, n, "deleted, then created", "192.0.2.5", "2001:db8::4")
 }
 
 // TestResolvFollowerSymlink: resolv.conf as a link to a file another
@@ -131,11 +131,11 @@ func testResolvFollowerSymlink(t *testing.T, keepRoot bool) {
 	if err := os.Symlink(target1, path); err != nil {
 		t.Fatal(err)
 	}
-	nat := startResolvFollowerIn(t, path, keepRoot)
-	waitDNS(t, nat, "start", "192.0.2.1", "invalid IP")
+	n := startResolvFollowerIn(t, path, keepRoot)
+	waitDNS(t, n, "start", "192.0.2.1", "invalid IP")
 
 	replaceFile(t, target1, "nameserver 192.0.2.2\n")
-	waitDNS(t, nat, "target replaced", "192.0.2.2", "invalid IP")
+	waitDNS(t, n, "target replaced", "192.0.2.2", "invalid IP")
 
 	tmp := path + ".new"
 	if err := os.Symlink(target2, tmp); err != nil {
@@ -144,20 +144,20 @@ func testResolvFollowerSymlink(t *testing.T, keepRoot bool) {
 	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
-	waitDNS(t, nat, "link re-pointed", "198.51.100.1", "invalid IP")
+	waitDNS(t, n, "link re-pointed", "198.51.100.1", "invalid IP")
 
 	replaceFile(t, target2, "nameserver 198.51.100.2\n")
-	waitDNS(t, nat, "new target replaced", "198.51.100.2", "invalid IP")
+	waitDNS(t, n, "new target replaced", "198.51.100.2", "invalid IP")
 }
 
 // TestResolvFollowerNotNeeded: nothing is followed for a resolver given on
 // the command line, or without a forward address.
 func TestResolvFollowerNotNeeded(t *testing.T) {
-	nat := &actors.NAT{DNSForward4: netip.MustParseAddr("169.254.1.1")}
-	if r, err := FollowResolvConf("/etc/resolv.conf", true, nat, logrus.New()); r != nil || err != nil {
+	n := &nat.NAT{DNSForward4: netip.MustParseAddr("169.254.1.1")}
+	if r, err := FollowResolvConf("/etc/resolv.conf", true, n, logrus.New()); r != nil || err != nil {
 		t.Errorf("with --dns-host: %v %v", r, err)
 	}
-	if r, err := FollowResolvConf("/etc/resolv.conf", false, &actors.NAT{}, logrus.New()); r != nil || err != nil {
+	if r, err := FollowResolvConf("/etc/resolv.conf", false, &nat.NAT{}, logrus.New()); r != nil || err != nil {
 		t.Errorf("without --dns-forward: %v %v", r, err)
 	}
 }

@@ -1,0 +1,310 @@
+package tcp
+
+import (
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
+)
+
+// Host -> guest: the socket's receive queue is our retransmission buffer.
+// Bytes from sndUna to sndNxt have been sent to the guest and are still in
+// the queue; the kernel's peek offset (SO_PEEK_OFF) points at sndNxt, so a
+// peek returns the next bytes to send. One recvmsg scatters them straight
+// into the payload areas of up to tcpSendFrames pooled frames, whose headers
+// are then filled from the flow's template: the data is copied once, from
+// the kernel into the frame that goes to the link. On a link that lends the
+// guest's receive buffers (vhost-user, link.Lender) the payload areas are
+// those buffers, and the frame carries only its headers: the data is copied
+// once, from the kernel into the guest. When the guest
+// acknowledges, as many bytes are discarded from the queue (MSG_TRUNC);
+// to retransmit we set the peek offset back to zero.
+
+// trySend sends what the guest's window allows, if the socket may have data.
+func (c *tcpConn) trySend() {
+	if !c.sockData || c.state&(tcpFinSent|tcpClosed) != 0 {
+		return
+	}
+	for range tcpSendBatches {
+		if !c.sendBatch() {
+			return
+		}
+	}
+}
+
+// sendBatch peeks once and sends the segments. It returns true if it
+// should be called again (the window and the socket may both have more).
+func (c *tcpConn) sendBatch() bool {
+	inflight := c.sndNxt - c.sndUna
+	wnd := min(c.sndWnd, tcpMaxWindow)
+	if inflight >= wnd {
+		if wnd == 0 && c.persistAt.IsZero() && !c.outstanding() {
+			c.persistAt = c.now.Add(c.rto)
+		}
+		return false
+	}
+	c.persistAt = time.Time{}
+	room := int(wnd - inflight)
+	s := c.Sock
+	hlen := c.tmpl.hlen
+	iv := 0
+	if !s.peekOff && inflight > 0 {
+		setIov(&s.iov[0], getDiscard()[:inflight])
+		iv = 1
+	}
+	want := 0
+	nf := 0
+	lender := c.env.Out.Lender()
+	for nf < tcpSendFrames && room > 0 && iv < tcpMaxIov {
+		l := min(c.mss, room)
+		var f *link.Frame
+		if lender != nil {
+			if f = lender.Lend(hlen, l); f != nil {
+				p := f.Loan.Payload()
+				if iv+len(p) > tcpMaxIov {
+					f.Release()
+					break
+				}
+				l = 0
+				for _, b := range p {
+					setIov(&s.iov[iv], b)
+					iv++
+					l += len(b)
+				}
+			}
+		}
+		if f == nil {
+			f = link.GetFrame(hlen + c.mss)
+			setIov(&s.iov[iv], f.Data[hlen:hlen+l])
+			iv++
+		}
+		c.frames[nf] = f
+		c.fcap[nf] = l
+		nf++
+		room -= l
+		want += l
+	}
+	s.clear(sockReadable)
+	n, err := s.recvmsg(iv, unix.MSG_PEEK)
+	if !s.peekOff && err == nil && n > 0 {
+		if n -= int(inflight); n <= 0 {
+			err = unix.EAGAIN // nothing beyond what is in flight
+		}
+	}
+	switch {
+	case err == unix.EAGAIN:
+		c.releaseFrames(0, nf)
+		c.sockData = false
+		s.arm(sockReadable)
+		return false
+	case err != nil:
+		c.releaseFrames(0, nf)
+		c.hostError("read", err)
+		return false
+	case n <= 0:
+		c.releaseFrames(0, nf)
+		c.sockData = false
+		c.setState(c.state|tcpHostEOF, "end of stream from the host")
+		c.debugf("end of stream from host")
+		c.sendFin()
+		return false
+	}
+	mac := c.env.Peer.MAC()
+	ack := c.ackNum()
+	win := c.rcvWindow()
+	seq := c.sndNxt
+	off := 0
+	i := 0
+	for ; off < n; i++ {
+		l := min(c.fcap[i], n-off)
+		flags := uint8(wire.TCPAck)
+		if off+l == n {
+			flags |= wire.TCPPsh
+		}
+		f := c.frames[i]
+		c.frames[i] = nil
+		if f.Loan != nil {
+			c.tmpl.fillLent(f, mac, seq+uint32(off), ack, flags, win, l)
+		} else {
+			c.tmpl.fill(f, mac, seq+uint32(off), ack, flags, win, 0, l)
+		}
+		if l == n {
+			c.send(f) // the whole answer in one segment
+		} else {
+			c.sendBurst(f)
+		}
+		off += l
+	}
+	c.releaseFrames(i, nf)
+	c.noteSent(ack, win)
+	c.dupDue = 0
+	if !c.rttOn && seq == c.sndHigh {
+		c.rttOn, c.rttSeq, c.rttAt = true, seq+uint32(n), c.now
+	}
+	c.sndNxt += uint32(n)
+	if seqGT(c.sndNxt, c.sndHigh) {
+		c.sndHigh = c.sndNxt
+	}
+	if c.rtoAt.IsZero() {
+		c.rtoAt = c.now.Add(c.rto)
+	}
+	if n < want && !s.hungUp() {
+		// The queue is drained: wait for more. (An end of stream or
+		// error whose event came before our last clear raises no new
+		// edge: after one, peek on until the socket says so itself.)
+		c.sockData = false
+		s.arm(sockReadable)
+		return false
+	}
+	return true
+}
+
+func (c *tcpConn) releaseFrames(from, to int) {
+	for i := from; i < to; i++ {
+		c.frames[i].Release()
+		c.frames[i] = nil
+	}
+}
+
+// sendFin sends our FIN once every byte before it has been sent.
+func (c *tcpConn) sendFin() {
+	if c.state&tcpFinSent != 0 {
+		return
+	}
+	c.finSeq = c.sndNxt
+	c.finEver = true
+	c.setState(c.state|tcpFinSent, "FIN to the guest")
+	f := link.GetFrame(c.tmpl.hlen)
+	ack, win := c.ackNum(), c.rcvWindow()
+	c.tmpl.fill(f, c.env.Peer.MAC(), c.finSeq, ack, wire.TCPFin|wire.TCPAck, win, 0, 0)
+	c.noteSent(ack, win)
+	c.send(f)
+	if c.rtoAt.IsZero() {
+		c.rtoAt = c.now.Add(c.rto)
+	}
+}
+
+// outstanding reports whether anything we sent awaits the guest's ACK.
+func (c *tcpConn) outstanding() bool {
+	return c.sndNxt != c.sndUna || c.state&(tcpFinSent|tcpFinAcked) == tcpFinSent
+}
+
+// onAck processes the guest's acknowledgement and window.
+func (c *tcpConn) onAck(th wire.TCP, payLen int) {
+	ack := th.Ack()
+	win := uint32(th.Window()) << c.sndWS
+	high := c.sndHigh
+	if c.finEver {
+		high = c.finSeq + 1
+	}
+	switch {
+	case seqGT(ack, high):
+		c.ackDue, c.ackForce = true, true // acknowledges what we never sent
+		return
+	case seqLT(ack, c.sndUna):
+		return // old
+	case ack == c.sndUna:
+		if payLen == 0 && win == c.sndWnd && c.outstanding() && th.Flags()&wire.TCPFin == 0 {
+			if c.dupAcks++; c.dupAcks == 3 {
+				c.retransmit("3 duplicate ACKs")
+			}
+		}
+		c.setSndWnd(win)
+		return
+	}
+	data := ack
+	if c.finEver && ack == c.finSeq+1 {
+		c.setState(c.state|tcpFinAcked, "the guest acknowledged our FIN")
+		data = c.finSeq
+		c.debugf("guest acknowledged our FIN")
+	}
+	if n := data - c.sndUna; n > 0 {
+		// Acknowledged bytes leave the receive queue at once. Holding
+		// them to discard in batches (a system call saved per
+		// request/response exchange) stalled large transfers: a partly
+		// consumed buffer stays charged to the receive buffer at its
+		// full size, the window towards the host closes, and nothing
+		// reopens it (TestTCPSmallWindowLargeAnswer).
+		if err := c.Sock.discard(int(n)); err != nil {
+			c.hostError("discard", err)
+			return
+		}
+		if !c.Sock.peekOff && c.Sock.hungUp() {
+			// Without a peek offset, the end of stream shows only once
+			// the queue is empty, and its event has come and gone.
+			c.sockData = true
+		}
+	}
+	c.sndUna = data
+	if seqLT(c.sndNxt, c.sndUna) {
+		c.sndNxt = c.sndUna // acknowledged beyond a rewind
+		c.Sock.setPeekOff(0)
+	}
+	c.setSndWnd(win)
+	c.dupAcks = 0
+	c.retries = 0
+	if c.rttOn && seqGE(ack, c.rttSeq) {
+		c.rttSample(c.now.Sub(c.rttAt))
+		c.rttOn = false
+	}
+	if c.outstanding() {
+		c.rtoAt = c.now.Add(c.rto)
+	} else {
+		c.rtoAt = time.Time{}
+	}
+}
+
+// retransmit rewinds to the oldest unacknowledged byte (go-back-N: without
+// SACK there is nothing better to know) and clears the FIN so that it is
+// sent again after the data.
+func (c *tcpConn) retransmit(why string) {
+	c.debugf("retransmit from %d (%s)", c.sndUna, why)
+	c.nRetrans++
+	c.tracef(func() string {
+		return "retransmit from seq " + strconv.FormatUint(uint64(c.sndUna-c.iss), 10) + " (" + why + "), " +
+			strconv.FormatUint(uint64(c.sndNxt-c.sndUna), 10) + " bytes in flight"
+	})
+	c.sndNxt = c.sndUna
+	c.Sock.setPeekOff(0)
+	if c.state&(tcpFinSent|tcpFinAcked) == tcpFinSent {
+		c.setState(c.state&^tcpFinSent, "FIN to be sent again")
+		if c.state&tcpHostEOF != 0 && c.sndUna == c.finSeq {
+			c.sendFin()
+			return
+		}
+	}
+	c.sockData = true
+	c.rttOn = false
+	c.dupAcks = 0
+}
+
+// rttSample updates the smoothed RTT and the RTO as RFC 6298 says.
+func (c *tcpConn) rttSample(r time.Duration) {
+	if c.srtt == 0 {
+		c.srtt, c.rttvar = r, r/2
+	} else {
+		d := c.srtt - r
+		if d < 0 {
+			d = -d
+		}
+		c.rttvar = (3*c.rttvar + d) / 4
+		c.srtt = (7*c.srtt + r) / 8
+	}
+	c.rto = min(max(c.srtt+max(4*c.rttvar, time.Millisecond), tcpRTOMin), tcpRTOMax)
+}
+
+// setSndWnd takes the guest's new window, tracing it closing and opening.
+func (c *tcpConn) setSndWnd(win uint32) {
+	if (win == 0) != (c.sndWnd == 0) {
+		c.tracef(func() string {
+			if win == 0 {
+				return "the guest's window closed, " + strconv.FormatUint(uint64(c.sndNxt-c.sndUna), 10) + " bytes in flight"
+			}
+			return "the guest's window opened to " + strconv.FormatUint(uint64(win), 10)
+		})
+	}
+	c.sndWnd = win
+}

@@ -1,0 +1,1123 @@
+package tcp
+
+// # TCP translation: theory of operation
+//
+// gopasta has no TCP stack. Each guest connection is mirrored by one
+// ordinary host socket, and one actor goroutine translates between the
+// guest's segments and that socket, in the manner of passt's tcp.c:
+//
+//   - The host kernel does the real TCP towards the far end: congestion
+//     control, retransmission, buffering. The guest's kernel does it on the
+//     other side. The actor only keeps the two sequence spaces in step.
+//
+//   - Host -> guest: data stays in the socket's receive queue until the
+//     guest acknowledges it. The actor peeks it (MSG_PEEK, starting at the
+//     kernel-kept SO_PEEK_OFF) straight into pooled frames whose headers are
+//     pre-built, within the guest's window, and discards from the queue only
+//     what the guest ACKs. Retransmission is rewinding the peek offset.
+//
+//   - Guest -> host: the guest's segments are written to the socket, and
+//     the guest is acknowledged for what the socket took. The window we
+//     advertise is bounded by the room in the socket's send buffer, and
+//     whatever the guest sends inside it is kept (the frames are held in the
+//     actor) until the socket takes it: no byte inside an advertised window
+//     is ever dropped. Dropping the tail of a partial write is what makes
+//     pasta collapse namespace->host on small machines. What is held costs
+//     memory the guest chooses the shape of, so it is counted by the bytes
+//     it keeps alive against a per-flow and a daemon-wide budget, and the
+//     window shrinks before the budget could be exceeded (budget.go).
+//
+//   - The actor waits in one select on its inbox, its socket's readiness
+//     (from the shared edge-triggered epoll, tcp_poll.go, armed only when it
+//     has hit EAGAIN), one timer and the daemon's context, like a gVisor
+//     endpoint's protocol goroutine. While it waits there, the goroutine
+//     that received an event for it may run it instead, under its mutex
+//     (tcp_inline.go): the state is the actor's, the thread need not be.
+//
+// States are kept as event bits, as passt does, because closing is two
+// independent half-closes: the guest's FIN turns into shutdown(SHUT_WR) once
+// everything before it is written, and the socket's end of stream turns
+// into a FIN to the guest once everything before it is acknowledged.
+
+import (
+	"fmt"
+	"net/netip"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/internal/sockutil"
+
+	"github.com/gopasta/gopasta/link/nbsys"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/actors/flowtrace"
+	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
+)
+
+// Connection events (state bits).
+const (
+	tcpConnecting  = 1 << iota // outbound: host connect() in progress
+	tcpSynSent                 // inbound: SYN sent to the guest
+	tcpSynRcvd                 // outbound: SYN,ACK sent to the guest
+	tcpEstablished             // handshake done on both sides
+	tcpGuestFin                // FIN received from the guest, in order
+	tcpSockShut                // shutdown(SHUT_WR) done on the socket
+	tcpHostEOF                 // end of stream read from the socket
+	tcpFinSent                 // FIN sent to the guest (at finSeq)
+	tcpFinAcked                // the guest acknowledged our FIN
+	tcpClosed                  // the flow is over
+)
+
+var tcpStateNames = []string{"CONNECTING", "SYN_SENT", "SYN_RCVD", "ESTABLISHED",
+	"GUEST_FIN", "SOCK_SHUT", "HOST_EOF", "FIN_SENT", "FIN_ACKED", "CLOSED"}
+
+func StateString(s uint16) string {
+	var b strings.Builder
+	for i, n := range tcpStateNames {
+		if s&(1<<i) != 0 {
+			if b.Len() > 0 {
+				b.WriteByte('|')
+			}
+			b.WriteString(n)
+		}
+	}
+	if b.Len() == 0 {
+		return "NONE"
+	}
+	return b.String()
+}
+
+// Timeouts, as passt lists them.
+const (
+	tcpHandshakeTimeout = 10 * time.Second
+	tcpActTimeout       = 2 * time.Hour
+	tcpRTOInit          = time.Second
+	tcpRTOMin           = 200 * time.Millisecond
+	tcpRTOMax           = 60 * time.Second
+	tcpMaxRetries       = 8
+	tcpDrain            = 64 // inbox frames handled before writing and ACKing
+	tcpSendBatches      = 4  // peeks per wakeup before yielding to the inbox
+	tcpSendFrames       = 32 // frames per peek
+)
+
+// tcpSeg is a piece of guest payload held in its frame.
+type tcpSeg struct {
+	f   *link.Frame
+	b   []byte
+	seq uint32
+	fin bool
+	own bool // a packed buffer of ours (compact): b ends at len(f.Data)
+}
+
+// tcpConn is one TCP flow's actor.
+//
+// Lock rule: mu guards everything below it and is held by whoever runs
+// the flow: the actor goroutine at all times except while it waits in its
+// select, or, while it waits there, the dispatcher or the harvester
+// running the flow inline (tcp_inline.go). The actor takes mu from its
+// first instruction (newTCPConn locks it for the goroutine about to start)
+// to its end; it lets go of it only to wait, to register an inbound flow
+// and once the flow is closed, to report its end (the Registrar is never
+// called with mu held). An inline run takes mu only for an established,
+// open flow, so the flow is never run inline before it is established or
+// after it has ended.
+type tcpConn struct {
+	mu   sync.Mutex
+	poke chan struct{} // an inline run closed the flow: the actor must look
+
+	env     *actors.Env
+	h       *actors.Handle
+	key     actors.Key
+	inbound bool
+	Sock    *tcpSock
+	tmpl    tcpTemplate
+	state   uint16
+	linkMTU int
+
+	// Host -> guest (our sending sequence space).
+	iss      uint32
+	sndUna   uint32 // oldest byte not acknowledged by the guest
+	sndNxt   uint32 // next byte to peek and send (peek offset = sndNxt-sndUna)
+	sndHigh  uint32 // highest data sequence ever sent, plus one
+	finSeq   uint32
+	finEver  bool // a FIN was sent at finSeq (maybe to be resent)
+	sndWnd   uint32
+	sndWS    uint8
+	mss      int // payload per segment to the guest
+	dupAcks  int
+	sockData bool // the socket may have unread data: peek before arming
+
+	// Guest -> host (the guest's sequence space).
+	irs       uint32
+	rcvNxt    uint32 // next byte expected from the guest
+	rcvWS     int    // our window scale, -1 when the guest does not scale
+	rcvEdge   uint32 // right edge of the window last advertised
+	rcvMax    int    // largest window we advertise
+	lastWin   uint16 // window field last sent
+	guestMSS  int
+	pend      []tcpSeg // accepted, not yet written to the socket
+	pendBytes int
+	pendNew   int      // pend[pendNew:] is not compacted yet
+	ooo       []tcpSeg // beyond a hole, sorted by sequence
+	held      int      // capacity of the buffers of pend and ooo (budget.go)
+	charge    int64    // this flow's share of Stats.BufferBytes
+	winCap    int      // largest window the guest has shown it needs (budget.go)
+	capEdge   uint32   // rcvEdge when winCap last grew
+	ackDue    bool     // something to acknowledge, if the ACK says anything new
+	ackForce  bool     // send the ACK even if it repeats the last one
+	ackSent   uint32   // acknowledgement number of the last segment sent
+	winSent   uint16   // window field of the last segment sent
+	dupDue    int      // duplicate ACKs to send (for the guest's fast retransmit)
+	sndbuf    int
+	outqEst   int       // upper bound of the socket's send queue (see rcvWindowRaw)
+	outqAge   int       // bytes written since the send queue was last measured
+	ackAt     time.Time // when a delayed ACK is due (see output)
+	quickAcks int       // ACKs still to send at once after one waited in vain
+
+	// Timers: one time.Timer set to the earliest deadline, lazily.
+	timer     *time.Timer
+	timerAt   time.Time
+	now       time.Time
+	rto       time.Duration
+	rtoAt     time.Time
+	retries   int
+	persistAt time.Time
+	hsAt      time.Time // handshake deadline
+	budgetAt  time.Time // look again for budget to reopen a starved window
+	budgetDly time.Duration
+	lastAct   time.Time
+	rttOn     bool
+	rttSeq    uint32
+	rttAt     time.Time
+	srtt      time.Duration
+	rttvar    time.Duration
+
+	// Limits (limits.go): descriptors taken from the budget, to give back
+	// at the end, and whether the flow counts as a pending connect.
+	FDs            int
+	FDKind         int
+	pendingConnect bool
+
+	frames [tcpMaxIov]*link.Frame
+	fcap   [tcpSendFrames]int // payload room of frames[i] in sendBatch
+
+	// Observability (tcp_trace.go): counters kept plainly here and
+	// published to h.Stats once per wake-up, the flow's view of the trace
+	// subscribers, and why the flow closed.
+	inBytes, inSegs, outBytes, outSegs, nRetrans uint64
+	tap                                          flowtrace.Tap
+	closeReason                                  string
+	heldTraced                                   bool // a full socket's hold was traced
+}
+
+// tcpISNFunc picks initial sequence numbers; tests replace it to exercise
+// wrap-around.
+var tcpISNFunc = tcpISN
+
+// tcpTestHook, when set (by tests, before any actor starts), is called for
+// every frame an actor handles.
+var tcpTestHook atomic.Pointer[func(k actors.Key, f *link.Frame)]
+
+// StartTCP is called by the dispatcher for a TCP frame from the guest that
+// matches no flow. It starts an actor and returns its Handle (the dispatcher
+// puts it into the flow table; f is already consumed by the actor), or
+// returns nil after consuming f itself (answered with RST, or dropped).
+//
+// Only a SYN opens a connection. Anything else for an unknown flow is
+// answered with a reset (so that a guest whose connection we forgot learns
+// at once), except a reset or a SYN,ACK, which are dropped.
+func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
+	th := wire.TCP(f.Data[f.L4:])
+	flags := th.Flags()
+	switch {
+	case flags&wire.TCPRst != 0, flags&(wire.TCPSyn|wire.TCPAck) == wire.TCPSyn|wire.TCPAck:
+		// A SYN,ACK for no flow is dropped, not reset: it may answer an
+		// inbound actor's SYN that raced ahead of its registration, and
+		// the guest repeats it (as we repeat our SYN) once the flow is in.
+		f.Release()
+		return nil
+	case flags&(wire.TCPSyn|wire.TCPAck) != wire.TCPSyn:
+		env.Out.TrySend(tcpRSTFor(env, k, th, segEnd(f)-f.Payload))
+		f.Release()
+		return nil
+	}
+	if !env.Limits.TakeFDs(actors.FDGuestTCP, actors.FDsTCP) {
+		RefusedLog.Warnf(env.FlowLog(k), "tcp: descriptor budget spent (%d), resetting new connections", env.Limits.FDMax.Load())
+		env.Out.TrySend(tcpRSTFor(env, k, th, segEnd(f)-f.Payload))
+		f.Release()
+		return nil
+	}
+	if !env.Limits.StartConnect() {
+		env.Limits.GiveFDs(actors.FDGuestTCP, actors.FDsTCP)
+		RefusedLog.Warnf(env.FlowLog(k), "tcp: %d connects pending, resetting new connections", env.Limits.ConnectLimit())
+		env.Out.TrySend(tcpRSTFor(env, k, th, segEnd(f)-f.Payload))
+		f.Release()
+		return nil
+	}
+	h := actors.NewHandle(k)
+	h.StateName = StateString
+	c := NewConn(env, h, k, false)
+	c.FDs, c.FDKind, c.pendingConnect = actors.FDsTCP, actors.FDGuestTCP, true
+	env.Stats.TCPFlows.Add(1)
+	env.Stats.TCPOpened.Add(1)
+	go c.runOutbound(f)
+	return h
+}
+
+// tcpRefusedLog rate-limits the warnings about connections refused for
+// want of descriptors or over the cap on pending connects.
+var RefusedLog actors.RateLog
+
+// connectDone ends the flow's share of the pending connects, once.
+func (c *tcpConn) connectDone() {
+	if c.pendingConnect {
+		c.pendingConnect = false
+		c.env.Limits.EndConnect()
+	}
+}
+
+func NewConn(env *actors.Env, h *actors.Handle, k actors.Key, inbound bool) *tcpConn {
+	c := &tcpConn{env: env, h: h, key: k, inbound: inbound, rto: tcpRTOInit, rcvWS: -1, winCap: actors.TCPInitWindow}
+	c.tmpl.init(env.Peer.OurMAC, k.Far, k.Guest)
+	c.linkMTU = 65520
+	if env.Conf != nil && env.Conf.MTU > 0 {
+		c.linkMTU = env.Conf.MTU
+	}
+	c.iss = tcpISNFunc(k.Far, k.Guest)
+	c.now = time.Now()
+	c.lastAct = c.now
+	c.poke = make(chan struct{}, 1)
+	c.mu.Lock() // the actor's, from its start: see tcpConn
+	h.Direct = c.direct
+	return c
+}
+
+// ourMSS is the MSS we announce to the guest: what the link carries.
+func (c *tcpConn) ourMSS() int {
+	m := c.linkMTU - (c.tmpl.l4 - wire.EthernetLen) - wire.TCPMinLen
+	return min(m, link.MaxFrameSize-c.tmpl.hlen, 0xffff)
+}
+
+// setGuestOpts records what the guest's SYN or SYN,ACK says.
+func (c *tcpConn) setGuestOpts(th wire.TCP, f *link.Frame) {
+	var o wire.TCPOptions
+	o.WScale = -1
+	if f.Payload > f.L4+wire.TCPMinLen && f.Payload <= len(f.Data) {
+		o = wire.ParseTCPOptions(f.Data[f.L4+wire.TCPMinLen : f.Payload])
+	}
+	c.guestMSS = int(o.MSS)
+	if c.guestMSS == 0 {
+		c.guestMSS = 536
+		if c.tmpl.v6 {
+			c.guestMSS = 1220
+		}
+	}
+	c.mss = max(min(c.guestMSS, c.ourMSS()), 64)
+	if o.WScale >= 0 {
+		c.sndWS = uint8(o.WScale)
+		if c.rcvWS < 0 {
+			wmem, _ := SysMax()
+			c.rcvWS = windowScale(wmem + wmem/2)
+		}
+	} else {
+		c.sndWS = 0
+		c.rcvWS = -1
+	}
+	// The window we offer: the socket's buffer with headroom, at most what
+	// the scale expresses, and never more than the dispatcher can queue in
+	// our inbox while we are busy, which would be a drop inside the window.
+	ws := max(c.rcvWS, 0)
+	c.rcvMax = min(0xffff<<ws, tcpMaxWindow, (actors.InboxDepth-actors.InboxDepth/4)*c.mss)
+}
+
+func (c *tcpConn) log() *logrus.Entry { return c.env.FlowLog(c.key) }
+
+func (c *tcpConn) debugf(format string, args ...any) {
+	if c.env.Log.IsLevelEnabled(logrus.DebugLevel) {
+		c.log().Debugf(format, args...)
+	}
+}
+
+// runOutbound is the actor of a connection the guest opened with syn.
+func (c *tcpConn) runOutbound(syn *link.Frame) {
+	defer c.finish()
+	c.timer = time.NewTimer(time.Hour)
+	th := wire.TCP(syn.Data[syn.L4:])
+	c.irs = th.Seq()
+	c.inSegs++
+	if c.tracing() {
+		c.traceSeg(true, syn, syn.L4)
+	}
+	c.rcvNxt = c.irs + 1
+	c.sndWnd = uint32(th.Window())
+	c.setGuestOpts(th, syn)
+	syn.Release()
+	if err := c.connect(); err != nil {
+		c.debugf("connect: %v", err)
+		c.sendRST()
+		c.closeReason = "connect: " + err.Error()
+		c.setState(tcpClosed, c.closeReason)
+		return
+	}
+	c.loop()
+}
+
+// runInbound is the actor of a connection accepted on a forwarder: it puts
+// itself into the flow table, then opens the connection to the guest.
+func (c *tcpConn) RunInbound() {
+	defer c.finish()
+	c.timer = time.NewTimer(time.Hour)
+	// Not yet established, so nobody runs the flow inline while the
+	// actor lets go of mu to register (the lock rule, see the package
+	// comment).
+	c.mu.Unlock()
+	ok := c.env.RegisterFlow(c.h)
+	c.mu.Lock()
+	if !ok {
+		c.Sock.Close(true)
+		c.closeReason = "shutting down"
+		c.setState(tcpClosed, c.closeReason)
+		return
+	}
+	c.setState(tcpSynSent, "connection accepted on the host, SYN to the guest")
+	wmem, _ := SysMax()
+	c.rcvWS = windowScale(wmem + wmem/2)
+	c.mss = c.ourMSS()
+	c.rcvMax = min(0xffff, tcpMaxWindow)
+	c.sendSyn()
+	c.hsAt = c.now.Add(tcpHandshakeTimeout)
+	c.rtoAt = c.now.Add(c.rto)
+	c.loop()
+}
+
+// loop runs the flow until it is closed, mu held except while it waits.
+func (c *tcpConn) loop() {
+	for c.state&tcpClosed == 0 {
+		c.publish()
+		c.armTimer()
+		wake := c.Sock.wake // c.sock may change once mu is released
+		c.mu.Unlock()
+		select {
+		case f := <-c.h.In:
+			c.mu.Lock()
+			c.onFrames(f)
+		case <-wake:
+			c.mu.Lock()
+			if c.state&tcpClosed == 0 {
+				c.onSocket()
+			}
+		case <-c.timer.C:
+			c.mu.Lock()
+			c.timerAt = time.Time{}
+			c.now = time.Now()
+			if c.state&tcpClosed == 0 {
+				c.onTimer()
+			}
+		case <-c.poke:
+			c.mu.Lock()
+		case <-c.env.Ctx.Done():
+			c.mu.Lock()
+			c.reset("shutting down")
+		}
+	}
+}
+
+// onSocket handles the socket events the poller reported.
+func (c *tcpConn) onSocket() {
+	ev := c.Sock.fired()
+	c.now = time.Now()
+	if ev&sockReadable != 0 {
+		c.lastAct = c.now
+		c.sockData = true
+		c.output()
+	}
+	if ev&sockWritable != 0 && c.state&tcpClosed == 0 {
+		c.onWritable()
+	}
+}
+
+// armTimer points the timer at the earliest deadline. It used to leave an
+// earlier timer alone when the deadline moved later, letting it fire early
+// and be re-armed; with delayed ACKs that is a spurious wake-up of an idle
+// process every millisecond of request/response traffic, and a Reset costs
+// far less than that.
+func (c *tcpConn) armTimer() {
+	next := c.lastAct.Add(tcpActTimeout)
+	for _, t := range [...]time.Time{c.rtoAt, c.persistAt, c.hsAt, c.ackAt, c.budgetAt} {
+		if !t.IsZero() && t.Before(next) {
+			next = t
+		}
+	}
+	if !next.Equal(c.timerAt) {
+		c.timer.Reset(time.Until(next))
+		c.timerAt = next
+	}
+}
+
+// onFrames handles f, taken from the inbox, and what else is queued there
+// (up to tcpDrain frames), then writes and answers.
+func (c *tcpConn) onFrames(f *link.Frame) {
+	c.now = time.Now()
+	c.lastAct = c.now
+	c.onFrame(f)
+	c.h.Inflight.Add(-1)
+	for i := 0; i < tcpDrain && c.state&tcpClosed == 0; i++ {
+		select {
+		case f = <-c.h.In:
+			c.onFrame(f)
+			c.h.Inflight.Add(-1)
+			continue
+		default:
+		}
+		break
+	}
+	c.flush()
+	c.output()
+}
+
+// output does what the flow can do now: send data the guest has room for,
+// acknowledge, finish closing.
+func (c *tcpConn) output() {
+	if c.state&tcpClosed != 0 {
+		return
+	}
+	if c.state&tcpEstablished != 0 {
+		c.trySend()
+	}
+	if c.state&tcpClosed != 0 {
+		return
+	}
+	for ; c.dupDue > 0; c.dupDue-- {
+		c.sendFlags(wire.TCPAck, c.lastWin)
+		c.ackDue = false
+	}
+	if c.ackDue {
+		if c.ackDelayable() {
+			if c.ackAt.IsZero() {
+				c.ackAt = c.now.Add(tcpDelAck)
+			}
+		} else {
+			if c.quickAcks > 0 {
+				c.quickAcks--
+			}
+			c.sendAck()
+		}
+	}
+	if c.state&(tcpSockShut|tcpFinAcked) == tcpSockShut|tcpFinAcked {
+		c.closeFlow("closed", false)
+	}
+}
+
+// Delayed acknowledgements.
+//
+// When a small segment from the guest has gone into the socket, its ACK
+// waits up to tcpDelAck for the host's answer to carry it: for
+// request/response traffic (RPCs, HTTP, interactive sessions) the answer
+// almost always comes first, which saves a frame to the guest, its
+// system call and a wake-up of the guest's stack per exchange (pasta ACKs
+// every write at once). What is never delayed: ACKs of a full segment or
+// more (bulk transfers and slow start run on ACK clocking), window
+// updates, duplicate ACKs, and anything after our own FIN. The guest's FIN
+// is delayed too, once it reached the socket: the host's FIN usually
+// follows at once and carries it (Linux does the same, entering its
+// "pingpong" mode on a FIN), which saves a frame per connection of a
+// connect/request/response/close workload.
+//
+// How long to wait is a trade. A guest with Nagle's algorithm holds its
+// next small write until this ACK comes, and a host that answers only
+// after that write (a request in two writes) leaves the flow stalled for
+// the whole delay: the delay should be short. But the deadline is also
+// how long the daemon's next sleep may be, and a sleep of a millisecond
+// before every answer is not free on a VM: with 1 ms, TCP_RR on this
+// project's 2-vCPU machine ran at 0.9 times the rate it has with 5 ms
+// (median ratio over 20 alternating runs, 14 of them faster with 5 ms),
+// and the machine took more cross-CPU wake-ups per exchange; a timer that
+// rarely fires saves nothing by being short. So the delay is 5 ms, and a
+// flow whose delayed ACK went out alone -- the answer did not come in
+// time, perhaps because the guest is waiting for this very ACK -- sends
+// its next tcpQuickAcks ACKs at once, so that such a guest stalls once in
+// that many exchanges, not at every one (Linux's quick-ACK mode does the
+// same for its own delayed ACKs).
+const (
+	tcpDelAckBytes = 4096
+	tcpQuickAcks   = 16
+)
+
+// tcpDelAck is the longest an ACK waits (a variable for tests).
+var tcpDelAck = 5 * time.Millisecond
+
+// ackDelayable reports whether the ACK now due may wait for data to carry
+// it.
+func (c *tcpConn) ackDelayable() bool {
+	switch {
+	case c.ackForce || c.dupDue != 0 || c.state&tcpEstablished == 0 || c.state&tcpFinSent != 0:
+		return false
+	case c.quickAcks > 0 && c.state&tcpGuestFin == 0:
+		return false // data after an ACK that waited in vain (see above)
+	case c.state&tcpGuestFin != 0 && c.state&tcpSockShut == 0:
+		return false // the FIN waits for data the socket has not taken
+	}
+	d := c.ackNum() - c.ackSent
+	return d != 0 && d < tcpDelAckBytes
+}
+
+func (c *tcpConn) onTimer() {
+	now := c.now
+	if !c.hsAt.IsZero() && !now.Before(c.hsAt) {
+		if c.state&tcpConnecting != 0 {
+			c.env.Limits.ConnectTimeout.Add(1)
+			c.reset("connect timeout after " + actors.TCPConnectTimeoutFor().String())
+			return
+		}
+		c.reset("handshake timeout after " + tcpHandshakeTimeout.String())
+		return
+	}
+	if !c.rtoAt.IsZero() && !now.Before(c.rtoAt) {
+		c.onRTO()
+	}
+	if c.state&tcpClosed == 0 && !c.ackAt.IsZero() && !now.Before(c.ackAt) {
+		c.ackAt = time.Time{}
+		c.sendAck()
+		c.quickAcks = tcpQuickAcks
+	}
+	if c.state&tcpClosed == 0 && !c.persistAt.IsZero() && !now.Before(c.persistAt) {
+		// The guest's window is closed: a segment just below the window
+		// makes it answer with an ACK carrying its current window.
+		c.tracef(func() string { return "window probe: the guest's window is closed" })
+		c.sendFlagsSeq(c.sndUna-1, wire.TCPAck, c.lastWin)
+		c.persistAt = now.Add(min(c.rto*2, tcpRTOMax))
+	}
+	if c.state&tcpClosed == 0 && !c.budgetAt.IsZero() && !now.Before(c.budgetAt) {
+		// Our window was held small for want of budget, and nothing the
+		// guest sends may come to reopen it: see whether budget is free.
+		c.budgetAt = time.Time{}
+		if c.state&tcpEstablished != 0 {
+			if w := c.rcvWindow(); w > c.winSent {
+				c.ackDue, c.ackForce = true, true
+				c.output()
+			}
+		}
+	}
+	if c.state&tcpClosed == 0 && now.Sub(c.lastAct) >= tcpActTimeout {
+		c.reset("inactivity timeout")
+	}
+}
+
+func (c *tcpConn) onRTO() {
+	c.retries++
+	c.tracef(func() string {
+		return "retransmission timeout after " + c.rto.String() + ", retry " + strconv.Itoa(c.retries) + " of " + strconv.Itoa(tcpMaxRetries)
+	})
+	if c.retries > tcpMaxRetries {
+		c.reset("retransmission timeout")
+		return
+	}
+	c.rto = min(c.rto*2, tcpRTOMax)
+	c.rtoAt = c.now.Add(c.rto)
+	switch {
+	case c.state&tcpSynSent != 0:
+		c.sendSyn()
+	case c.state&tcpSynRcvd != 0:
+		c.sendSynAck()
+	case c.state&tcpEstablished != 0:
+		if !c.outstanding() {
+			c.rtoAt = time.Time{}
+			c.retries = 0
+			return
+		}
+		c.retransmit("timeout")
+		c.output()
+	}
+}
+
+// reset ends the flow abortively both ways.
+func (c *tcpConn) reset(reason string) {
+	if c.state&tcpClosed != 0 {
+		return
+	}
+	c.tracef(func() string { return "reset: " + reason })
+	c.sendRST()
+	c.closeFlow(reason, true)
+}
+
+// closeFlow closes the socket (with a reset towards the host peer if reset)
+// and marks the flow over.
+func (c *tcpConn) closeFlow(reason string, reset bool) {
+	if c.state&tcpClosed != 0 {
+		return
+	}
+	if c.env.Log.IsLevelEnabled(logrus.DebugLevel) || reset && reason != "shutting down" {
+		lvl := logrus.DebugLevel
+		c.log().Logf(lvl, "%s in %s", reason, StateString(c.state))
+	}
+	if c.Sock != nil {
+		c.Sock.Close(reset)
+		c.Sock = nil
+	}
+	c.closeReason = reason
+	c.setState(c.state|tcpClosed, reason)
+}
+
+// finish runs when the actor returns, normally or by panic: whatever
+// happened, the socket is closed, held frames are released and the
+// dispatcher is told, exactly once.
+func (c *tcpConn) finish() {
+	if r := recover(); r != nil {
+		c.crashed(r)
+	}
+	if c.Sock != nil {
+		c.Sock.Close(true)
+		c.Sock = nil
+	}
+	for _, s := range c.pend {
+		s.f.Release()
+	}
+	for _, s := range c.ooo {
+		s.f.Release()
+	}
+	c.pend, c.ooo = nil, nil
+	c.held = 0
+	c.setCharge(0)
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.connectDone()
+	c.env.Limits.GiveFDs(c.FDKind, c.FDs)
+	c.FDs = 0
+	c.publish()
+	c.traceEnd()
+	c.env.Stats.TCPFlows.Add(-1)
+	// The flow is closed, so an inline run that takes mu now finds
+	// nothing to do (lockIdle): let go of it before telling the
+	// dispatcher (the lock rule, see the package comment).
+	c.state |= tcpClosed
+	c.mu.Unlock()
+	c.env.EndFlow(c.h)
+}
+
+// crashed resets a flow whose handling panicked with r: the guest and the
+// host peer both see a reset, and the flow is closed. mu held.
+func (c *tcpConn) crashed(r any) {
+	c.env.Stats.Panics.Add(1)
+	c.env.FlowLog(c.key).WithField("panic", fmt.Sprint(r)).Errorf("TCP flow crashed, resetting it\n%s", debug.Stack())
+	func() {
+		defer func() { _ = recover() }()
+		if c.state&tcpClosed == 0 {
+			c.sendRST()
+		}
+	}()
+	if c.Sock != nil {
+		c.Sock.Close(true)
+		c.Sock = nil
+	}
+	c.closeReason = "crashed: " + fmt.Sprint(r)
+	c.state |= tcpClosed
+}
+
+// connect opens the host socket of an outbound flow and starts connecting.
+func (c *tcpConn) connect() error {
+	dst := c.env.NAT.Outbound(c.key.Far)
+	// The family is the destination's as spelt, never unmapped: an IPv4
+	// address spelt as IPv6 (which the address policy keeps from getting
+	// here) then fails to connect, as putSockaddr writes it as IPv4, where
+	// an AF_INET socket would reach it (and ::ffff:0.0.0.0 the host's
+	// loopback).
+	v6 := dst.Addr().Is6()
+	fam := unix.AF_INET
+	if v6 {
+		fam = unix.AF_INET6
+	}
+	// The lifecycle calls are nbsys's: none of them waits (see there),
+	// and through x/sys each would wake the runtime's sysmon thread on a
+	// connection-per-request workload.
+	fd, e := nbsys.Socket(fam, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if e != 0 {
+		return e
+	}
+	_ = nbsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if c.guestMSS > 0 && c.guestMSS <= tcpMaxSegOpt {
+		_ = nbsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG, c.guestMSS)
+	}
+	if c.rcvWS < 0 {
+		// The guest cannot take more than 64 KiB in flight; neither
+		// should the far end send us more than that ahead.
+		_ = nbsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP, 0xffff)
+	}
+	if err := bindOutbound(fd, c.env, v6); err != nil {
+		nbsys.Close(fd)
+		return err
+	}
+	s, err := NewSock(c.env, fd, true)
+	if err != nil {
+		nbsys.Close(fd)
+		return err
+	}
+	c.Sock = s
+	s.Owner.Store(c)
+	var sa unix.RawSockaddrInet6
+	salen := sockutil.PutSockaddr(&sa, dst)
+	if e := nbsys.Connect(fd, unsafe.Pointer(&sa), salen); e != 0 {
+		err = e
+	}
+	if err == nil || err == unix.EINPROGRESS {
+		// Registered only now: see newTCPSock.
+		if rerr := s.RegisterFlow(); rerr != nil {
+			err = rerr
+		}
+	}
+	switch err {
+	case nil:
+		c.onConnected()
+		return nil
+	case unix.EINPROGRESS:
+		c.setState(tcpConnecting, "connecting to "+dst.String())
+		// The kernel would retry its SYN for minutes; the guest's own
+		// connect is long given up by then.
+		c.hsAt = c.now.Add(actors.TCPConnectTimeoutFor())
+		// To a local or loopback peer the handshake has usually
+		// completed by the time connect returns: answer the guest now
+		// rather than after a round through the poller.
+		if nbsys.Connected(fd) {
+			c.onConnected()
+			return nil
+		}
+		c.Sock.arm(sockWritable)
+		return nil
+	}
+	s.Close(false)
+	c.Sock = nil
+	return err
+}
+
+// bindOutbound applies -o and --outbound-if4/6 to a new socket.
+func bindOutbound(fd int, env *actors.Env, v6 bool) error {
+	if env.Conf == nil {
+		return nil
+	}
+	ifname, addr := env.Conf.OutboundIf4, env.Conf.Outbound4
+	if v6 {
+		ifname, addr = env.Conf.OutboundIf6, env.Conf.Outbound6
+	}
+	if ifname != "" {
+		if err := unix.BindToDevice(fd, ifname); err != nil {
+			return fmt.Errorf("bind to %s: %w", ifname, err)
+		}
+	}
+	if addr.IsValid() {
+		if err := unix.Bind(fd, sockutil.SockaddrOf(netip.AddrPortFrom(addr, 0))); err != nil {
+			return fmt.Errorf("bind to %s: %w", addr, err)
+		}
+	}
+	return nil
+}
+
+// onConnected answers the guest's SYN once the host connection is up.
+func (c *tcpConn) onConnected() {
+	c.connectDone()
+	c.setState(tcpSynRcvd, "host connected, SYN,ACK to the guest")
+	c.sndUna, c.sndNxt, c.sndHigh = c.iss, c.iss+1, c.iss+1
+	c.sendSynAck()
+	c.hsAt = c.now.Add(tcpHandshakeTimeout)
+	c.rtoAt = c.now.Add(c.rto)
+}
+
+func (c *tcpConn) onWritable() {
+	if c.state&tcpConnecting != 0 {
+		if err := c.Sock.soError(); err != nil {
+			c.debugf("connect: %v", err)
+			c.sendRST()
+			c.closeFlow("connect: "+err.Error(), false)
+			return
+		}
+		if !nbsys.Connected(c.Sock.fd) {
+			c.Sock.arm(sockWritable) // not connected yet: a spurious event
+			return
+		}
+		c.onConnected()
+		return
+	}
+	old := c.lastWin
+	c.flush()
+	if c.state&tcpClosed != 0 {
+		return
+	}
+	// A window update is worth a segment when the window was closed or
+	// small; otherwise the next ACK carries it.
+	if c.state&tcpEstablished != 0 && int(old)<<max(c.rcvWS, 0) < c.rcvMax/4 {
+		c.outqAge = tcpOutqStale // room appeared: measure it now
+		if w := c.rcvWindow(); w > old {
+			c.ackDue, c.ackForce = true, true
+		}
+	}
+	c.output()
+}
+
+// establish moves to ESTABLISHED once the three-way handshake is done.
+func (c *tcpConn) establish(cause string) {
+	c.setState(tcpEstablished, cause)
+	c.hsAt = time.Time{}
+	c.rtoAt = time.Time{}
+	c.retries = 0
+	c.rto = tcpRTOInit
+	c.sndUna, c.sndNxt, c.sndHigh = c.iss+1, c.iss+1, c.iss+1
+	c.sockData = true
+	c.sndbuf = c.Sock.getInt(unix.SOL_SOCKET, unix.SO_SNDBUF)
+}
+
+// onFrame handles one segment from the guest.
+func (c *tcpConn) onFrame(f *link.Frame) {
+	keep := false
+	defer func() {
+		if !keep {
+			f.Release()
+		}
+	}()
+	if h := tcpTestHook.Load(); h != nil {
+		(*h)(c.key, f)
+	}
+	if f.L4+wire.TCPMinLen > len(f.Data) || f.Payload < f.L4+wire.TCPMinLen {
+		return
+	}
+	th := wire.TCP(f.Data[f.L4:])
+	end := segEnd(f)
+	payload := f.Data[f.Payload:end]
+	c.inSegs++
+	c.inBytes += uint64(len(payload))
+	if c.tracing() {
+		c.traceSeg(true, f, f.L4)
+	}
+	flags := th.Flags()
+	seq := th.Seq()
+
+	if flags&wire.TCPRst != 0 {
+		c.onRST(th)
+		return
+	}
+	switch {
+	case c.state&tcpConnecting != 0:
+		return // the guest repeats its SYN; nothing to say until connected
+	case c.state&tcpSynSent != 0:
+		if flags&(wire.TCPSyn|wire.TCPAck) == wire.TCPSyn|wire.TCPAck && th.Ack() == c.iss+1 {
+			c.irs = seq
+			c.rcvNxt = seq + 1
+			c.rcvEdge = c.rcvNxt
+			c.setGuestOpts(th, f)
+			c.sndWnd = uint32(th.Window())
+			c.establish("SYN,ACK from the guest")
+			c.ackDue, c.ackForce = true, true
+		}
+		return
+	case c.state&tcpSynRcvd != 0:
+		if flags&wire.TCPSyn != 0 {
+			if seq == c.irs {
+				c.sendSynAck() // ours was lost
+			}
+			return
+		}
+		if flags&wire.TCPAck == 0 || th.Ack() != c.iss+1 {
+			return
+		}
+		c.establish("the guest acknowledged our SYN,ACK")
+	}
+	if flags&wire.TCPSyn != 0 {
+		c.ackDue, c.ackForce = true, true
+		return
+	}
+	if flags&wire.TCPAck == 0 {
+		return
+	}
+	c.onAck(th, len(payload))
+	if len(payload) > 0 || flags&wire.TCPFin != 0 {
+		keep = c.onData(f, seq, payload, flags&wire.TCPFin != 0)
+	}
+}
+
+// onRST ends the flow if the guest's reset is plausible (in the window we
+// offered), closing the socket abortively so that the host peer sees a
+// reset too.
+//
+// Except while the guest's own handshake is unfinished (CONNECTING,
+// SYN_RCVD): there the reset means the guest gave up on connecting (an
+// application closing a socket still in SYN-SENT makes its kernel answer
+// our SYN,ACK with one). Between real hosts the far end would drop a
+// half-open connection that no application has seen; ours has, since the
+// host side connected first, and the nearest thing we can show it is a
+// connection closed before any data: a FIN, as passt's plain close() gives.
+// A reset there surfaces as ECONNRESET in a server that did nothing wrong.
+func (c *tcpConn) onRST(th wire.TCP) {
+	switch {
+	case c.state&tcpConnecting != 0:
+	case c.state&tcpSynSent != 0:
+		if th.Flags()&wire.TCPAck == 0 || th.Ack() != c.iss+1 {
+			return
+		}
+	default:
+		if !seqInRange(th.Seq(), c.ackNum()-1, c.rcvEdge+1) {
+			return
+		}
+	}
+	c.tracef(func() string { return "reset by the guest in " + StateString(c.state) })
+	if c.state&(tcpConnecting|tcpSynRcvd) != 0 {
+		c.closeFlow("reset by guest during handshake", false)
+		return
+	}
+	c.closeFlow("reset by guest", true)
+}
+
+// segEnd returns where the TCP payload of f ends (the IP length, not the
+// frame's, which may carry Ethernet padding).
+func segEnd(f *link.Frame) int {
+	d := f.Data
+	end := len(d)
+	if f.L3+wire.IPv6Len <= len(d) && d[f.L3]>>4 == 6 {
+		end = f.L3 + wire.IPv6Len + wire.IPv6(d[f.L3:]).PayloadLen()
+	} else if f.L3+wire.IPv4MinLen <= len(d) && d[f.L3]>>4 == 4 {
+		end = f.L3 + wire.IPv4(d[f.L3:]).TotalLen()
+	}
+	if end > len(d) {
+		end = len(d)
+	}
+	if end < f.Payload {
+		end = f.Payload
+	}
+	return end
+}
+
+// sendSyn opens an inbound connection towards the guest.
+func (c *tcpConn) sendSyn() {
+	win := uint16(min(c.rcvWindowRaw(), 0xffff))
+	f := link.GetFrame(c.tmpl.hlen + tcpSynOptsLen)
+	n := putSynOpts(f.Data[c.tmpl.hlen:], uint16(c.mss), c.rcvWS)
+	c.tmpl.fill(f, c.env.Peer.MAC(), c.iss, 0, wire.TCPSyn, win, n, 0)
+	c.lastWin = win
+	c.send(f)
+}
+
+// sendSynAck answers the guest's SYN.
+func (c *tcpConn) sendSynAck() {
+	win := uint16(min(c.rcvWindowRaw(), 0xffff))
+	f := link.GetFrame(c.tmpl.hlen + tcpSynOptsLen)
+	n := putSynOpts(f.Data[c.tmpl.hlen:], uint16(c.ourMSS()), c.rcvWS)
+	c.tmpl.fill(f, c.env.Peer.MAC(), c.iss, c.rcvNxt, wire.TCPSyn|wire.TCPAck, win, n, 0)
+	c.lastWin = win
+	c.rcvEdge = c.rcvNxt + uint32(win)
+	c.noteSent(c.rcvNxt, win)
+	c.send(f)
+}
+
+// sendRST resets the guest's side of the connection.
+func (c *tcpConn) sendRST() {
+	f := link.GetFrame(c.tmpl.hlen)
+	if c.state == 0 || c.state&tcpConnecting != 0 {
+		c.tmpl.fill(f, c.env.Peer.MAC(), 0, c.rcvNxt, wire.TCPRst|wire.TCPAck, 0, 0, 0)
+	} else {
+		c.tmpl.fill(f, c.env.Peer.MAC(), c.sndSeq(), c.ackNum(), wire.TCPRst|wire.TCPAck, 0, 0, 0)
+	}
+	c.send(f)
+}
+
+// send hands a frame to the link writer, blocking while its queue is full
+// (back-pressure), but not past shutdown. A lone frame (control segments,
+// a request's answer) is written from the actor itself when the link is
+// idle, which saves a hop through the writer goroutine on every exchange
+// of request/response traffic; bursts are queued (sendBurst), so that
+// the writer writes while the actor goes on peeking.
+func (c *tcpConn) send(f *link.Frame) {
+	c.countOut(f)
+	c.env.Out.SendNow(c.env.Ctx, f)
+}
+
+func (c *tcpConn) sendBurst(f *link.Frame) {
+	c.countOut(f)
+	c.env.Out.SendCtx(c.env.Ctx, f)
+}
+
+// sendAck sends a pure ACK with the current window, unless it would repeat
+// the last segment's acknowledgement and window and nothing forces it. A
+// repeated ACK is a duplicate ACK to the guest: while the socket is full
+// and we hold what the guest sent, every inbox drain used to send one, and
+// three of them make the guest retransmit and halve its window for
+// nothing lost.
+func (c *tcpConn) sendAck() {
+	w := c.rcvWindow()
+	if !c.ackForce && c.ackNum() == c.ackSent && w == c.winSent {
+		c.ackDue = false
+		return
+	}
+	c.sendFlags(wire.TCPAck, w)
+}
+
+// noteSent records what a segment to the guest acknowledged and offered.
+func (c *tcpConn) noteSent(ack uint32, win uint16) {
+	c.ackSent, c.winSent = ack, win
+	c.ackDue, c.ackForce = false, false
+	c.ackAt = time.Time{}
+}
+
+func (c *tcpConn) sendFlags(flags uint8, win uint16) {
+	c.sendFlagsSeq(c.sndSeq(), flags, win)
+}
+
+func (c *tcpConn) sendFlagsSeq(seq uint32, flags uint8, win uint16) {
+	f := link.GetFrame(c.tmpl.hlen)
+	ack := c.ackNum()
+	c.tmpl.fill(f, c.env.Peer.MAC(), seq, ack, flags, win, 0, 0)
+	c.noteSent(ack, win)
+	c.send(f)
+}
+
+// sndSeq is the sequence number of our next segment without data.
+func (c *tcpConn) sndSeq() uint32 {
+	if c.state&tcpFinSent != 0 {
+		return c.finSeq + 1
+	}
+	return c.sndNxt
+}
+
+// ackNum acknowledges what the socket took, and the guest's FIN once the
+// socket is shut down for writing.
+func (c *tcpConn) ackNum() uint32 {
+	a := c.rcvNxt - uint32(c.pendBytes)
+	if c.state&tcpSockShut != 0 {
+		a++
+	}
+	return a
+}
+
+// hostError turns a socket error into a reset of the guest's side.
+func (c *tcpConn) hostError(op string, err error) {
+	c.debugf("%s: %v", op, err)
+	c.reset(op + ": " + err.Error())
+}
+
+// StartInbound runs the flow k of a host client a forwarder accepted on
+// fd (non-blocking, its descriptors already taken from the budget as
+// actors.FDInbound): the guest is sent a SYN. On failure it closes fd and
+// gives the descriptors back.
+func StartInbound(env *actors.Env, k actors.Key, fd int) {
+	s, err := NewSock(env, fd, false)
+	if err != nil {
+		env.Limits.GiveFDs(actors.FDInbound, actors.FDsTCP)
+		unix.Close(fd)
+		return
+	}
+	h := actors.NewHandle(k)
+	h.StateName = StateString
+	h.Inbound = true
+	c := NewConn(env, h, k, true)
+	c.FDs, c.FDKind = actors.FDsTCP, actors.FDInbound
+	c.Sock = s
+	s.Owner.Store(c)
+	env.Stats.TCPFlows.Add(1)
+	env.Stats.TCPOpened.Add(1)
+	go c.RunInbound()
+}

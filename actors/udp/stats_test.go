@@ -1,0 +1,27 @@
+package udp
+
+import (
+	"testing"
+
+	"github.com/gopasta/gopasta/actors"
+)
+
+// TestStatsSnapshot: the snapshot reads the live counters, under the names
+// the statistics log documents.
+func TestStatsSnapshot(t *testing.T) {
+	env := &actors.Env{}
+	env.Stats.UDPFlows.Add(2)
+	before := Stats.InboxDropped.Load()
+	Stats.InboxDropped.Add(3)
+	defer Stats.InboxDropped.Add(^uint64(2))
+	m := actors.StatsSnapshot(env)
+	AddStats(m)
+	if m["udp_flows"] != 2 || m["udp_inbox_dropped"] != before+3 {
+		t.Fatalf("snapshot %v", m)
+	}
+	for _, k := range []string{"tcp_flows", "udp_send_dropped", "udp_icmp_errors"} {
+		if _, ok := m[k]; !ok {
+			t.Errorf("%s missing", k)
+		}
+	}
+}
