@@ -6,8 +6,8 @@
 //
 // # Lifecycle
 //
-// The dispatcher starts an outbound actor on a flow-table miss (StartTCP,
-// StartUDP, StartICMP). Inbound actors are started by forwarders (listening
+// The dispatcher starts an outbound actor on a flow-table miss (tcp.Start,
+// udp.Start, icmp.Start). Inbound actors are started by forwarders (listening
 // sockets for -t/-u) and handed to the dispatcher on Env.Register, which
 // puts them into the flow table. Every actor, when it ends, sends its Handle
 // on Env.Ended exactly once; the dispatcher then removes it from the table if
@@ -27,28 +27,28 @@
 // (address, source port) with a live flow holds one host UDP socket, bound
 // to the guest's own port where the host has it free (else an ephemeral
 // one) on the outbound address, receiving from any far end, and closed
-// with its last flow (udp.go). The guest cannot take a port a host program
+// with its last flow (udp/udp.go). The guest cannot take a port a host program
 // has, keep one past its flows, bind any host TCP port, or hold more
 // sockets than its share of the budget.
 //
 // # Locks
 //
 // The dispatcher runs an idle flow's work on its own goroutine
-// (Handle.Direct), and the TCP harvester does too (tcp_inline.go), so a
+// (Handle.Direct), and the TCP harvester does too (tcp/inline.go), so a
 // flow's state is guarded by locks rather than owned by one goroutine.
 // Where several are taken, they are taken in this order, never the other
 // way:
 //
 //	tcpConn.mu                  everything in a tcpConn; the actor holds it except while it
 //	                            waits, the dispatcher and the harvester only TryLock it
-//	  tcpPoller.mu              the shared epoll's registrations (a closing flow removes its socket)
+//	  poll.Poller.mu              the shared epoll's registrations (a closing flow removes its socket)
 //
-//	udpBinding.txMu | rxMu      txMu: the send path (tx, txq, txOff, spare, noGSO, closed),
+//	udp.Binding.txMu | rxMu      txMu: the send path (tx, txq, txOff, spare, noGSO, closed),
 //	                            held by the actor, or by the dispatcher in sendDirect (TryLock);
 //	                            rxMu: the receiver's buffers and ipID, held by the receiver, the
 //	                            sweep only TryLocks it. Never both.
-//	  udpBinding.errMu          the error queue buffers (errBuf, oob), from either path
-//	    udpBinding.mu           the flow tables (flows, byHost) and every udpFlow's fields;
+//	  udp.Binding.errMu          the error queue buffers (errBuf, oob), from either path
+//	    udp.Binding.mu           the flow tables (flows, byHost) and every udpFlow's fields;
 //	                            held for lookups only, never across a syscall
 //	      udpReg.Mutex          the registry of outbound bindings and each binding's pending list
 //	        Inbox.mu            a binding's queue of guest datagrams (a leaf)
@@ -59,11 +59,11 @@
 // The rule, which the dispatcher's liveness rests on: no channel send and
 // no Registrar call (Env.RegisterFlow, Env.EndFlow) while holding a flow's lock.
 // The dispatcher alone drains Env.Register and Env.Ended, and it waits for
-// udpBinding.mu in sendDirect; a flow that waited for room in either
+// udp.Binding.mu in sendDirect; a flow that waited for room in either
 // channel while holding a lock the dispatcher can wait for would stop the
 // daemon's data path. So what a flow has to report under a lock is
 // collected there and reported after the lock is released
-// (udpBinding.endedQ, the new-flow result of newInboundFlow). The one
+// (udp.Binding.endedQ, the new-flow result of newInboundFlow). The one
 // exception is handing frames to the link Writer, a leaf, which a flow
 // does under its own locks (the UDP receiver under rxMu, a TCP flow under
 // mu): the Writer's goroutine needs none of them to make room.
@@ -140,12 +140,12 @@ type Handle struct {
 	// own goroutine when the actor has nothing queued: it reports whether
 	// it took f (and with it, ownership). The dispatcher calls it only for
 	// a frame that came alone in its read batch, so that nothing the actor
-	// would have coalesced is sent apart. See udpBinding.sendDirect.
+	// would have coalesced is sent apart. See udp.Binding.sendDirect.
 	Direct func(f *link.Frame) bool
 
 	// inflight counts frames Offer put into In that the actor has not
 	// finished handling, for a Handle with Direct (a TCP actor; see
-	// tcp_inline.go).
+	// tcp/inline.go).
 	Inflight atomic.Int32
 }
 
@@ -229,7 +229,7 @@ type Stats struct {
 	BufferBytes atomic.Int64
 	// TCPBeyondWindow counts guest segments whose data, or part of it,
 	// was dropped for lying beyond the window we advertised; TCPOOODropped
-	// out-of-order segments dropped because tcpMaxOOO were held already.
+	// out-of-order segments dropped because TCPMaxOOO were held already.
 	TCPBeyondWindow, TCPOOODropped atomic.Uint64
 }
 

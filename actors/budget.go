@@ -15,14 +15,14 @@ import "github.com/gopasta/gopasta/link"
 // "buffer_bytes" statistic; --flow-buffer and --total-buffer).
 //
 // TCP may not simply drop what is over budget: a byte inside the window we
-// advertised must never be dropped (see tcp.go). So a flow reserves from
+// advertised must never be dropped (see tcp/tcp.go). So a flow reserves from
 // the daemon-wide budget, before it advertises a window, what the guest
 // could make it hold by filling that window, and the window is shrunk to
 // what the reservation covers. To make that bound tight, held payload is
 // kept in right-sized buffers (link.GetBuffer): a held segment whose frame
 // is less than half used is copied, and in-order pieces are packed one
 // after another (tcpConn.compact). Then n held bytes cost at most 2n plus a
-// constant per flow (tcpBudgetSlack), and a window W costs at most 2W more.
+// constant per flow (TCPBudgetSlack), and a window W costs at most 2W more.
 // Copying rather than accounting the large buffers in full keeps the
 // window of a flow with small segments as large as a flow with full ones;
 // the copy is paid only for data that is actually held, and only when its
@@ -33,7 +33,7 @@ import "github.com/gopasta/gopasta/link"
 // that never fills its window does not need it: an idle connection
 // reserving for the window its socket could take would leave nothing for
 // the flows that move data. So, as Linux's receive-window autotuning does,
-// a flow offers at most tcpInitWindow at first and doubles that each time
+// a flow offers at most TCPInitWindow at first and doubles that each time
 // the guest sends into the last half of it (tcpConn.winCap).
 //
 // Only the guest's data that stays beyond one pass of the actor is
@@ -48,15 +48,15 @@ const (
 	DefaultTotalBuffer = 256 << 20
 )
 
-// tcpInitWindow is the most a flow offers before the guest has filled a
+// TCPInitWindow is the most a flow offers before the guest has filled a
 // window: what Linux offers at first.
 const TCPInitWindow = 64 << 10
 
-// tcpBudgetSlack is what a flow's held payload may cost beyond twice its
+// TCPBudgetSlack is what a flow's held payload may cost beyond twice its
 // bytes: a minimum-sized buffer per out-of-order segment, the partly
 // filled last buffer of the packed in-order data and the partly written
 // first one.
-// tcpMaxOOO is how many out-of-order segments a TCP flow holds.
+// TCPMaxOOO is how many out-of-order segments a TCP flow holds.
 const TCPMaxOOO = 64
 
 const TCPBudgetSlack = TCPMaxOOO*link.MinBufferSize + 2*link.SmallFrameSize

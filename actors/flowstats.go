@@ -72,14 +72,14 @@ func (h *Handle) Snapshot(now time.Time) FlowSnapshot {
 	return fs
 }
 
-// initHandle gives a new Handle its id and start time.
+// InitHandle gives a new Handle its id and start time.
 func InitHandle(h *Handle) *Handle {
 	h.ID = flowIDs.Add(1)
 	h.Stats.Start = time.Now()
 	return h
 }
 
-// traceDesc is how a flow's trace lines start: "17 tcp 10.0.2.100:40000 >
+// TraceDesc is how a flow's trace lines start: "17 tcp 10.0.2.100:40000 >
 // 93.184.216.34:80".
 func TraceDesc(id uint64, k Key) string {
 	return flowtrace.Desc(id, k.Proto, k.Guest, k.Far)

@@ -2,10 +2,10 @@ package actors
 
 // What frames a flow builds for the guest have in common.
 
-// defaultTTL is the TTL / hop limit of packets gopasta makes for the guest.
+// DefaultTTL is the TTL / hop limit of packets gopasta makes for the guest.
 const DefaultTTL = 64
 
-// linkMTU is the IP MTU of the link to the guest.
+// LinkMTU is the IP MTU of the link to the guest.
 func LinkMTU(env *Env) int {
 	if env.Conf != nil && env.Conf.MTU > 0 {
 		return env.Conf.MTU

@@ -51,7 +51,7 @@ func NewInbox(limit int) *Inbox {
 	return &Inbox{Ready: make(chan struct{}, 1), limit: limit}
 }
 
-// newBudgetInbox returns an empty Inbox that holds at most limit frames
+// NewBudgetInbox returns an empty Inbox that holds at most limit frames
 // and maxBytes bytes of buffers, charged to env's budget.
 func NewBudgetInbox(env *Env, limit int, maxBytes int64) *Inbox {
 	ib := NewInbox(limit)
@@ -110,7 +110,7 @@ func (ib *Inbox) Len() int {
 	return n
 }
 
-// inboxKeep is the capacity an idle Inbox may keep.
+// InboxKeep is the capacity an idle Inbox may keep.
 const InboxKeep = 64
 
 // Shrink drops the queue's memory if it is empty and grew beyond what a

@@ -76,7 +76,7 @@ const (
 // tap or QEMU socket, epoll, log, namespace: everything set up before the
 // first flow): the rest, minus FDReserve. With podman's limit of 524288
 // that is about half a million; under "prlimit --nofile=256" about 200, of
-// which 50 may be pending connects. A result below fdsSplice is raised to
+// which 50 may be pending connects. A result below FDsSplice is raised to
 // it, so that the daemon stays usable (one flow at a time) rather than
 // refusing everything. nofile 0 means unknown: no budget (0).
 func FDBudgetFor(nofile uint64, open int) int {
@@ -214,7 +214,7 @@ var TCPConnectTimeout = sync.OnceValue(func() time.Duration {
 		readSysctl("/proc/sys/net/ipv4/tcp_syn_linear_timeouts", 4))
 })
 
-// tcpConnectTimeoutFor is what the actors use, a variable so that tests
+// TCPConnectTimeoutFor is what the actors use, a variable so that tests
 // can shorten it.
 var TCPConnectTimeoutFor = TCPConnectTimeout
 
@@ -296,7 +296,7 @@ func (r *RateLog) Warnf(e *logrus.Entry, format string, args ...any) {
 	r.Log(e, logrus.WarnLevel, format, args...)
 }
 
-// flowLimit is --flow-limit, or its default.
+// FlowLimit is --flow-limit, or its default.
 func FlowLimit(env *Env) int64 {
 	if env.Conf != nil && env.Conf.FlowLimit > 0 {
 		return int64(env.Conf.FlowLimit)

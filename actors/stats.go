@@ -2,8 +2,8 @@ package actors
 
 // StatsSnapshot returns every actor counter by name, for the daemon's
 // statistics log (SIGUSR1, --stats): the flow counts and events of env, the
-// process-wide UDP and ICMP counters (UDPStats) and the loopback splice
-// counters (SpliceStats). Zero counters are included, so that a reader can
+// process-wide UDP and ICMP counters (udp.Stats) and the loopback splice
+// counters (splice.Stats). Zero counters are included, so that a reader can
 // tell "none" from "not counted".
 //
 // The drop counters to look at first when datagrams go missing:

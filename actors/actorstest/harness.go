@@ -36,7 +36,7 @@ var (
 	Lo4    = netip.MustParseAddr("127.0.0.1")
 )
 
-// udpTestEnv is an Env wired to an in-memory link with a real Writer; the
+// Env is an actors.Env wired to an in-memory link with a real Writer; the
 // test plays the dispatcher (Ended, Register) and the guest (guest end).
 type Env struct {
 	*actors.Env
@@ -87,7 +87,7 @@ func New(t testing.TB, cfg *conf.Config) *Env {
 	return te
 }
 
-// guestFrame builds a frame the guest sends, parsed as the dispatcher hands
+// GuestFrame builds a frame the guest sends, parsed as the dispatcher hands
 // it to an actor (offsets set, trimmed to the datagram).
 func GuestFrame(t testing.TB, src, dst netip.Addr, proto uint8, l4 []byte) *link.Frame {
 	t.Helper()
@@ -102,12 +102,12 @@ func GuestFrame(t testing.TB, src, dst netip.Addr, proto uint8, l4 []byte) *link
 	return f
 }
 
-// guestUDP builds a UDP datagram from the guest.
+// GuestUDP builds a UDP datagram from the guest.
 func GuestUDP(t testing.TB, src, dst netip.AddrPort, payload []byte) *link.Frame {
 	return GuestFrame(t, src.Addr(), dst.Addr(), wire.ProtoUDP, wiretest.UDP(src.Port(), dst.Port(), payload))
 }
 
-// udpKey is the flow key the dispatcher would use.
+// UDPKey is the flow key the dispatcher would use.
 func UDPKey(guest, far netip.AddrPort) actors.Key {
 	return actors.Key{Proto: wire.ProtoUDP, Guest: guest, Far: far}
 }
@@ -142,7 +142,7 @@ func (te *Env) NoGuestFrame(t testing.TB, d time.Duration) {
 	}
 }
 
-// udpEcho runs a UDP echo server on addr until the test ends and returns
+// UDPEcho runs a UDP echo server on addr until the test ends and returns
 // its address.
 func UDPEcho(t testing.TB, addr string) netip.AddrPort {
 	t.Helper()
@@ -165,7 +165,7 @@ func UDPEcho(t testing.TB, addr string) netip.AddrPort {
 	return c.LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
-// freeUDPPort returns a port that was free on addr a moment ago.
+// FreeUDPPort returns a port that was free on addr a moment ago.
 func FreeUDPPort(t testing.TB, addr string) uint16 {
 	t.Helper()
 	c, err := net.ListenPacket("udp", addr)
@@ -176,7 +176,7 @@ func FreeUDPPort(t testing.TB, addr string) uint16 {
 	return c.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 }
 
-// inPrivateNetns moves the calling goroutine's thread into a fresh network
+// InPrivateNetns moves the calling goroutine's thread into a fresh network
 // namespace with loopback up, for tests that need port 53 or sysctls of
 // their own. The thread is never given back (it dies with the goroutine),
 // so no other goroutine ever runs in that namespace by accident. Sockets
@@ -212,7 +212,7 @@ func InPrivateNetns(t testing.TB) {
 	}
 }
 
-// fdCount returns the number of open file descriptors of the process.
+// FDCount returns the number of open file descriptors of the process.
 func FDCount(t testing.TB) int {
 	t.Helper()
 	ents, err := os.ReadDir("/proc/self/fd")
@@ -293,7 +293,7 @@ func RandBytes(n int) []byte {
 	return b
 }
 
-// waitStats polls until ok holds for h's published counters.
+// WaitStats polls until ok holds for h's published counters.
 func WaitStats(t *testing.T, h *actors.Handle, ok func(actors.FlowSnapshot) bool) actors.FlowSnapshot {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)

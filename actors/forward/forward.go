@@ -35,7 +35,7 @@ import (
 // cannot be bound, and fail only when none could be.
 //
 // Scan rules ("auto") are driven by the scanner: once a second it reads
-// the socket tables of the other side (fwd_scan.go) and opens a listener
+// the socket tables of the other side (scan.go) and opens a listener
 // for every port of the rule whose target port is bound there, and closes
 // listeners whose target went away. Ports that gopasta itself holds on the
 // other side (the listeners of the opposite direction) are not "bound
@@ -44,7 +44,7 @@ import (
 // out through -t, forever.
 //
 // Where connections go: a -t/-u client on a loopback address is spliced
-// (splice_tcp.go, splice_udp.go) to a socket made in the namespace that
+// (splice/tcp.go, splice/udp.go) to a socket made in the namespace that
 // connects to the namespace's own address (or its loopback with
 // --host-lo-to-ns-lo); every other client takes the tap path (the TCP and
 // UDP actors), so the guest sees its real address. -T/-U are splice only.

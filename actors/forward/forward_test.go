@@ -397,7 +397,7 @@ func FuzzParseProcNet(f *testing.F) {
 }
 
 // TestOwnDgramInodes: the set "-U auto" leaves out holds exactly the
-// datagram sockets newDgramSock made and close has not closed, by the
+// datagram sockets sockutil.NewDgramSock made and close has not closed, by the
 // inode the kernel shows in /proc/net/udp (and in /proc/self/fd).
 func TestOwnDgramInodes(t *testing.T) {
 	s, err := sockutil.NewDgramSock(false, unix.IPPROTO_UDP, func(fd int) error {

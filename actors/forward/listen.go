@@ -16,7 +16,7 @@ import (
 )
 
 // The listeners of each direction. -t and -u reuse the tap-path listeners
-// of the TCP and UDP actors (tcpListener, udpBinding) and give them a
+// of the TCP and UDP actors (tcpListener, udp.Binding) and give them a
 // splice hook for loopback clients; -T and -U have listeners of their own
 // in the namespace, which only splice.
 
@@ -82,7 +82,7 @@ func (f *forwarder) tcpSpliceIn(fw tcpForward) func(fd int, client netip.AddrPor
 // sockets to a splice pair; a connect refused (at once, or later) goes on
 // to alt if there is one, and otherwise resets the client.
 //
-// The pair takes fdsSplice descriptors of kind from env's budget (its sockets and
+// The pair takes actors.FDsSplice descriptors of kind from env's budget (its sockets and
 // the pipes its pumps will open) until it ends; without room, the client
 // is reset at once.
 func spliceConnect(env *actors.Env, kind, fd, nfd int, dst netip.AddrPort, alt *splice.Alt) {

@@ -26,7 +26,7 @@ type Forwarding struct{ f *forwarder }
 // Stop closes every listener and ends the scanner (see StartForwarding).
 func (fw *Forwarding) Stop() { fw.f.Stop() }
 
-// FwdRules are the rules of the four directions.
+// Rules are the rules of the four directions.
 type Rules struct {
 	TCPIn, UDPIn   []conf.Rule // -t, -u: listen on the host
 	TCPOut, UDPOut []conf.Rule // -T, -U: listen in the namespace

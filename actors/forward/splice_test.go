@@ -357,7 +357,7 @@ func TestSpliceRREmptyReads(t *testing.T) {
 }
 
 // TestSpliceOtherFamily: a target refused in one IP family is tried in the
-// other (spliceAlt), and the client's bytes reach the service there.
+// other (splice.Alt), and the client's bytes reach the service there.
 func TestSpliceOtherFamily(t *testing.T) {
 	front, err := net.Listen("tcp6", "[::1]:0")
 	if err != nil {

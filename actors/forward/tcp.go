@@ -35,7 +35,7 @@ type tcpListener struct {
 	fd   int
 	file *os.File
 	// splice, if set, may take over a connection from a loopback client
-	// (the loopback splice path, fwd_listen.go); false: the tap path.
+	// (the loopback splice path, listen.go); false: the tap path.
 	splice func(fd int, client netip.AddrPort) bool
 }
 
@@ -183,7 +183,7 @@ func (l *tcpListener) accepted(env *actors.Env, fd int, sa unix.Sockaddr) {
 
 // takeInbound reports whether a new inbound flow fits: the flow table under
 // --flow-limit, as the guest's own flows, and the descriptor budget (it
-// then holds fdsTCP of it). A refusal is counted and logged, rate-limited.
+// then holds actors.FDsTCP of it). A refusal is counted and logged, rate-limited.
 func takeInbound(env *actors.Env, k actors.Key) bool {
 	if limit := actors.FlowLimit(env); env.TableFlows.Load() >= limit {
 		env.Stats.Refused.Add(1)

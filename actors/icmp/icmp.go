@@ -58,8 +58,8 @@ type icmpActor struct {
 // not be had: out of descriptors, they would come once an echo request.
 var icmpSocketLog actors.RateLog
 
-// StartICMP is called by the dispatcher for an ICMP or ICMPv6 echo request
-// from the guest that matches no flow; see StartTCP for the contract.
+// Start is called by the dispatcher for an ICMP or ICMPv6 echo request
+// from the guest that matches no flow; see tcp.Start for the contract.
 func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
 	if env.Conf != nil && env.Conf.NoICMP {
 		f.Release()
@@ -354,7 +354,7 @@ func echoErrorFrame(env *actors.Env, q *icmperr.Queued, v6 bool, k actors.Key, b
 	return icmperr.Frame(env, &e)
 }
 
-// ICMPCounters count what the ICMP echo actors did and dropped.
+// Counters count what the ICMP echo actors did and dropped.
 type Counters struct {
 	// EchoSent and EchoReplies count ICMP echo requests and replies;
 	// EchoDropped counts echo frames dropped (malformed, refused socket).
@@ -363,10 +363,10 @@ type Counters struct {
 	Errors atomic.Uint64
 }
 
-// ICMPStats are the process-wide ICMP counters.
+// Stats are the process-wide ICMP counters.
 var Stats Counters
 
-// icmpAddStats adds the ICMP counters to m, by the names the statistics log uses.
+// AddStats adds the ICMP counters to m, by the names the statistics log uses.
 func AddStats(m map[string]uint64) {
 	// Relayed errors are reported with UDP's, under one name.
 	m["udp_icmp_errors"] += Stats.Errors.Load()

@@ -19,7 +19,7 @@ import (
 )
 
 // setPingGroupRange sets net.ipv4.ping_group_range of the calling thread's
-// network namespace (call inPrivateNetns first).
+// network namespace (call actorstest.InPrivateNetns first).
 func setPingGroupRange(t *testing.T, r string) {
 	t.Helper()
 	if err := os.WriteFile("/proc/sys/net/ipv4/ping_group_range", []byte(r), 0o644); err != nil {

@@ -74,11 +74,11 @@ func setPipeSize(pw int) int {
 	return 64 << 10
 }
 
-// SpliceStats count spliced connections and datagrams, for tests and logs.
+// Stats count spliced connections and datagrams, for tests and logs.
 var Stats struct {
 	TCPOpened, TCPActive, TCPResets atomic.Int64
 	// TCPFamilyRetries counts connections joined in the other IP
-	// family after the first was refused (spliceAlt).
+	// family after the first was refused (Alt).
 	TCPFamilyRetries       atomic.Int64
 	UDPFlows, UDPDatagrams atomic.Int64
 	// TCPEmptyReads counts reads of a spliced socket that found nothing
@@ -156,14 +156,14 @@ func (s *spliceSock) shut(reset bool) {
 
 // splicePair is two connected sockets joined by two pumps.
 type splicePair struct {
-	env   *actors.Env // nil in some tests; else the pair holds fdsSplice of its budget
+	env   *actors.Env // nil in some tests; else the pair holds actors.FDsSplice of its budget
 	kind  int         // of the descriptors it holds
 	a, b  *spliceSock
 	left  atomic.Int32 // pumps still running
 	reset atomic.Bool
 }
 
-// spliceAlt is a second target for a spliced connection whose first is
+// Alt is a second target for a spliced connection whose first is
 // refused: the same port in the other IP family. A client of "localhost"
 // often tries ::1 first, and its connection is accepted by our [::]
 // listener; a service listening on 127.0.0.1 only (or the other way round)
@@ -176,7 +176,7 @@ type Alt struct {
 	Sock func() (int, error) // a non-blocking socket of dst's family, in the right namespace
 }
 
-// startSplice joins the accepted socket accFD and the socket connFD, on
+// Start joins the accepted socket accFD and the socket connFD, on
 // which a non-blocking connect is in progress. It owns both descriptors
 // from now on: if the connect fails (and alt, if not nil, is refused
 // too), the client is reset.
@@ -342,7 +342,7 @@ const pumpFlags = unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
 // ends at the FIN without reporting it, and the FIN's own event, if it
 // arrived before the poller looked, was merged into the data's. So the
 // shortcut is only taken while src is watched for hang-ups in the flows'
-// epoll (tcp_poll.go, spliceSock.watch) and has reported none. A FIN
+// epoll (internal/poll/poll.go, spliceSock.watch) and has reported none. A FIN
 // sets src.hup and ends the pump's wait through a read deadline; from
 // then on the pump makes the extra read after every read, and finds the
 // end of stream. An unwatched socket always gets the extra read.
@@ -478,7 +478,7 @@ func (u *splicePump) drain() bool {
 	return true
 }
 
-// spliceAddStats adds the loopback splice counters to m, by the names the statistics log uses.
+// AddStats adds the loopback splice counters to m, by the names the statistics log uses.
 func AddStats(m map[string]uint64) {
 	m["splice_tcp_opened"] = uint64(max(Stats.TCPOpened.Load(), 0))
 	m["splice_tcp_active"] = uint64(max(Stats.TCPActive.Load(), 0))

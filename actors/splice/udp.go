@@ -28,8 +28,8 @@ import (
 // port is free on the other side, so the server sees the same port.
 //
 // The listening socket is the relay's own for -U; for -u it is shared
-// with the tap path's udpBinding, which hands over loopback datagrams
-// (udpBinding.splice) and keeps the rest; the relay sends replies on a
+// with the tap path's udp.Binding, which hands over loopback datagrams
+// (udp.Binding.splice) and keeps the rest; the relay sends replies on a
 // dup(2) of it, so that each closes its own descriptor.
 //
 // Replies move in batches: one recvmmsg on the client's socket, one
@@ -40,7 +40,7 @@ import (
 
 var errNoTarget = errors.New("no splice target")
 
-// udpSplice relays datagrams of loopback clients of one listening socket.
+// UDPSplice relays datagrams of loopback clients of one listening socket.
 type UDPSplice struct {
 	lfd     int                                                // listening socket (owned: a dup or our own)
 	target  func(client netip.AddrPort) (netip.AddrPort, bool) // where its datagrams go
@@ -62,7 +62,7 @@ type udpSpliceFlow struct {
 	sa     unix.RawSockaddrInet6
 	salen  uint32
 	mu     sync.Mutex
-	last   int64 // monoNow of the last datagram either way; mu
+	last   int64 // sockutil.MonoNow of the last datagram either way; mu
 }
 
 func NewUDP(lfd int, target func(netip.AddrPort) (netip.AddrPort, bool), newSock func(bool) (int, error), timeout time.Duration) *UDPSplice {
@@ -305,7 +305,7 @@ func (s *UDPSplice) Stop() {
 	})
 }
 
-// udpSpliceListener is a -U listening socket in the namespace, relaying to
+// UDPListener is a -U listening socket in the namespace, relaying to
 // the host.
 type UDPListener struct {
 	File  *os.File

@@ -20,7 +20,7 @@ import (
 )
 
 // This file is the test's stand-in for the dispatcher and for the guest's
-// TCP: frames built with link/wire go to StartTCP and Handle.In, and what
+// TCP: frames built with link/wire go to Start and Handle.In, and what
 // the actors send comes back through a real link.Writer over an in-memory
 // link, where the checksums are verified.
 
@@ -43,7 +43,7 @@ type testEnv struct {
 
 func NewTestEnv(t testing.TB) *testEnv { return newTestEnvDev(t, nil) }
 
-// newTestEnvDev is newTestEnv with the writer's device wrapped by wrap,
+// newTestEnvDev is NewTestEnv with the writer's device wrapped by wrap,
 // and lending if that is a link.Lender.
 func newTestEnvDev(t testing.TB, wrap func(*link.MemoryDevice) link.Device) *testEnv {
 	a, b := link.NewMemoryPair(65520, 8192)

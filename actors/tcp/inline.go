@@ -11,7 +11,7 @@ import (
 //
 // A TCP flow's work comes from two places: the guest's segments, which
 // the dispatcher hands to the actor, and its socket's readiness, which the
-// harvester (tcp_poll.go) hands to the actor. Each hand-over is a
+// harvester (internal/poll/poll.go) hands to the actor. Each hand-over is a
 // goroutine wake-up: for request/response traffic, where every exchange
 // is a lone segment one way and a lone answer the other, that is two
 // wake-ups per transaction on top of the two the kernel forces (the tap
@@ -52,7 +52,7 @@ import (
 // tcpInline enables inline runs; see SetSerial.
 var tcpInline atomic.Bool
 
-// TCPInline counts inline runs: guest segments the dispatcher handled
+// Inline counts inline runs: guest segments the dispatcher handled
 // (Segments) and socket events the harvester handled (Events). They are
 // process-wide, reported with the other actor counters.
 var Inline struct{ Segments, Events atomic.Uint64 }
@@ -133,7 +133,7 @@ func (c *tcpConn) inlineDone() {
 	}
 }
 
-// tcpAddStats adds the TCP counters to m, by the names the statistics log uses.
+// AddStats adds the TCP counters to m, by the names the statistics log uses.
 func AddStats(m map[string]uint64) {
 	m["tcp_inline_segments"] = Inline.Segments.Load()
 	m["tcp_inline_events"] = Inline.Events.Load()

@@ -200,7 +200,7 @@ func (c *tcpConn) compact() {
 // budgetWindow returns the largest window, at most w, whose filling the
 // flow's reservation covers, growing the reservation towards it first: the
 // guest can make us hold what is held now, plus at most twice the bytes
-// it may still send beyond rcvNxt, plus tcpBudgetSlack.
+// it may still send beyond rcvNxt, plus actors.TCPBudgetSlack.
 func (c *tcpConn) budgetWindow(w int) int {
 	ahead := int64(w - c.pendBytes)
 	if ahead <= 0 {

@@ -18,7 +18,7 @@ import (
 // tcpSock is the host side of a flow: a non-blocking TCP socket. All I/O
 // is done with raw system calls on fd, with iovecs and the message header
 // kept in the flow, so that the data path allocates nothing. Readiness
-// comes from the Env's shared edge-triggered epoll (tcp_poll.go) on wake.
+// comes from the Env's shared edge-triggered epoll (internal/poll/poll.go) on wake.
 type tcpSock struct {
 	fd   int
 	poll *poll.Poller
@@ -29,7 +29,7 @@ type tcpSock struct {
 	pending atomic.Uint32 // events seen since the owner last cleared them
 	armed   atomic.Uint32 // events the owner waits for
 	// owner is the flow the socket belongs to, for the harvester to run
-	// it inline (tcp_inline.go); nil until set, then never changed.
+	// it inline (inline.go); nil until set, then never changed.
 	Owner atomic.Pointer[tcpConn]
 
 	// peekOff says whether the kernel keeps our peek offset (SO_PEEK_OFF
@@ -62,7 +62,7 @@ func getDiscard() []byte {
 // before 6.10; tests set it to cover that path.
 var tcpNoPeekOff bool
 
-// newTCPSock wraps a non-blocking socket fd. Unless later is set, it is
+// NewSock wraps a non-blocking socket fd. Unless later is set, it is
 // registered with env's poller at once; otherwise the caller calls
 // register (an outbound socket, once connect is under way: an unconnected
 // socket reports a hang-up that would read as "connected").
@@ -190,7 +190,7 @@ const tcpMaxWindow = 16 << 20
 // it (a 65520-byte tap) is left to the path MTU.
 const tcpMaxSegOpt = 32767
 
-// tcpSysMax returns the largest send and receive buffers the kernel's TCP
+// SysMax returns the largest send and receive buffers the kernel's TCP
 // autotuning may grow a socket to (tcp_wmem/tcp_rmem maxima), read once.
 var SysMax = sync.OnceValues(func() (wmem, rmem int) {
 	return readSysctlMax("/proc/sys/net/ipv4/tcp_wmem", 4<<20), readSysctlMax("/proc/sys/net/ipv4/tcp_rmem", 6<<20)

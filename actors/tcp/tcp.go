@@ -28,11 +28,11 @@ package tcp
 //     window shrinks before the budget could be exceeded (budget.go).
 //
 //   - The actor waits in one select on its inbox, its socket's readiness
-//     (from the shared edge-triggered epoll, tcp_poll.go, armed only when it
+//     (from the shared edge-triggered epoll, internal/poll/poll.go, armed only when it
 //     has hit EAGAIN), one timer and the daemon's context, like a gVisor
 //     endpoint's protocol goroutine. While it waits there, the goroutine
 //     that received an event for it may run it instead, under its mutex
-//     (tcp_inline.go): the state is the actor's, the thread need not be.
+//     (inline.go): the state is the actor's, the thread need not be.
 //
 // States are kept as event bits, as passt does, because closing is two
 // independent half-closes: the guest's FIN turns into shutdown(SHUT_WR) once
@@ -123,8 +123,8 @@ type tcpSeg struct {
 // Lock rule: mu guards everything below it and is held by whoever runs
 // the flow: the actor goroutine at all times except while it waits in its
 // select, or, while it waits there, the dispatcher or the harvester
-// running the flow inline (tcp_inline.go). The actor takes mu from its
-// first instruction (newTCPConn locks it for the goroutine about to start)
+// running the flow inline (inline.go). The actor takes mu from its
+// first instruction (NewConn locks it for the goroutine about to start)
 // to its end; it lets go of it only to wait, to register an inbound flow
 // and once the flow is closed, to report its end (the Registrar is never
 // called with mu held). An inline run takes mu only for an established,
@@ -210,7 +210,7 @@ type tcpConn struct {
 	frames [tcpMaxIov]*link.Frame
 	fcap   [tcpSendFrames]int // payload room of frames[i] in sendBatch
 
-	// Observability (tcp_trace.go): counters kept plainly here and
+	// Observability (trace.go): counters kept plainly here and
 	// published to h.Stats once per wake-up, the flow's view of the trace
 	// subscribers, and why the flow closed.
 	inBytes, inSegs, outBytes, outSegs, nRetrans uint64
@@ -227,7 +227,7 @@ var tcpISNFunc = tcpISN
 // every frame an actor handles.
 var tcpTestHook atomic.Pointer[func(k actors.Key, f *link.Frame)]
 
-// StartTCP is called by the dispatcher for a TCP frame from the guest that
+// Start is called by the dispatcher for a TCP frame from the guest that
 // matches no flow. It starts an actor and returns its Handle (the dispatcher
 // puts it into the flow table; f is already consumed by the actor), or
 // returns nil after consuming f itself (answered with RST, or dropped).
@@ -273,7 +273,7 @@ func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
 	return h
 }
 
-// tcpRefusedLog rate-limits the warnings about connections refused for
+// RefusedLog rate-limits the warnings about connections refused for
 // want of descriptors or over the cap on pending connects.
 var RefusedLog actors.RateLog
 
@@ -728,7 +728,7 @@ func (c *tcpConn) connect() error {
 	dst := c.env.NAT.Outbound(c.key.Far)
 	// The family is the destination's as spelt, never unmapped: an IPv4
 	// address spelt as IPv6 (which the address policy keeps from getting
-	// here) then fails to connect, as putSockaddr writes it as IPv4, where
+	// here) then fails to connect, as sockutil.PutSockaddr writes it as IPv4, where
 	// an AF_INET socket would reach it (and ::ffff:0.0.0.0 the host's
 	// loopback).
 	v6 := dst.Addr().Is6()
@@ -769,7 +769,7 @@ func (c *tcpConn) connect() error {
 		err = e
 	}
 	if err == nil || err == unix.EINPROGRESS {
-		// Registered only now: see newTCPSock.
+		// Registered only now: see NewSock.
 		if rerr := s.RegisterFlow(); rerr != nil {
 			err = rerr
 		}

@@ -40,7 +40,7 @@ func listenFamilies(c *conf.Config, spec conf.PortSpec, r conf.PortRange) []bool
 	return []bool{false, true}
 }
 
-// newListenerBinding binds the listening socket for host port p, forwarded
+// NewListenerBinding binds the listening socket for host port p, forwarded
 // to the guest's port to (at toAddr, or the guest's own address).
 func NewListenerBinding(env *actors.Env, spec conf.PortSpec, toAddr netip.Addr, p, to uint16, v6 bool) (*Binding, error) {
 	bind := spec.Bind.Unmap()

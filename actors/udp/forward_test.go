@@ -143,7 +143,7 @@ func TestUDPForwarderBindError(t *testing.T) {
 // specifications, as actors/forward does for the daemon, and runs them.
 //
 // Every forwarded port gets a listening socket per IP family (one family
-// when the spec names a bind address), each a udpBinding in inbound mode:
+// when the spec names a bind address), each a Binding in inbound mode:
 // its actor receives the clients' datagrams, registers a flow per client
 // with the dispatcher, and sends the guest's replies from the listening
 // socket. "auto" and "all" are not implemented yet and only logged.

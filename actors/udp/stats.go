@@ -2,7 +2,7 @@ package udp
 
 import "sync/atomic"
 
-// UDPCounters count what the UDP actors did and dropped, for logs
+// Counters count what the UDP actors did and dropped, for logs
 // and tests. They are process-wide: every Env adds to the same counters.
 type Counters struct {
 	// Sent and Received count datagrams guest -> host and host -> guest.
@@ -11,7 +11,7 @@ type Counters struct {
 	// (bad lengths, no flow); NoFlow the subset with no flow to send on.
 	Malformed, NoFlow atomic.Uint64
 	// InboxDropped counts datagrams dropped because an actor's inbox was
-	// full when StartUDP handed over the first one.
+	// full when Start handed over the first one.
 	InboxDropped atomic.Uint64
 	// SendDropped counts datagrams dropped on a full host socket buffer;
 	// SendErrors those the host refused otherwise.
@@ -40,10 +40,10 @@ type Counters struct {
 	BindingsRefused atomic.Uint64
 }
 
-// UDPStats are the process-wide UDP counters.
+// Stats are the process-wide UDP counters.
 var Stats Counters
 
-// udpAddStats adds the UDP counters to m, by the names the statistics log uses.
+// AddStats adds the UDP counters to m, by the names the statistics log uses.
 func AddStats(m map[string]uint64) {
 	m["udp_bindings"] = uint64(max(Stats.Bindings.Load(), 0))
 	m["udp_bindings_refused"] = Stats.BindingsRefused.Load()

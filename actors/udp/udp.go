@@ -31,12 +31,12 @@ import (
 // protocols, any other far end that learnt the mapping — to reach it on P.
 // gopasta therefore translates per guest (address, port), not per 4-tuple:
 //
-//   - A udpBinding is one host socket bound to the guest's source port where
+//   - A Binding is one host socket bound to the guest's source port where
 //     that port is free (no port translation, as passt does; else an
 //     ephemeral port), unconnected, with IP_RECVERR. Datagrams from any far
 //     end that reach it go to the guest's address and port.
 //   - The dispatcher keys flows by 4-tuple, so the first datagram to each
-//     new far end is a flow-table miss and a StartUDP call. StartUDP finds
+//     new far end is a flow-table miss and a Start call. Start finds
 //     the guest port's binding in a small registry (mutex, touched only on
 //     misses and expiries, never per datagram) and hands back a Handle whose
 //     inbox is the binding's one inbox. So every flow of a guest port feeds
@@ -70,7 +70,7 @@ import (
 //     writer goroutine and the receiver do not wake each other for every
 //     batch (measured: as many datagrams into an iperf3 guest at 7-10%
 //     less CPU, on a loaded 2-CPU machine), and after a full batch it
-//     lets the guest's reader run (yieldToGuest, udp_rx.go). Doing
+//     lets the guest's reader run (yieldToGuest, rx.go). Doing
 //     that in the actor would cost a goroutine hop per wakeup (poller ->
 //     waker -> actor), and each hop wakes a thread, often on the other
 //     CPU; that made UDP_RR half as fast as pasta. The two share the flow
@@ -113,13 +113,13 @@ type udpFlow struct {
 	salen uint32
 	ctrl  [64]byte // inbound on a wildcard listener: IP_PKTINFO for the reply source
 	clen  int
-	last  int64 // monoNow of the last datagram either way
+	last  int64 // sockutil.MonoNow of the last datagram either way
 	// tap is the flow's view of the trace subscribers for datagrams to
 	// the guest; the receiver's (rxMu), unlike the fields above.
 	tap flowtrace.Tap
 }
 
-// udpBinding is a host UDP socket and the actor that owns it.
+// Binding is a host UDP socket and the actor that owns it.
 type Binding struct {
 	env     *actors.Env
 	log     *logrus.Entry
@@ -137,14 +137,14 @@ type Binding struct {
 	fwdAddr  netip.Addr
 	fwdPort  uint16
 	wildcard bool
-	Splice   *splice.UDPSplice // inbound: relays loopback clients (splice_udp.go)
-	pending  []*actors.Handle  // joined by StartUDP, not yet seen by the actor; udpReg.Mutex
+	Splice   *splice.UDPSplice // inbound: relays loopback clients (splice/udp.go)
+	pending  []*actors.Handle  // joined by Start, not yet seen by the actor; udpReg.Mutex
 
 	// mu guards the flow tables and every udpFlow's fields.
 	mu        sync.Mutex
 	flows     map[actors.Key]*udpFlow
 	byHost    map[netip.AddrPort]*udpFlow
-	last      atomic.Int64 // monoNow of the last datagram either way
+	last      atomic.Int64 // sockutil.MonoNow of the last datagram either way
 	lastRx    atomic.Int64
 	rxAtSweep int64 // actor's
 	// endedQ holds the Handles of flows endFlow ended, for the actor to
@@ -206,16 +206,16 @@ func newBinding(env *actors.Env, v6 bool, sock *sockutil.DgramSock) *Binding {
 	return b
 }
 
-// udpInboxLimit bounds a binding's backlog of guest datagrams (and the
+// InboxLimit bounds a binding's backlog of guest datagrams (and the
 // flow budget the bytes their buffers keep alive): 400 ms at
-// 10k datagrams/s, more than the host socket buffers (setBufs) hold, so
+// 10k datagrams/s, more than the host socket buffers (sockutil.SetBufs) hold, so
 // that a binding's actor falling behind for a while, as it does on a
 // loaded machine, loses nothing the rest of the path would have kept.
 // Memory is only taken while the backlog exists (see Inbox).
 const InboxLimit = 4096
 
-// StartUDP is called by the dispatcher for a UDP datagram from the guest
-// that matches no flow; see StartTCP for the contract. The returned Handle
+// Start is called by the dispatcher for a UDP datagram from the guest
+// that matches no flow; see tcp.Start for the contract. The returned Handle
 // shares its inbox with the other flows of the guest's (address, port).
 func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
 	if env.Conf != nil && env.Conf.NoUDP {
@@ -399,7 +399,7 @@ func (b *Binding) receiver() {
 	}
 }
 
-// adopt takes the flows StartUDP added since the last look; mu held.
+// adopt takes the flows Start added since the last look; mu held.
 func (b *Binding) adopt() {
 	udpReg.Lock()
 	pending := b.pending
@@ -923,7 +923,7 @@ func (b *Binding) receive() {
 		if n < k {
 			return
 		}
-		yieldToGuest() // a full batch: a stream; see udp_rx.go
+		yieldToGuest() // a full batch: a stream; see rx.go
 		b.want = min(2*k, udpBatch)
 	}
 }

@@ -110,7 +110,7 @@ func TestUDPBatch(t *testing.T) {
 // TestUDPAnyFarEnd checks STUN-style traffic: once the guest sent from a
 // port, a datagram from a far end it never talked to reaches it, and the
 // guest's datagram to a second far end (a second flow, so a second
-// StartUDP) leaves from the same host port.
+// Start) leaves from the same host port.
 func TestUDPAnyFarEnd(t *testing.T) {
 	te := actorstest.New(t, nil)
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")

@@ -21,7 +21,7 @@ import (
 // gopasta does everything that needs a privilege or a path during setup:
 // it opens the tap or the QEMU socket, configures the namespace, binds the
 // forwarded ports, starts the namespace worker thread that creates
-// namespace-side sockets later (actors/fwd_ns.go), opens the log, pcap and
+// namespace-side sockets later (actors/actors/forward/ns.go), opens the log, pcap and
 // /proc files, writes the PID file and starts the command. What it does
 // afterwards (host sockets for the guest's flows, splicing, the "auto"
 // rescans) needs nothing more, so once setup is done, and before it

@@ -30,7 +30,7 @@ import (
 // Locally generated errors (origin LOCAL, e.g. EMSGSIZE against a route's
 // MTU) become "fragmentation needed" / "packet too big".
 
-// queuedErr is one entry read from a socket's error queue.
+// Queued is one entry read from a socket's error queue.
 type Queued struct {
 	N        int            // bytes of the offending payload read into the buffer
 	Dst      netip.AddrPort // the offending datagram's destination
@@ -38,7 +38,7 @@ type Queued struct {
 	offender netip.Addr // who reported it, if known
 }
 
-// recvErr reads one entry of fd's error queue into buf (payload) and oob
+// Recv reads one entry of fd's error queue into buf (payload) and oob
 // (control scratch). It reports false when the queue is empty.
 func Recv(fd int, buf, oob []byte) (Queued, bool) {
 	var q Queued
@@ -116,7 +116,7 @@ func (q *Queued) GuestError(v6 bool) (typ, code uint8, info uint32, ok bool) {
 	return 0, 0, 0, false
 }
 
-// errorSource picks the address the guest sees the error coming from: the
+// Source picks the address the guest sees the error coming from: the
 // far end itself when it (or the host standing in for it) reported the
 // error, else the reporting router as the guest would see it.
 func Source(env *actors.Env, q *Queued, far netip.Addr) netip.Addr {
@@ -130,11 +130,11 @@ func Source(env *actors.Env, q *Queued, far netip.Addr) netip.Addr {
 	return far
 }
 
-// errorFrame builds the ICMP error (typ, code, info: from guestError) that
+// UDPFrame builds the ICMP error (typ, code, info: from guestError) that
 // tells the guest about q, an error the kernel queued for a datagram the
 // guest sent from guest to far. buf is the actor's error buffer: the
 // offending payload (q.n bytes) at buf[UDPLen:], room for the UDP header
-// before it, which errorFrame fills in. It returns nil when the frame
+// before it, which UDPFrame fills in. It returns nil when the frame
 // cannot be built (families that disagree).
 func UDPFrame(env *actors.Env, q *Queued, typ, code uint8, info uint32, guest, far netip.AddrPort, buf []byte) *link.Frame {
 	l4len := wire.UDPLen + q.N

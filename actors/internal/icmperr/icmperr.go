@@ -17,7 +17,7 @@ const (
 	MaxLen6 = 1280
 )
 
-// icmpError describes an ICMP error for the guest about a packet it sent.
+// Error describes an ICMP error for the guest about a packet it sent.
 type Error struct {
 	Type, Code uint8
 	Info       uint32     // next-hop MTU for "fragmentation needed" / "packet too big"
@@ -28,7 +28,7 @@ type Error struct {
 	L4         []byte     // its transport header and as much payload as known
 }
 
-// icmpErrorFrame builds the error frame, quoting the guest's original packet
+// Frame builds the error frame, quoting the guest's original packet
 // rebuilt from the flow: an IP header as the guest sent it and the transport
 // bytes, truncated to the quoting limit. It returns nil if the families of
 // the addresses disagree.

@@ -47,11 +47,11 @@ import (
 // (Go pointers cannot be kept by the kernel), so an event harvested just
 // before a flow closed finds its slot empty or reused and is dropped.
 //
-// Spliced sockets are registered too, for hang-ups only (splice_tcp.go):
+// Spliced sockets are registered too, for hang-ups only (splice/tcp.go):
 // the pumps wait for data in the runtime's own poller, but it does not say
 // whether a FIN came, and that is what lets a pump skip a read.
 
-// tcpPollEvents is what every flow socket is registered for.
+// Events is what every flow socket is registered for.
 const Events = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
 // pollee is what a slot of the poller holds: a TCP flow's socket, or a
@@ -64,7 +64,7 @@ type Pollee interface {
 	Woken()
 }
 
-// tcpPoller is the epoll instance of one Env's TCP flows and its harvester.
+// Poller is the epoll instance of one Env's TCP flows and its harvester.
 type Poller struct {
 	file *os.File // the epoll descriptor, in the runtime's poller
 	rc   syscall.RawConn
@@ -84,7 +84,7 @@ var (
 	tcpPollers   = map[*actors.Env]*Poller{}
 )
 
-// tcpPollerFor returns env's poller, starting it on first use. It lives
+// For returns env's poller, starting it on first use. It lives
 // until env.Ctx is done: its goroutine is owned by the Env.
 func For(env *actors.Env) (*Poller, error) {
 	tcpPollersMu.Lock()
@@ -153,7 +153,7 @@ func (p *Poller) Run() {
 
 // deliver records the events of one epoll_wait and, for each socket whose
 // owner waits for what happened, tells the owner: a flow runs inline
-// (tcp_inline.go) or is woken. The owners run after mu is released: a flow
+// (tcp/inline.go) or is woken. The owners run after mu is released: a flow
 // that closes its socket takes mu to remove it.
 func (p *Poller) deliver(evs []unix.EpollEvent) {
 	ready := p.ready[:0]

@@ -6,7 +6,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sockaddrOf converts an address and port to the unix.Sockaddr of its own
+// SockaddrOf converts an address and port to the unix.Sockaddr of its own
 // family (IPv4-mapped IPv6 addresses become IPv4).
 func SockaddrOf(ap netip.AddrPort) unix.Sockaddr {
 	a := ap.Addr().Unmap()
@@ -22,7 +22,7 @@ func SockaddrOf(ap netip.AddrPort) unix.Sockaddr {
 	return sa
 }
 
-// addrPortOf converts a unix.Sockaddr of an IP socket back; IPv4-mapped
+// AddrPortOf converts a unix.Sockaddr of an IP socket back; IPv4-mapped
 // IPv6 addresses are unmapped. ok is false for other families.
 func AddrPortOf(sa unix.Sockaddr) (netip.AddrPort, bool) {
 	switch sa := sa.(type) {
@@ -51,7 +51,7 @@ func netInterfaceIndex(name string) (int, error) {
 	return int(ifr.Uint32()), nil
 }
 
-// setFreebind lets fd bind an address the host does not have (yet), for
+// SetFreebind lets fd bind an address the host does not have (yet), for
 // --freebind: a -t/-u listener on an address that a VPN or DHCP brings up
 // later accepts from the moment it appears, instead of failing to start.
 func SetFreebind(fd int, v6 bool) error {

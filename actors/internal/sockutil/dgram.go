@@ -27,7 +27,7 @@ import (
 // socket uses the fd, and it closes the File last, so the integer is never
 // used after it could have been reused.
 
-// dgramSock is a non-blocking datagram socket registered with the poller.
+// DgramSock is a non-blocking datagram socket registered with the poller.
 type DgramSock struct {
 	FD      int
 	file    *os.File
@@ -36,7 +36,7 @@ type DgramSock struct {
 	Ino     uint64      // in ownDgram while open; 0 if fstat failed
 }
 
-// ownDgram holds the inodes of the datagram sockets newDgramSock made and
+// ownDgram holds the inodes of the datagram sockets NewDgramSock made and
 // close has not closed. "-U auto" scans the host's UDP table for bound,
 // unconnected sockets, and the host sockets of the guest's UDP flows are
 // exactly that (bound to the guest's source port): the scan must leave
@@ -48,7 +48,7 @@ var ownDgram = struct {
 	m map[uint64]struct{}
 }{m: make(map[uint64]struct{})}
 
-// ownDgramInodes copies ownDgram into m (cleared first) and returns it.
+// OwnDgramInodes copies ownDgram into m (cleared first) and returns it.
 func OwnDgramInodes(m map[uint64]struct{}) map[uint64]struct{} {
 	if m == nil {
 		m = make(map[uint64]struct{})
@@ -62,7 +62,7 @@ func OwnDgramInodes(m map[uint64]struct{}) map[uint64]struct{} {
 	return m
 }
 
-// newDgramSock creates a socket of the given family and protocol
+// NewDgramSock creates a socket of the given family and protocol
 // (IPPROTO_UDP, IPPROTO_ICMP, IPPROTO_ICMPV6); setup runs on the raw fd
 // before it is handed to the poller (options, bind). On error the fd is
 // closed.
@@ -120,7 +120,7 @@ func (s *DgramSock) Close() {
 	}
 }
 
-// setRecvErr asks the kernel to queue ICMP errors (and local errors) on the
+// SetRecvErr asks the kernel to queue ICMP errors (and local errors) on the
 // socket's error queue, also for unconnected sockets, which is how the
 // actors learn that a datagram they sent met "port unreachable".
 func SetRecvErr(fd int, v6 bool) error {
@@ -130,7 +130,7 @@ func SetRecvErr(fd int, v6 bool) error {
 	return unix.SetsockoptInt(fd, unix.IPPROTO_IP, unix.IP_RECVERR, 1)
 }
 
-// bindAddrPort binds fd to ap.
+// BindAddrPort binds fd to ap.
 func BindAddrPort(fd int, ap netip.AddrPort) error {
 	var sa unix.RawSockaddrInet6
 	l := PutSockaddr(&sa, ap)
@@ -141,7 +141,7 @@ func BindAddrPort(fd int, ap netip.AddrPort) error {
 	return nil
 }
 
-// localPort returns the port fd is bound to.
+// LocalPort returns the port fd is bound to.
 func LocalPort(fd int) uint16 {
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
@@ -156,7 +156,7 @@ func LocalPort(fd int) uint16 {
 	return 0
 }
 
-// putSockaddr writes ap as a sockaddr_in or sockaddr_in6 into sa (which is
+// PutSockaddr writes ap as a sockaddr_in or sockaddr_in6 into sa (which is
 // large enough for both) and returns its length.
 func PutSockaddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) uint32 {
 	a := ap.Addr()
@@ -171,7 +171,7 @@ func PutSockaddr(sa *unix.RawSockaddrInet6, ap netip.AddrPort) uint32 {
 	return unix.SizeofSockaddrInet6
 }
 
-// getSockaddr reads the address a recvmmsg or recvmsg left in sa.
+// GetSockaddr reads the address a recvmmsg or recvmsg left in sa.
 func GetSockaddr(sa *unix.RawSockaddrInet6) netip.AddrPort {
 	port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa.Port))[:])
 	switch sa.Family {
@@ -206,7 +206,7 @@ func Recvfrom(fd int, p []byte, sa *unix.RawSockaddrInet6) (int, syscall.Errno) 
 	return nbsys.Recvfrom(fd, p, unix.MSG_DONTWAIT|unix.MSG_TRUNC, unsafe.Pointer(sa), &l)
 }
 
-// isTransient reports errors after which the next datagram may well go
+// IsTransient reports errors after which the next datagram may well go
 // through: a pending ICMP error reported on this call, or a full buffer.
 func IsTransient(e syscall.Errno) bool {
 	switch e {
@@ -219,10 +219,10 @@ func IsTransient(e syscall.Errno) bool {
 
 var monoBase = time.Now()
 
-// monoNow is a monotonic clock in nanoseconds, cheap enough per batch.
+// MonoNow is a monotonic clock in nanoseconds, cheap enough per batch.
 func MonoNow() int64 { return int64(time.Since(monoBase)) }
 
-// setBufs asks for socket buffers big enough for bursts of large datagrams;
+// SetBufs asks for socket buffers big enough for bursts of large datagrams;
 // the kernel caps them at rmem_max/wmem_max.
 func SetBufs(fd int) {
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
