@@ -15,6 +15,7 @@ import (
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"
 	"github.com/gopasta/gopasta/link/wire/wiretest"
 )
@@ -295,7 +296,7 @@ func TestRunStops(t *testing.T) {
 	}
 
 	// The device closing under Run: Run returns ErrClosed.
-	ours, _ := link.NewMemoryPair(1500, 4)
+	ours, _ := linktest.NewMemoryPair(1500, 4)
 	log := logrus.New()
 	log.Out = io.Discard
 	env := &actors.Env{Ctx: context.Background(), Conf: testConfig(), Out: link.NewWriter(ours, 4), Peer: &link.Peer{OurMAC: ourMAC}, Log: log}

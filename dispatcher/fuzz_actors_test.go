@@ -16,6 +16,7 @@ import (
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"
 	"github.com/gopasta/gopasta/link/wire/wiretest"
 )
@@ -166,7 +167,7 @@ func FuzzDispatchActors(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		frames := genFlowFrames(&choices{b: in}, udpPort, tcpPort)
 		cfg := testConfig()
-		ours, guest := link.NewMemoryPair(65520, 8192)
+		ours, guest := linktest.NewMemoryPair(65520, 8192)
 		log := logrus.New()
 		log.Out = io.Discard
 		ctx, cancel := context.WithCancel(context.Background())

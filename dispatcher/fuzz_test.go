@@ -16,6 +16,7 @@ import (
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"
 	"github.com/gopasta/gopasta/link/wire/wiretest"
 )
@@ -46,9 +47,9 @@ func serviceSeeds() [][]byte {
 // handleBatch directly, with its Writer running into an in-memory link
 // whose guest end is returned. Starters are fakes whose handles the caller
 // drains with drainFakes.
-func offline(tb testing.TB) (*Dispatcher, *link.MemoryDevice, *[]*actors.Handle) {
+func offline(tb testing.TB) (*Dispatcher, *linktest.MemoryDevice, *[]*actors.Handle) {
 	cfg := testConfig()
-	ours, guest := link.NewMemoryPair(65520, 1024)
+	ours, guest := linktest.NewMemoryPair(65520, 1024)
 	log := logrus.New()
 	log.Out = io.Discard
 	ctx, cancel := context.WithCancel(context.Background())

@@ -17,6 +17,7 @@ import (
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"
 	"github.com/gopasta/gopasta/link/wire/wiretest"
 )
@@ -64,8 +65,8 @@ type harness struct {
 	cfg   *conf.Config
 	d     *Dispatcher
 	env   *actors.Env
-	guest *link.MemoryDevice
-	ours  *link.MemoryDevice
+	guest *linktest.MemoryDevice
+	ours  *linktest.MemoryDevice
 	stop  func() error
 }
 
@@ -93,7 +94,7 @@ func newHarnessOn(t *testing.T, split bool, mod func(*conf.Config), before func(
 	if mod != nil {
 		mod(cfg)
 	}
-	ours, guest := link.NewMemoryPair(65520, 512)
+	ours, guest := linktest.NewMemoryPair(65520, 512)
 	log := logrus.New()
 	log.Out = io.Discard
 	if testing.Verbose() {
@@ -219,7 +220,7 @@ func isUDPTo(port uint16) func([]byte, *wire.Parsed) bool {
 // deadline, as the tap has one through the runtime poller. Like the
 // poller, it reports an expired deadline before looking for frames.
 type deadlineDevice struct {
-	*link.MemoryDevice
+	*linktest.MemoryDevice
 	mu       sync.Mutex
 	deadline time.Time
 	wake     chan struct{} // closed and replaced by SetReadDeadline
@@ -227,7 +228,7 @@ type deadlineDevice struct {
 	once     sync.Once
 }
 
-func newDeadlineDevice(m *link.MemoryDevice) *deadlineDevice {
+func newDeadlineDevice(m *linktest.MemoryDevice) *deadlineDevice {
 	return &deadlineDevice{MemoryDevice: m, wake: make(chan struct{}), closed: make(chan struct{})}
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"
 	"github.com/gopasta/gopasta/link/wire/wiretest"
 )
@@ -21,7 +22,7 @@ import (
 // frame arrives: the read deadline still brings it round for periodic work
 // and for actors that ended, and the device closing ends Run.
 func TestInlineIdle(t *testing.T) {
-	ours, guest := link.NewMemoryPair(1500, 4)
+	ours, guest := linktest.NewMemoryPair(1500, 4)
 	defer guest.Close()
 	dev := newDeadlineDevice(ours)
 	log, hook := test.NewNullLogger()

@@ -291,10 +291,9 @@ func TestPcapWriterBothPaths(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ours, guest := NewMemoryPair(1500, 2*n)
-	defer ours.Close()
-	defer guest.Close()
-	w := NewWriter(ours, 64)
+	sink := newSink(1500, 2*n)
+	defer sink.Close()
+	w := NewWriter(sink, 64)
 	w.Tee = p.Tee
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -325,7 +324,7 @@ func TestPcapWriterBothPaths(t *testing.T) {
 	wg.Wait()
 	var onLink [][]byte
 	for range n {
-		onLink = append(onLink, bytes.Clone(guest.ReadFrame()))
+		onLink = append(onLink, bytes.Clone(sink.ReadFrame()))
 	}
 	cancel()
 	<-done

@@ -18,10 +18,9 @@ func numbered(p, i int) *Frame {
 // the caller itself, in order, and the Writer's goroutine (not running
 // here) is not needed for it.
 func TestWriterSendBatchNowDirect(t *testing.T) {
-	ours, guest := NewMemoryPair(1500, 64)
-	defer ours.Close()
-	defer guest.Close()
-	w := NewWriter(ours, 4)
+	sink := newSink(1500, 64)
+	defer sink.Close()
+	w := NewWriter(sink, 4)
 	batch := make([]*Frame, 10)
 	for i := range batch {
 		batch[i] = numbered(0, i)
@@ -36,7 +35,7 @@ func TestWriterSendBatchNowDirect(t *testing.T) {
 	}
 	for i := 0; i < 10; i++ {
 		select {
-		case b := <-guest.Frames():
+		case b := <-sink.Frames():
 			if got := binary.BigEndian.Uint32(b[18:]); got != uint32(i) {
 				t.Fatalf("frame %d arrived when %d was due", got, i)
 			}
@@ -56,10 +55,9 @@ func TestWriterSendBatchNowDirect(t *testing.T) {
 // queued must not overtake them, and gives up (releasing the frames it did
 // not hand over) when its context ends while the queue is full.
 func TestWriterSendBatchNowQueuesBehind(t *testing.T) {
-	ours, guest := NewMemoryPair(1500, 64)
-	defer ours.Close()
-	defer guest.Close()
-	w := NewWriter(ours, 3)
+	sink := newSink(1500, 64)
+	defer sink.Close()
+	w := NewWriter(sink, 3)
 	ctx, cancel := context.WithCancel(context.Background())
 	w.Send(numbered(0, 0)) // queued, the writer goroutine not running yet
 	batch := []*Frame{numbered(0, 1), numbered(0, 2)}
@@ -67,7 +65,7 @@ func TestWriterSendBatchNowQueuesBehind(t *testing.T) {
 		t.Fatal("SendBatchNow failed")
 	}
 	select {
-	case <-guest.Frames():
+	case <-sink.Frames():
 		t.Fatal("a batch was written while an earlier frame was queued")
 	default:
 	}
@@ -89,7 +87,7 @@ func TestWriterSendBatchNowQueuesBehind(t *testing.T) {
 	go func() { _ = w.Run(rctx); close(done) }()
 	defer func() { rcancel(); <-done }()
 	for i := 0; i < 3; i++ {
-		b := guest.ReadFrame()
+		b := sink.ReadFrame()
 		if got := binary.BigEndian.Uint32(b[18:]); got != uint32(i) {
 			t.Fatalf("frame %d arrived when %d was due", got, i)
 		}

@@ -32,10 +32,9 @@ const orderProducers, orderEach = 4, 3000
 // agree.
 func producersKeepOrder(t *testing.T, depth int, produce func(ctx context.Context, w *Writer, p int)) {
 	t.Helper()
-	ours, guest := NewMemoryPair(1500, orderProducers*orderEach)
-	defer ours.Close()
-	defer guest.Close()
-	w := NewWriter(ours, depth)
+	sink := newSink(1500, orderProducers*orderEach)
+	defer sink.Close()
+	w := NewWriter(sink, depth)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = w.Run(ctx); close(done) }()
@@ -52,7 +51,7 @@ func producersKeepOrder(t *testing.T, depth int, produce func(ctx context.Contex
 	wg.Wait()
 	next := make([]uint32, orderProducers)
 	for n := 0; n < orderProducers*orderEach; n++ {
-		b := guest.ReadFrame()
+		b := sink.ReadFrame()
 		p, i := binary.BigEndian.Uint32(b[14:]), binary.BigEndian.Uint32(b[18:])
 		if p >= orderProducers || i != next[p] {
 			t.Fatalf("frame %d of producer %d arrived when %d was due", i, p, next[p])

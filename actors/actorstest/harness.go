@@ -20,6 +20,7 @@ import (
 
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"
 	"github.com/gopasta/gopasta/link/wire/wiretest"
 )
@@ -40,7 +41,7 @@ var (
 // test plays the dispatcher (Ended, Register) and the guest (guest end).
 type Env struct {
 	*actors.Env
-	guest    *link.MemoryDevice
+	guest    *linktest.MemoryDevice
 	Ended    chan *actors.Handle
 	Register chan *actors.Handle
 }
@@ -50,7 +51,7 @@ func New(t testing.TB, cfg *conf.Config) *Env {
 	if cfg == nil {
 		cfg = &conf.Config{}
 	}
-	ours, guest := link.NewMemoryPair(65520, 4096)
+	ours, guest := linktest.NewMemoryPair(65520, 4096)
 	w := link.NewWriter(ours, 1024)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

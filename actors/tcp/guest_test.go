@@ -16,6 +16,7 @@ import (
 
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"
 )
 
@@ -35,7 +36,7 @@ var (
 type testEnv struct {
 	t        testing.TB
 	Env      *actors.Env
-	dev      *link.MemoryDevice // the guest's end
+	dev      *linktest.MemoryDevice // the guest's end
 	ended    chan *actors.Handle
 	Register chan *actors.Handle
 	cancel   context.CancelFunc
@@ -45,8 +46,8 @@ func NewTestEnv(t testing.TB) *testEnv { return newTestEnvDev(t, nil) }
 
 // newTestEnvDev is NewTestEnv with the writer's device wrapped by wrap,
 // and lending if that is a link.Lender.
-func newTestEnvDev(t testing.TB, wrap func(*link.MemoryDevice) link.Device) *testEnv {
-	a, b := link.NewMemoryPair(65520, 8192)
+func newTestEnvDev(t testing.TB, wrap func(*linktest.MemoryDevice) link.Device) *testEnv {
+	a, b := linktest.NewMemoryPair(65520, 8192)
 	ctx, cancel := context.WithCancel(context.Background())
 	var dev link.Device = a
 	if wrap != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/gopasta/gopasta/actors/actorstest"
 
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"
 )
 
@@ -21,7 +22,7 @@ import (
 // WriteBatch assembles a lent frame and completes the checksum the frame
 // left offloaded, as the guest would, before the frame goes on.
 type lendDev struct {
-	*link.MemoryDevice
+	*linktest.MemoryDevice
 	calls       atomic.Int64
 	out, lentOK atomic.Int64 // loans outstanding, lent frames written
 	mu          sync.Mutex
@@ -105,7 +106,7 @@ func (d *lendDev) WriteBatch(frames []*link.Frame) error {
 
 func newLendEnv(t *testing.T) (*testEnv, *lendDev) {
 	var ld *lendDev
-	te := newTestEnvDev(t, func(a *link.MemoryDevice) link.Device {
+	te := newTestEnvDev(t, func(a *linktest.MemoryDevice) link.Device {
 		ld = &lendDev{MemoryDevice: a}
 		return ld
 	})

@@ -1,11 +1,16 @@
-package link
+// Package linktest holds test doubles for link: an in-memory pair of
+// Devices that stands in for a tap or a QEMU socket, so that the dispatcher
+// and the actors can be tested against a guest played by the test.
+package linktest
 
 import (
 	"sync"
 	"sync/atomic"
+
+	"github.com/gopasta/gopasta/link"
 )
 
-// MemoryDevice is one end of an in-memory link, for tests: frames written to
+// MemoryDevice is one end of an in-memory link: frames written to
 // one end are read from the other, copied, in order. It never drops.
 type MemoryDevice struct {
 	mtu  int
@@ -28,13 +33,13 @@ func NewMemoryPair(mtu, depth int) (*MemoryDevice, *MemoryDevice) {
 	return a, b
 }
 
-// ReadBatch implements Device.
-func (d *MemoryDevice) ReadBatch(frames []*Frame) (int, error) {
+// ReadBatch implements link.Device.
+func (d *MemoryDevice) ReadBatch(frames []*link.Frame) (int, error) {
 	var p []byte
 	select {
 	case p = <-d.rx:
 	case <-d.closed:
-		return 0, ErrClosed
+		return 0, link.ErrClosed
 	}
 	n := 0
 	for {
@@ -51,8 +56,8 @@ func (d *MemoryDevice) ReadBatch(frames []*Frame) (int, error) {
 	}
 }
 
-// WriteBatch implements Device.
-func (d *MemoryDevice) WriteBatch(frames []*Frame) error {
+// WriteBatch implements link.Device.
+func (d *MemoryDevice) WriteBatch(frames []*link.Frame) error {
 	for _, f := range frames {
 		if len(f.Data) < 14 || len(f.Data) > d.mtu+14 {
 			continue
@@ -62,9 +67,9 @@ func (d *MemoryDevice) WriteBatch(frames []*Frame) error {
 		case d.peer.rx <- p:
 			d.Written.Add(1)
 		case <-d.closed:
-			return ErrClosed
+			return link.ErrClosed
 		case <-d.peer.closed:
-			return ErrClosed
+			return link.ErrClosed
 		}
 	}
 	return nil
@@ -72,8 +77,8 @@ func (d *MemoryDevice) WriteBatch(frames []*Frame) error {
 
 // WriteFrame writes one raw frame, for tests that inject hand-made frames.
 func (d *MemoryDevice) WriteFrame(p []byte) error {
-	f := &Frame{Data: p}
-	return d.WriteBatch([]*Frame{f})
+	f := &link.Frame{Data: p}
+	return d.WriteBatch([]*link.Frame{f})
 }
 
 // ReadFrame reads one frame, for tests; it returns nil once closed.
@@ -90,10 +95,10 @@ func (d *MemoryDevice) ReadFrame() []byte {
 // wait with a timeout.
 func (d *MemoryDevice) Frames() <-chan []byte { return d.rx }
 
-// MTU implements Device.
+// MTU implements link.Device.
 func (d *MemoryDevice) MTU() int { return d.mtu }
 
-// Close implements Device.
+// Close implements link.Device.
 func (d *MemoryDevice) Close() error {
 	d.closeOnce.Do(func() { close(d.closed) })
 	return nil
