@@ -38,7 +38,7 @@ package link
 import (
 	"encoding/binary"
 	"fmt"
-	"github.com/gopasta/gopasta/link/nbsys"
+	"github.com/gopasta/gopasta/internal/nbsys"
 	"io"
 	"net"
 	"os"

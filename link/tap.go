@@ -3,7 +3,7 @@ package link
 import (
 	"errors"
 	"fmt"
-	"github.com/gopasta/gopasta/link/nbsys"
+	"github.com/gopasta/gopasta/internal/nbsys"
 	"os"
 	"sync/atomic"
 	"syscall"

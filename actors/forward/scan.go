@@ -7,7 +7,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/gopasta/gopasta/link/nbsys"
+	"github.com/gopasta/gopasta/internal/nbsys"
 )
 
 // Theory of operation: "auto"

@@ -11,7 +11,7 @@ import (
 
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
 
-	"github.com/gopasta/gopasta/link/nbsys"
+	"github.com/gopasta/gopasta/internal/nbsys"
 
 	"golang.org/x/sys/unix"
 )

@@ -6,7 +6,7 @@ import (
 
 	"github.com/gopasta/gopasta/actors"
 
-	"github.com/gopasta/gopasta/link/nbsys"
+	"github.com/gopasta/gopasta/internal/nbsys"
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasta/gopasta/link"

@@ -53,7 +53,7 @@ import (
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
 
-	"github.com/gopasta/gopasta/link/nbsys"
+	"github.com/gopasta/gopasta/internal/nbsys"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"

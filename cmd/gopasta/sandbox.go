@@ -115,7 +115,7 @@ func (d *daemon) sandbox() error {
 		}
 		d.cleaner = c
 	}
-	// The resolv.conf follower goes on by descriptor (link/netcfg's
+	// The resolv.conf follower goes on by descriptor (internal/netcfg's
 	// resolvroot.go), and Landlock lets it read its directories only.
 	var readDirs []int
 	defer func() {

@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/gopasta/gopasta/link/netcfg"
+	"github.com/gopasta/gopasta/internal/netcfg"
 	"github.com/gopasta/gopasta/link/netns"
 )
 

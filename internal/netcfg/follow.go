@@ -16,7 +16,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/gopasta/gopasta/link/nbsys"
+	"github.com/gopasta/gopasta/internal/nbsys"
 )
 
 // Following the host's address
