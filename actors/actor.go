@@ -79,7 +79,6 @@ import (
 
 	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/actors/nat"
-	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 )
 
@@ -188,7 +187,7 @@ func NewHandle(k Key) *Handle {
 // are safe for concurrent use).
 type Env struct {
 	Ctx  context.Context // cancelled at shutdown: every actor ends
-	Conf *conf.Config
+	Opts Options         // the flows' options, defaults resolved (OptionsFrom)
 	Out  *link.Writer
 	Peer *link.Peer
 	Log  *logrus.Logger

@@ -61,25 +61,6 @@ const TCPMaxOOO = 64
 
 const TCPBudgetSlack = TCPMaxOOO*link.MinBufferSize + 2*link.SmallFrameSize
 
-// flowBuffer is the per-flow budget: as configured, but never more than
-// an eighth of the daemon-wide one, so that a few flows that reserve first
-// (see reserve) leave something to the others.
-func (e *Env) FlowBuffer() int64 {
-	b := int64(DefaultFlowBuffer)
-	if e.Conf != nil && e.Conf.FlowBuffer > 0 {
-		b = e.Conf.FlowBuffer
-	}
-	return min(b, e.totalBuffer()/8)
-}
-
-// totalBuffer is the daemon-wide budget.
-func (e *Env) totalBuffer() int64 {
-	if e.Conf != nil && e.Conf.TotalBuffer > 0 {
-		return e.Conf.TotalBuffer
-	}
-	return DefaultTotalBuffer
-}
-
 // reserve grows a TCP flow's share of the daemon-wide budget from have
 // towards want and returns the new share (never less than have). A flow
 // takes at most half of what is free at a time, and grows no further than
@@ -92,7 +73,7 @@ func (e *Env) Reserve(have, want int64) int64 {
 	if want <= have {
 		return have
 	}
-	limit := e.totalBuffer()
+	limit := e.Opts.TotalBuffer
 	n := e.BudgetFlows.Load()
 	if have == 0 {
 		n++
@@ -122,7 +103,7 @@ func (e *Env) Reserve(have, want int64) int64 {
 // charge takes n bytes of the daemon-wide budget if they are free, for a
 // holder that may drop instead (UDP).
 func (e *Env) Charge(n int64) bool {
-	limit := e.totalBuffer()
+	limit := e.Opts.TotalBuffer
 	for {
 		used := e.Stats.BufferBytes.Load()
 		if used+n > limit {

@@ -4,7 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 )
 
@@ -102,7 +101,7 @@ func TestInboxNoLostWakeup(t *testing.T) {
 // TestInboxBytes: a UDP inbox is bounded by the bytes its frames keep
 // alive, charged to the daemon-wide budget until the actor takes them.
 func TestInboxBytes(t *testing.T) {
-	env := &Env{Conf: &conf.Config{TotalBuffer: 4 << 20}}
+	env := &Env{Opts: Options{TotalBuffer: 4 << 20}.WithDefaults()}
 	ib := NewBudgetInbox(env, testInboxLimit, 1<<20)
 	n := 0
 	for ; n < testInboxLimit; n++ {

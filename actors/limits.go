@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gopasta/gopasta/conf"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 )
@@ -294,12 +293,4 @@ func (r *RateLog) Log(e *logrus.Entry, level logrus.Level, format string, args .
 // Warnf is Log at warning level.
 func (r *RateLog) Warnf(e *logrus.Entry, format string, args ...any) {
 	r.Log(e, logrus.WarnLevel, format, args...)
-}
-
-// FlowLimit is --flow-limit, or its default.
-func FlowLimit(env *Env) int64 {
-	if env.Conf != nil && env.Conf.FlowLimit > 0 {
-		return int64(env.Conf.FlowLimit)
-	}
-	return conf.DefaultFlowLimit
 }

@@ -299,8 +299,8 @@ func TestRunStops(t *testing.T) {
 	ours, _ := linktest.NewMemoryPair(1500, 4)
 	log := logrus.New()
 	log.Out = io.Discard
-	env := &actors.Env{Ctx: context.Background(), Conf: testConfig(), Out: link.NewWriter(ours, 4), Peer: &link.Peer{OurMAC: ourMAC}, Log: log}
-	d := New(env.Conf, ours, env, log)
+	env := &actors.Env{Ctx: context.Background(), Opts: actors.OptionsFrom(testConfig()), Out: link.NewWriter(ours, 4), Peer: &link.Peer{OurMAC: ourMAC}, Log: log}
+	d := New(testConfig(), ours, env, log)
 	errc := make(chan error, 1)
 	go func() { errc <- d.Run(context.Background()) }()
 	time.Sleep(10 * time.Millisecond)

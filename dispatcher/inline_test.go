@@ -29,7 +29,7 @@ func TestInlineIdle(t *testing.T) {
 	log.Out = io.Discard
 	cfg := testConfig()
 	cfg.Stats = 1
-	env := &actors.Env{Ctx: context.Background(), Conf: cfg, Out: link.NewWriter(ours, 4), Peer: &link.Peer{OurMAC: ourMAC}, Log: log}
+	env := &actors.Env{Ctx: context.Background(), Opts: actors.OptionsFrom(cfg), Out: link.NewWriter(ours, 4), Peer: &link.Peer{OurMAC: ourMAC}, Log: log}
 	d := New(cfg, dev, env, log)
 	k := keyT{Proto: wire.ProtoTCP, Guest: netip.AddrPortFrom(guest4, 1000), Far: netip.AddrPortFrom(far4, 80)}
 	hd := &actors.Handle{Key: k, In: make(chan *link.Frame, 1)}

@@ -46,11 +46,10 @@ type Env struct {
 	Register chan *actors.Handle
 }
 
-func New(t testing.TB, cfg *conf.Config) *Env {
+// New returns an Env with the options opts, whose zero fields take their
+// defaults (actors.Options.WithDefaults).
+func New(t testing.TB, opts actors.Options) *Env {
 	t.Helper()
-	if cfg == nil {
-		cfg = &conf.Config{}
-	}
 	ours, guest := linktest.NewMemoryPair(65520, 4096)
 	w := link.NewWriter(ours, 1024)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -68,7 +67,7 @@ func New(t testing.TB, cfg *conf.Config) *Env {
 	peer.SetAddr(Guest6)
 	te := &Env{
 		Env: &actors.Env{
-			Ctx: ctx, Conf: cfg, Out: w, Peer: peer, Log: log,
+			Ctx: ctx, Opts: opts.WithDefaults(), Out: w, Peer: peer, Log: log,
 			NAT: &nat.NAT{HostLoopback4: GW4, HostLoopback6: GW6,
 				DNSForward4: DNS4, DNSForward6: DNS6},
 		},

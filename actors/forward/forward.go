@@ -64,6 +64,7 @@ type fwdKey struct {
 // forwarder is all port forwarding of a daemon.
 type forwarder struct {
 	env    *actors.Env
+	opts   Options
 	ns     *nsWorker // nil: no namespace (passt)
 	splice bool
 	dirs   []*fwdDir
@@ -108,8 +109,8 @@ type fwdDir struct {
 // the user (or podman) must see. stop closes every listener and waits for
 // their goroutines; spliced connections and flows already running end on
 // their own.
-func StartForwarding(env *actors.Env, nsFD int) (stop func(), err error) {
-	fw, err := StartForwarder(env, nsFD)
+func StartForwarding(env *actors.Env, opts Options, nsFD int) (stop func(), err error) {
+	fw, err := StartForwarder(env, opts, nsFD)
 	if err != nil {
 		return nil, err
 	}
@@ -118,22 +119,21 @@ func StartForwarding(env *actors.Env, nsFD int) (stop func(), err error) {
 
 // StartForwarder is StartForwarding returning a handle on which the rules
 // can be replaced at run time (Forwarding.Replace).
-func StartForwarder(env *actors.Env, nsFD int) (*Forwarding, error) {
-	f, err := startForwarder(env, nsFD)
+func StartForwarder(env *actors.Env, opts Options, nsFD int) (*Forwarding, error) {
+	f, err := startForwarder(env, opts, nsFD)
 	if err != nil {
 		return nil, err
 	}
 	return &Forwarding{f: f}, nil
 }
 
-func startForwarder(env *actors.Env, nsFD int) (_ *forwarder, err error) {
-	c := env.Conf
-	f := &forwarder{env: env, stopc: make(chan struct{})}
+func startForwarder(env *actors.Env, c Options, nsFD int) (_ *forwarder, err error) {
+	f := &forwarder{env: env, opts: c, stopc: make(chan struct{})}
 	// Read now, during setup: the daemon's sandbox takes the filesystem
 	// away before the first flow would read it (cmd/gopasta/sandbox.go).
 	tcp.SysMax()
 	actors.TCPConnectTimeout()
-	if nsFD >= 0 && c.Mode == conf.ModePasta {
+	if nsFD >= 0 && c.Pasta {
 		if f.ns, err = newNSWorker(nsFD); err != nil {
 			return nil, fmt.Errorf("port forwarding: %v", err)
 		}
@@ -537,7 +537,7 @@ func (d *fwdDir) update() {
 
 // families lists the IP versions a rule listens on (true: IPv6).
 func (d *fwdDir) families(r conf.Rule) []bool {
-	c := d.f.env.Conf
+	c := d.f.env.Opts
 	switch {
 	case r.Bind.IsValid():
 		return []bool{!r.Bind.Unmap().Is4()}
@@ -686,18 +686,17 @@ func (f *forwarder) nsTarget(v6 bool, toAddr netip.Addr, port uint16) (netip.Add
 		}
 		return netip.AddrPortFrom(toAddr, port), true
 	}
-	c := f.env.Conf
-	if c.HostLoToNsLo {
+	if f.opts.HostLoToNsLo {
 		return netip.AddrPortFrom(loopback(v6), port), true
 	}
 	var a netip.Addr
 	if v6 {
 		if a = f.env.Peer.Addr6(); !a.IsValid() {
-			a = c.Addr6
+			a = f.env.Opts.Addr6
 		}
 	} else {
-		if a = f.env.Peer.Addr4(); !a.IsValid() && c.Addr4.IsValid() {
-			a = c.Addr4.Addr()
+		if a = f.env.Peer.Addr4(); !a.IsValid() && f.env.Opts.Addr4.IsValid() {
+			a = f.env.Opts.Addr4.Addr()
 		}
 	}
 	if !a.IsValid() || a.IsLinkLocalUnicast() {

@@ -132,7 +132,7 @@ func fwdTestEnv(t testing.TB, c *conf.Config) *actors.Env {
 		log.SetLevel(logrus.DebugLevel)
 	}
 	reg := make(chan *actors.Handle, 64)
-	return &actors.Env{Ctx: ctx, Conf: c, Peer: &link.Peer{}, Log: log, NAT: &nat.NAT{}, Register: reg, Ended: reg}
+	return &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(c), Peer: &link.Peer{}, Log: log, NAT: &nat.NAT{}, Register: reg, Ended: reg}
 }
 
 func mustSpec(t testing.TB, opt, raw string) conf.PortSpec {
@@ -167,8 +167,9 @@ func TestForwardBindFailureMessage(t *testing.T) {
 	defer busy.Close()
 	p := busy.Addr().(*net.TCPAddr).Port
 	raw := fmt.Sprintf("%d-%d:80-80", p, p)
-	env := fwdTestEnv(t, &conf.Config{TCPPorts: []conf.PortSpec{mustSpec(t, "-t", raw)}, IPv4Only: true})
-	stop, err := StartForwarding(env, -1)
+	cfg := &conf.Config{TCPPorts: []conf.PortSpec{mustSpec(t, "-t", raw)}, IPv4Only: true}
+	env := fwdTestEnv(t, cfg)
+	stop, err := StartForwarding(env, OptionsFrom(cfg), -1)
 	if err == nil {
 		stop()
 		t.Fatal("second bind of a busy port succeeded")
@@ -189,8 +190,9 @@ func TestForwardWeakSkipsBusy(t *testing.T) {
 	}
 	defer busy.Close()
 	before := actorstest.FDCount(t)
-	env := fwdTestEnv(t, &conf.Config{TCPPorts: []conf.PortSpec{mustSpec(t, "-t", "127.0.0.1/~1-64999,~65010-65535")}})
-	stop, err := StartForwarding(env, -1)
+	cfg := &conf.Config{TCPPorts: []conf.PortSpec{mustSpec(t, "-t", "127.0.0.1/~1-64999,~65010-65535")}}
+	env := fwdTestEnv(t, cfg)
+	stop, err := StartForwarding(env, OptionsFrom(cfg), -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,8 +210,9 @@ func TestForwardWeakSkipsBusy(t *testing.T) {
 		t.Errorf("%d descriptors leaked", n-before)
 	}
 
-	env = fwdTestEnv(t, &conf.Config{TCPPorts: []conf.PortSpec{mustSpec(t, "-t", "127.0.0.1/~1-65000,~65002-65535")}})
-	if stop, err := StartForwarding(env, -1); err == nil {
+	cfg = &conf.Config{TCPPorts: []conf.PortSpec{mustSpec(t, "-t", "127.0.0.1/~1-65000,~65002-65535")}}
+	env = fwdTestEnv(t, cfg)
+	if stop, err := StartForwarding(env, OptionsFrom(cfg), -1); err == nil {
 		stop()
 		t.Fatal("a weak spec that bound nothing succeeded")
 	} else if want := "Failed to bind any port for option '-t 127.0.0.1/~1-65000,~65002-65535', exiting"; err.Error() != want {

@@ -21,20 +21,20 @@ import (
 func TestTCPInboundFlowLimit(t *testing.T) {
 	for _, full := range []string{"table", "descriptors"} {
 		t.Run(full, func(t *testing.T) {
-			te := actorstest.New(t, nil)
+			te := actorstest.New(t, actors.Options{})
 			probe := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
 			port := probe.Port()
 			probe.Ln.Close()
-			te.Env.Conf.FlowLimit = 4
-			te.Env.Conf.TCPPorts = []conf.PortSpec{{Raw: "test", Option: "-t", Bind: netip.MustParseAddr("127.0.0.1"),
-				Ranges: []conf.PortRange{{First: port, Last: port, To: 8080}}}}
+			te.Env.Opts.FlowLimit = 4
+			opts := Options{TCPPorts: []conf.PortSpec{{Raw: "test", Option: "-t", Bind: netip.MustParseAddr("127.0.0.1"),
+				Ranges: []conf.PortRange{{First: port, Last: port, To: 8080}}}}}
 			if full == "table" {
 				te.Env.TableFlows.Store(4)
 			} else {
 				te.Env.Limits.SetFDBudget(2)
 				te.Env.Limits.TakeFDs(actors.FDInbound, 2)
 			}
-			stop, err := StartForwarding(te.Env, -1)
+			stop, err := StartForwarding(te.Env, opts, -1)
 			if err != nil {
 				t.Fatal(err)
 			}

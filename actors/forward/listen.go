@@ -32,7 +32,7 @@ func (t *tcpInListener) Close() {
 }
 
 func (f *forwarder) openTCPIn(r conf.Rule, p, to uint16, v6 bool) (fwdListener, error) {
-	fw := tcpForward{v6: v6, ifname: r.Ifname, port: p, to: to, toAddr: r.ToAddr, freebind: f.env.Conf.Freebind}
+	fw := tcpForward{v6: v6, ifname: r.Ifname, port: p, to: to, toAddr: r.ToAddr, freebind: f.env.Opts.Freebind}
 	if r.Bind.IsValid() {
 		fw.bind = r.Bind.Unmap()
 	}
@@ -67,7 +67,7 @@ func (f *forwarder) tcpSpliceIn(fw tcpForward) func(fd int, client netip.AddrPor
 			return false
 		}
 		var alt *splice.Alt
-		if !fw.toAddr.IsValid() && !f.env.Conf.IPv4Only && !f.env.Conf.IPv6Only {
+		if !fw.toAddr.IsValid() && !f.env.Opts.IPv4Only && !f.env.Opts.IPv6Only {
 			// The default target: the other family's may serve.
 			if d, ok := f.nsTarget(!v6, fw.toAddr, fw.to); ok {
 				alt = &splice.Alt{Dst: d, Sock: func() (int, error) { return f.ns.socket(family(!v6), unix.SOCK_STREAM, 0) }}
@@ -148,7 +148,7 @@ func (f *forwarder) openUDPIn(r conf.Rule, p, to uint16, v6 bool) (fwdListener, 
 				return f.nsTarget(!client.Addr().Unmap().Is4(), toAddr, to)
 			}, func(v6 bool) (int, error) {
 				return f.ns.socket(family(v6), unix.SOCK_DGRAM, unix.IPPROTO_UDP)
-			}, f.env.Conf.UDPTimeout)
+			}, f.env.Opts.UDPTimeout)
 			b.Splice = u.relay
 		}
 	}
@@ -226,7 +226,7 @@ func (t *tcpOutListener) Run() {
 			return
 		}
 		var alt *splice.Alt
-		if !t.env.Conf.IPv4Only && !t.env.Conf.IPv6Only {
+		if !t.env.Opts.IPv4Only && !t.env.Opts.IPv6Only {
 			alt = &splice.Alt{Dst: netip.AddrPortFrom(loopback(!v6), t.to.Port()), Sock: func() (int, error) {
 				return unix.Socket(family(!v6), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 			}}
@@ -249,7 +249,7 @@ func (f *forwarder) openUDPOut(p, to uint16, v6 bool) (fwdListener, error) {
 	relay := splice.NewUDP(dup, func(netip.AddrPort) (netip.AddrPort, bool) { return target, true },
 		func(v6 bool) (int, error) {
 			return unix.Socket(family(v6), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
-		}, f.env.Conf.UDPTimeout)
+		}, f.env.Opts.UDPTimeout)
 	l := &splice.UDPListener{File: os.NewFile(uintptr(fd), "udp-ns-listener"), Relay: relay}
 	l.WG.Add(1)
 	go l.Serve()

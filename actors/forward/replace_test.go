@@ -21,9 +21,10 @@ func TestForwardReplace(t *testing.T) {
 		t.Skip("port 64403 busy:", err)
 	}
 	defer busy.Close()
-	env := fwdTestEnv(t, &conf.Config{IPv4Only: true, TCPPorts: []conf.PortSpec{
-		mustSpec(t, "-t", "127.0.0.1/64400"), mustSpec(t, "-t", "127.0.0.1/64401")}})
-	fw, err := StartForwarder(env, -1)
+	cfg := &conf.Config{IPv4Only: true, TCPPorts: []conf.PortSpec{
+		mustSpec(t, "-t", "127.0.0.1/64400"), mustSpec(t, "-t", "127.0.0.1/64401")}}
+	env := fwdTestEnv(t, cfg)
+	fw, err := StartForwarder(env, OptionsFrom(cfg), -1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -140,7 +140,7 @@ func (l *tcpListener) accepted(env *actors.Env, fd int, sa unix.Sockaddr) {
 	if ok && l.splice != nil && client.Addr().IsLoopback() && l.splice(fd, client) {
 		return
 	}
-	if env.Conf.SpliceOnly {
+	if env.Opts.SpliceOnly {
 		// No tap to take it to: refuse at once rather than let the
 		// client wait for a handshake nobody answers.
 		env.Log.Debugf("inbound TCP from %s to port %d: --splice-only takes loopback clients only", client, l.fw.port)
@@ -156,13 +156,13 @@ func (l *tcpListener) accepted(env *actors.Env, fd int, sa unix.Sockaddr) {
 		guest = l.fw.toAddr.Unmap()
 	case far.Addr().Is4():
 		guest = env.Peer.Addr4()
-		if !guest.IsValid() && env.Conf.Addr4.IsValid() {
-			guest = env.Conf.Addr4.Addr()
+		if !guest.IsValid() && env.Opts.Addr4.IsValid() {
+			guest = env.Opts.Addr4.Addr()
 		}
 	default:
 		guest = env.Peer.Addr6()
 		if !guest.IsValid() {
-			guest = env.Conf.Addr6
+			guest = env.Opts.Addr6
 		}
 	}
 	if !ok || !shown || !guest.IsValid() || guest.Is4() != far.Addr().Is4() {
@@ -185,7 +185,7 @@ func (l *tcpListener) accepted(env *actors.Env, fd int, sa unix.Sockaddr) {
 // --flow-limit, as the guest's own flows, and the descriptor budget (it
 // then holds actors.FDsTCP of it). A refusal is counted and logged, rate-limited.
 func takeInbound(env *actors.Env, k actors.Key) bool {
-	if limit := actors.FlowLimit(env); env.TableFlows.Load() >= limit {
+	if limit := env.Opts.FlowLimit; env.TableFlows.Load() >= limit {
 		env.Stats.Refused.Add(1)
 		tcp.RefusedLog.Warnf(env.FlowLog(k), "tcp: flow limit %d reached, resetting inbound connections", limit)
 		return false

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
 
 	"github.com/gopasta/gopasta/link/wire"
@@ -14,7 +15,7 @@ import (
 func TestICMPSpareFreed(t *testing.T) {
 	actorstest.InPrivateNetns(t)
 	setPingGroupRange(t, "0 2147483647")
-	te := actorstest.New(t, nil)
+	te := actorstest.New(t, actors.Options{})
 	k := echoKey(false, actorstest.Guest4, 99, actorstest.GW4)
 	h := Start(te.Env, k, actorstest.GuestFrame(t, actorstest.Guest4, actorstest.GW4, wire.ProtoICMP, guestEcho(t, actorstest.Guest4, actorstest.GW4, 99, 1, []byte("ping"))))
 	if h == nil {

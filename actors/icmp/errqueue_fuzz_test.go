@@ -122,7 +122,7 @@ func FuzzUDPErrQueue(f *testing.F) {
 	f.Add([]byte{1, 0x9c, 0x40, 0, 53, 1, 0, 90, 1, 2, 0, 5, 0xdc, 0, 1, 10, 1, 1, 1, 5, 0xdc}) // packet too big from a router
 	f.Add([]byte{0, 1, 1, 1, 1, 1, 0, 0, 2, 0, 0, 5, 0xdc, 1, 0, 1, 1, 1, 0, 0x20})             // local EMSGSIZE
 	f.Add([]byte{0, 0x9c, 0x40, 0, 53, 2, 0, 0, 0, 11, 0, 0, 0, 0, 1, 1, 1, 1, 1, 0, 40})       // time exceeded, host loopback offender
-	te := actorstest.New(f, nil)
+	te := actorstest.New(f, actors.Options{})
 	buf := make([]byte, icmperr.MaxLen6)
 	var p wire.Parsed
 	var frames atomic.Int64

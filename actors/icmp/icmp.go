@@ -61,7 +61,7 @@ var icmpSocketLog actors.RateLog
 // Start is called by the dispatcher for an ICMP or ICMPv6 echo request
 // from the guest that matches no flow; see tcp.Start for the contract.
 func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
-	if env.Conf != nil && env.Conf.NoICMP {
+	if env.Opts.NoICMP {
 		f.Release()
 		return nil
 	}
@@ -85,19 +85,15 @@ func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
 		_ = sockutil.SetRecvErr(fd, v6)
 		// -o and --outbound-if4/6, as for TCP and UDP (and pasta's
 		// echo): the source address and the interface echo leaves by.
-		bind, ifname := netip.IPv4Unspecified(), ""
+		bind, ifname := env.Opts.Outbound4, env.Opts.OutboundIf4
 		if v6 {
-			bind = netip.IPv6Unspecified()
+			bind, ifname = env.Opts.Outbound6, env.Opts.OutboundIf6
 		}
-		if c := env.Conf; c != nil {
-			a, ifn := c.Outbound4, c.OutboundIf4
+		if !bind.IsValid() {
+			bind = netip.IPv4Unspecified()
 			if v6 {
-				a, ifn = c.Outbound6, c.OutboundIf6
+				bind = netip.IPv6Unspecified()
 			}
-			if a.IsValid() {
-				bind = a
-			}
-			ifname = ifn
 		}
 		if ifname != "" && !bind.IsLoopback() {
 			if err := unix.BindToDevice(fd, ifname); err != nil {
@@ -123,10 +119,7 @@ func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
 		f.Release()
 		return nil
 	}
-	timeout := 60 * time.Second
-	if env.Conf != nil && env.Conf.ICMPTimeout > 0 {
-		timeout = env.Conf.ICMPTimeout
-	}
+	timeout := env.Opts.ICMPTimeout
 	a := &icmpActor{
 		env: env, log: env.FlowLog(k), h: actors.NewHandle(k), sock: sock, v6: v6,
 		id: sockutil.LocalPort(sock.FD), timeout: timeout, last: sockutil.MonoNow(),
@@ -240,7 +233,7 @@ func (a *icmpActor) receive() {
 		ipLen, etype, reply = wire.IPv6Len, wire.EtherTypeIPv6, wire.ICMPv6EchoReply
 	}
 	hl := wire.EthernetLen + ipLen
-	maxLen := min(actors.LinkMTU(a.env), 65535) - ipLen
+	maxLen := min(a.env.Opts.MTU, 65535) - ipLen
 	// The receive buffer is kept for the next reply of this wakeup only:
 	// an echo flow lives a minute after its last request, and a guest
 	// can open one per identifier. While it exists it is charged to the

@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link/wire"
 	"github.com/gopasta/gopasta/link/wire/wiretest"
 )
@@ -77,7 +76,7 @@ func TestICMPEcho(t *testing.T) {
 			}
 			defer s.Close()
 		}
-		te := actorstest.New(t, nil)
+		te := actorstest.New(t, actors.Options{})
 		k := echoKey(v6, tc.guest, id, tc.gw)
 		proto := k.Proto
 		h := Start(te.Env, k, actorstest.GuestFrame(t, tc.guest, tc.gw, proto, guestEcho(t, tc.guest, tc.gw, id, 1, []byte("ping 1"))))
@@ -117,7 +116,7 @@ func TestICMPEcho(t *testing.T) {
 func TestICMPIdleTimeout(t *testing.T) {
 	actorstest.InPrivateNetns(t)
 	setPingGroupRange(t, "0 2147483647")
-	te := actorstest.New(t, &conf.Config{ICMPTimeout: 100 * time.Millisecond})
+	te := actorstest.New(t, actors.Options{ICMPTimeout: 100 * time.Millisecond})
 	base := actorstest.FDCount(t)
 	k := echoKey(false, actorstest.Guest4, 77, actorstest.GW4)
 	start := time.Now()
@@ -148,7 +147,7 @@ func TestICMPIdleTimeout(t *testing.T) {
 func TestICMPPingGroupRange(t *testing.T) {
 	actorstest.InPrivateNetns(t)
 	setPingGroupRange(t, "1 0")
-	te := actorstest.New(t, nil)
+	te := actorstest.New(t, actors.Options{})
 	before := Stats.EchoDropped.Load()
 	k := echoKey(false, actorstest.Guest4, 5, actorstest.GW4)
 	if h := Start(te.Env, k, actorstest.GuestFrame(t, actorstest.Guest4, actorstest.GW4, wire.ProtoICMP, guestEcho(t, actorstest.Guest4, actorstest.GW4, 5, 1, nil))); h != nil {

@@ -64,7 +64,7 @@ func benchConn(b *testing.B) (*tcpConn, *net.TCPConn) {
 	peerInfo.SetMAC(testMAC)
 	log := logrus.New()
 	log.SetLevel(logrus.WarnLevel)
-	env := &actors.Env{Ctx: ctx, Conf: &conf.Config{MTU: 65520}, Out: w, Peer: peerInfo, Log: log, NAT: &nat.NAT{}}
+	env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(&conf.Config{MTU: 65520}), Out: w, Peer: peerInfo, Log: log, NAT: &nat.NAT{}}
 	k := actors.Key{Proto: wire.ProtoTCP, Guest: netip.MustParseAddrPort("10.0.2.100:40000"), Far: netip.MustParseAddrPort("10.0.2.2:80")}
 	c := NewConn(env, actors.NewHandle(k), k, false)
 	s, err := NewSock(env, fd, false)

@@ -39,7 +39,7 @@ func budgetEnv(t *testing.T, flowBuf, totalBuf int64) *actors.Env {
 		close(dev.closed)
 	})
 	return &actors.Env{Ctx: ctx, Out: w, Peer: peer, Log: log, NAT: &nat.NAT{}, Ended: make(chan *actors.Handle, 64),
-		Conf: &conf.Config{MTU: 65520, FlowBuffer: flowBuf, TotalBuffer: totalBuf}}
+		Opts: actors.OptionsFrom(&conf.Config{MTU: 65520, FlowBuffer: flowBuf, TotalBuffer: totalBuf})}
 }
 
 // budgetFlow returns an established flow of env over a loopback
@@ -121,7 +121,7 @@ func checkHeld(t *testing.T, c *tcpConn, when string) {
 		payload += len(s.b)
 		oooBytes += len(s.b)
 	}
-	budget := c.env.FlowBuffer()
+	budget := c.env.Opts.FlowBuffer
 	switch {
 	case kept != c.held:
 		t.Fatalf("%s: buffers keep %d bytes alive, flow counts %d", when, kept, c.held)

@@ -66,7 +66,7 @@ func newTestEnvDev(t testing.TB, wrap func(*linktest.MemoryDevice) link.Device) 
 	peer.SetAddr(testGuest4)
 	peer.SetAddr(testGuest6)
 	te.Env = &actors.Env{
-		Ctx: ctx, Conf: &conf.Config{MTU: 65520}, Out: w, Peer: peer, Log: log,
+		Ctx: ctx, Opts: actors.OptionsFrom(&conf.Config{MTU: 65520}), Out: w, Peer: peer, Log: log,
 		NAT:   &nat.NAT{HostLoopback4: testGW4, HostLoopback6: testGW6},
 		Ended: te.ended, Register: te.Register,
 	}

@@ -206,7 +206,7 @@ func (c *tcpConn) budgetWindow(w int) int {
 	if ahead <= 0 {
 		return w
 	}
-	want := min(int64(c.held)+actors.TCPBudgetSlack+2*ahead, c.env.FlowBuffer())
+	want := min(int64(c.held)+actors.TCPBudgetSlack+2*ahead, c.env.Opts.FlowBuffer)
 	if want > c.charge {
 		c.setCharge(c.env.Reserve(c.charge, want))
 	}

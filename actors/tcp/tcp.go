@@ -288,10 +288,7 @@ func (c *tcpConn) connectDone() {
 func NewConn(env *actors.Env, h *actors.Handle, k actors.Key, inbound bool) *tcpConn {
 	c := &tcpConn{env: env, h: h, key: k, inbound: inbound, rto: tcpRTOInit, rcvWS: -1, winCap: actors.TCPInitWindow}
 	c.tmpl.init(env.Peer.OurMAC, k.Far, k.Guest)
-	c.linkMTU = 65520
-	if env.Conf != nil && env.Conf.MTU > 0 {
-		c.linkMTU = env.Conf.MTU
-	}
+	c.linkMTU = env.Opts.MTU
 	c.iss = tcpISNFunc(k.Far, k.Guest)
 	c.now = time.Now()
 	c.lastAct = c.now
@@ -800,12 +797,9 @@ func (c *tcpConn) connect() error {
 
 // bindOutbound applies -o and --outbound-if4/6 to a new socket.
 func bindOutbound(fd int, env *actors.Env, v6 bool) error {
-	if env.Conf == nil {
-		return nil
-	}
-	ifname, addr := env.Conf.OutboundIf4, env.Conf.Outbound4
+	ifname, addr := env.Opts.OutboundIf4, env.Opts.Outbound4
 	if v6 {
-		ifname, addr = env.Conf.OutboundIf6, env.Conf.Outbound6
+		ifname, addr = env.Opts.OutboundIf6, env.Opts.Outbound6
 	}
 	if ifname != "" {
 		if err := unix.BindToDevice(fd, ifname); err != nil {

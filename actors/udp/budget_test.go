@@ -5,16 +5,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
 
-	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 )
 
 // TestUDPStashCharged: a binding's receive buffers are charged to the
 // budget while it keeps them and given back once it is quiet.
 func TestUDPStashCharged(t *testing.T) {
-	te := actorstest.New(t, &conf.Config{TotalBuffer: 1 << 20, UDPTimeout: 200 * time.Millisecond})
+	te := actorstest.New(t, actors.Options{TotalBuffer: 1 << 20, UDPTimeout: 200 * time.Millisecond})
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	gport := actorstest.FreeUDPPort(t, "127.0.0.1:0")
 	guest := netip.AddrPortFrom(actorstest.Guest4, gport)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
 )
 
@@ -16,7 +17,7 @@ import (
 // datagram, in the guest's order (loopback keeps it), and some of them
 // were sent directly.
 func TestUDPDirectOrder(t *testing.T) {
-	te := actorstest.New(t, nil)
+	te := actorstest.New(t, actors.Options{})
 	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)

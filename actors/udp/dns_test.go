@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
 )
 
@@ -23,7 +24,7 @@ func TestUDPDNSForward(t *testing.T) {
 		{"v4", "127.0.0.53:53", actorstest.DNS4, actorstest.Guest4},
 		{"v6", "[::1]:53", actorstest.DNS6, actorstest.Guest6},
 	} {
-		te := actorstest.New(t, nil)
+		te := actorstest.New(t, actors.Options{})
 		res, err := net.ListenPacket("udp", tc.resolver)
 		if err != nil {
 			t.Fatal(err)

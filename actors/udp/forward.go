@@ -26,15 +26,15 @@ func excluded(ex []conf.PortRange, p uint16) bool {
 
 // listenFamilies lists the families to listen on for one range: the bind
 // address's, the target address's, or both unless -4/-6 says otherwise.
-func listenFamilies(c *conf.Config, spec conf.PortSpec, r conf.PortRange) []bool {
+func listenFamilies(o actors.Options, spec conf.PortSpec, r conf.PortRange) []bool {
 	switch {
 	case spec.Bind.IsValid():
 		return []bool{spec.Bind.Is6() && !spec.Bind.Is4In6()}
 	case r.ToAddr.IsValid():
 		return []bool{r.ToAddr.Is6()}
-	case c.IPv4Only:
+	case o.IPv4Only:
 		return []bool{false}
-	case c.IPv6Only:
+	case o.IPv6Only:
 		return []bool{true}
 	}
 	return []bool{false, true}
@@ -69,7 +69,7 @@ func NewListenerBinding(env *actors.Env, spec conf.PortSpec, toAddr netip.Addr, 
 				return err
 			}
 		}
-		if env.Conf != nil && env.Conf.Freebind {
+		if env.Opts.Freebind {
 			if err := sockutil.SetFreebind(fd, v6); err != nil {
 				return fmt.Errorf("--freebind: %w", err)
 			}
@@ -91,7 +91,7 @@ func NewListenerBinding(env *actors.Env, spec conf.PortSpec, toAddr netip.Addr, 
 // one, which the caller must then register with the dispatcher once it has
 // released mu (the lock rule, see the package comment); mu held.
 func (b *Binding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) (fl *udpFlow, isNew bool) {
-	if b.env.Conf != nil && b.env.Conf.SpliceOnly {
+	if b.env.Opts.SpliceOnly {
 		// No tap to take it to (loopback clients were relayed before).
 		splice.Stats.OnlyRefused.Add(1)
 		return nil, false
@@ -120,7 +120,7 @@ func (b *Binding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) (fl
 		old.last = now
 		return old, false
 	}
-	if limit := actors.FlowLimit(b.env); b.env.TableFlows.Load() >= limit {
+	if limit := b.env.Opts.FlowLimit; b.env.TableFlows.Load() >= limit {
 		// Held to --flow-limit as the guest's own flows are.
 		b.env.Stats.Refused.Add(1)
 		udpSocketLog.Warnf(b.log, "udp: flow limit %d reached, dropping datagrams of new inbound flows", limit)
@@ -195,16 +195,16 @@ func guestAddr(env *actors.Env, v6 bool) netip.Addr {
 		if a := env.Peer.Addr4(); a.IsValid() {
 			return a
 		}
-		if env.Conf != nil && env.Conf.Addr4.IsValid() {
-			return env.Conf.Addr4.Addr()
+		if env.Opts.Addr4.IsValid() {
+			return env.Opts.Addr4.Addr()
 		}
 		return netip.Addr{}
 	}
 	if a := env.Peer.Addr6(); a.IsValid() {
 		return a
 	}
-	if env.Conf != nil && env.Conf.Addr6.IsValid() {
-		return env.Conf.Addr6
+	if env.Opts.Addr6.IsValid() {
+		return env.Opts.Addr6
 	}
 	return env.Peer.LinkLocal6()
 }

@@ -46,8 +46,8 @@ func TestUDPInbound(t *testing.T) {
 			} else {
 				cfg.IPv6Only = true
 			}
-			te := actorstest.New(t, cfg)
-			stop, err := startListeners(te.Env)
+			te := actorstest.New(t, actors.OptionsFrom(cfg))
+			stop, err := startListeners(te.Env, cfg.UDPPorts)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,11 +127,12 @@ func TestUDPForwarderBindError(t *testing.T) {
 	}
 	defer c.Close()
 	p := c.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-	te := actorstest.New(t, &conf.Config{UDPPorts: []conf.PortSpec{
+	cfg := &conf.Config{UDPPorts: []conf.PortSpec{
 		{Raw: "auto", Option: "-u", Auto: true},
 		{Raw: "127.0.0.1/x", Option: "-u", Bind: actorstest.Lo4, Ranges: []conf.PortRange{{First: p, Last: p, To: p}}},
-	}})
-	stop, err := startListeners(te.Env)
+	}}
+	te := actorstest.New(t, actors.OptionsFrom(cfg))
+	stop, err := startListeners(te.Env, cfg.UDPPorts)
 	if err == nil {
 		stop()
 		t.Fatal("bind on a taken port succeeded")
@@ -147,8 +148,8 @@ func TestUDPForwarderBindError(t *testing.T) {
 // its actor receives the clients' datagrams, registers a flow per client
 // with the dispatcher, and sends the guest's replies from the listening
 // socket. "auto" and "all" are not implemented yet and only logged.
-func startListeners(env *actors.Env) (stop func(), err error) {
-	if env.Conf == nil || env.Conf.NoUDP {
+func startListeners(env *actors.Env, specs []conf.PortSpec) (stop func(), err error) {
+	if env.Opts.NoUDP {
 		return func() {}, nil
 	}
 	ctx, cancel := context.WithCancel(env.Ctx)
@@ -160,7 +161,7 @@ func startListeners(env *actors.Env) (stop func(), err error) {
 		}
 		return nil, err
 	}
-	for _, spec := range env.Conf.UDPPorts {
+	for _, spec := range specs {
 		if spec.None {
 			continue
 		}
@@ -170,7 +171,7 @@ func startListeners(env *actors.Env) (stop func(), err error) {
 					continue
 				}
 				to := r.To + uint16(p-int(r.First))
-				for _, v6 := range listenFamilies(env.Conf, spec, r) {
+				for _, v6 := range listenFamilies(env.Opts, spec, r) {
 					b, err := NewListenerBinding(env, spec, r.ToAddr, uint16(p), to, v6)
 					if err != nil {
 						if !spec.Bind.IsValid() && v6 && (err == unix.EAFNOSUPPORT || err == unix.EADDRNOTAVAIL) {

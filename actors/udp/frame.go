@@ -25,7 +25,7 @@ func udpHdrLen(v6 bool) int {
 // maxUDPPayload is the largest UDP payload that fits the guest's link in
 // one unfragmented packet.
 func maxUDPPayload(env *actors.Env, v6 bool) int {
-	n := actors.LinkMTU(env) - (udpHdrLen(v6) - wire.EthernetLen)
+	n := env.Opts.MTU - (udpHdrLen(v6) - wire.EthernetLen)
 	lim := 65535 - wire.UDPLen // the UDP length field
 	if !v6 {
 		lim -= wire.IPv4MinLen // the IPv4 total length field

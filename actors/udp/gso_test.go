@@ -18,7 +18,7 @@ import (
 // guest port, and checks that the host receives every datagram whole,
 // with its own length, in order per flow.
 func TestUDPSegmentation(t *testing.T) {
-	te := actorstest.New(t, nil)
+	te := actorstest.New(t, actors.Options{})
 	type rx struct {
 		c   *net.UDPConn
 		got [][]byte

@@ -7,16 +7,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
-
-	"github.com/gopasta/gopasta/conf"
 )
 
 // TestUDPBindingBudget: bindings are capped like flows: a new guest port
 // beyond the budget is dropped and counted, while a new far end of a port
 // already bound needs nothing more.
 func TestUDPBindingBudget(t *testing.T) {
-	te := actorstest.New(t, nil)
+	te := actorstest.New(t, actors.Options{})
 	te.Limits.SetFDBudget(1)
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	echo2 := actorstest.UDPEcho(t, "127.0.0.1:0")
@@ -45,7 +44,7 @@ func TestUDPBindingBudget(t *testing.T) {
 // reach the guest's port, but cannot keep the binding, and with it the
 // host port and a descriptor, alive once the guest's flows are over.
 func TestUDPBindingEndsWithLastFlow(t *testing.T) {
-	te := actorstest.New(t, &conf.Config{UDPTimeout: 200 * time.Millisecond})
+	te := actorstest.New(t, actors.Options{UDPTimeout: 200 * time.Millisecond})
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	stranger, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -98,7 +97,7 @@ func TestUDPBindingEndsWithLastFlow(t *testing.T) {
 // the program's (the flow leaves from another port, and the program still
 // gets what is sent to its port).
 func TestUDPHostPortChoice(t *testing.T) {
-	te := actorstest.New(t, nil)
+	te := actorstest.New(t, actors.Options{})
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
 	seen := make(chan netip.AddrPort, 4)

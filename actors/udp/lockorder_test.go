@@ -50,13 +50,13 @@ func TestUDPReceiverRegisterFullNoDeadlock(t *testing.T) {
 		Raw: "test", Option: "-u", Bind: actorstest.Lo4,
 		Ranges: []conf.PortRange{{First: hostPort, Last: hostPort, To: hostPort}},
 	}}}
-	te := actorstest.New(t, cfg)
+	te := actorstest.New(t, actors.OptionsFrom(cfg))
 	te.Register = make(chan *actors.Handle, 1) // full after one registration
 	ctx, cancel := context.WithCancel(te.Env.Ctx)
 	defer cancel()
 	te.Env.Ctx = ctx
 	te.Env.Register = te.Register
-	stop, err := startListeners(te.Env)
+	stop, err := startListeners(te.Env, cfg.UDPPorts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestUDPReceiverRegisterFullNoDeadlock(t *testing.T) {
 // holding what sendDirect needs. The datagram still reaches the far end
 // (and its echo the guest), and the flow's Handle is on Ended once.
 func TestUDPSweepEndedFullNoDeadlock(t *testing.T) {
-	te := actorstest.New(t, &conf.Config{UDPTimeout: 100 * time.Millisecond})
+	te := actorstest.New(t, actors.Options{UDPTimeout: 100 * time.Millisecond})
 	te.Ended = make(chan *actors.Handle, 1)
 	ctx, cancel := context.WithCancel(te.Env.Ctx)
 	defer cancel()

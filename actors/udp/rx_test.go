@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
 )
 
@@ -45,7 +46,7 @@ func TestUDPReceiveBurst(t *testing.T) {
 		{"v6", "[::1]:0", actorstest.Guest6, actorstest.GW6, netip.IPv6Loopback()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			te := actorstest.New(t, nil)
+			te := actorstest.New(t, actors.Options{})
 			sink, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(tc.listen)))
 			if err != nil {
 				t.Fatal(err)

@@ -15,7 +15,7 @@ import (
 // A UDP flow counts its datagrams both ways, and a subscriber sees the
 // ones to the guest.
 func TestUDPStatsAndTrace(t *testing.T) {
-	te := actorstest.New(t, nil)
+	te := actorstest.New(t, actors.Options{})
 	te.Env.Trace = &flowtrace.Hub{}
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	sub := te.Env.Trace.Subscribe(flowtrace.Filter{Proto: 17, Port: echo.Port()}, 100)

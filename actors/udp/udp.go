@@ -183,13 +183,10 @@ type Binding struct {
 }
 
 func newBinding(env *actors.Env, v6 bool, sock *sockutil.DgramSock) *Binding {
-	timeout := 180 * time.Second
-	if env.Conf != nil && env.Conf.UDPTimeout > 0 {
-		timeout = env.Conf.UDPTimeout
-	}
+	timeout := env.Opts.UDPTimeout
 	b := &Binding{
 		env: env, Sock: sock, v6: v6, timeout: timeout,
-		in:         actors.NewBudgetInbox(env, InboxLimit, env.FlowBuffer()),
+		in:         actors.NewBudgetInbox(env, InboxLimit, env.Opts.FlowBuffer),
 		flows:      make(map[actors.Key]*udpFlow),
 		byHost:     make(map[netip.AddrPort]*udpFlow),
 		maxPayload: maxUDPPayload(env, v6),
@@ -218,7 +215,7 @@ const InboxLimit = 4096
 // that matches no flow; see tcp.Start for the contract. The returned Handle
 // shares its inbox with the other flows of the guest's (address, port).
 func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
-	if env.Conf != nil && env.Conf.NoUDP {
+	if env.Opts.NoUDP {
 		f.Release()
 		return nil
 	}
@@ -270,14 +267,9 @@ var udpSocketLog actors.RateLog
 // Called with udpReg held.
 func newOutboundBinding(env *actors.Env, guest netip.AddrPort) (*Binding, error) {
 	v6 := guest.Addr().Is6()
-	var bindAddr netip.Addr
-	ifname := ""
-	if env.Conf != nil {
-		if v6 {
-			bindAddr, ifname = env.Conf.Outbound6, env.Conf.OutboundIf6
-		} else {
-			bindAddr, ifname = env.Conf.Outbound4, env.Conf.OutboundIf4
-		}
+	bindAddr, ifname := env.Opts.Outbound4, env.Opts.OutboundIf4
+	if v6 {
+		bindAddr, ifname = env.Opts.Outbound6, env.Opts.OutboundIf6
 	}
 	if !bindAddr.IsValid() {
 		bindAddr = netip.IPv4Unspecified()

@@ -12,7 +12,6 @@ import (
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
 
-	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link/wire"
 )
 
@@ -31,7 +30,7 @@ func TestUDPEcho(t *testing.T) {
 		{"v6", "[::1]:0", actorstest.Guest6, actorstest.GW6, wire.EtherTypeIPv6, netip.IPv6Loopback()},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			te := actorstest.New(t, nil)
+			te := actorstest.New(t, actors.Options{})
 			echo := actorstest.UDPEcho(t, tc.listen)
 			gport := actorstest.FreeUDPPort(t, tc.listen)
 			guest := netip.AddrPortFrom(tc.guest, gport)
@@ -85,7 +84,7 @@ func checkHostPortBusy(t *testing.T, te *actorstest.Env, listen string, port uin
 // TestUDPBatch queues many datagrams before the actor runs, so that they
 // go out in sendmmsg batches, and checks that all come back intact.
 func TestUDPBatch(t *testing.T) {
-	te := actorstest.New(t, nil)
+	te := actorstest.New(t, actors.Options{})
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	guest := netip.AddrPortFrom(actorstest.Guest4, actorstest.FreeUDPPort(t, "127.0.0.1:0"))
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
@@ -112,7 +111,7 @@ func TestUDPBatch(t *testing.T) {
 // guest's datagram to a second far end (a second flow, so a second
 // Start) leaves from the same host port.
 func TestUDPAnyFarEnd(t *testing.T) {
-	te := actorstest.New(t, nil)
+	te := actorstest.New(t, actors.Options{})
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	gport := actorstest.FreeUDPPort(t, "127.0.0.1:0")
 	guest := netip.AddrPortFrom(actorstest.Guest4, gport)
@@ -160,7 +159,7 @@ func TestUDPAnyFarEnd(t *testing.T) {
 // TestUDPIdleTimeout checks that idle flows end (each Handle reported once
 // on Ended) and that the host socket is closed with them.
 func TestUDPIdleTimeout(t *testing.T) {
-	te := actorstest.New(t, &conf.Config{UDPTimeout: 150 * time.Millisecond})
+	te := actorstest.New(t, actors.Options{UDPTimeout: 150 * time.Millisecond})
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	echo2 := actorstest.UDPEcho(t, "127.0.0.1:0")
 	base := actorstest.FDCount(t)
@@ -227,7 +226,7 @@ func TestUDPPortUnreachable(t *testing.T) {
 		{"v6", "[::1]:0", actorstest.Guest6, actorstest.GW6},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			te := actorstest.New(t, nil)
+			te := actorstest.New(t, actors.Options{})
 			closed := actorstest.FreeUDPPort(t, tc.listen)
 			guest := netip.AddrPortFrom(tc.guest, actorstest.FreeUDPPort(t, tc.listen))
 			far := netip.AddrPortFrom(tc.gw, closed)
@@ -296,7 +295,7 @@ func TestUDPPortUnreachable(t *testing.T) {
 // TestUDPMalformed feeds frames whose UDP length lies and checks they are
 // dropped and counted, not sent.
 func TestUDPMalformed(t *testing.T) {
-	te := actorstest.New(t, nil)
+	te := actorstest.New(t, actors.Options{})
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	guest := netip.AddrPortFrom(actorstest.Guest4, actorstest.FreeUDPPort(t, "127.0.0.1:0"))
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
@@ -322,7 +321,7 @@ func TestUDPMalformed(t *testing.T) {
 
 // TestUDPNoUDP checks that --no-udp refuses flows.
 func TestUDPNoUDP(t *testing.T) {
-	te := actorstest.New(t, &conf.Config{NoUDP: true})
+	te := actorstest.New(t, actors.Options{NoUDP: true})
 	guest := netip.AddrPortFrom(actorstest.Guest4, 40000)
 	far := netip.AddrPortFrom(actorstest.GW4, 53)
 	if h := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, nil)); h != nil {
@@ -334,7 +333,7 @@ func TestUDPNoUDP(t *testing.T) {
 // still goes out, but an answer has no port to go to in the guest: it is
 // counted, not sent as a frame to port 0.
 func TestUDPFromPortZero(t *testing.T) {
-	te := actorstest.New(t, nil)
+	te := actorstest.New(t, actors.Options{})
 	srv, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

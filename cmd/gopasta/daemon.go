@@ -299,14 +299,14 @@ func (d *daemon) setup() error {
 	if d.vu != nil && os.Getenv(vhostUserLendEnv) != "" {
 		d.w.Lend = d.vu
 	}
-	d.env = &actors.Env{Ctx: d.ctx, Conf: cfg, Out: d.w, Peer: d.peer, Log: log.Logger, NAT: host.NAT, Trace: &d.trace}
+	d.env = &actors.Env{Ctx: d.ctx, Opts: actors.OptionsFrom(cfg), Out: d.w, Peer: d.peer, Log: log.Logger, NAT: host.NAT, Trace: &d.trace}
 	d.disp = dispatcher.New(cfg, d.dev, d.env, log.Logger)
 	d.teePcap()
 	control.SetNativeBackend(ctlBackend{d})
 
 	// Listening sockets are bound now, so that a port in use is a setup
 	// error that podman sees, and "auto" has scanned once.
-	if d.fw, err = forward.StartForwarder(d.env, d.nsFD); err != nil {
+	if d.fw, err = forward.StartForwarder(d.env, forward.OptionsFrom(cfg), d.nsFD); err != nil {
 		return err
 	}
 	d.stops = append(d.stops, d.fw.Stop)
