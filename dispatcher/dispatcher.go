@@ -82,13 +82,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gopasta/gopasta/actors/icmp"
-	"github.com/gopasta/gopasta/actors/tcp"
-	"github.com/gopasta/gopasta/actors/udp"
-
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/icmp"
+	"github.com/gopasta/gopasta/actors/tcp"
+	"github.com/gopasta/gopasta/actors/udp"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"

@@ -8,13 +8,12 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/gopasta/gopasta/actors/nat"
-
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv6"
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/nat"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"

@@ -10,11 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopasta/gopasta/actors/nat"
-
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/nat"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/linktest"

@@ -12,13 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopasta/gopasta/actors/nat"
-
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/nat"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )

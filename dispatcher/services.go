@@ -4,9 +4,8 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/gopasta/gopasta/actors/nat"
-
 	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/nat"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"

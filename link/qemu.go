@@ -38,7 +38,6 @@ package link
 import (
 	"encoding/binary"
 	"fmt"
-	"github.com/gopasta/gopasta/internal/nbsys"
 	"io"
 	"net"
 	"os"
@@ -48,6 +47,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/internal/nbsys"
 )
 
 const (

@@ -3,7 +3,6 @@ package link
 import (
 	"errors"
 	"fmt"
-	"github.com/gopasta/gopasta/internal/nbsys"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -13,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/internal/nbsys"
 	"github.com/gopasta/gopasta/link/netns"
 )
 

@@ -10,12 +10,11 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
 	"github.com/gopasta/gopasta/actors/tcp"
-
-	"golang.org/x/sys/unix"
-
 	"github.com/gopasta/gopasta/conf"
 )
 

@@ -13,14 +13,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
 	"github.com/gopasta/gopasta/actors/nat"
-
-	"github.com/sirupsen/logrus"
-	"golang.org/x/sys/unix"
-
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/netns"

@@ -8,11 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
-
 	"github.com/gopasta/gopasta/conf"
-	"golang.org/x/sys/unix"
 )
 
 // TestTCPInboundFlowLimit: connections accepted on a -t listener are held

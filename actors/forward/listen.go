@@ -4,14 +4,13 @@ import (
 	"net/netip"
 	"os"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
 	"github.com/gopasta/gopasta/actors/splice"
 	"github.com/gopasta/gopasta/actors/tcp"
 	"github.com/gopasta/gopasta/actors/udp"
-
-	"golang.org/x/sys/unix"
-
 	"github.com/gopasta/gopasta/conf"
 )
 

@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	"github.com/gopasta/gopasta/actors/actorstest"
-
 	"github.com/gopasta/gopasta/conf"
 )
 

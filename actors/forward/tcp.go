@@ -6,13 +6,12 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
 	"github.com/gopasta/gopasta/actors/splice"
 	"github.com/gopasta/gopasta/actors/tcp"
-
-	"golang.org/x/sys/unix"
-
 	"github.com/gopasta/gopasta/link/wire"
 )
 

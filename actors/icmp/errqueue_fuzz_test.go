@@ -7,13 +7,12 @@ import (
 	"testing"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
 	"github.com/gopasta/gopasta/actors/internal/icmperr"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
-
-	"golang.org/x/sys/unix"
-
 	"github.com/gopasta/gopasta/link/wire"
 )
 

@@ -8,13 +8,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gopasta/gopasta/actors"
-	"github.com/gopasta/gopasta/actors/internal/icmperr"
-	"github.com/gopasta/gopasta/actors/internal/sockutil"
-
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/internal/icmperr"
+	"github.com/gopasta/gopasta/actors/internal/sockutil"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )

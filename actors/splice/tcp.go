@@ -9,12 +9,11 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/internal/poll"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
-
-	"golang.org/x/sys/unix"
-
 	"github.com/gopasta/gopasta/internal/nbsys"
 )
 

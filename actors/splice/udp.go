@@ -9,11 +9,10 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/gopasta/gopasta/actors/internal/sockutil"
-
-	"github.com/gopasta/gopasta/internal/nbsys"
-
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/actors/internal/sockutil"
+	"github.com/gopasta/gopasta/internal/nbsys"
 )
 
 // Theory of operation: the UDP splice path

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/gopasta/gopasta/actors/actorstest"
-
 	"github.com/gopasta/gopasta/link/wire"
 )
 

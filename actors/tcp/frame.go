@@ -5,7 +5,6 @@ import (
 	"net/netip"
 
 	"github.com/gopasta/gopasta/actors"
-
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )

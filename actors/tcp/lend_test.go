@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/gopasta/gopasta/actors/actorstest"
-
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"

@@ -7,12 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
 	"github.com/gopasta/gopasta/actors/internal/poll"
-
 	"github.com/gopasta/gopasta/link/wire"
-	"golang.org/x/sys/unix"
 )
 
 // TestTCPConnectCap: SYNs beyond the cap on pending connects are answered

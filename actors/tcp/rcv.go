@@ -4,11 +4,10 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/gopasta/gopasta/actors"
-
-	"github.com/gopasta/gopasta/internal/nbsys"
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/internal/nbsys"
 	"github.com/gopasta/gopasta/link"
 )
 

@@ -7,12 +7,11 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/internal/poll"
-
 	"github.com/gopasta/gopasta/internal/nbsys"
-
-	"golang.org/x/sys/unix"
 )
 
 // tcpSock is the host side of a flow: a non-blocking TCP socket. All I/O

@@ -50,15 +50,13 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/gopasta/gopasta/actors"
-	"github.com/gopasta/gopasta/actors/internal/sockutil"
-
-	"github.com/gopasta/gopasta/internal/nbsys"
-
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/flowtrace"
+	"github.com/gopasta/gopasta/actors/internal/sockutil"
+	"github.com/gopasta/gopasta/internal/nbsys"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )

@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopasta/gopasta/actors"
-	"github.com/gopasta/gopasta/actors/actorstest"
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/actorstest"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )

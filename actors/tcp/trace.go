@@ -4,10 +4,9 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/gopasta/gopasta/actors"
-
 	"github.com/sirupsen/logrus"
 
+	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"

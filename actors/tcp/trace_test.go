@@ -8,11 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopasta/gopasta/actors"
-	"github.com/gopasta/gopasta/actors/actorstest"
-
 	"github.com/sirupsen/logrus"
 
+	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/actorstest"
 	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/link/wire"
 )

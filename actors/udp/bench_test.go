@@ -6,12 +6,11 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
 	"github.com/gopasta/gopasta/actors/nat"
-
-	"github.com/sirupsen/logrus"
-
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"

@@ -7,7 +7,6 @@ import (
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
-
 	"github.com/gopasta/gopasta/link"
 )
 

@@ -5,12 +5,11 @@ import (
 	"net/netip"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
 	"github.com/gopasta/gopasta/actors/splice"
-
-	"golang.org/x/sys/unix"
-
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link/wire"
 )

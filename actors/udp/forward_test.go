@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopasta/gopasta/actors"
-	"github.com/gopasta/gopasta/actors/actorstest"
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/actorstest"
 	"github.com/gopasta/gopasta/conf"
 )
 

@@ -4,7 +4,6 @@ import (
 	"net/netip"
 
 	"github.com/gopasta/gopasta/actors"
-
 	"github.com/gopasta/gopasta/link/wire"
 )
 

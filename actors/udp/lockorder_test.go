@@ -10,7 +10,6 @@ import (
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
-
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 )

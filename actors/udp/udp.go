@@ -10,15 +10,14 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/gopasta/gopasta/actors"
-	"github.com/gopasta/gopasta/actors/internal/icmperr"
-	"github.com/gopasta/gopasta/actors/internal/sockutil"
-	"github.com/gopasta/gopasta/actors/splice"
-
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/flowtrace"
+	"github.com/gopasta/gopasta/actors/internal/icmperr"
+	"github.com/gopasta/gopasta/actors/internal/sockutil"
+	"github.com/gopasta/gopasta/actors/splice"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )

@@ -7,10 +7,9 @@ import (
 	"path/filepath"
 	"sync"
 
-	"github.com/gopasta/gopasta/actors/forward"
-
 	"github.com/sirupsen/logrus"
 
+	"github.com/gopasta/gopasta/actors/forward"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/conf/control"
 )

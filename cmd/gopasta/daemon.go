@@ -14,17 +14,16 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gopasta/gopasta/actors/forward"
-	"github.com/gopasta/gopasta/actors/icmp"
-	"github.com/gopasta/gopasta/actors/splice"
-	"github.com/gopasta/gopasta/actors/tcp"
-	"github.com/gopasta/gopasta/actors/udp"
-
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/flowtrace"
+	"github.com/gopasta/gopasta/actors/forward"
+	"github.com/gopasta/gopasta/actors/icmp"
+	"github.com/gopasta/gopasta/actors/splice"
+	"github.com/gopasta/gopasta/actors/tcp"
+	"github.com/gopasta/gopasta/actors/udp"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/conf/control"
 	"github.com/gopasta/gopasta/dispatcher"

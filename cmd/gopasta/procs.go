@@ -7,10 +7,10 @@ import (
 	"time"
 	"unsafe"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/actors/forward"
 	"github.com/gopasta/gopasta/actors/tcp"
-
-	"golang.org/x/sys/unix"
 )
 
 // Adaptive GOMAXPROCS, theory of operation.

@@ -15,8 +15,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gopasta/gopasta/actors/flowtrace"
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/actors/flowtrace"
 )
 
 // The native protocol: `gopasta ctl SOCKET COMMAND` for people.

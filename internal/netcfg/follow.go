@@ -10,12 +10,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gopasta/gopasta/actors/nat"
-
 	"github.com/sirupsen/logrus"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/actors/nat"
 	"github.com/gopasta/gopasta/internal/nbsys"
 )
 

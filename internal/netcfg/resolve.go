@@ -29,11 +29,10 @@ import (
 	"os"
 	"strings"
 
-	"github.com/gopasta/gopasta/actors/nat"
-
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/actors/nat"
 	"github.com/gopasta/gopasta/conf"
 )
 

@@ -11,10 +11,10 @@ import (
 	"sync"
 	"unsafe"
 
-	"github.com/gopasta/gopasta/actors/nat"
-
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/actors/nat"
 )
 
 // Following the host's resolver

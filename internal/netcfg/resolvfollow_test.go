@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopasta/gopasta/actors/nat"
-
 	"github.com/sirupsen/logrus"
+
+	"github.com/gopasta/gopasta/actors/nat"
 )
 
 // startResolvFollowerIn follows path for a NAT forwarding to the first

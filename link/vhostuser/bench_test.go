@@ -5,8 +5,9 @@ import (
 	"testing"
 	"unsafe"
 
-	"github.com/gopasta/gopasta/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link"
 )
 
 // BenchmarkWriteBatch: host to guest, 64 KiB frames into 4 KiB mergeable

@@ -13,10 +13,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/gopasta/gopasta/link"
-	"github.com/gopasta/gopasta/link/wire"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
 )
 
 // Config configures a Device. Every hook is optional.

@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
-	"golang.org/x/sys/unix"
 )
 
 // txFrame makes frame p available on the guest's transmit queue behind a

@@ -14,9 +14,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopasta/gopasta/link"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link"
 )
 
 const (

@@ -5,8 +5,9 @@ import (
 	"net"
 	"testing"
 
-	"github.com/gopasta/gopasta/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link"
 )
 
 // FuzzRequests drives the request handlers with fuzzer-chosen sequences

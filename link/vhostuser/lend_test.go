@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gopasta/gopasta/link"
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/link"
 )
 
 // rxDriver is the fake driver's receive side: buffers of one size, each

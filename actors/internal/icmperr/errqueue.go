@@ -4,11 +4,10 @@ import (
 	"net/netip"
 	"unsafe"
 
-	"github.com/gopasta/gopasta/actors"
-	"github.com/gopasta/gopasta/actors/internal/sockutil"
-
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/internal/sockutil"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )

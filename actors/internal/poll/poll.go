@@ -6,11 +6,10 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/gopasta/gopasta/actors"
-
-	"github.com/gopasta/gopasta/internal/nbsys"
-
 	"golang.org/x/sys/unix"
+
+	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/internal/nbsys"
 )
 
 // # TCP socket readiness: one edge-triggered epoll for all flows

@@ -9,10 +9,9 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/gopasta/gopasta/actors/internal/poll"
-
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/actors/internal/poll"
 	"github.com/gopasta/gopasta/internal/nbsys"
 )
 
