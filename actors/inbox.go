@@ -14,8 +14,8 @@ import (
 // Why not a channel: the hand-over from the dispatcher to an actor is the
 // one buffer on the datagram path that has no kernel behind it, and it must
 // ride out the actor being off the CPU as long as the other buffers do.
-// On a loaded two-core machine a UDP actor was measured to fall 2,000
-// frames (200 ms at 10k datagrams/s) behind the dispatcher, while the host
+// On a loaded machine a UDP actor falls thousands of frames (hundreds of
+// milliseconds at 10k datagrams/s) behind the dispatcher, while the host
 // socket buffers hold about 2,000 such datagrams and the tap's transmit
 // queue 10,000 frames. A channel that deep costs its full size up front, per
 // actor, for the actor's whole life (a UDP binding lives 180 s after its

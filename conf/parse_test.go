@@ -531,7 +531,7 @@ func TestAddressSemantics(t *testing.T) {
 
 // TestPrintCapabilities: --print-capabilities asks for the vhost-user
 // capabilities and an exit in every mode, before anything else is checked
-// or started (it used to be a passt flag that started the daemon).
+// or started (it is not a passt flag that starts the daemon).
 func TestPrintCapabilities(t *testing.T) {
 	for _, c := range []struct {
 		prog string

@@ -335,7 +335,7 @@ func TestForwardAutoSkipsOwnSockets(t *testing.T) {
 // mapping a loopback client cannot be shown to the namespace as itself;
 // as with pasta, it appears from gopasta's own tap address (the gateway
 // for IPv4, our link-local address for IPv6), like a client on the host's
-// own address (TestInboundFromHostOwnAddress). It used to be refused.
+// own address (TestInboundFromHostOwnAddress), not refused.
 func TestForwardNoSpliceNoMapping(t *testing.T) {
 	gp := StartGopasta(t, "-t", "18610:28610", "--no-splice", "--no-map-gw", "-u", "none", "-T", "none", "-U", "none")
 	ServeInfo(ListenTCPIn(t, gp.Guest, "tcp", ":28610"))

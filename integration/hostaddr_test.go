@@ -137,8 +137,8 @@ func TestVPNTemplate(t *testing.T) {
 // also the guest's, since the guest copies it -- reaches the guest from
 // gopasta's own tap address, as with pasta: the gateway for IPv4 (without
 // --map-guest-addr), the link-local address router advertisements come
-// from for IPv6; TCP and UDP, and replies find their way back. It used to
-// be reset ("no way to show it to the guest"), which broke podman's
+// from for IPv6; TCP and UDP, and replies find their way back. A reset
+// ("no way to show it to the guest") would break podman's
 // `-p [host IPv6]:P:P` for every client on the host itself.
 func TestInboundFromHostOwnAddress(t *testing.T) {
 	port := randPort()

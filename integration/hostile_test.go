@@ -15,9 +15,9 @@ import (
 )
 
 // TestHostileServiceFrames sends, from a packet socket in the guest, the
-// frames that used to kill the daemon or make it echo without bound: a
-// DHCPv6 SOLICIT with 1600 IA_NAs (its reply was larger than any frame,
-// and GetFrame panicked on the dispatcher's goroutine) and a DHCPv4
+// frames that could kill the daemon or make it echo without bound: a
+// DHCPv6 SOLICIT with 1600 IA_NAs (its reply would be larger than any
+// frame, too large for GetFrame on the dispatcher's goroutine) and a DHCPv4
 // DISCOVER carrying 30 KB each of options 82 and 61. The daemon must stay
 // up and answer both, and then an ordinary client too.
 func TestHostileServiceFrames(t *testing.T) {

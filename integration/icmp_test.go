@@ -155,7 +155,7 @@ func pingSocketAddrs(t *testing.T, ns Netns) []netip.Addr {
 
 // TestPingOutbound: ICMP echo honours -o and --outbound-if4/6 as TCP and
 // UDP do, and as pasta does: the host's ping socket is bound to the -o
-// address, or to the --outbound-if interface. Echo used to ignore both.
+// address, or to the --outbound-if interface.
 func TestPingOutbound(t *testing.T) {
 	needTool(t, "ping")
 	// The host has a second interface, alt0, towards a neighbour that

@@ -341,8 +341,8 @@ func TestConfigNetIPv6OutsideGatewayPrefix(t *testing.T) {
 
 // TestCommandModeHostname: in command mode the command runs in a UTS
 // namespace of its own, as with pasta: its hostname is -H's, else
-// "pasta-" and the host's, and the host's own hostname does not change.
-// -H used to set only the DHCP host name.
+// "pasta-" and the host's, and the host's own hostname does not change:
+// -H is more than the DHCP host name.
 func TestCommandModeHostname(t *testing.T) {
 	h := HostNetns(t)
 	hostName, err := os.Hostname()
@@ -419,7 +419,7 @@ func openTapIn(t *testing.T, ns Netns, name string) *os.File {
 // TestPastaTapFD: -F in pasta mode takes a tap device the caller opened,
 // as pasta does, instead of creating one: --config-net configures that
 // interface and traffic flows through it. A descriptor that is not a tap
-// is a one-line error. -F used to be accepted and ignored.
+// is a one-line error, not accepted and ignored.
 func TestPastaTapFD(t *testing.T) {
 	h := HostNetns(t)
 	g := NewNetns(t, "g")

@@ -19,7 +19,7 @@ import (
 // TapTxQueueLen is the transmit queue length gopasta gives its tap. The
 // kernel's default of 1000 frames is what the guest's stack may queue
 // towards us before it drops; at MTU 1500 that throttles bulk transfers to a
-// fraction of a Gbit/s (RootlessKit measured 0.24 Gbit/s with it).
+// fraction of a Gbit/s.
 const TapTxQueueLen = 10000
 
 // Tap is the tap device of pasta mode: the guest end of the link is a

@@ -16,8 +16,8 @@ import (
 // Reading /proc/net/tcp walks the kernel's whole established-connection
 // hash table, every bucket of it, whatever the namespace: on a host with
 // memory to spare that table has hundreds of thousands of buckets, and a
-// scan once a second of two tables in two namespaces was 80% of an idle
-// daemon's CPU time (perf: established_get_first), 22 ms a second. The
+// scan once a second of two tables in two namespaces is most of an idle
+// daemon's CPU time (perf: established_get_first). The
 // same question asked through NETLINK_SOCK_DIAG with only TCP_LISTEN in
 // the state mask is answered from the listening table alone: the kernel
 // skips the established table when no other state is asked for.

@@ -135,7 +135,7 @@ func TestNATFollowsResolver(t *testing.T) {
 // TestNATTapFallback: with --no-map-gw (podman) a host peer on the host's
 // own address, which the guest has too, or on loopback, appears from
 // gopasta's own tap address as in pasta: the gateway for IPv4, our
-// link-local address for IPv6. It used to be refused (reset).
+// link-local address for IPv6, not refused (reset).
 func TestNATTapFallback(t *testing.T) {
 	ap := netip.MustParseAddrPort
 	a := netip.MustParseAddr

@@ -440,11 +440,10 @@ func (c *tcpConn) onSocket() {
 	}
 }
 
-// armTimer points the timer at the earliest deadline. It used to leave an
-// earlier timer alone when the deadline moved later, letting it fire early
-// and be re-armed; with delayed ACKs that is a spurious wake-up of an idle
-// process every millisecond of request/response traffic, and a Reset costs
-// far less than that.
+// armTimer points the timer at the earliest deadline, also when that
+// moved later: a timer left to fire early and be re-armed would, with
+// delayed ACKs, wake an idle process every millisecond of request/response
+// traffic, and a Reset costs far less than that.
 func (c *tcpConn) armTimer() {
 	next := c.lastAct.Add(tcpActTimeout)
 	for _, t := range [...]time.Time{c.rtoAt, c.persistAt, c.hsAt, c.ackAt, c.budgetAt} {
@@ -1036,7 +1035,7 @@ func (c *tcpConn) sendBurst(f *link.Frame) {
 // sendAck sends a pure ACK with the current window, unless it would repeat
 // the last segment's acknowledgement and window and nothing forces it. A
 // repeated ACK is a duplicate ACK to the guest: while the socket is full
-// and we hold what the guest sent, every inbox drain used to send one, and
+// and we hold what the guest sent, every inbox drain would send one, and
 // three of them make the guest retransmit and halve its window for
 // nothing lost.
 func (c *tcpConn) sendAck() {

@@ -12,10 +12,8 @@ import "golang.org/x/sys/unix"
 // cost of relaying them was paid: the recvmmsg copy, the checksum, the
 // tap write and the guest's IP and UDP input. On a loaded machine that
 // cost is CPU time the guest's reader needed, so the faster gopasta
-// relays, the less the reader gets: measured with iperf3 -u on 2 CPUs,
-// gopasta relayed 40% more datagrams than pasta into the guest and more
-// than half were dropped at the guest socket, against a quarter to a
-// third for pasta.
+// relays, the less the reader gets, and the larger the share of the
+// datagrams relayed that the guest socket drops.
 //
 // After writing a full recvmmsg batch (a stream: the socket held at
 // least a batch), the receiver therefore gives up the CPU with
@@ -25,9 +23,7 @@ import "golang.org/x/sys/unix"
 // host socket, where a drop costs the least. When nothing else wants the
 // CPU, sched_yield returns at once: one cheap system call per batch of up
 // to 64 datagrams. Request/response traffic never fills a batch and never
-// yields. Measured (iperf3 -u -b 10G -l 1400, host -> guest, 6
-// interleaved runs): 412 -> 650 Mbit/s received, loss 62% -> 49%, at
-// less CPU.
+// yields.
 
 // yieldToGuest gives the CPU to whatever else is runnable on it, the
 // guest's reader above all. It goes through the runtime's system call

@@ -67,15 +67,14 @@ import (
 //     receiver thus alternates recvmmsg and tap writes on one thread, and
 //     the socket buffer, not a queue of frames, holds what waits: the
 //     writer goroutine and the receiver do not wake each other for every
-//     batch (measured: as many datagrams into an iperf3 guest at 7-10%
-//     less CPU, on a loaded 2-CPU machine), and after a full batch it
-//     lets the guest's reader run (yieldToGuest, rx.go). Doing
-//     that in the actor would cost a goroutine hop per wakeup (poller ->
-//     waker -> actor), and each hop wakes a thread, often on the other
-//     CPU; that made UDP_RR half as fast as pasta. The two share the flow
-//     tables under mu (held for lookups, never across a syscall); the
-//     receive buffers are the receiver's, under rxMu, which the actor's
-//     sweep only takes with TryLock to free them when the socket is quiet.
+//     batch, and after a full batch it lets the guest's reader run
+//     (yieldToGuest, rx.go). Doing that in the actor would cost a
+//     goroutine hop per wakeup (poller -> waker -> actor), and each hop
+//     wakes a thread, often on the other CPU, which request/response
+//     traffic pays in full. The two share the flow tables under mu (held
+//     for lookups, never across a syscall); the receive buffers are the
+//     receiver's, under rxMu, which the actor's sweep only takes with
+//     TryLock to free them when the socket is quiet.
 //
 // Inbound (-u) listeners are bindings too, created by actors/forward:
 // the first datagram from a new client creates a flow registered with the

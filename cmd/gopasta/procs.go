@@ -21,11 +21,9 @@ import (
 // finds none (the readied goroutine sits in the current P's runnext) and
 // sleeps again: futex, nanosleep and epoll calls, and on a VM an
 // inter-processor interrupt, per hop. For request/response traffic that is
-// most of the daemon's CPU time: measured on a 2-vCPU VM, UDP_RR ran at
-// 7.4k transactions/s with GOMAXPROCS=2 and 13.3k with 1 (Debian pasta, one
-// thread: 16.6k), at less CPU per transaction. Bulk transfers are the
-// opposite case: they keep more than a core busy and gain from a second P
-// (TCP guest -> host 9.2 vs 7.0 Gbit/s).
+// most of the daemon's CPU time, and with one P the same traffic runs at a
+// higher rate for less CPU per transaction. Bulk transfers are the
+// opposite case: they keep more than a core busy and gain from a second P.
 //
 // So the daemon runs with one P while it needs less than a core, and with
 // all of them while it needs more: adaptProcs samples the process's CPU

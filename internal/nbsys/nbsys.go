@@ -10,12 +10,11 @@
 // another thread. Part of entersyscall is waking sysmon, the runtime's
 // monitor thread, whenever it has gone into its deep sleep — which it does
 // as soon as every P is idle. A request/response flow idles between every
-// transaction, so each transaction's first system call woke sysmon on the
-// other CPU, which then polled every 20 µs until the process idled again
-// and went back to sleep: three to five context switches per transaction,
-// a fifth of gopasta's CPU time in a TCP_RR run (perf: futex wake from
-// runtime.entersyscallWakeSysmon, do_nanosleep and futex_wait in sysmon),
-// and an inter-processor wake-up on the critical path.
+// transaction, so each transaction's first system call would wake sysmon
+// on the other CPU, which then polls every 20 µs until the process idles
+// again and goes back to sleep: several context switches per transaction
+// (futex wake from runtime.entersyscallWakeSysmon, nanosleep and futex
+// wait in sysmon) and an inter-processor wake-up on the critical path.
 //
 // Every call here is made on a non-blocking descriptor or with
 // MSG_DONTWAIT / SPLICE_F_NONBLOCK, so it cannot hold its thread for long,

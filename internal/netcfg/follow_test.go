@@ -227,9 +227,9 @@ func entries(h *test.Hook) []string {
 
 // TestFollowHostAddrsStopsQuietly: the daemon stops the follower (Close)
 // while its Run may still be starting, as a short command-mode run does at
-// exit; nothing of that is a warning. It used to say "cannot list the
-// host's addresses error=use of closed file" when Close closed the netlink
-// handle under Run's first look.
+// exit; nothing of that is a warning (such as "cannot list the host's
+// addresses error=use of closed file", were Close to close the netlink
+// handle under Run's first look).
 func TestFollowHostAddrsStopsQuietly(t *testing.T) {
 	h, fd := nsHandle(t)
 	up := addLink(t, h, "up0")
