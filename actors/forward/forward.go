@@ -101,23 +101,14 @@ type fwdDir struct {
 	spare map[uint16][]spareListener
 }
 
-// StartForwarding binds the listeners of every -t/-u/-T/-U option, starts
+// StartForwarder binds the listeners of every -t/-u/-T/-U option, starts
 // the "auto" scanner, and enables the loopback splice path. nsFD is the
 // namespace (pasta); without one (nsFD < 0) only -t/-u forward, through
 // the tap. Call it before reporting readiness: its error is the one line
-// the user (or podman) must see. stop closes every listener and waits for
-// their goroutines; spliced connections and flows already running end on
-// their own.
-func StartForwarding(env *actors.Env, opts Options, nsFD int) (stop func(), err error) {
-	fw, err := StartForwarder(env, opts, nsFD)
-	if err != nil {
-		return nil, err
-	}
-	return fw.Stop, nil
-}
-
-// StartForwarder is StartForwarding returning a handle on which the rules
-// can be replaced at run time (Forwarding.Replace).
+// the user (or podman) must see. The rules can be replaced at run time
+// (Forwarding.Replace); Forwarding.Stop closes every listener and waits
+// for their goroutines; spliced connections and flows already running end
+// on their own.
 func StartForwarder(env *actors.Env, opts Options, nsFD int) (*Forwarding, error) {
 	f, err := startForwarder(env, opts, nsFD)
 	if err != nil {

@@ -168,7 +168,7 @@ func TestForwardBindFailureMessage(t *testing.T) {
 	raw := fmt.Sprintf("%d-%d:80-80", p, p)
 	cfg := &conf.Config{TCPPorts: []conf.PortSpec{mustSpec(t, "-t", raw)}, IPv4Only: true}
 	env := fwdTestEnv(t, cfg)
-	stop, err := StartForwarding(env, OptionsFrom(cfg), -1)
+	stop, err := startForwarding(env, OptionsFrom(cfg), -1)
 	if err == nil {
 		stop()
 		t.Fatal("second bind of a busy port succeeded")
@@ -191,7 +191,7 @@ func TestForwardWeakSkipsBusy(t *testing.T) {
 	before := actorstest.FDCount(t)
 	cfg := &conf.Config{TCPPorts: []conf.PortSpec{mustSpec(t, "-t", "127.0.0.1/~1-64999,~65010-65535")}}
 	env := fwdTestEnv(t, cfg)
-	stop, err := StartForwarding(env, OptionsFrom(cfg), -1)
+	stop, err := startForwarding(env, OptionsFrom(cfg), -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +211,7 @@ func TestForwardWeakSkipsBusy(t *testing.T) {
 
 	cfg = &conf.Config{TCPPorts: []conf.PortSpec{mustSpec(t, "-t", "127.0.0.1/~1-65000,~65002-65535")}}
 	env = fwdTestEnv(t, cfg)
-	if stop, err := StartForwarding(env, OptionsFrom(cfg), -1); err == nil {
+	if stop, err := startForwarding(env, OptionsFrom(cfg), -1); err == nil {
 		stop()
 		t.Fatal("a weak spec that bound nothing succeeded")
 	} else if want := "Failed to bind any port for option '-t 127.0.0.1/~1-65000,~65002-65535', exiting"; err.Error() != want {
@@ -423,4 +423,13 @@ func TestOwnDgramInodes(t *testing.T) {
 	if _, ok := sockutil.OwnDgramInodes(m)[s.Ino]; ok {
 		t.Fatalf("inode %d still listed after close", s.Ino)
 	}
+}
+
+// startForwarding is StartForwarder for a test that only stops it.
+func startForwarding(env *actors.Env, opts Options, nsFD int) (stop func(), err error) {
+	fw, err := StartForwarder(env, opts, nsFD)
+	if err != nil {
+		return nil, err
+	}
+	return fw.Stop, nil
 }

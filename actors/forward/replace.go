@@ -23,7 +23,7 @@ import (
 // Forwarding is a running forwarder whose rules can be replaced.
 type Forwarding struct{ f *forwarder }
 
-// Stop closes every listener and ends the scanner (see StartForwarding).
+// Stop closes every listener and ends the scanner (see StartForwarder).
 func (fw *Forwarding) Stop() { fw.f.Stop() }
 
 // Rules are the rules of the four directions.

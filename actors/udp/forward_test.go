@@ -196,3 +196,28 @@ func startListeners(env *actors.Env, specs []conf.PortSpec) (stop func(), err er
 	}
 	return func() { cancel(); wg.Wait() }, nil
 }
+
+func excluded(ex []conf.PortRange, p uint16) bool {
+	for _, r := range ex {
+		if p >= r.First && p <= r.Last {
+			return true
+		}
+	}
+	return false
+}
+
+// listenFamilies lists the families to listen on for one range: the bind
+// address's, the target address's, or both unless -4/-6 says otherwise.
+func listenFamilies(o actors.Options, spec conf.PortSpec, r conf.PortRange) []bool {
+	switch {
+	case spec.Bind.IsValid():
+		return []bool{spec.Bind.Is6() && !spec.Bind.Is4In6()}
+	case r.ToAddr.IsValid():
+		return []bool{r.ToAddr.Is6()}
+	case o.IPv4Only:
+		return []bool{false}
+	case o.IPv6Only:
+		return []bool{true}
+	}
+	return []bool{false, true}
+}
