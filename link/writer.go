@@ -2,8 +2,9 @@ package link
 
 import (
 	"context"
-	"sync"
 	"sync/atomic"
+
+	"github.com/gopasta/gopasta/internal/handoff"
 )
 
 // Writer is the one goroutine that writes to a Device. Producers (the
@@ -18,17 +19,21 @@ import (
 // SendNow is the shortcut for a lone frame (request/response traffic):
 // when nothing is queued or being written it writes the frame from the
 // caller's goroutine, which saves waking the writer goroutine, often on the
-// other CPU, for every reply. Order is kept: queued counts every frame
-// accepted and not yet written, and mu is held across every write, so a
-// frame is only written directly when all frames accepted before it are
-// on the link.
+// other CPU, for every reply. The writer goroutine is the owner of a
+// handoff.Gate and a producer writing directly is a guest: the Gate's
+// backlog counts every frame accepted and not yet written, and the Gate is
+// held across every write, so a frame is only written directly when all
+// frames accepted before it are on the link.
+//
+// Offer and OfferNow are Send and SendNow for the goroutines that must
+// never wait (a guest run of a flow's Gate): when the queue is full they
+// give the frame back instead.
 type Writer struct {
 	dev Device
 	q   chan *Frame
 
-	mu     sync.Mutex // held while writing to dev
-	queued atomic.Int64
-	one    [1]*Frame // SendNow's batch; mu
+	gate handoff.Gate // held while writing to dev; backlog: frames queued or being written
+	one  [1]*Frame    // SendNow's batch; gate
 
 	// Tee, if set before Run, sees every frame after it is written (pcap).
 	// It must not keep the frame. A lent frame (Frame.Loan) shows only
@@ -66,19 +71,19 @@ func (w *Writer) Lender() Lender {
 // Send queues f, blocking while the queue is full. Ownership of f passes to
 // the Writer.
 func (w *Writer) Send(f *Frame) {
-	w.queued.Add(1)
+	w.gate.Queue(1)
 	w.q <- f
 }
 
 // SendCtx is Send that gives up when ctx is done; it returns false (and
 // releases f) in that case.
 func (w *Writer) SendCtx(ctx context.Context, f *Frame) bool {
-	w.queued.Add(1)
+	w.gate.Queue(1)
 	select {
 	case w.q <- f:
 		return true
 	case <-ctx.Done():
-		w.queued.Add(-1)
+		w.gate.Done(1)
 		f.Release()
 		return false
 	}
@@ -91,33 +96,55 @@ func (w *Writer) SendCtx(ctx context.Context, f *Frame) bool {
 // queued, so that the writer goroutine writes it while the producer goes
 // on reading.
 func (w *Writer) SendNow(ctx context.Context, f *Frame) bool {
-	if w.lockIdle() {
-		w.one[0] = f
-		err := w.write(w.one[:])
-		w.one[0] = nil
-		w.mu.Unlock()
-		f.Release()
+	if took, err := w.writeNow(f); took {
 		return err != ErrClosed
 	}
 	return w.SendCtx(ctx, f)
 }
 
+// Offer queues f if there is room and reports whether it did, never
+// waiting; when the queue is full the caller keeps f. It is Send for a
+// goroutine that must not wait (a flow run inline): one that cannot hand
+// a frame over hands it, and what follows it, to the flow's owner.
+func (w *Writer) Offer(f *Frame) bool {
+	w.gate.Queue(1)
+	select {
+	case w.q <- f:
+		return true
+	default:
+		w.gate.Done(1)
+		return false
+	}
+}
+
+// OfferNow is SendNow that never waits for room: f is written at once if
+// the link is idle, else queued if there is room. It reports whether it
+// took f; when the queue is full the caller keeps f.
+func (w *Writer) OfferNow(f *Frame) bool {
+	if took, _ := w.writeNow(f); took {
+		return true
+	}
+	return w.Offer(f)
+}
+
+// writeNow writes f from the calling goroutine, a guest of the Writer's
+// Gate, if no frame is queued or being written, and releases it; it
+// reports whether it did, and the device's error if it did.
+func (w *Writer) writeNow(f *Frame) (took bool, err error) {
+	if !w.gate.TryEnter() {
+		return false, nil
+	}
+	w.one[0] = f
+	err = w.write(w.one[:])
+	w.one[0] = nil
+	w.gate.Leave()
+	f.Release()
+	return true, err
+}
+
 // Idle reports whether no frame is queued or being written: a frame sent
 // now would be written at once.
-func (w *Writer) Idle() bool { return w.queued.Load() == 0 }
-
-// lockIdle takes mu if no frame is queued or being written, so that the
-// caller may write from its own goroutine without overtaking queued
-// frames; it reports whether it did.
-func (w *Writer) lockIdle() bool {
-	if w.Idle() && w.mu.TryLock() {
-		if w.Idle() {
-			return true
-		}
-		w.mu.Unlock()
-	}
-	return false
-}
+func (w *Writer) Idle() bool { return w.gate.Idle() }
 
 // SendBatchNow is SendNow for a burst of frames from one producer: if no
 // other frame is queued or being written, it writes them all from the
@@ -135,9 +162,9 @@ func (w *Writer) SendBatchNow(ctx context.Context, frames []*Frame) bool {
 	if len(frames) == 0 {
 		return true
 	}
-	if w.lockIdle() {
+	if w.gate.TryEnter() {
 		err := w.write(frames)
-		w.mu.Unlock()
+		w.gate.Leave()
 		ReleaseAll(frames)
 		return err != ErrClosed
 	}
@@ -151,7 +178,7 @@ func (w *Writer) SendBatchNow(ctx context.Context, frames []*Frame) bool {
 	return true
 }
 
-// write writes batch to the device and counts it; mu held.
+// write writes batch to the device and counts it; gate held.
 func (w *Writer) write(batch []*Frame) error {
 	err := w.dev.WriteBatch(batch)
 	if err != nil {
@@ -170,16 +197,12 @@ func (w *Writer) write(batch []*Frame) error {
 // TrySend queues f if there is room and reports whether it did. If not, f is
 // released and counted as dropped. Either way the caller no longer owns f.
 func (w *Writer) TrySend(f *Frame) bool {
-	w.queued.Add(1)
-	select {
-	case w.q <- f:
+	if w.Offer(f) {
 		return true
-	default:
-		w.queued.Add(-1)
-		w.Dropped.Add(1)
-		f.Release()
-		return false
 	}
+	w.Dropped.Add(1)
+	f.Release()
+	return false
 }
 
 // Run writes queued frames until ctx is done or the device fails. The
@@ -202,10 +225,10 @@ func (w *Writer) Run(ctx context.Context) error {
 				break drain
 			}
 		}
-		w.mu.Lock()
+		w.gate.Enter()
 		err := w.write(batch)
-		w.queued.Add(-int64(len(batch)))
-		w.mu.Unlock()
+		w.gate.Done(len(batch))
+		w.gate.Leave()
 		ReleaseAll(batch)
 		if err == ErrClosed {
 			return err

@@ -43,8 +43,8 @@ func TestWriterSendBatchNowDirect(t *testing.T) {
 			t.Fatalf("frame %d not written by SendBatchNow itself", i)
 		}
 	}
-	if w.Frames.Load() != 10 || w.queued.Load() != 0 {
-		t.Fatalf("Frames = %d, queued = %d", w.Frames.Load(), w.queued.Load())
+	if w.Frames.Load() != 10 || w.gate.Backlog() != 0 {
+		t.Fatalf("Frames = %d, queued = %d", w.Frames.Load(), w.gate.Backlog())
 	}
 	if !w.SendBatchNow(context.Background(), nil) {
 		t.Fatal("an empty batch failed")
@@ -79,7 +79,7 @@ func TestWriterSendBatchNowQueuesBehind(t *testing.T) {
 	if kept.pool != nil {
 		t.Fatal("a frame not handed over was not released")
 	}
-	if q := w.queued.Load(); q != 3 {
+	if q := w.gate.Backlog(); q != 3 {
 		t.Fatalf("queued = %d, want 3", q)
 	}
 	done := make(chan struct{})

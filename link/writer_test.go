@@ -61,7 +61,7 @@ func producersKeepOrder(t *testing.T, depth int, produce func(ctx context.Contex
 	if got := w.Frames.Load(); got != orderProducers*orderEach {
 		t.Fatalf("Frames = %d", got)
 	}
-	if q := w.queued.Load(); q != 0 {
+	if q := w.gate.Backlog(); q != 0 {
 		t.Fatalf("queued = %d after everything was written", q)
 	}
 }
@@ -80,4 +80,72 @@ func TestTryGetFrame(t *testing.T) {
 		}
 		f.Release()
 	}
+}
+
+// TestWriterOfferNeverWaits: Offer and OfferNow, for goroutines that
+// must not wait, write a lone frame at once on an idle link, queue
+// behind what is queued, and give the frame back, not released and not
+// counted, when the queue is full, where Send would wait.
+func TestWriterOfferNeverWaits(t *testing.T) {
+	sink := newSink(1500, 64)
+	defer sink.Close()
+	w := NewWriter(sink, 2)
+	if !w.OfferNow(numbered(0, 0)) {
+		t.Fatal("OfferNow refused an idle link")
+	}
+	select {
+	case <-sink.Frames():
+	default:
+		t.Fatal("OfferNow on an idle link did not write the frame itself")
+	}
+	// The writer goroutine is not running: what is queued stays queued.
+	if !w.Offer(numbered(0, 1)) || !w.OfferNow(numbered(0, 2)) {
+		t.Fatal("Offer refused a queue with room")
+	}
+	select {
+	case <-sink.Frames():
+		t.Fatal("OfferNow wrote a frame while an earlier one was queued")
+	default:
+	}
+	for _, offer := range []func(*Frame) bool{w.Offer, w.OfferNow} {
+		f := numbered(0, 3)
+		if offer(f) {
+			t.Fatal("a full queue took a frame")
+		}
+		if f.pool == nil {
+			t.Fatal("a frame given back was released")
+		}
+		f.Release()
+	}
+	if q, d := w.gate.Backlog(), w.Dropped.Load(); q != 2 || d != 0 {
+		t.Fatalf("backlog = %d, Dropped = %d after refused offers, want 2, 0", q, d)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = w.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	for i := 1; i <= 2; i++ {
+		b := sink.ReadFrame()
+		if got := binary.BigEndian.Uint32(b[18:]); got != uint32(i) {
+			t.Fatalf("frame %d arrived when %d was due", got, i)
+		}
+	}
+}
+
+// TestWriterOfferKeepsOrder: producers mixing OfferNow (queued with Send
+// when refused) with SendNow see their frames in order.
+func TestWriterOfferKeepsOrder(t *testing.T) {
+	producersKeepOrder(t, 8, func(ctx context.Context, w *Writer, p int) {
+		for i := 0; i < orderEach; i++ {
+			f := numbered(p, i)
+			switch {
+			case i%2 == 0:
+				if !w.OfferNow(f) {
+					w.Send(f)
+				}
+			default:
+				w.SendNow(ctx, f)
+			}
+		}
+	})
 }
