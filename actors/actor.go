@@ -79,6 +79,7 @@ import (
 
 	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/actors/nat"
+	"github.com/gopasta/gopasta/internal/handoff"
 	"github.com/gopasta/gopasta/link"
 )
 
@@ -139,34 +140,36 @@ type Handle struct {
 	// own goroutine when the actor has nothing queued: it reports whether
 	// it took f (and with it, ownership). The dispatcher calls it only for
 	// a frame that came alone in its read batch, so that nothing the actor
-	// would have coalesced is sent apart. See udp.Binding.sendDirect.
+	// would have coalesced is sent apart. Direct enters Gate as a guest
+	// (handoff.Gate.TryEnter) and declines when it cannot.
 	Direct func(f *link.Frame) bool
-
-	// inflight counts frames Offer put into In that the actor has not
-	// finished handling, for a Handle with Direct (a TCP actor; see
-	// tcp/inline.go).
-	Inflight atomic.Int32
+	// Gate, set with Direct, is the flow's run-here-or-hand-over gate:
+	// Offer counts every frame it queues in its backlog, which the actor
+	// counts done once it has handled it, so that Direct never overtakes
+	// a queued frame.
+	Gate *handoff.Gate
 }
 
 // Offer hands f to the actor without blocking and reports whether it did;
 // if not (the inbox is full) the caller still owns f.
 func (h *Handle) Offer(f *link.Frame) bool {
+	if h.Gate != nil {
+		h.Gate.Queue(1) // before the frame can be seen: see handoff
+	}
+	var ok bool
 	if h.Q != nil {
-		return h.Q.Push(f)
-	}
-	count := h.Direct != nil // only an actor that runs inline counts
-	if count {
-		h.Inflight.Add(1)
-	}
-	select {
-	case h.In <- f:
-		return true
-	default:
-		if count {
-			h.Inflight.Add(-1)
+		ok = h.Q.Push(f)
+	} else {
+		select {
+		case h.In <- f:
+			ok = true
+		default:
 		}
-		return false
 	}
+	if !ok && h.Gate != nil {
+		h.Gate.Done(1)
+	}
+	return ok
 }
 
 // Backlog is the number of frames waiting in the actor's inbox.

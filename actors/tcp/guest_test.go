@@ -240,7 +240,7 @@ func (g *guest) input(f *link.Frame) {
 		g.direct++
 		return
 	}
-	g.h.Inflight.Add(1)
+	g.h.Gate.Queue(1)
 	select {
 	case g.h.In <- f:
 	case <-time.After(5 * time.Second):

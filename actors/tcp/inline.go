@@ -21,23 +21,32 @@ import (
 //
 // So when the actor is idle, the goroutine that holds the event does the
 // actor's work itself: the dispatcher for a segment that arrived alone,
-// the harvester for a socket event. The actor's state is guarded by its
-// mutex, which the actor releases only while it waits (see tcpConn); the
-// other goroutine takes it with TryLock, so it never waits for a busy
-// actor: a flow that is already running gets the event the ordinary way.
-// What keeps this correct:
+// the harvester for a socket event. The flow's handoff.Gate decides: the
+// actor is its owner and holds it except while it waits (see tcpConn);
+// the dispatcher and the harvester are its guests, which enter it with
+// TryEnter and so never wait for a busy actor: a flow that is running, or
+// has segments queued, gets the event the ordinary way (its inbox, or a
+// wake-up). What keeps this correct:
 //
 //   - Order. A segment is run inline only if every segment queued before
-//     it has been handled (Handle.inflight is zero): the actor may have
-//     taken one from its inbox and be waiting for the mutex.
+//     it has been handled (the gate's backlog, which Handle.Offer counts,
+//     is zero): the actor may have taken one from its inbox and be
+//     waiting for the gate.
 //   - Only established flows, so that the handshake and the end of a flow
 //     stay in the actor's hands; a flow closed inline pokes the actor,
 //     which sees it and ends it (finish) as always.
-//   - Nobody blocks for long on a foreign flow: the dispatcher runs a flow
-//     only while the link's writer has nothing queued, so the frames the
-//     flow produces go out at once rather than waiting for queue room, and
-//     only on the tap, whose writes do not wait for a reader (a QEMU
-//     socket does: the dispatcher does not offer Direct in passt mode).
+//   - An inline run never waits. Its frames for the guest are offered to
+//     the link Writer (Writer.OfferNow, Offer), which never waits for
+//     room; once the Writer's queue is full the frame, and every frame
+//     after it in that run, is parked on the flow, the run stops reading
+//     the socket, and the actor is poked: it sends the parked frames, in
+//     order and before anything else, waiting for room as actors may, and
+//     goes on where the run stopped. A flow with parked frames is not run
+//     inline again until the actor has sent them. The dispatcher also
+//     runs a flow only while the link's writer has nothing queued, so that
+//     the frames the flow produces go out at once; and only on the tap,
+//     whose writes do not wait for a reader (a QEMU socket does: the
+//     dispatcher does not offer Direct in passt mode).
 //   - A panic resets that flow only, as in the actor.
 //   - Only while the daemon runs on one P (SetSerial): there the actor
 //     could not run in parallel with the goroutine that woke it anyway,
@@ -53,9 +62,11 @@ import (
 var tcpInline atomic.Bool
 
 // Inline counts inline runs: guest segments the dispatcher handled
-// (Segments) and socket events the harvester handled (Events). They are
-// process-wide, reported with the other actor counters.
-var Inline struct{ Segments, Events atomic.Uint64 }
+// (Segments) and socket events the harvester handled (Events), and runs
+// that found the link Writer's queue full and handed the rest to the
+// actor (Parked). They are process-wide, reported with the other actor
+// counters.
+var Inline struct{ Segments, Events, Parked atomic.Uint64 }
 
 func init() { tcpInline.Store(true) }
 
@@ -69,7 +80,7 @@ func SetSerial(serial bool) { tcpInline.Store(serial) }
 // it has once it starts handling it, even if that panics (the result is
 // named so that a recovered panic still says so: f may be released).
 func (c *tcpConn) direct(f *link.Frame) (took bool) {
-	if !c.env.Out.Idle() || !c.lockIdle(func() bool { return c.h.Inflight.Load() == 0 }) {
+	if !c.env.Out.Idle() || !c.enterInline(nil) {
 		return false
 	}
 	defer c.inlineDone()
@@ -88,7 +99,7 @@ func (c *tcpConn) direct(f *link.Frame) (took bool) {
 // closes the flow, and inlineDone pokes the actor).
 func sockInline(s *tcpSock) (ran bool) {
 	c := s.Owner.Load()
-	if c == nil || !c.lockIdle(func() bool { return c.Sock == s }) {
+	if c == nil || !c.enterInline(s) {
 		return false
 	}
 	defer c.inlineDone()
@@ -98,34 +109,39 @@ func sockInline(s *tcpSock) (ran bool) {
 	return ran
 }
 
-// lockIdle takes mu for an inline run if inline runs are on, the actor is
-// waiting (TryLock) and the flow is established, open and passes ok
-// (checked with mu held); it reports whether it did.
-func (c *tcpConn) lockIdle(ok func() bool) bool {
-	if !tcpInline.Load() || !c.mu.TryLock() {
+// enterInline enters the gate as a guest for an inline run if inline runs
+// are on, the actor is waiting with nothing queued (TryEnter), and the
+// flow is established, open, has no parked frames and, for a socket
+// event, still has sock s (checked with the gate held); it reports
+// whether it did.
+func (c *tcpConn) enterInline(s *tcpSock) bool {
+	if !tcpInline.Load() || !c.gate.TryEnter() {
 		return false
 	}
-	if c.state&tcpEstablished == 0 || c.state&tcpClosed != 0 || !ok() {
-		c.mu.Unlock()
+	if c.state&tcpEstablished == 0 || c.state&tcpClosed != 0 || len(c.parked) > 0 || s != nil && c.Sock != s {
+		c.gate.Leave()
 		return false
 	}
+	c.inline = true
 	return true
 }
 
 // inlineDone ends an inline run: it contains a panic to this flow, leaves
-// the timer right and the mutex free, and tells the actor if the flow is
-// over.
+// the timer right and the gate free, and tells the actor if the flow is
+// over or frames are parked for it.
 func (c *tcpConn) inlineDone() {
 	if r := recover(); r != nil {
 		c.crashed(r)
 	}
+	c.inline = false
 	closed := c.state&tcpClosed != 0
 	if !closed {
 		c.publish()
 		c.armTimer()
 	}
-	c.mu.Unlock()
-	if closed {
+	poke := closed || len(c.parked) > 0
+	c.gate.Leave()
+	if poke {
 		select {
 		case c.poke <- struct{}{}:
 		default:
@@ -133,8 +149,47 @@ func (c *tcpConn) inlineDone() {
 	}
 }
 
+// offer hands f to the link Writer from an inline run, never waiting:
+// written or queued if the Writer can take it, parked for the actor if
+// not (or if frames are parked already, which f must not overtake). now:
+// a lone frame (send), else part of a burst (sendBurst).
+func (c *tcpConn) offer(f *link.Frame, now bool) {
+	if len(c.parked) == 0 {
+		if now && c.env.Out.OfferNow(f) || !now && c.env.Out.Offer(f) {
+			return
+		}
+		Inline.Parked.Add(1)
+	}
+	c.parked = append(c.parked, f)
+}
+
+// unpark sends the frames an inline run parked, in order, waiting for
+// room: the actor's, before it sends anything else.
+func (c *tcpConn) unpark() {
+	if len(c.parked) == 0 {
+		return
+	}
+	for i, f := range c.parked {
+		c.env.Out.SendCtx(c.env.Ctx, f)
+		c.parked[i] = nil
+	}
+	c.parked = c.parked[:0]
+}
+
+// resume is the actor's answer to a poke: an inline run closed the flow,
+// or stopped because the link was full. It sends what the run parked and
+// goes on sending what the run left.
+func (c *tcpConn) resume() {
+	c.unpark()
+	if c.state&tcpClosed == 0 {
+		c.now = time.Now()
+		c.output()
+	}
+}
+
 // AddStats adds the TCP counters to m, by the names the statistics log uses.
 func AddStats(m map[string]uint64) {
 	m["tcp_inline_segments"] = Inline.Segments.Load()
 	m["tcp_inline_events"] = Inline.Events.Load()
+	m["tcp_inline_parked"] = Inline.Parked.Load()
 }

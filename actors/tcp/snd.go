@@ -29,7 +29,9 @@ func (c *tcpConn) trySend() {
 		return
 	}
 	for range tcpSendBatches {
-		if !c.sendBatch() {
+		if !c.sendBatch() || len(c.parked) > 0 {
+			// Parked: the link is full and this is an inline run,
+			// which leaves the rest to the actor (inline.go).
 			return
 		}
 	}

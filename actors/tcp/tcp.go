@@ -45,7 +45,6 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -56,6 +55,7 @@ import (
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
+	"github.com/gopasta/gopasta/internal/handoff"
 	"github.com/gopasta/gopasta/internal/nbsys"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
@@ -118,19 +118,26 @@ type tcpSeg struct {
 
 // tcpConn is one TCP flow's actor.
 //
-// Lock rule: mu guards everything below it and is held by whoever runs
-// the flow: the actor goroutine at all times except while it waits in its
-// select, or, while it waits there, the dispatcher or the harvester
-// running the flow inline (inline.go). The actor takes mu from its
-// first instruction (NewConn locks it for the goroutine about to start)
-// to its end; it lets go of it only to wait, to register an inbound flow
-// and once the flow is closed, to report its end (the Registrar is never
-// called with mu held). An inline run takes mu only for an established,
-// open flow, so the flow is never run inline before it is established or
-// after it has ended.
+// Lock rule: gate guards everything below it and is held by whoever runs
+// the flow: the actor goroutine, its owner, at all times except while it
+// waits in its select, or, while it waits there, the dispatcher or the
+// harvester running the flow inline as its guests (inline.go). The actor
+// holds gate from its first instruction (NewConn enters it for the
+// goroutine about to start) to its end; it lets go of it only to wait, to
+// register an inbound flow and once the flow is closed, to report its end
+// (the Registrar is never called with gate held). An inline run enters
+// gate only for an established, open flow, so the flow is never run
+// inline before it is established or after it has ended. The gate's
+// backlog counts the guest segments queued in the inbox (Handle.Offer)
+// and not yet handled.
 type tcpConn struct {
-	mu   sync.Mutex
-	poke chan struct{} // an inline run closed the flow: the actor must look
+	gate handoff.Gate
+	poke chan struct{} // an inline run closed the flow or parked frames: the actor must look
+	// parked are frames an inline run could not hand to the full link
+	// Writer (it must not wait); the actor sends them, before anything
+	// else, once poked.
+	parked []*link.Frame
+	inline bool // an inline run holds gate
 
 	env     *actors.Env
 	h       *actors.Handle
@@ -291,8 +298,8 @@ func NewConn(env *actors.Env, h *actors.Handle, k actors.Key, inbound bool) *tcp
 	c.now = time.Now()
 	c.lastAct = c.now
 	c.poke = make(chan struct{}, 1)
-	c.mu.Lock() // the actor's, from its start: see tcpConn
-	h.Direct = c.direct
+	c.gate.Enter() // the actor's, from its start: see tcpConn
+	h.Direct, h.Gate = c.direct, &c.gate
 	return c
 }
 
@@ -372,11 +379,11 @@ func (c *tcpConn) RunInbound() {
 	defer c.finish()
 	c.timer = time.NewTimer(time.Hour)
 	// Not yet established, so nobody runs the flow inline while the
-	// actor lets go of mu to register (the lock rule, see the package
+	// actor lets go of gate to register (the lock rule, see the package
 	// comment).
-	c.mu.Unlock()
+	c.gate.Leave()
 	ok := c.env.RegisterFlow(c.h)
-	c.mu.Lock()
+	c.gate.Enter()
 	if !ok {
 		c.Sock.Close(true)
 		c.closeReason = "shutting down"
@@ -394,33 +401,34 @@ func (c *tcpConn) RunInbound() {
 	c.loop()
 }
 
-// loop runs the flow until it is closed, mu held except while it waits.
+// loop runs the flow until it is closed, gate held except while it waits.
 func (c *tcpConn) loop() {
 	for c.state&tcpClosed == 0 {
 		c.publish()
 		c.armTimer()
-		wake := c.Sock.wake // c.sock may change once mu is released
-		c.mu.Unlock()
+		wake := c.Sock.wake // c.sock may change once gate is released
+		c.gate.Leave()
 		select {
 		case f := <-c.h.In:
-			c.mu.Lock()
+			c.gate.Enter()
 			c.onFrames(f)
 		case <-wake:
-			c.mu.Lock()
+			c.gate.Enter()
 			if c.state&tcpClosed == 0 {
 				c.onSocket()
 			}
 		case <-c.timer.C:
-			c.mu.Lock()
+			c.gate.Enter()
 			c.timerAt = time.Time{}
 			c.now = time.Now()
 			if c.state&tcpClosed == 0 {
 				c.onTimer()
 			}
 		case <-c.poke:
-			c.mu.Lock()
+			c.gate.Enter()
+			c.resume()
 		case <-c.env.Ctx.Done():
-			c.mu.Lock()
+			c.gate.Enter()
 			c.reset("shutting down")
 		}
 	}
@@ -463,12 +471,12 @@ func (c *tcpConn) onFrames(f *link.Frame) {
 	c.now = time.Now()
 	c.lastAct = c.now
 	c.onFrame(f)
-	c.h.Inflight.Add(-1)
+	c.gate.Done(1)
 	for i := 0; i < tcpDrain && c.state&tcpClosed == 0; i++ {
 		select {
 		case f = <-c.h.In:
 			c.onFrame(f)
-			c.h.Inflight.Add(-1)
+			c.gate.Done(1)
 			continue
 		default:
 		}
@@ -679,6 +687,7 @@ func (c *tcpConn) finish() {
 		s.f.Release()
 	}
 	c.pend, c.ooo = nil, nil
+	c.unpark()
 	c.held = 0
 	c.setCharge(0)
 	if c.timer != nil {
@@ -690,16 +699,16 @@ func (c *tcpConn) finish() {
 	c.publish()
 	c.traceEnd()
 	c.env.Stats.TCPFlows.Add(-1)
-	// The flow is closed, so an inline run that takes mu now finds
-	// nothing to do (lockIdle): let go of it before telling the
+	// The flow is closed, so an inline run that enters gate now finds
+	// nothing to do (enterInline): let go of it before telling the
 	// dispatcher (the lock rule, see the package comment).
 	c.state |= tcpClosed
-	c.mu.Unlock()
+	c.gate.Leave()
 	c.env.EndFlow(c.h)
 }
 
 // crashed resets a flow whose handling panicked with r: the guest and the
-// host peer both see a reset, and the flow is closed. mu held.
+// host peer both see a reset, and the flow is closed. gate held.
 func (c *tcpConn) crashed(r any) {
 	c.env.Stats.Panics.Add(1)
 	c.env.FlowLog(c.key).WithField("panic", fmt.Sprint(r)).Errorf("TCP flow crashed, resetting it\n%s", debug.Stack())
@@ -1022,13 +1031,26 @@ func (c *tcpConn) sendRST() {
 // idle, which saves a hop through the writer goroutine on every exchange
 // of request/response traffic; bursts are queued (sendBurst), so that
 // the writer writes while the actor goes on peeking.
+//
+// An inline run must not wait for room (see inline.go): it offers the
+// frame instead, and parks it for the actor when the queue is full.
 func (c *tcpConn) send(f *link.Frame) {
 	c.countOut(f)
+	if c.inline {
+		c.offer(f, true)
+		return
+	}
+	c.unpark()
 	c.env.Out.SendNow(c.env.Ctx, f)
 }
 
 func (c *tcpConn) sendBurst(f *link.Frame) {
 	c.countOut(f)
+	if c.inline {
+		c.offer(f, false)
+		return
+	}
+	c.unpark()
 	c.env.Out.SendCtx(c.env.Ctx, f)
 }
 

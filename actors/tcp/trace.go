@@ -118,7 +118,7 @@ func (c *tcpConn) tracef(f func() string) {
 }
 
 // publish copies the flow's counters to its Handle for snapshots. Once per
-// wake-up of the flow, whoever runs it, mu held.
+// wake-up of the flow, whoever runs it, gate held.
 func (c *tcpConn) publish() {
 	s := &c.h.Stats
 	s.State.Store(uint32(c.state))
