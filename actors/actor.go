@@ -36,24 +36,31 @@
 // The dispatcher runs an idle flow's work on its own goroutine
 // (Handle.Direct), and the TCP harvester does too (tcp/inline.go), so a
 // flow's state is guarded by locks rather than owned by one goroutine.
-// Where several are taken, they are taken in this order, never the other
-// way:
+// Who may run a flow is decided by one primitive, the flow's handoff.Gate
+// (internal/handoff): the actor is its owner and holds it while it runs;
+// the dispatcher and the harvester are its guests, which enter only a flow
+// that nobody runs and that has nothing queued (TryEnter), and which never
+// wait while inside: what they cannot finish at once they hand to the
+// actor. The link Writer's direct writes follow the same rule, with the
+// writer goroutine as owner. Where several locks are taken, they are taken
+// in this order, never the other way:
 //
-//	tcpConn.mu                  everything in a tcpConn; the actor holds it except while it
-//	                            waits, the dispatcher and the harvester only TryLock it
-//	  poll.Poller.mu              the shared epoll's registrations (a closing flow removes its socket)
+//	tcp.tcpConn.gate            everything in a tcpConn; the actor holds it except while it
+//	                            waits, the dispatcher and the harvester only TryEnter it
+//	  poll.Poller.mu            the shared epoll's registrations (a closing flow removes its socket)
 //
-//	udp.Binding.txMu | rxMu      txMu: the send path (tx, txq, txOff, spare, noGSO, closed),
-//	                            held by the actor, or by the dispatcher in sendDirect (TryLock);
+//	udp.Binding.gate | rxMu     gate: the send path (tx, txq, txOff, spare, noGSO, closed),
+//	                            held by the actor, or by the dispatcher in sendDirect (TryEnter);
 //	                            rxMu: the receiver's buffers and ipID, held by the receiver, the
 //	                            sweep only TryLocks it. Never both.
-//	  udp.Binding.errMu          the error queue buffers (errBuf, oob), from either path
-//	    udp.Binding.mu           the flow tables (flows, byHost) and every udpFlow's fields;
+//	  udp.Binding.errMu         the error queue buffers (errBuf, oob), from either path, while one
+//	                            entry is read; never while its frame is handed to the Writer
+//	    udp.Binding.mu          the flow tables (flows, byHost) and every udpFlow's fields;
 //	                            held for lookups only, never across a syscall
-//	      udpReg.Mutex          the registry of outbound bindings and each binding's pending list
+//	      udp.udpReg.Mutex      the registry of outbound bindings and each binding's pending list
 //	        Inbox.mu            a binding's queue of guest datagrams (a leaf)
 //
-// Locks of the link Writer and of the buffer budget are leaves below all
+// The link Writer's gate and the buffer budget's lock are leaves below all
 // of these: they take no flow's lock and never wait for the dispatcher.
 //
 // The rule, which the dispatcher's liveness rests on: no channel send and
@@ -64,9 +71,12 @@
 // daemon's data path. So what a flow has to report under a lock is
 // collected there and reported after the lock is released
 // (udp.Binding.endedQ, the new-flow result of newInboundFlow). The one
-// exception is handing frames to the link Writer, a leaf, which a flow
-// does under its own locks (the UDP receiver under rxMu, a TCP flow under
-// mu): the Writer's goroutine needs none of them to make room.
+// exception is handing frames to the link Writer, a leaf, which an actor
+// does under its own locks (the UDP receiver under rxMu, a TCP actor under
+// its gate): the Writer's goroutine needs none of them to make room. A
+// guest of a flow's gate does not even wait for the Writer: it offers its
+// frames (Writer.OfferNow, Offer, TrySend) and parks for the actor, or
+// drops and counts, what the Writer's full queue cannot take.
 package actors
 
 import (

@@ -104,7 +104,7 @@ func (b *Binding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) (fl
 	if b.wildcard {
 		fl.clen = pktinfoReply(fl.ctrl[:], ctrl, b.v6)
 	}
-	fl.h = actors.InitHandle(&actors.Handle{Key: k, Q: b.in, Direct: b.direct, Inbound: true})
+	fl.h = actors.InitHandle(&actors.Handle{Key: k, Q: b.in, Direct: b.direct, Gate: &b.gate, Inbound: true})
 	b.env.Stats.UDPOpened.Add(1)
 	b.env.Stats.UDPFlows.Add(1)
 	return fl, true

@@ -180,3 +180,56 @@ func TestUDPSweepEndedFullNoDeadlock(t *testing.T) {
 		t.Fatal("the flow's end was never reported")
 	}
 }
+
+// TestUDPErrorsFullLinkNoWait: with the link Writer's queue full, the
+// receiver waits to hand an ICMP error to the guest (it may: that is
+// back-pressure), and the dispatcher then sends a guest datagram directly
+// whose send finds another error pending. Direct must not wait, neither
+// for the error queue's lock, which the receiver must not hold while it
+// waits, nor for room in the queue: the error it read is dropped and
+// counted instead, and the datagram is sent.
+func TestUDPErrorsFullLinkNoWait(t *testing.T) {
+	te := actorstest.New(t, actors.Options{})
+	ctx, cancel := context.WithCancel(te.Env.Ctx)
+	defer cancel()
+	te.Env.Ctx = ctx
+	full := link.NewWriter(link.NewNullDevice(1500), 1) // never run
+	full.Send(link.GetFrame(60))
+	te.Env.Out = full
+
+	closed := actorstest.FreeUDPPort(t, "127.0.0.1:0")
+	guest := netip.AddrPortFrom(actorstest.Guest4, actorstest.FreeUDPPort(t, "127.0.0.1:0"))
+	far := netip.AddrPortFrom(actorstest.GW4, closed)
+	errs0 := Stats.ICMPErrors.Load()
+	h := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("one")))
+	if h == nil {
+		t.Fatal("no handle")
+	}
+	// The port unreachable reaches the receiver, which now waits for
+	// room in the Writer's queue.
+	deadline := time.Now().Add(3 * time.Second)
+	for Stats.ICMPErrors.Load() == errs0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no ICMP error for a datagram to a closed port")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(20 * time.Millisecond)
+
+	// This send makes another port unreachable, which the receiver
+	// cannot read: it is busy. The next send finds it pending.
+	sent0 := Stats.Sent.Load()
+	if !directWithin(t, cancel, h, actorstest.GuestUDP(t, guest, far, []byte("two")), 3*time.Second) {
+		t.Fatal("Direct declined a datagram for an idle binding")
+	}
+	time.Sleep(20 * time.Millisecond)
+	if !directWithin(t, cancel, h, actorstest.GuestUDP(t, guest, far, []byte("three")), 3*time.Second) {
+		t.Fatal("Direct declined a datagram for an idle binding")
+	}
+	if got := Stats.Sent.Load() - sent0; got != 2 {
+		t.Fatalf("%d datagrams sent directly, want 2", got)
+	}
+	if full.Dropped.Load() == 0 {
+		t.Fatal("the error Direct read was neither queued nor counted as dropped")
+	}
+}

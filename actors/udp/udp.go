@@ -18,6 +18,7 @@ import (
 	"github.com/gopasta/gopasta/actors/internal/icmperr"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
 	"github.com/gopasta/gopasta/actors/splice"
+	"github.com/gopasta/gopasta/internal/handoff"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )
@@ -161,11 +162,17 @@ type Binding struct {
 	rxDone     chan struct{} // closed when the receiver has returned
 
 	closing atomic.Bool // the actor is shutting down: the receiver stops
-	errMu   sync.Mutex  // errBuf, oob: drainErrors runs on both goroutines
+	// errMu guards errBuf and oob, while one entry of the error queue is
+	// read and turned into a frame (drainErrors runs on both goroutines);
+	// never held while the frame is handed to the Writer.
+	errMu sync.Mutex
 
-	// txMu is held by whoever sends guest datagrams: the actor, or the
-	// dispatcher in sendDirect. It guards tx, txq, txOff, spare, noGSO.
-	txMu       sync.Mutex
+	// gate is held by whoever sends guest datagrams: the actor, its owner,
+	// or the dispatcher in sendDirect, its guest. It guards tx, txq,
+	// txOff, spare, noGSO, closed, inline; its backlog counts the guest
+	// datagrams queued in the inbox or txq and not yet sent.
+	gate       handoff.Gate
+	inline     bool                   // sendDirect holds gate: nothing may wait
 	direct     func(*link.Frame) bool // sendDirect, bound once for every Handle
 	one        [1]*link.Frame         // sendDirect's batch
 	maxPayload int
@@ -177,7 +184,7 @@ type Binding struct {
 	errBuf     []byte
 	oob        []byte
 	noGSO      bool // the kernel refused UDP_SEGMENT: one message per datagram
-	closed     bool // shutdown has run: sendDirect must not send; txMu
+	closed     bool // shutdown has run: sendDirect must not send
 }
 
 func newBinding(env *actors.Env, v6 bool, sock *sockutil.DgramSock) *Binding {
@@ -247,10 +254,10 @@ func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
 		udpReg.m[rk] = b
 		go b.Run()
 	}
-	h := actors.InitHandle(&actors.Handle{Key: k, Q: b.in, Direct: b.direct})
+	h := actors.InitHandle(&actors.Handle{Key: k, Q: b.in, Direct: b.direct, Gate: &b.gate})
 	b.pending = append(b.pending, h)
 	udpReg.Unlock()
-	if !b.in.Push(f) {
+	if !h.Offer(f) {
 		Stats.InboxDropped.Add(1)
 		f.Release()
 	}
@@ -334,16 +341,16 @@ func (b *Binding) Run() {
 				t.Reset(sweep)
 			default:
 			}
-			b.txMu.Lock()
+			b.gate.Enter()
 			b.send()
-			b.txMu.Unlock()
+			b.gate.Leave()
 			continue
 		}
 		select {
 		case <-b.in.Ready:
-			b.txMu.Lock()
+			b.gate.Enter()
 			b.takeInbox()
-			b.txMu.Unlock()
+			b.gate.Leave()
 		case <-t.C:
 			if b.sweep() {
 				return
@@ -382,7 +389,7 @@ func (b *Binding) receiver() {
 		// A bare EPOLLERR (an ICMP error queued while no datagram is):
 		// the runtime reports it as an error until the next event, so
 		// read the error queue, and pause if it keeps coming back.
-		_ = b.Sock.RawConn.Read(func(uintptr) bool { b.drainErrors(); return true })
+		_ = b.Sock.RawConn.Read(func(uintptr) bool { b.drainErrors(false); return true })
 		if fails++; fails > 1 {
 			time.Sleep(time.Millisecond)
 		}
@@ -515,13 +522,13 @@ func (b *Binding) shutdown() {
 	b.mu.Unlock()
 	b.flushEnded()
 	b.releaseStash()
-	b.txMu.Lock()
+	b.gate.Enter()
 	for _, f := range b.txq[b.txOff:] {
 		f.Release()
 	}
 	b.txq = nil
 	b.closed = true
-	b.txMu.Unlock()
+	b.gate.Leave()
 	b.in.Drain()
 	if !b.inbound {
 		Stats.Bindings.Add(-1)
@@ -612,23 +619,25 @@ func (b *Binding) takeInbox() {
 // socket buffer drops, as the actor does), so the dispatcher never waits
 // on the host.
 //
-// Order is kept: the dispatcher is the only producer, so an empty inbox
-// and an empty backlog under txMu mean every datagram it queued before f
-// has been sent. TryLock, not Lock: the actor holding txMu is sending a
-// backlog, and f belongs behind it.
+// Order is kept: sendDirect enters the binding's gate as a guest
+// (TryEnter), which it only can when every datagram queued before f has
+// been sent; the actor holding the gate, or a backlog, means f belongs
+// behind it. Nothing here waits: an ICMP error the send finds on the
+// socket goes to the Writer only if its queue has room (drainErrors).
 //
 // A panic is contained as in the actor: logged and counted, the datagram
 // lost, the dispatcher unharmed (the result is named so that it still
 // says f was taken).
 func (b *Binding) sendDirect(f *link.Frame) (took bool) {
-	if !b.txMu.TryLock() {
+	if !b.gate.TryEnter() {
 		return false
 	}
-	defer b.txMu.Unlock()
-	if b.closed || len(b.txq) > 0 || b.in.Len() > 0 {
+	defer b.gate.Leave()
+	if b.closed {
 		return false
 	}
 	defer func() {
+		b.inline = false
 		if r := recover(); r != nil {
 			b.one[0] = nil
 			b.env.Stats.Panics.Add(1)
@@ -636,6 +645,7 @@ func (b *Binding) sendDirect(f *link.Frame) (took bool) {
 		}
 	}()
 	took = true
+	b.inline = true
 	b.one[0] = f
 	b.sendBatch(b.one[:]) // releases f
 	Stats.Direct.Add(1)
@@ -653,6 +663,7 @@ func (b *Binding) send() {
 		rest := b.txq[b.txOff:]
 		k := min(len(rest), udpBatch)
 		b.sendBatch(rest[:k]) // releases and clears them
+		b.gate.Done(k)
 		b.txOff += k
 		if b.txOff == len(b.txq) {
 			b.spare, b.txq = b.txq[:0], nil
@@ -820,7 +831,7 @@ func (b *Binding) sendTx(d []udpDgram, n int) {
 		}
 		// A pending ICMP error is reported once, on whatever call comes
 		// next: read the error queue, then try this message again once.
-		b.drainErrors()
+		b.drainErrors(b.inline)
 		if !retried && sockutil.IsTransient(e) {
 			retried = true
 			continue
@@ -883,14 +894,14 @@ func (b *Binding) receive() {
 		if e != 0 {
 			if e == unix.EAGAIN {
 				if first {
-					b.drainErrors()
+					b.drainErrors(false)
 				}
 				if b.want > 4 {
 					b.want /= 2
 				}
 				return
 			}
-			b.drainErrors()
+			b.drainErrors(false)
 			if sockutil.IsTransient(e) {
 				continue
 			}
@@ -995,43 +1006,63 @@ func (b *Binding) deliver(i int, now int64) *link.Frame {
 
 // drainErrors reads the socket's error queue and tells the guest. Either
 // goroutine may call it (from within the socket's RawConn for the
-// receiver, so that the descriptor cannot be closed under it).
-func (b *Binding) drainErrors() {
-	b.errMu.Lock()
-	defer b.errMu.Unlock()
+// receiver, so that the descriptor cannot be closed under it). errMu is
+// held only while an entry is read and its frame built, never while the
+// frame is handed over (the lock rule, see the actors package comment):
+// a drainer waiting for room in the Writer's queue would otherwise keep
+// the other, the dispatcher in sendDirect among them, waiting too. inline
+// (sendDirect, which must never wait) hands the frames over only if the
+// queue has room, dropping them otherwise (counted by the Writer).
+func (b *Binding) drainErrors(inline bool) {
 	for range 64 {
-		q, ok := icmperr.Recv(b.Sock.FD, b.errBuf[wire.UDPLen:], b.oob)
+		f, ok := b.nextError()
 		if !ok {
 			return
 		}
-		typ, code, info, ok := q.GuestError(b.v6)
-		if !ok {
+		if f == nil {
 			continue
 		}
-		var guest, far netip.AddrPort
-		b.mu.Lock()
-		fl := b.byHost[q.Dst]
-		if fl != nil {
-			guest, far = fl.key.Guest, fl.key.Far
-		}
-		b.mu.Unlock()
-		switch {
-		case fl != nil:
-		case b.inbound:
-			continue
-		default:
-			guest = b.guest
-			if far, ok = b.env.NAT.Inbound(q.Dst); !ok {
-				continue
-			}
-		}
-		if f := icmperr.UDPFrame(b.env, &q, typ, code, info, guest, far, b.errBuf); f != nil {
-			Stats.ICMPErrors.Add(1)
-			if !b.env.Out.SendCtx(b.env.Ctx, f) {
-				return
-			}
+		Stats.ICMPErrors.Add(1)
+		if inline {
+			b.env.Out.TrySend(f)
+		} else if !b.env.Out.SendCtx(b.env.Ctx, f) {
+			return
 		}
 	}
+}
+
+// nextError reads one entry of the error queue and returns the frame that
+// tells the guest, nil if the entry is not for the guest; false once the
+// queue is empty.
+func (b *Binding) nextError() (*link.Frame, bool) {
+	b.errMu.Lock()
+	defer b.errMu.Unlock()
+	q, ok := icmperr.Recv(b.Sock.FD, b.errBuf[wire.UDPLen:], b.oob)
+	if !ok {
+		return nil, false
+	}
+	typ, code, info, ok := q.GuestError(b.v6)
+	if !ok {
+		return nil, true
+	}
+	var guest, far netip.AddrPort
+	b.mu.Lock()
+	fl := b.byHost[q.Dst]
+	if fl != nil {
+		guest, far = fl.key.Guest, fl.key.Far
+	}
+	b.mu.Unlock()
+	switch {
+	case fl != nil:
+	case b.inbound:
+		return nil, true
+	default:
+		guest = b.guest
+		if far, ok = b.env.NAT.Inbound(q.Dst); !ok {
+			return nil, true
+		}
+	}
+	return icmperr.UDPFrame(b.env, &q, typ, code, info, guest, far, b.errBuf), true
 }
 
 // mmsgBatch is the scratch space of one sendmmsg or recvmmsg call: message
