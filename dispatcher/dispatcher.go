@@ -53,9 +53,11 @@
 // that came alone in its batch is first offered to the flow's
 // Handle.Direct (never on the split reader: see Dispatcher.direct): an idle
 // UDP binding sends it at once, an idle established TCP flow runs it on the
-// dispatcher's goroutine (actors/actors/tcp/inline.go), which saves waking the
-// actor for request/response traffic (counter frames_direct). Direct never
-// waits for a busy actor; the frame then takes the inbox like any other.
+// dispatcher's goroutine (actors/tcp/inline.go), which saves waking the
+// actor for request/response traffic (counter frames_direct). Direct is a
+// guest of the flow's handoff.Gate: it never waits for a busy actor, nor
+// for anything while it runs; the frame then takes the inbox like any
+// other.
 //
 // # Shutdown
 //

@@ -31,8 +31,9 @@ package tcp
 //     (from the shared edge-triggered epoll, internal/poll/poll.go, armed only when it
 //     has hit EAGAIN), one timer and the daemon's context, like a gVisor
 //     endpoint's protocol goroutine. While it waits there, the goroutine
-//     that received an event for it may run it instead, under its mutex
-//     (inline.go): the state is the actor's, the thread need not be.
+//     that received an event for it may run it instead, as a guest of its
+//     handoff.Gate (inline.go): the state is the actor's, the thread need
+//     not be.
 //
 // States are kept as event bits, as passt does, because closing is two
 // independent half-closes: the guest's FIN turns into shutdown(SHUT_WR) once
