@@ -4,10 +4,25 @@
 // dispatcher on its inbox channel and sends frames towards the guest through
 // the link Writer. No actor shares mutable state with another.
 //
+// # Protocols
+//
+// What the flows of one protocol share (TCP's poller, UDP's registry of
+// outbound bindings, every protocol's counters) belongs to a Protocol
+// value per daemon (tcp.Protocol, udp.Protocol, icmp.Protocol; the
+// loopback splice's to the forwarder's splice.Splicer), never to a
+// package variable: each flow is handed a pointer to its protocol when it
+// starts, so two daemons in one process, as tests run them, share
+// nothing. The daemon makes them once with its Env, gives them to the
+// dispatcher (Protocols) and the forwarder, reports their counters and
+// closes them at shutdown. What stays process-wide is what is the
+// process's: GOMAXPROCS (tcp.SetSerial), the flow ID counter, the host's
+// sysctls read once; and the rate limits of a few warnings (tcp.RefusedLog,
+// the forwarder's accept errors).
+//
 // # Lifecycle
 //
-// The dispatcher starts an outbound actor on a flow-table miss (tcp.Start,
-// udp.Start, icmp.Start). Inbound actors are started by forwarders (listening
+// The dispatcher starts an outbound actor on a flow-table miss
+// (Protocol.Start). Inbound actors are started by forwarders (listening
 // sockets for -t/-u) and handed to the dispatcher on Env.Register, which
 // puts them into the flow table. Every actor, when it ends, sends its Handle
 // on Env.Ended exactly once; the dispatcher then removes it from the table if
@@ -47,7 +62,7 @@
 //
 //	tcp.tcpConn.gate            everything in a tcpConn; the actor holds it except while it
 //	                            waits, the dispatcher and the harvester only TryEnter it
-//	  poll.Poller.mu            the shared epoll's registrations (a closing flow removes its socket)
+//	  poll.Poller.mu            the TCP protocol's epoll registrations (a closing flow removes its socket)
 //
 //	udp.Binding.gate | rxMu     gate: the send path (tx, txq, txOff, spare, noGSO, closed),
 //	                            held by the actor, or by the dispatcher in sendDirect (TryEnter);
@@ -57,7 +72,7 @@
 //	                            entry is read; never while its frame is handed to the Writer
 //	    udp.Binding.mu          the flow tables (flows, byHost) and every udpFlow's fields;
 //	                            held for lookups only, never across a syscall
-//	      udp.udpReg.Mutex      the registry of outbound bindings and each binding's pending list
+//	      udp.Protocol.reg      the registry of outbound bindings and each binding's pending list
 //	        Inbox.mu            a binding's queue of guest datagrams (a leaf)
 //
 // The link Writer's gate and the buffer budget's lock are leaves below all

@@ -14,7 +14,7 @@ import (
 // without asking the actor. Who writes them: a TCP actor counts in plain
 // fields of its own and publishes them all once per wake-up (publish), not
 // per segment; UDP bindings and ICMP actors add per datagram, next to the
-// process-wide counters they already keep.
+// protocol counters they already keep.
 
 // flowIDs numbers flows for the operator: `flows` shows the id, `trace id
 // N` selects by it.

@@ -1,10 +1,10 @@
 package actors
 
-// StatsSnapshot returns every actor counter by name, for the daemon's
-// statistics log (SIGUSR1, --stats): the flow counts and events of env, the
-// process-wide UDP and ICMP counters (udp.Stats) and the loopback splice
-// counters (splice.Stats). Zero counters are included, so that a reader can
-// tell "none" from "not counted".
+// StatsSnapshot returns the counters env keeps by name, for the daemon's
+// statistics log (SIGUSR1, --stats): the flow counts and events of env.
+// Each Protocol adds its own (Protocol.AddStats, Protocols.AddStats), and
+// the forwarder those of the loopback splice. Zero counters are included,
+// so that a reader can tell "none" from "not counted".
 //
 // The drop counters to look at first when datagrams go missing:
 // udp_inbox_dropped (a binding's inbox was full: its actor fell behind),

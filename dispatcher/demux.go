@@ -38,11 +38,11 @@ func unspecified(a netip.Addr) bool {
 // hands the frame to it. It reports whether the frame went to a flow.
 func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 	var k actors.Key
-	var start startFunc
+	var start actors.Protocol
 	v4 := p.EtherType == wire.EtherTypeIPv4
 	switch {
 	case p.Proto == wire.ProtoTCP:
-		if d.cfg.NoTCP {
+		if d.cfg.NoTCP || d.protos.TCP == nil {
 			return d.drop(cDropNoTCP)
 		}
 		if !unicast(p.Dst) {
@@ -51,10 +51,10 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 		if unspecified(p.Src) {
 			return d.drop(counter(wire.ReasonBadSource))
 		}
-		start = d.startTCP
+		start = d.protos.TCP
 		k = actors.Key{Proto: p.Proto, Guest: netip.AddrPortFrom(p.Src, p.SrcPort), Far: netip.AddrPortFrom(p.Dst, p.DstPort)}
 	case p.Proto == wire.ProtoUDP:
-		if d.cfg.NoUDP {
+		if d.cfg.NoUDP || d.protos.UDP == nil {
 			return d.drop(cDropNoUDP)
 		}
 		// Multicast beyond the link (SSDP, mDNS to routable groups)
@@ -67,10 +67,10 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 		if unspecified(p.Src) {
 			return d.drop(counter(wire.ReasonBadSource))
 		}
-		start = d.startUDP
+		start = d.protos.UDP
 		k = actors.Key{Proto: p.Proto, Guest: netip.AddrPortFrom(p.Src, p.SrcPort), Far: netip.AddrPortFrom(p.Dst, p.DstPort)}
 	case p.Proto == wire.ProtoICMP && v4, p.Proto == wire.ProtoICMPv6 && !v4:
-		if d.cfg.NoICMP {
+		if d.cfg.NoICMP || d.protos.ICMP == nil {
 			return d.drop(cDropNoICMP)
 		}
 		// Only echo requests start or feed flows: the guest's own
@@ -85,7 +85,7 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 			return d.drop(counter(wire.ReasonBadSource))
 		}
 		id := binary.BigEndian.Uint16(s[i].Data[p.L4+4:])
-		start = d.startICMP
+		start = d.protos.ICMP
 		k = actors.Key{Proto: p.Proto, Guest: netip.AddrPortFrom(p.Src, id), Far: netip.AddrPortFrom(p.Dst, 0)}
 	default:
 		return d.drop(cDropUnknownProto)
@@ -147,7 +147,7 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 
 	f := d.take(s, i, p)
 	n := len(f.Data)
-	h := start(d.env, k, f) // f belongs to the actor (or was released) now
+	h := start.Start(k, f) // f belongs to the actor (or was released) now
 	if h == nil {
 		d.n[cFlowsNotStarted].Add(1)
 		if d.trace {

@@ -70,7 +70,7 @@ func (fa *fakeActors) count() int {
 }
 
 func withFakes(fa *fakeActors) func(*Dispatcher) {
-	return func(d *Dispatcher) { d.startTCP, d.startUDP, d.startICMP = fa.start, fa.start, fa.start }
+	return func(d *Dispatcher) { d.setStarts(fa.start, fa.start, fa.start) }
 }
 
 func recvFrame(t *testing.T, h *handleT) *frameT {
@@ -300,7 +300,7 @@ func TestRunStops(t *testing.T) {
 	log := logrus.New()
 	log.Out = io.Discard
 	env := &actors.Env{Ctx: context.Background(), Opts: actors.OptionsFrom(testConfig()), Out: link.NewWriter(ours, 4), Peer: &link.Peer{OurMAC: ourMAC}, Log: log}
-	d := New(testConfig(), ours, env, log)
+	d := New(testConfig(), ours, env, log, realProtocols(t, env))
 	errc := make(chan error, 1)
 	go func() { errc <- d.Run(context.Background()) }()
 	time.Sleep(10 * time.Millisecond)

@@ -87,9 +87,6 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/actors"
-	"github.com/gopasta/gopasta/actors/icmp"
-	"github.com/gopasta/gopasta/actors/tcp"
-	"github.com/gopasta/gopasta/actors/udp"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
@@ -114,9 +111,6 @@ const (
 	tick     = time.Second
 	idleTick = 10 * time.Second
 )
-
-// startFunc is the signature of actors.StartTCP and friends.
-type startFunc func(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle
 
 // Dispatcher reads the link and routes frames. Create it with New and run
 // it with Run.
@@ -148,9 +142,10 @@ type Dispatcher struct {
 	// stop the dispatcher.
 	direct bool
 
-	// Start functions: actors.Start* in production; tests replace them to
-	// watch what the dispatcher starts.
-	startTCP, startUDP, startICMP startFunc
+	// protos start the flows of a table miss: the daemon's protocols in
+	// production; tests put their own to watch what the dispatcher
+	// starts.
+	protos actors.Protocols
 
 	// Link services state, also the dispatcher goroutine's.
 	svc services
@@ -167,21 +162,20 @@ type Dispatcher struct {
 	active    atomic.Int64 // len(flows), for Stats
 }
 
-// New returns a dispatcher for dev. env.Out must write to dev; New sets
-// env.Ended and env.Register to the dispatcher's own channels.
-func New(cfg *conf.Config, dev link.Device, env *actors.Env, log *logrus.Logger) *Dispatcher {
+// New returns a dispatcher for dev that starts the flows of protos (made
+// for env; the caller owns and closes them). env.Out must write to dev;
+// New sets env.Ended and env.Register to the dispatcher's own channels.
+func New(cfg *conf.Config, dev link.Device, env *actors.Env, log *logrus.Logger, protos actors.Protocols) *Dispatcher {
 	d := &Dispatcher{
-		cfg:       cfg,
-		dev:       dev,
-		env:       env,
-		log:       log,
-		ended:     make(chan *actors.Handle, endedDepth),
-		register:  make(chan *actors.Handle, registerDepth),
-		queries:   make(chan chan<- []*actors.Handle, queryDepth),
-		flows:     make(map[actors.Key]*actors.Handle),
-		startTCP:  tcp.Start,
-		startUDP:  udp.Start,
-		startICMP: icmp.Start,
+		cfg:      cfg,
+		dev:      dev,
+		env:      env,
+		log:      log,
+		ended:    make(chan *actors.Handle, endedDepth),
+		register: make(chan *actors.Handle, registerDepth),
+		queries:  make(chan chan<- []*actors.Handle, queryDepth),
+		flows:    make(map[actors.Key]*actors.Handle),
+		protos:   protos,
 	}
 	env.Ended = d.ended
 	env.Register = d.register

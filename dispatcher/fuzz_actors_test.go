@@ -176,7 +176,7 @@ func FuzzDispatchActors(f *testing.F) {
 		env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(cfg), Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log,
 			NAT: &nat.NAT{HostLoopback4: gw4, HostLoopback6: gw6}}
 		env.Peer.SetMAC(guestMAC)
-		d := New(cfg, ours, env, log)
+		d := New(cfg, ours, env, log, realProtocols(t, env))
 		// As on the tap (runInline), now and then: lone frames go to
 		// the actors' Direct paths, run on this goroutine.
 		d.direct = len(in) > 0 && in[len(in)-1]&1 != 0

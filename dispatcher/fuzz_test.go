@@ -57,7 +57,7 @@ func offline(tb testing.TB) (*Dispatcher, *linktest.MemoryDevice, *[]*actors.Han
 	go func() { w.Run(ctx); close(done) }()
 	tb.Cleanup(func() { cancel(); <-done; ours.Close(); guest.Close() })
 	env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(cfg), Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &nat.NAT{}}
-	d := New(cfg, ours, env, log)
+	d := New(cfg, ours, env, log, actors.Protocols{})
 	handles := new([]*actors.Handle)
 	start := func(_ *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
 		f.Release()
@@ -65,7 +65,7 @@ func offline(tb testing.TB) (*Dispatcher, *linktest.MemoryDevice, *[]*actors.Han
 		*handles = append(*handles, h)
 		return h
 	}
-	d.startTCP, d.startUDP, d.startICMP = start, start, start
+	d.setStarts(start, start, start)
 	return d, guest, handles
 }
 

@@ -107,7 +107,7 @@ func newHarnessOn(t *testing.T, split bool, mod func(*conf.Config), before func(
 	if split {
 		dev = ours
 	}
-	d := New(cfg, dev, env, log)
+	d := New(cfg, dev, env, log, realProtocols(t, env))
 	if before != nil {
 		before(d)
 	}

@@ -153,7 +153,7 @@ func TestPanicIsACountedDrop(t *testing.T) {
 	}
 	h := newHarness(t, nil, func(d *Dispatcher) {
 		d.log.Out = &logBuf
-		d.startTCP, d.startUDP = boom, bang
+		d.setStarts(boom, bang, nil)
 	})
 	for i := range 5 {
 		h.send(wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(uint16(40000+i), 80, 1, 0, wire.TCPSyn, nil)))
@@ -179,10 +179,10 @@ func TestPanicIsACountedDrop(t *testing.T) {
 // same batch, are handled as if nothing happened.
 func TestPanicMidBatch(t *testing.T) {
 	d, guest, _ := offline(t)
-	d.startTCP = func(_ *envT, _ keyT, f *frameT) *handleT {
+	d.setStarts(func(_ *envT, _ keyT, f *frameT) *handleT {
 		f.Release()
 		panic("boom")
-	}
+	}, nil, nil)
 	frames := [][]byte{
 		wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(40000, 80, 1, 0, wire.TCPSyn, nil)),
 		arpRequest(guest4, gw4),

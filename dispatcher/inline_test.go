@@ -30,7 +30,7 @@ func TestInlineIdle(t *testing.T) {
 	cfg := testConfig()
 	cfg.Stats = 1
 	env := &actors.Env{Ctx: context.Background(), Opts: actors.OptionsFrom(cfg), Out: link.NewWriter(ours, 4), Peer: &link.Peer{OurMAC: ourMAC}, Log: log}
-	d := New(cfg, dev, env, log)
+	d := New(cfg, dev, env, log, realProtocols(t, env))
 	k := keyT{Proto: wire.ProtoTCP, Guest: netip.AddrPortFrom(guest4, 1000), Far: netip.AddrPortFrom(far4, 80)}
 	hd := &actors.Handle{Key: k, In: make(chan *link.Frame, 1)}
 	env.Register <- hd

@@ -74,7 +74,7 @@ func TestRealKernelServices(t *testing.T) {
 	var sent dhcpSent
 	w.Tee = sent.tee
 	env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(cfg), Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &nat.NAT{}}
-	d := New(cfg, tap, env, log)
+	d := New(cfg, tap, env, log, actors.Protocols{})
 	// Nothing here should start a flow; keep the host out of it.
 	fa := &fakeActors{depth: 4}
 	withFakes(fa)(d)

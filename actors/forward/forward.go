@@ -14,7 +14,9 @@ import (
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
+	"github.com/gopasta/gopasta/actors/splice"
 	"github.com/gopasta/gopasta/actors/tcp"
+	"github.com/gopasta/gopasta/actors/udp"
 	"github.com/gopasta/gopasta/conf"
 )
 
@@ -62,8 +64,16 @@ type fwdKey struct {
 
 // forwarder is all port forwarding of a daemon.
 type forwarder struct {
-	env    *actors.Env
-	opts   Options
+	env  *actors.Env
+	opts Options
+	// tcp and udp are the daemon's protocols, which the tap path's
+	// connections and datagrams become flows of; splicer is the loopback
+	// splice, the forwarder's own (its counters are reported through
+	// Forwarding.AddStats).
+	tcp     *tcp.Protocol
+	udp     *udp.Protocol
+	splicer *splice.Splicer
+
 	ns     *nsWorker // nil: no namespace (passt)
 	splice bool
 	dirs   []*fwdDir
@@ -108,17 +118,27 @@ type fwdDir struct {
 // the user (or podman) must see. The rules can be replaced at run time
 // (Forwarding.Replace); Forwarding.Stop closes every listener and waits
 // for their goroutines; spliced connections and flows already running end
-// on their own.
-func StartForwarder(env *actors.Env, opts Options, nsFD int) (*Forwarding, error) {
-	f, err := startForwarder(env, opts, nsFD)
+// on their own. Connections and datagrams that take the tap path become
+// flows of the daemon's protocols, flows.
+func StartForwarder(env *actors.Env, opts Options, nsFD int, flows Flows) (*Forwarding, error) {
+	f, err := startForwarder(env, opts, nsFD, flows)
 	if err != nil {
 		return nil, err
 	}
 	return &Forwarding{f: f}, nil
 }
 
-func startForwarder(env *actors.Env, c Options, nsFD int) (_ *forwarder, err error) {
-	f := &forwarder{env: env, opts: c, stopc: make(chan struct{})}
+// Flows are the daemon's protocols that forwarded connections (TCP) and
+// datagrams (UDP) off loopback become flows of, and whose poller watches
+// spliced connections for hang-ups. Both must be set.
+type Flows struct {
+	TCP *tcp.Protocol
+	UDP *udp.Protocol
+}
+
+func startForwarder(env *actors.Env, c Options, nsFD int, flows Flows) (_ *forwarder, err error) {
+	f := &forwarder{env: env, opts: c, tcp: flows.TCP, udp: flows.UDP, stopc: make(chan struct{})}
+	f.splicer = splice.New(env, flows.TCP.Poller())
 	// Read now, during setup: the daemon's sandbox takes the filesystem
 	// away before the first flow would read it (cmd/gopasta/sandbox.go).
 	tcp.SysMax()

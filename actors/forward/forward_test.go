@@ -20,6 +20,8 @@ import (
 	"github.com/gopasta/gopasta/actors/actorstest"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
 	"github.com/gopasta/gopasta/actors/nat"
+	"github.com/gopasta/gopasta/actors/tcp"
+	"github.com/gopasta/gopasta/actors/udp"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/netns"
@@ -134,6 +136,18 @@ func fwdTestEnv(t testing.TB, c *conf.Config) *actors.Env {
 	return &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(c), Peer: &link.Peer{}, Log: log, NAT: &nat.NAT{}, Register: reg, Ended: reg}
 }
 
+// testFlows returns the protocols a forwarder of env hands its flows to,
+// closed when the test ends.
+func testFlows(t testing.TB, env *actors.Env) Flows {
+	t.Helper()
+	tp, err := tcp.New(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tp.Close)
+	return Flows{TCP: tp, UDP: udp.New(env)}
+}
+
 func mustSpec(t testing.TB, opt, raw string) conf.PortSpec {
 	t.Helper()
 	s, err := conf.ParsePortSpec(opt, raw)
@@ -168,7 +182,7 @@ func TestForwardBindFailureMessage(t *testing.T) {
 	raw := fmt.Sprintf("%d-%d:80-80", p, p)
 	cfg := &conf.Config{TCPPorts: []conf.PortSpec{mustSpec(t, "-t", raw)}, IPv4Only: true}
 	env := fwdTestEnv(t, cfg)
-	stop, err := startForwarding(env, OptionsFrom(cfg), -1)
+	stop, err := startForwarding(env, OptionsFrom(cfg), -1, testFlows(t, env))
 	if err == nil {
 		stop()
 		t.Fatal("second bind of a busy port succeeded")
@@ -188,10 +202,11 @@ func TestForwardWeakSkipsBusy(t *testing.T) {
 		t.Skip("port 65001 busy:", err)
 	}
 	defer busy.Close()
-	before := actorstest.FDCount(t)
 	cfg := &conf.Config{TCPPorts: []conf.PortSpec{mustSpec(t, "-t", "127.0.0.1/~1-64999,~65010-65535")}}
 	env := fwdTestEnv(t, cfg)
-	stop, err := startForwarding(env, OptionsFrom(cfg), -1)
+	flows := testFlows(t, env) // its poller stays until the test ends
+	before := actorstest.FDCount(t)
+	stop, err := startForwarding(env, OptionsFrom(cfg), -1, flows)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,7 +226,7 @@ func TestForwardWeakSkipsBusy(t *testing.T) {
 
 	cfg = &conf.Config{TCPPorts: []conf.PortSpec{mustSpec(t, "-t", "127.0.0.1/~1-65000,~65002-65535")}}
 	env = fwdTestEnv(t, cfg)
-	if stop, err := startForwarding(env, OptionsFrom(cfg), -1); err == nil {
+	if stop, err := startForwarding(env, OptionsFrom(cfg), -1, testFlows(t, env)); err == nil {
 		stop()
 		t.Fatal("a weak spec that bound nothing succeeded")
 	} else if want := "Failed to bind any port for option '-t 127.0.0.1/~1-65000,~65002-65535', exiting"; err.Error() != want {
@@ -426,8 +441,8 @@ func TestOwnDgramInodes(t *testing.T) {
 }
 
 // startForwarding is StartForwarder for a test that only stops it.
-func startForwarding(env *actors.Env, opts Options, nsFD int) (stop func(), err error) {
-	fw, err := StartForwarder(env, opts, nsFD)
+func startForwarding(env *actors.Env, opts Options, nsFD int, flows Flows) (stop func(), err error) {
+	fw, err := StartForwarder(env, opts, nsFD, flows)
 	if err != nil {
 		return nil, err
 	}

@@ -34,7 +34,7 @@ func TestTCPInboundFlowLimit(t *testing.T) {
 				te.Env.Limits.SetFDBudget(2)
 				te.Env.Limits.TakeFDs(actors.FDInbound, 2)
 			}
-			stop, err := startForwarding(te.Env, opts, -1)
+			stop, err := startForwarding(te.Env, opts, -1, testFlows(t, te.Env))
 			if err != nil {
 				t.Fatal(err)
 			}

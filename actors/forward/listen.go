@@ -45,7 +45,7 @@ func (f *forwarder) openTCPIn(r conf.Rule, p, to uint16, v6 bool) (fwdListener, 
 	t := &tcpInListener{l: l, done: make(chan struct{})}
 	go func() {
 		defer close(t.done)
-		l.Run(f.env)
+		l.Run(f)
 	}()
 	return t, nil
 }
@@ -72,22 +72,23 @@ func (f *forwarder) tcpSpliceIn(fw tcpForward) func(fd int, client netip.AddrPor
 				alt = &splice.Alt{Dst: d, Sock: func() (int, error) { return f.ns.socket(family(!v6), unix.SOCK_STREAM, 0) }}
 			}
 		}
-		spliceConnect(f.env, actors.FDInbound, fd, nfd, dst, alt)
+		spliceConnect(f.splicer, actors.FDInbound, fd, nfd, dst, alt)
 		return true
 	}
 }
 
 // spliceConnect starts a non-blocking connect of nfd to dst and hands both
-// sockets to a splice pair; a connect refused (at once, or later) goes on
+// sockets to a splice pair of sp; a connect refused (at once, or later) goes on
 // to alt if there is one, and otherwise resets the client.
 //
-// The pair takes actors.FDsSplice descriptors of kind from env's budget (its sockets and
+// The pair takes actors.FDsSplice descriptors of kind from sp's env's budget (its sockets and
 // the pipes its pumps will open) until it ends; without room, the client
 // is reset at once.
-func spliceConnect(env *actors.Env, kind, fd, nfd int, dst netip.AddrPort, alt *splice.Alt) {
+func spliceConnect(sp *splice.Splicer, kind, fd, nfd int, dst netip.AddrPort, alt *splice.Alt) {
+	env := sp.Env()
 	if env != nil && !env.Limits.TakeFDs(kind, actors.FDsSplice) {
 		tcp.RefusedLog.Warnf(env.Log.WithField("splice", dst.String()), "splice: descriptor budget spent (%d), resetting new connections", env.Limits.FDMax.Load())
-		splice.Stats.TCPResets.Add(1)
+		sp.Stats.TCPResets.Add(1)
 		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		unix.Close(fd)
 		unix.Close(nfd)
@@ -97,13 +98,13 @@ func spliceConnect(env *actors.Env, kind, fd, nfd int, dst netip.AddrPort, alt *
 	if err == unix.ECONNREFUSED && alt != nil {
 		if afd, aerr := alt.Dial(); aerr == nil {
 			unix.Close(nfd)
-			splice.Stats.TCPFamilyRetries.Add(1)
-			splice.Start(env, kind, fd, afd, nil)
+			sp.Stats.TCPFamilyRetries.Add(1)
+			sp.Start(kind, fd, afd, nil)
 			return
 		}
 	}
 	if err != nil && err != unix.EINPROGRESS && err != unix.EINTR {
-		splice.Stats.TCPResets.Add(1)
+		sp.Stats.TCPResets.Add(1)
 		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		unix.Close(fd)
 		unix.Close(nfd)
@@ -112,7 +113,7 @@ func spliceConnect(env *actors.Env, kind, fd, nfd int, dst netip.AddrPort, alt *
 		}
 		return
 	}
-	splice.Start(env, kind, fd, nfd, alt)
+	sp.Start(kind, fd, nfd, alt)
 }
 
 // udpInListener is a -u listening socket: the tap path's binding, with a
@@ -134,7 +135,7 @@ func (u *udpInListener) Close() {
 
 func (f *forwarder) openUDPIn(r conf.Rule, p, to uint16, v6 bool) (fwdListener, error) {
 	spec := conf.PortSpec{Bind: r.Bind, Ifname: r.Ifname, Option: r.Option, Raw: r.Raw}
-	b, err := udp.NewListenerBinding(f.env, spec, r.ToAddr, p, to, v6)
+	b, err := f.udp.NewListenerBinding(spec, r.ToAddr, p, to, v6)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +144,7 @@ func (f *forwarder) openUDPIn(r conf.Rule, p, to uint16, v6 bool) (fwdListener, 
 	if f.splice {
 		if dup, err := unix.FcntlInt(uintptr(b.Sock.FD), unix.F_DUPFD_CLOEXEC, 0); err == nil {
 			toAddr := r.ToAddr
-			u.relay = splice.NewUDP(dup, func(client netip.AddrPort) (netip.AddrPort, bool) {
+			u.relay = f.splicer.NewUDP(dup, func(client netip.AddrPort) (netip.AddrPort, bool) {
 				return f.nsTarget(!client.Addr().Unmap().Is4(), toAddr, to)
 			}, func(v6 bool) (int, error) {
 				return f.ns.socket(family(v6), unix.SOCK_DGRAM, unix.IPPROTO_UDP)
@@ -194,6 +195,7 @@ type tcpOutListener struct {
 	file *os.File
 	to   netip.AddrPort
 	env  *actors.Env
+	sp   *splice.Splicer
 	done chan struct{}
 }
 
@@ -203,7 +205,7 @@ func (f *forwarder) openTCPOut(p, to uint16, v6 bool) (fwdListener, error) {
 		return nil, err
 	}
 	t := &tcpOutListener{file: os.NewFile(uintptr(fd), "tcp-ns-listener"), to: netip.AddrPortFrom(loopback(v6), to),
-		env: f.env, done: make(chan struct{})}
+		env: f.env, sp: f.splicer, done: make(chan struct{})}
 	go t.Run()
 	return t, nil
 }
@@ -230,7 +232,7 @@ func (t *tcpOutListener) Run() {
 				return unix.Socket(family(!v6), unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 			}}
 		}
-		spliceConnect(t.env, actors.FDNSSplice, nfd, hfd, t.to, alt)
+		spliceConnect(t.sp, actors.FDNSSplice, nfd, hfd, t.to, alt)
 	})
 }
 
@@ -245,7 +247,7 @@ func (f *forwarder) openUDPOut(p, to uint16, v6 bool) (fwdListener, error) {
 		return nil, err
 	}
 	target := netip.AddrPortFrom(loopback(v6), to)
-	relay := splice.NewUDP(dup, func(netip.AddrPort) (netip.AddrPort, bool) { return target, true },
+	relay := f.splicer.NewUDP(dup, func(netip.AddrPort) (netip.AddrPort, bool) { return target, true },
 		func(v6 bool) (int, error) {
 			return unix.Socket(family(v6), unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
 		}, f.env.Opts.UDPTimeout)

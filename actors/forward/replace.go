@@ -26,6 +26,10 @@ type Forwarding struct{ f *forwarder }
 // Stop closes every listener and ends the scanner (see StartForwarder).
 func (fw *Forwarding) Stop() { fw.f.Stop() }
 
+// AddStats adds the counters of the forwarder's loopback splice to m, by
+// the names the statistics log uses.
+func (fw *Forwarding) AddStats(m map[string]uint64) { fw.f.splicer.AddStats(m) }
+
 // Rules are the rules of the four directions.
 type Rules struct {
 	TCPIn, UDPIn   []conf.Rule // -t, -u: listen on the host

@@ -14,16 +14,17 @@ import (
 // closed, a new one opened, and a busy port is a problem worded as pasta
 // words it while the other rules take effect.
 func TestForwardReplace(t *testing.T) {
+	cfg := &conf.Config{IPv4Only: true, TCPPorts: []conf.PortSpec{
+		mustSpec(t, "-t", "127.0.0.1/64400"), mustSpec(t, "-t", "127.0.0.1/64401")}}
+	env := fwdTestEnv(t, cfg)
+	flows := testFlows(t, env) // its poller stays until the test ends
 	before := actorstest.FDCount(t)
 	busy, err := net.Listen("tcp4", "127.0.0.1:64403")
 	if err != nil {
 		t.Skip("port 64403 busy:", err)
 	}
 	defer busy.Close()
-	cfg := &conf.Config{IPv4Only: true, TCPPorts: []conf.PortSpec{
-		mustSpec(t, "-t", "127.0.0.1/64400"), mustSpec(t, "-t", "127.0.0.1/64401")}}
-	env := fwdTestEnv(t, cfg)
-	fw, err := StartForwarder(env, OptionsFrom(cfg), -1)
+	fw, err := StartForwarder(env, OptionsFrom(cfg), -1, flows)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,6 @@ import (
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
-	"github.com/gopasta/gopasta/actors/splice"
 	"github.com/gopasta/gopasta/actors/tcp"
 	"github.com/gopasta/gopasta/link/wire"
 )
@@ -84,9 +83,9 @@ func listenTCP(fw tcpForward) (*tcpListener, error) {
 }
 
 // run accepts connections until the listener is closed.
-func (l *tcpListener) Run(env *actors.Env) {
-	acceptLoop(env, l.file, fmt.Sprintf("port %d", l.fw.port), func(nfd int, sa unix.Sockaddr) {
-		l.accepted(env, nfd, sa)
+func (l *tcpListener) Run(f *forwarder) {
+	acceptLoop(f.env, l.file, fmt.Sprintf("port %d", l.fw.port), func(nfd int, sa unix.Sockaddr) {
+		l.accepted(f, nfd, sa)
 	})
 }
 
@@ -134,7 +133,8 @@ func acceptLoop(env *actors.Env, f *os.File, what string, handle func(nfd int, s
 }
 
 // accepted starts the actor for a new inbound connection.
-func (l *tcpListener) accepted(env *actors.Env, fd int, sa unix.Sockaddr) {
+func (l *tcpListener) accepted(f *forwarder, fd int, sa unix.Sockaddr) {
+	env := f.env
 	client, ok := sockutil.AddrPortOf(sa)
 	if ok && l.splice != nil && client.Addr().IsLoopback() && l.splice(fd, client) {
 		return
@@ -143,7 +143,7 @@ func (l *tcpListener) accepted(env *actors.Env, fd int, sa unix.Sockaddr) {
 		// No tap to take it to: refuse at once rather than let the
 		// client wait for a handshake nobody answers.
 		env.Log.Debugf("inbound TCP from %s to port %d: --splice-only takes loopback clients only", client, l.fw.port)
-		splice.Stats.OnlyRefused.Add(1)
+		f.splicer.Stats.OnlyRefused.Add(1)
 		_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
 		unix.Close(fd)
 		return
@@ -177,7 +177,7 @@ func (l *tcpListener) accepted(env *actors.Env, fd int, sa unix.Sockaddr) {
 		return
 	}
 	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	tcp.StartInbound(env, k, fd)
+	f.tcp.StartInbound(k, fd)
 }
 
 // takeInbound reports whether a new inbound flow fits: the flow table under

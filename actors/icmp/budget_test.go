@@ -15,8 +15,9 @@ func TestICMPSpareFreed(t *testing.T) {
 	actorstest.InPrivateNetns(t)
 	setPingGroupRange(t, "0 2147483647")
 	te := actorstest.New(t, actors.Options{})
+	proto := New(te.Env)
 	k := echoKey(false, actorstest.Guest4, 99, actorstest.GW4)
-	h := Start(te.Env, k, actorstest.GuestFrame(t, actorstest.Guest4, actorstest.GW4, wire.ProtoICMP, guestEcho(t, actorstest.Guest4, actorstest.GW4, 99, 1, []byte("ping"))))
+	h := proto.Start(k, actorstest.GuestFrame(t, actorstest.Guest4, actorstest.GW4, wire.ProtoICMP, guestEcho(t, actorstest.Guest4, actorstest.GW4, 99, 1, []byte("ping"))))
 	if h == nil {
 		t.Fatal("StartICMP returned nil")
 	}

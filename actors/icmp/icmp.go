@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,11 +32,9 @@ import (
 // TTL exceeded) come back on the socket's error queue and are relayed as
 // ICMP errors quoting the guest's request, as for UDP.
 
-// pingWarn logs the ping_group_range hint once per process.
-var pingWarn sync.Once
-
 // icmpActor is one echo flow.
 type icmpActor struct {
+	p       *Protocol // the daemon's ICMP: counters
 	env     *actors.Env
 	log     *logrus.Entry
 	h       *actors.Handle
@@ -53,26 +50,24 @@ type icmpActor struct {
 	oob     []byte
 }
 
-// icmpSocketLog rate-limits the warnings about ping sockets that could
-// not be had: out of descriptors, they would come once an echo request.
-var icmpSocketLog actors.RateLog
-
 // Start is called by the dispatcher for an ICMP or ICMPv6 echo request
-// from the guest that matches no flow; see tcp.Start for the contract.
-func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
+// from the guest that matches no flow; see actors.Protocol for the
+// contract.
+func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
+	env := p.env
 	if env.Opts.NoICMP {
 		f.Release()
 		return nil
 	}
 	v6 := k.Proto == wire.ProtoICMPv6
 	if !k.Guest.IsValid() || !k.Far.IsValid() || k.Guest.Addr().Is6() != v6 || k.Far.Addr().Is6() != v6 {
-		Stats.EchoDropped.Add(1)
+		p.Stats.EchoDropped.Add(1)
 		f.Release()
 		return nil
 	}
 	if !env.Limits.TakeFDs(actors.FDGuestDgram, actors.FDsICMP) {
-		Stats.EchoDropped.Add(1)
-		icmpSocketLog.Warnf(env.FlowLog(k), "icmp: descriptor budget spent (%d), dropping echo requests of new flows", env.Limits.FDMax.Load())
+		p.Stats.EchoDropped.Add(1)
+		p.socketLog.Warnf(env.FlowLog(k), "icmp: descriptor budget spent (%d), dropping echo requests of new flows", env.Limits.FDMax.Load())
 		f.Release()
 		return nil
 	}
@@ -106,21 +101,21 @@ func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
 	})
 	if err != nil {
 		env.Limits.GiveFDs(actors.FDGuestDgram, actors.FDsICMP)
-		Stats.EchoDropped.Add(1)
+		p.Stats.EchoDropped.Add(1)
 		if err == unix.EACCES || err == unix.EPERM {
-			pingWarn.Do(func() {
+			p.pingWarn.Do(func() {
 				env.Log.Warn(`icmp: ping sockets are not allowed for this group, echo requests are dropped; ` +
 					`allow them with: sysctl -w net.ipv4.ping_group_range="0 2147483647"`)
 			})
 		} else {
-			icmpSocketLog.Warnf(env.FlowLog(k).WithError(err), "icmp: cannot open ping socket: %v", err)
+			p.socketLog.Warnf(env.FlowLog(k).WithError(err), "icmp: cannot open ping socket: %v", err)
 		}
 		f.Release()
 		return nil
 	}
 	timeout := env.Opts.ICMPTimeout
 	a := &icmpActor{
-		env: env, log: env.FlowLog(k), h: actors.NewHandle(k), sock: sock, v6: v6,
+		p: p, env: env, log: env.FlowLog(k), h: actors.NewHandle(k), sock: sock, v6: v6,
 		id: sockutil.LocalPort(sock.FD), timeout: timeout, last: sockutil.MonoNow(),
 		errBuf: make([]byte, icmperr.MaxLen6), oob: make([]byte, 256),
 	}
@@ -205,14 +200,14 @@ func (a *icmpActor) send(f *link.Frame) {
 	defer f.Release()
 	m := a.echoBytes(f)
 	if m == nil {
-		Stats.EchoDropped.Add(1)
+		a.p.Stats.EchoDropped.Add(1)
 		return
 	}
 	a.last = sockutil.MonoNow()
 	for try := 0; try < 2; try++ {
 		e := sockutil.Sendto(a.sock.FD, m, &a.sa, a.salen)
 		if e == 0 {
-			Stats.EchoSent.Add(1)
+			a.p.Stats.EchoSent.Add(1)
 			a.h.Stats.GuestSegs.Add(1)
 			a.h.Stats.GuestBytes.Add(uint64(len(m)))
 			return
@@ -222,7 +217,7 @@ func (a *icmpActor) send(f *link.Frame) {
 			break
 		}
 	}
-	Stats.EchoDropped.Add(1)
+	a.p.Stats.EchoDropped.Add(1)
 }
 
 func (a *icmpActor) receive() {
@@ -266,7 +261,7 @@ func (a *icmpActor) receive() {
 			return
 		}
 		if n > maxLen || n < wire.ICMPLen {
-			Stats.EchoDropped.Add(1)
+			a.p.Stats.EchoDropped.Add(1)
 			continue
 		}
 		m := wire.ICMP(f.Data[hl : hl+n])
@@ -290,7 +285,7 @@ func (a *icmpActor) receive() {
 		}
 		a.env.Uncharge(int64(cap(f.Data)))
 		a.spare = nil
-		Stats.EchoReplies.Add(1)
+		a.p.Stats.EchoReplies.Add(1)
 		a.h.Stats.FarSegs.Add(1)
 		a.h.Stats.FarBytes.Add(uint64(n))
 		if !a.env.Out.SendNow(a.env.Ctx, f) {
@@ -308,7 +303,7 @@ func (a *icmpActor) drainErrors() {
 			return
 		}
 		if f := echoErrorFrame(a.env, &q, a.v6, a.h.Key, a.errBuf); f != nil {
-			Stats.Errors.Add(1)
+			a.p.Stats.Errors.Add(1)
 			if !a.env.Out.SendCtx(a.env.Ctx, f) {
 				return
 			}
@@ -346,7 +341,8 @@ func echoErrorFrame(env *actors.Env, q *icmperr.Queued, v6 bool, k actors.Key, b
 	return icmperr.Frame(env, &e)
 }
 
-// Counters count what the ICMP echo actors did and dropped.
+// Counters count what the ICMP echo actors of one daemon
+// (Protocol.Stats) did and dropped.
 type Counters struct {
 	// EchoSent and EchoReplies count ICMP echo requests and replies;
 	// EchoDropped counts echo frames dropped (malformed, refused socket).
@@ -355,14 +351,13 @@ type Counters struct {
 	Errors atomic.Uint64
 }
 
-// Stats are the process-wide ICMP counters.
-var Stats Counters
-
-// AddStats adds the ICMP counters to m, by the names the statistics log uses.
-func AddStats(m map[string]uint64) {
+// AddStats adds the ICMP counters to m, by the names the statistics log
+// uses.
+func (p *Protocol) AddStats(m map[string]uint64) {
+	s := &p.Stats
 	// Relayed errors are reported with UDP's, under one name.
-	m["udp_icmp_errors"] += Stats.Errors.Load()
-	m["icmp_echo_sent"] = Stats.EchoSent.Load()
-	m["icmp_echo_replies"] = Stats.EchoReplies.Load()
-	m["icmp_echo_dropped"] = Stats.EchoDropped.Load()
+	m["udp_icmp_errors"] += s.Errors.Load()
+	m["icmp_echo_sent"] = s.EchoSent.Load()
+	m["icmp_echo_replies"] = s.EchoReplies.Load()
+	m["icmp_echo_dropped"] = s.EchoDropped.Load()
 }

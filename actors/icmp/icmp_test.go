@@ -76,9 +76,10 @@ func TestICMPEcho(t *testing.T) {
 			defer s.Close()
 		}
 		te := actorstest.New(t, actors.Options{})
+		icmpP := New(te.Env)
 		k := echoKey(v6, tc.guest, id, tc.gw)
 		proto := k.Proto
-		h := Start(te.Env, k, actorstest.GuestFrame(t, tc.guest, tc.gw, proto, guestEcho(t, tc.guest, tc.gw, id, 1, []byte("ping 1"))))
+		h := icmpP.Start(k, actorstest.GuestFrame(t, tc.guest, tc.gw, proto, guestEcho(t, tc.guest, tc.gw, id, 1, []byte("ping 1"))))
 		if h == nil {
 			t.Fatalf("%s: StartICMP returned nil", tc.name)
 		}
@@ -116,10 +117,11 @@ func TestICMPIdleTimeout(t *testing.T) {
 	actorstest.InPrivateNetns(t)
 	setPingGroupRange(t, "0 2147483647")
 	te := actorstest.New(t, actors.Options{ICMPTimeout: 100 * time.Millisecond})
+	proto := New(te.Env)
 	base := actorstest.FDCount(t)
 	k := echoKey(false, actorstest.Guest4, 77, actorstest.GW4)
 	start := time.Now()
-	h := Start(te.Env, k, actorstest.GuestFrame(t, actorstest.Guest4, actorstest.GW4, wire.ProtoICMP, guestEcho(t, actorstest.Guest4, actorstest.GW4, 77, 1, nil)))
+	h := proto.Start(k, actorstest.GuestFrame(t, actorstest.Guest4, actorstest.GW4, wire.ProtoICMP, guestEcho(t, actorstest.Guest4, actorstest.GW4, 77, 1, nil)))
 	te.ReadGuest(t, time.Second)
 	select {
 	case got := <-te.Ended:
@@ -147,12 +149,13 @@ func TestICMPPingGroupRange(t *testing.T) {
 	actorstest.InPrivateNetns(t)
 	setPingGroupRange(t, "1 0")
 	te := actorstest.New(t, actors.Options{})
-	before := Stats.EchoDropped.Load()
+	proto := New(te.Env)
+	before := proto.Stats.EchoDropped.Load()
 	k := echoKey(false, actorstest.Guest4, 5, actorstest.GW4)
-	if h := Start(te.Env, k, actorstest.GuestFrame(t, actorstest.Guest4, actorstest.GW4, wire.ProtoICMP, guestEcho(t, actorstest.Guest4, actorstest.GW4, 5, 1, nil))); h != nil {
+	if h := proto.Start(k, actorstest.GuestFrame(t, actorstest.Guest4, actorstest.GW4, wire.ProtoICMP, guestEcho(t, actorstest.Guest4, actorstest.GW4, 5, 1, nil))); h != nil {
 		t.Fatal("echo flow started without ping sockets")
 	}
-	if Stats.EchoDropped.Load() == before {
+	if proto.Stats.EchoDropped.Load() == before {
 		t.Fatal("drop not counted")
 	}
 }

@@ -73,22 +73,6 @@ func setPipeSize(pw int) int {
 	return 64 << 10
 }
 
-// Stats count spliced connections and datagrams, for tests and logs.
-var Stats struct {
-	TCPOpened, TCPActive, TCPResets atomic.Int64
-	// TCPFamilyRetries counts connections joined in the other IP
-	// family after the first was refused (Alt).
-	TCPFamilyRetries       atomic.Int64
-	UDPFlows, UDPDatagrams atomic.Int64
-	// TCPEmptyReads counts reads of a spliced socket that found nothing
-	// (EAGAIN). With the hang-up watch they are rare: a pump that has
-	// just emptied its socket waits without one (see splicePump).
-	TCPEmptyReads atomic.Int64
-	// OnlyRefused counts clients that are not on loopback, turned away
-	// under --splice-only: TCP connections reset, UDP datagrams dropped.
-	OnlyRefused atomic.Int64
-}
-
 // spliceSock is one side of a spliced pair.
 type spliceSock struct {
 	fd    int
@@ -155,8 +139,8 @@ func (s *spliceSock) shut(reset bool) {
 
 // splicePair is two connected sockets joined by two pumps.
 type splicePair struct {
-	env   *actors.Env // nil in some tests; else the pair holds actors.FDsSplice of its budget
-	kind  int         // of the descriptors it holds
+	sp    *Splicer // its env, if any, is the budget the pair holds actors.FDsSplice of
+	kind  int      // of the descriptors it holds
 	a, b  *spliceSock
 	left  atomic.Int32 // pumps still running
 	reset atomic.Bool
@@ -179,11 +163,11 @@ type Alt struct {
 // which a non-blocking connect is in progress. It owns both descriptors
 // from now on: if the connect fails (and alt, if not nil, is refused
 // too), the client is reset.
-func Start(env *actors.Env, kind, accFD, connFD int, alt *Alt) {
+func (sp *Splicer) Start(kind, accFD, connFD int, alt *Alt) {
 	for _, fd := range []int{accFD, connFD} {
 		_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	}
-	p := &splicePair{env: env, kind: kind}
+	p := &splicePair{sp: sp, kind: kind}
 	a, err := newSpliceSock(accFD)
 	if err != nil {
 		unix.Close(accFD)
@@ -199,26 +183,24 @@ func Start(env *actors.Env, kind, accFD, connFD int, alt *Alt) {
 		return
 	}
 	p.a, p.b = a, b
-	Stats.TCPOpened.Add(1)
-	Stats.TCPActive.Add(1)
+	p.sp.Stats.TCPOpened.Add(1)
+	p.sp.Stats.TCPActive.Add(1)
 	p.left.Store(2)
 	go func() {
 		for err := p.connected(); err != nil; err = p.connected() {
 			if err != unix.ECONNREFUSED || alt == nil || !p.redial(alt) {
-				Stats.TCPResets.Add(1)
+				p.sp.Stats.TCPResets.Add(1)
 				p.a.shut(true)
 				p.b.shut(false)
-				Stats.TCPActive.Add(-1)
+				p.sp.Stats.TCPActive.Add(-1)
 				p.GiveFDs()
 				return
 			}
 			alt = nil
 		}
-		if env != nil {
-			if poll, err := poll.For(env); err == nil {
-				p.a.watch(poll)
-				p.b.watch(poll)
-			}
+		if sp.poll != nil {
+			p.a.watch(sp.poll)
+			p.b.watch(sp.poll)
 		}
 		go p.pump(p.b, p.a)
 		p.pump(p.a, p.b)
@@ -253,7 +235,7 @@ func (p *splicePair) redial(alt *Alt) bool {
 	}
 	p.b.shut(false)
 	p.b = b
-	Stats.TCPFamilyRetries.Add(1)
+	p.sp.Stats.TCPFamilyRetries.Add(1)
 	return true
 }
 
@@ -290,14 +272,14 @@ func (p *splicePair) done(failed bool) {
 	if failed && p.reset.CompareAndSwap(false, true) {
 		// Reset both peers, and wake the other pump: closing a file
 		// ends its pending poller wait.
-		Stats.TCPResets.Add(1)
+		p.sp.Stats.TCPResets.Add(1)
 		p.a.shut(true)
 		p.b.shut(true)
 	}
 	if p.left.Add(-1) == 0 {
 		p.a.shut(false)
 		p.b.shut(false)
-		Stats.TCPActive.Add(-1)
+		p.sp.Stats.TCPActive.Add(-1)
 		p.GiveFDs()
 	}
 }
@@ -305,8 +287,8 @@ func (p *splicePair) done(failed bool) {
 // giveFDs returns the pair's descriptors to the budget, once every one of
 // them is closed.
 func (p *splicePair) GiveFDs() {
-	if p.env != nil {
-		p.env.Limits.GiveFDs(p.kind, actors.FDsSplice)
+	if p.sp.env != nil {
+		p.sp.env.Limits.GiveFDs(p.kind, actors.FDsSplice)
 	}
 }
 
@@ -423,7 +405,7 @@ func (u *splicePump) onReadable(sfd uintptr) bool {
 			continue
 		case unix.EAGAIN:
 			// The pipe is empty, so this is the socket's: wait.
-			Stats.TCPEmptyReads.Add(1)
+			u.p.sp.Stats.TCPEmptyReads.Add(1)
 			return false
 		default:
 			u.err = e
@@ -475,15 +457,4 @@ func (u *splicePump) drain() bool {
 		}
 	}
 	return true
-}
-
-// AddStats adds the loopback splice counters to m, by the names the statistics log uses.
-func AddStats(m map[string]uint64) {
-	m["splice_tcp_opened"] = uint64(max(Stats.TCPOpened.Load(), 0))
-	m["splice_tcp_active"] = uint64(max(Stats.TCPActive.Load(), 0))
-	m["splice_tcp_resets"] = uint64(max(Stats.TCPResets.Load(), 0))
-	m["splice_tcp_empty_reads"] = uint64(max(Stats.TCPEmptyReads.Load(), 0))
-	m["splice_udp_flows"] = uint64(max(Stats.UDPFlows.Load(), 0))
-	m["splice_udp_datagrams"] = uint64(max(Stats.UDPDatagrams.Load(), 0))
-	m["splice_only_refused"] = uint64(max(Stats.OnlyRefused.Load(), 0))
 }

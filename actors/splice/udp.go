@@ -45,6 +45,7 @@ type UDPSplice struct {
 	target  func(client netip.AddrPort) (netip.AddrPort, bool) // where its datagrams go
 	newSock func(v6 bool) (int, error)
 	timeout time.Duration
+	stats   *Counters // the daemon's splice's
 
 	mu    sync.Mutex
 	flows map[netip.AddrPort]*udpSpliceFlow
@@ -64,11 +65,14 @@ type udpSpliceFlow struct {
 	last   int64 // sockutil.MonoNow of the last datagram either way; mu
 }
 
-func NewUDP(lfd int, target func(netip.AddrPort) (netip.AddrPort, bool), newSock func(bool) (int, error), timeout time.Duration) *UDPSplice {
+// NewUDP returns a relay for the loopback clients of the listening socket
+// lfd (which it owns): a client's datagrams go to target(client) from a
+// socket of its own that newSock makes, and end with timeout of silence.
+func (sp *Splicer) NewUDP(lfd int, target func(netip.AddrPort) (netip.AddrPort, bool), newSock func(bool) (int, error), timeout time.Duration) *UDPSplice {
 	if timeout <= 0 {
 		timeout = 180 * time.Second
 	}
-	return &UDPSplice{lfd: lfd, target: target, newSock: newSock, timeout: timeout,
+	return &UDPSplice{lfd: lfd, target: target, newSock: newSock, timeout: timeout, stats: &sp.Stats,
 		flows: make(map[netip.AddrPort]*udpSpliceFlow), done: make(chan struct{})}
 }
 
@@ -103,7 +107,7 @@ func (s *UDPSplice) Take(client netip.AddrPort, payload []byte) bool {
 			break
 		}
 	}
-	Stats.UDPDatagrams.Add(1)
+	s.stats.UDPDatagrams.Add(1)
 	return true
 }
 
@@ -136,7 +140,7 @@ func (s *UDPSplice) open(client netip.AddrPort) (*udpSpliceFlow, error) {
 	}
 	fl := &udpSpliceFlow{fd: fd, file: os.NewFile(uintptr(fd), "udp-splice"), client: client}
 	fl.salen = sockutil.PutSockaddr(&fl.sa, client)
-	Stats.UDPFlows.Add(1)
+	s.stats.UDPFlows.Add(1)
 	return fl, nil
 }
 
@@ -149,7 +153,7 @@ func (s *UDPSplice) replies(fl *udpSpliceFlow) {
 		delete(s.flows, fl.client)
 		s.mu.Unlock()
 		fl.file.Close()
-		Stats.UDPFlows.Add(-1)
+		s.stats.UDPFlows.Add(-1)
 	}()
 	rc, err := fl.file.SyscallConn()
 	if err != nil {
@@ -210,7 +214,7 @@ func (s *UDPSplice) replies(fl *udpSpliceFlow) {
 			}
 			sent += k
 		}
-		Stats.UDPDatagrams.Add(int64(n))
+		s.stats.UDPDatagrams.Add(int64(n))
 		r.release()
 	}
 }

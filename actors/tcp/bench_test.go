@@ -65,8 +65,9 @@ func benchConn(b *testing.B) (*tcpConn, *net.TCPConn) {
 	log.SetLevel(logrus.WarnLevel)
 	env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(&conf.Config{MTU: 65520}), Out: w, Peer: peerInfo, Log: log, NAT: &nat.NAT{}}
 	k := actors.Key{Proto: wire.ProtoTCP, Guest: netip.MustParseAddrPort("10.0.2.100:40000"), Far: netip.MustParseAddrPort("10.0.2.2:80")}
-	c := NewConn(env, actors.NewHandle(k), k, false)
-	s, err := NewSock(env, fd, false)
+	tp := testProtocol(b, env)
+	c := NewConn(tp, actors.NewHandle(k), k, false)
+	s, err := NewSock(tp, fd, false)
 	if err != nil {
 		b.Fatal(err)
 	}

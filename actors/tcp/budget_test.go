@@ -76,8 +76,9 @@ func budgetFlow(t *testing.T, env *actors.Env, port uint16, sndbuf int) (*tcpCon
 	_ = unix.SetNonblock(fd, true)
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, sndbuf)
 	k := actors.Key{Proto: wire.ProtoTCP, Guest: netip.AddrPortFrom(testGuest4, port), Far: netip.MustParseAddrPort("10.0.2.2:80")}
-	c := NewConn(env, actors.NewHandle(k), k, false)
-	s, err := NewSock(env, fd, false)
+	tp := testProtocol(t, env)
+	c := NewConn(tp, actors.NewHandle(k), k, false)
+	s, err := NewSock(tp, fd, false)
 	if err != nil {
 		t.Fatal(err)
 	}

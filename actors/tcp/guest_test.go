@@ -35,6 +35,7 @@ var (
 type testEnv struct {
 	t        testing.TB
 	Env      *actors.Env
+	TCP      *Protocol              // Env's
 	dev      *linktest.MemoryDevice // the guest's end
 	ended    chan *actors.Handle
 	Register chan *actors.Handle
@@ -74,7 +75,20 @@ func newTestEnvDev(t testing.TB, wrap func(*linktest.MemoryDevice) link.Device) 
 		a.Close()
 		b.Close()
 	})
+	te.TCP = testProtocol(t, te.Env)
 	return te
+}
+
+// testProtocol returns a TCP for env, closed when the test ends (before
+// the cleanups registered earlier, env's among them, run).
+func testProtocol(t testing.TB, env *actors.Env) *Protocol {
+	t.Helper()
+	p, err := New(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
 }
 
 // seg is a parsed segment from gopasta to the guest.
@@ -252,7 +266,7 @@ func (g *guest) input(f *link.Frame) {
 func (g *guest) connect() seg {
 	t := g.te.t
 	t.Helper()
-	g.h = Start(g.te.Env, g.k, buildFrame(g.k, wire.TCPSyn, g.iss, 0, 0xffff, synOpts(65480, g.ws), nil))
+	g.h = g.te.TCP.Start(g.k, buildFrame(g.k, wire.TCPSyn, g.iss, 0, 0xffff, synOpts(65480, g.ws), nil))
 	if g.h == nil {
 		t.Fatalf("StartTCP returned nil for a SYN")
 	}

@@ -58,15 +58,9 @@ import (
 // and the actor, waking for a deadline that moved meanwhile, finds
 // nothing due (onTimer checks every deadline against the clock).
 
-// tcpInline enables inline runs; see SetSerial.
+// tcpInline enables inline runs; see SetSerial. It is process-wide, not
+// a Protocol's: it follows GOMAXPROCS, which is the process's.
 var tcpInline atomic.Bool
-
-// Inline counts inline runs: guest segments the dispatcher handled
-// (Segments) and socket events the harvester handled (Events), and runs
-// that found the link Writer's queue full and handed the rest to the
-// actor (Parked). They are process-wide, reported with the other actor
-// counters.
-var Inline struct{ Segments, Events, Parked atomic.Uint64 }
 
 func init() { tcpInline.Store(true) }
 
@@ -85,7 +79,7 @@ func (c *tcpConn) direct(f *link.Frame) (took bool) {
 	}
 	defer c.inlineDone()
 	took = true
-	Inline.Segments.Add(1)
+	c.p.Inline.Segments.Add(1)
 	c.now = time.Now()
 	c.lastAct = c.now
 	c.onFrame(f)
@@ -104,7 +98,7 @@ func sockInline(s *tcpSock) (ran bool) {
 	}
 	defer c.inlineDone()
 	ran = true
-	Inline.Events.Add(1)
+	c.p.Inline.Events.Add(1)
 	c.onSocket()
 	return ran
 }
@@ -158,7 +152,7 @@ func (c *tcpConn) offer(f *link.Frame, now bool) {
 		if now && c.env.Out.OfferNow(f) || !now && c.env.Out.Offer(f) {
 			return
 		}
-		Inline.Parked.Add(1)
+		c.p.Inline.Parked.Add(1)
 	}
 	c.parked = append(c.parked, f)
 }
@@ -185,11 +179,4 @@ func (c *tcpConn) resume() {
 		c.now = time.Now()
 		c.output()
 	}
-}
-
-// AddStats adds the TCP counters to m, by the names the statistics log uses.
-func AddStats(m map[string]uint64) {
-	m["tcp_inline_segments"] = Inline.Segments.Load()
-	m["tcp_inline_events"] = Inline.Events.Load()
-	m["tcp_inline_parked"] = Inline.Parked.Load()
 }

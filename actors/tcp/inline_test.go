@@ -20,12 +20,12 @@ import (
 // caller or is queued changes from one to the next, and not a byte may be
 // lost or reordered (bulkWith compares checksums).
 func TestTCPInlineBulk(t *testing.T) {
-	seg0, ev0 := Inline.Segments.Load(), Inline.Events.Load()
 	g := bulkWith(t, "tcp4", "127.0.0.1:0", testGW4, 4<<20, true)
-	if g.direct == 0 || Inline.Segments.Load() == seg0 {
+	in := &g.te.TCP.Inline // the test's own protocol: counted from 0
+	if g.direct == 0 || in.Segments.Load() == 0 {
 		t.Fatalf("no segment ran inline (%d taken by Direct)", g.direct)
 	}
-	if Inline.Events.Load() == ev0 {
+	if in.Events.Load() == 0 {
 		t.Fatal("no socket event ran inline on the harvester")
 	}
 }
@@ -35,11 +35,11 @@ func TestTCPInlineBulk(t *testing.T) {
 func TestTCPInlineOff(t *testing.T) {
 	SetSerial(false)
 	t.Cleanup(func() { SetSerial(true) })
-	seg0, ev0 := Inline.Segments.Load(), Inline.Events.Load()
 	g := bulkWith(t, "tcp4", "127.0.0.1:0", testGW4, 1<<20, true)
-	if g.direct != 0 || Inline.Segments.Load() != seg0 || Inline.Events.Load() != ev0 {
+	in := &g.te.TCP.Inline
+	if g.direct != 0 || in.Segments.Load() != 0 || in.Events.Load() != 0 {
 		t.Fatalf("ran inline with SetSerial(false): %d segments, %d events",
-			Inline.Segments.Load()-seg0, Inline.Events.Load()-ev0)
+			in.Segments.Load(), in.Events.Load())
 	}
 }
 
@@ -128,7 +128,7 @@ func TestTCPInlineFullLinkHandsOver(t *testing.T) {
 	}
 	fill() // what the writer goroutine took off the queue before it stalled
 
-	parked0, ev0 := Inline.Parked.Load(), Inline.Events.Load()
+	parked0, ev0 := te.TCP.Inline.Parked.Load(), te.TCP.Inline.Events.Load()
 	const n = 256 << 10
 	data := [2][]byte{actorstest.RandBytes(n), actorstest.RandBytes(n)}
 	for i, sc := range socks {
@@ -136,10 +136,10 @@ func TestTCPInlineFullLinkHandsOver(t *testing.T) {
 			t.Fatal(err)
 		}
 		deadline := time.Now().Add(3 * time.Second)
-		for Inline.Parked.Load() < parked0+uint64(i)+1 {
+		for te.TCP.Inline.Parked.Load() < parked0+uint64(i)+1 {
 			if time.Now().After(deadline) {
 				t.Fatalf("flow %d: the harvester did not hand over (%d inline events, %d parked): is it waiting for the link?",
-					i, Inline.Events.Load()-ev0, Inline.Parked.Load()-parked0)
+					i, te.TCP.Inline.Events.Load()-ev0, te.TCP.Inline.Parked.Load()-parked0)
 			}
 			time.Sleep(time.Millisecond)
 		}

@@ -11,7 +11,6 @@ import (
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
-	"github.com/gopasta/gopasta/actors/internal/poll"
 	"github.com/gopasta/gopasta/link/wire"
 )
 
@@ -25,16 +24,13 @@ func TestTCPConnectCap(t *testing.T) {
 	defer func() { actors.TCPConnectTimeoutFor = old }()
 	te.Env.Limits.SetConnectLimit(3)
 	far := netip.AddrPortFrom(testGW4, blackholeListener(t))
-	if _, err := poll.For(te.Env); err != nil { // its epoll stays
-		t.Fatal(err)
-	}
 	base := actorstest.FDCount(t)
 
 	var pending []*actors.Handle
 	start := time.Now()
 	for i := range 5 {
 		g := newGuest(te, far, uint32(1000+i))
-		h := Start(te.Env, g.k, buildFrame(g.k, wire.TCPSyn, g.iss, 0, 0xffff, synOpts(1460, 7), nil))
+		h := te.TCP.Start(g.k, buildFrame(g.k, wire.TCPSyn, g.iss, 0, 0xffff, synOpts(1460, 7), nil))
 		if i < 3 {
 			if h == nil {
 				t.Fatalf("SYN %d within the cap refused", i)
@@ -134,7 +130,7 @@ func TestTCPFDBudget(t *testing.T) {
 	g1 := newGuest(te, far, 5000)
 	g1.connect()
 	g2 := newGuest(te, far, 6000)
-	if h := Start(te.Env, g2.k, buildFrame(g2.k, wire.TCPSyn, g2.iss, 0, 0xffff, synOpts(1460, 7), nil)); h != nil {
+	if h := te.TCP.Start(g2.k, buildFrame(g2.k, wire.TCPSyn, g2.iss, 0, 0xffff, synOpts(1460, 7), nil)); h != nil {
 		t.Fatal("a flow started beyond the descriptor budget")
 	}
 	if s := te.next(time.Second); !s.has(wire.TCPRst) || s.dst != g2.k.Guest {

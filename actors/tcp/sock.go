@@ -9,7 +9,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/internal/poll"
 	"github.com/gopasta/gopasta/internal/nbsys"
 )
@@ -17,7 +16,7 @@ import (
 // tcpSock is the host side of a flow: a non-blocking TCP socket. All I/O
 // is done with raw system calls on fd, with iovecs and the message header
 // kept in the flow, so that the data path allocates nothing. Readiness
-// comes from the Env's shared edge-triggered epoll (internal/poll/poll.go) on wake.
+// comes from the Protocol's edge-triggered epoll (internal/poll/poll.go) on wake.
 type tcpSock struct {
 	fd   int
 	poll *poll.Poller
@@ -62,15 +61,11 @@ func getDiscard() []byte {
 var tcpNoPeekOff bool
 
 // NewSock wraps a non-blocking socket fd. Unless later is set, it is
-// registered with env's poller at once; otherwise the caller calls
+// registered with tp's poller at once; otherwise the caller calls
 // register (an outbound socket, once connect is under way: an unconnected
 // socket reports a hang-up that would read as "connected").
-func NewSock(env *actors.Env, fd int, later bool) (*tcpSock, error) {
-	p, err := poll.For(env)
-	if err != nil {
-		return nil, err
-	}
-	s := &tcpSock{fd: fd, poll: p, slot: -1, wake: make(chan struct{}, 1)}
+func NewSock(tp *Protocol, fd int, later bool) (*tcpSock, error) {
+	s := &tcpSock{fd: fd, poll: tp.poll, slot: -1, wake: make(chan struct{}, 1)}
 	s.peekOff = !tcpNoPeekOff && nbsys.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0) == 0
 	if !later {
 		if err := s.RegisterFlow(); err != nil {

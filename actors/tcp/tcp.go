@@ -28,7 +28,7 @@ package tcp
 //     window shrinks before the budget could be exceeded (budget.go).
 //
 //   - The actor waits in one select on its inbox, its socket's readiness
-//     (from the shared edge-triggered epoll, internal/poll/poll.go, armed only when it
+//     (from the protocol's edge-triggered epoll, internal/poll/poll.go, armed only when it
 //     has hit EAGAIN), one timer and the daemon's context, like a gVisor
 //     endpoint's protocol goroutine. While it waits there, the goroutine
 //     that received an event for it may run it instead, as a guest of its
@@ -140,6 +140,7 @@ type tcpConn struct {
 	parked []*link.Frame
 	inline bool // an inline run holds gate
 
+	p       *Protocol // the daemon's TCP: poller, counters
 	env     *actors.Env
 	h       *actors.Handle
 	key     actors.Key
@@ -241,7 +242,8 @@ var tcpTestHook atomic.Pointer[func(k actors.Key, f *link.Frame)]
 // Only a SYN opens a connection. Anything else for an unknown flow is
 // answered with a reset (so that a guest whose connection we forgot learns
 // at once), except a reset or a SYN,ACK, which are dropped.
-func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
+func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
+	env := p.env
 	th := wire.TCP(f.Data[f.L4:])
 	flags := th.Flags()
 	switch {
@@ -271,7 +273,7 @@ func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
 	}
 	h := actors.NewHandle(k)
 	h.StateName = StateString
-	c := NewConn(env, h, k, false)
+	c := NewConn(p, h, k, false)
 	c.FDs, c.FDKind, c.pendingConnect = actors.FDsTCP, actors.FDGuestTCP, true
 	env.Stats.TCPFlows.Add(1)
 	env.Stats.TCPOpened.Add(1)
@@ -291,8 +293,9 @@ func (c *tcpConn) connectDone() {
 	}
 }
 
-func NewConn(env *actors.Env, h *actors.Handle, k actors.Key, inbound bool) *tcpConn {
-	c := &tcpConn{env: env, h: h, key: k, inbound: inbound, rto: tcpRTOInit, rcvWS: -1, winCap: actors.TCPInitWindow}
+func NewConn(p *Protocol, h *actors.Handle, k actors.Key, inbound bool) *tcpConn {
+	env := p.env
+	c := &tcpConn{p: p, env: env, h: h, key: k, inbound: inbound, rto: tcpRTOInit, rcvWS: -1, winCap: actors.TCPInitWindow}
 	c.tmpl.init(env.Peer.OurMAC, k.Far, k.Guest)
 	c.linkMTU = env.Opts.MTU
 	c.iss = tcpISNFunc(k.Far, k.Guest)
@@ -760,7 +763,7 @@ func (c *tcpConn) connect() error {
 		nbsys.Close(fd)
 		return err
 	}
-	s, err := NewSock(c.env, fd, true)
+	s, err := NewSock(c.p, fd, true)
 	if err != nil {
 		nbsys.Close(fd)
 		return err
@@ -1117,8 +1120,9 @@ func (c *tcpConn) hostError(op string, err error) {
 // fd (non-blocking, its descriptors already taken from the budget as
 // actors.FDInbound): the guest is sent a SYN. On failure it closes fd and
 // gives the descriptors back.
-func StartInbound(env *actors.Env, k actors.Key, fd int) {
-	s, err := NewSock(env, fd, false)
+func (p *Protocol) StartInbound(k actors.Key, fd int) {
+	env := p.env
+	s, err := NewSock(p, fd, false)
 	if err != nil {
 		env.Limits.GiveFDs(actors.FDInbound, actors.FDsTCP)
 		unix.Close(fd)
@@ -1127,7 +1131,7 @@ func StartInbound(env *actors.Env, k actors.Key, fd int) {
 	h := actors.NewHandle(k)
 	h.StateName = StateString
 	h.Inbound = true
-	c := NewConn(env, h, k, true)
+	c := NewConn(p, h, k, true)
 	c.FDs, c.FDKind = actors.FDsTCP, actors.FDInbound
 	c.Sock = s
 	s.Owner.Store(c)

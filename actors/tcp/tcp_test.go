@@ -86,7 +86,7 @@ func TestTCPRefused(t *testing.T) {
 	srv.Ln.Close()
 	g := newGuest(te, netip.AddrPortFrom(testGW4, port), 3000)
 	start := time.Now()
-	g.h = Start(te.Env, g.k, buildFrame(g.k, wire.TCPSyn, g.iss, 0, 0xffff, synOpts(1460, 7), nil))
+	g.h = te.TCP.Start(g.k, buildFrame(g.k, wire.TCPSyn, g.iss, 0, 0xffff, synOpts(1460, 7), nil))
 	s := te.next(time.Second)
 	if el := time.Since(start); el > 100*time.Millisecond {
 		t.Errorf("RST after %v", el)
@@ -100,14 +100,14 @@ func TestTCPRefused(t *testing.T) {
 func TestTCPUnknownFlowGetsRST(t *testing.T) {
 	te := NewTestEnv(t)
 	g := newGuest(te, netip.AddrPortFrom(testGW4, 9), 4000)
-	if h := Start(te.Env, g.k, buildFrame(g.k, wire.TCPAck, 5, 777, 100, nil, []byte("x"))); h != nil {
+	if h := te.TCP.Start(g.k, buildFrame(g.k, wire.TCPAck, 5, 777, 100, nil, []byte("x"))); h != nil {
 		t.Fatal("StartTCP started a flow for a stray ACK")
 	}
 	s := te.next(time.Second)
 	if !s.has(wire.TCPRst) || s.seq != 777 {
 		t.Fatalf("want RST seq 777, got %#x seq %d", s.Flags, s.seq)
 	}
-	if h := Start(te.Env, g.k, buildFrame(g.k, wire.TCPRst, 5, 0, 0, nil, nil)); h != nil {
+	if h := te.TCP.Start(g.k, buildFrame(g.k, wire.TCPRst, 5, 0, 0, nil, nil)); h != nil {
 		t.Fatal("StartTCP started a flow for a RST")
 	}
 	if s, ok := te.TryNext(100 * time.Millisecond); ok {
@@ -308,7 +308,7 @@ func TestTCPGuestResetInHandshake(t *testing.T) {
 	te := NewTestEnv(t)
 	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
 	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 9100)
-	g.h = Start(te.Env, g.k, buildFrame(g.k, wire.TCPSyn, g.iss, 0, 0xffff, synOpts(65480, g.ws), nil))
+	g.h = te.TCP.Start(g.k, buildFrame(g.k, wire.TCPSyn, g.iss, 0, 0xffff, synOpts(65480, g.ws), nil))
 	if g.h == nil {
 		t.Fatal("StartTCP returned nil for a SYN")
 	}
@@ -468,7 +468,7 @@ func inbound(t *testing.T, network, bind string, gw netip.Addr) {
 	if network == "tcp6" {
 		ga = testGuest6
 	}
-	StartInbound(te.Env, actors.Key{Proto: wire.ProtoTCP, Guest: netip.AddrPortFrom(ga, 8080), Far: far}, fd)
+	te.TCP.StartInbound(actors.Key{Proto: wire.ProtoTCP, Guest: netip.AddrPortFrom(ga, 8080), Far: far}, fd)
 	var h *actors.Handle
 	select {
 	case h = <-te.Register:

@@ -46,6 +46,7 @@ func BenchmarkUDPRoundTrip(b *testing.B) {
 			peer.SetMAC(wiretest.GuestMAC)
 			env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(&conf.Config{}), Out: w, Peer: peer, Log: log,
 				NAT: &nat.NAT{HostLoopback4: actorstest.GW4}, Ended: make(chan *actors.Handle, 16), Register: make(chan *actors.Handle, 16)}
+			proto := New(env)
 			echo := actorstest.UDPEcho(b, "127.0.0.1:0")
 			guest := netip.AddrPortFrom(actorstest.Guest4, actorstest.FreeUDPPort(b, "127.0.0.1:0"))
 			far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
@@ -60,7 +61,7 @@ func BenchmarkUDPRoundTrip(b *testing.B) {
 				f.L3, f.L4, f.Payload = p.L3, p.L4, p.Payload
 				return f
 			}
-			h := Start(env, actorstest.UDPKey(guest, far), frame())
+			h := proto.Start(actorstest.UDPKey(guest, far), frame())
 			<-dev.written
 			b.SetBytes(int64(2 * size))
 			b.ReportAllocs()
@@ -70,8 +71,8 @@ func BenchmarkUDPRoundTrip(b *testing.B) {
 				<-dev.written
 			}
 			b.StopTimer()
-			if Stats.SendDropped.Load() != 0 {
-				b.Fatalf("dropped %d", Stats.SendDropped.Load())
+			if proto.Stats.SendDropped.Load() != 0 {
+				b.Fatalf("dropped %d", proto.Stats.SendDropped.Load())
 			}
 		})
 	}

@@ -14,11 +14,12 @@ import (
 // budget while it keeps them and given back once it is quiet.
 func TestUDPStashCharged(t *testing.T) {
 	te := actorstest.New(t, actors.Options{TotalBuffer: 1 << 20, UDPTimeout: 200 * time.Millisecond})
+	proto := New(te.Env)
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	gport := actorstest.FreeUDPPort(t, "127.0.0.1:0")
 	guest := netip.AddrPortFrom(actorstest.Guest4, gport)
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
-	h := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("first")))
+	h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("first")))
 	if h == nil {
 		t.Fatal("StartUDP returned nil")
 	}

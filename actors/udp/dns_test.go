@@ -25,6 +25,7 @@ func TestUDPDNSForward(t *testing.T) {
 		{"v6", "[::1]:53", actorstest.DNS6, actorstest.Guest6},
 	} {
 		te := actorstest.New(t, actors.Options{})
+		proto := New(te.Env)
 		res, err := net.ListenPacket("udp", tc.resolver)
 		if err != nil {
 			t.Fatal(err)
@@ -38,7 +39,7 @@ func TestUDPDNSForward(t *testing.T) {
 		}
 		guest := netip.AddrPortFrom(tc.guest, 33333)
 		far := netip.AddrPortFrom(tc.fwd, 53)
-		Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("query "+tc.name)))
+		proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("query "+tc.name)))
 		buf := make([]byte, 512)
 		_ = res.SetReadDeadline(time.Now().Add(2 * time.Second))
 		n, from, err := res.(*net.UDPConn).ReadFromUDPAddrPort(buf)

@@ -9,14 +9,14 @@ import (
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/internal/sockutil"
-	"github.com/gopasta/gopasta/actors/splice"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link/wire"
 )
 
 // NewListenerBinding binds the listening socket for host port p, forwarded
 // to the guest's port to (at toAddr, or the guest's own address).
-func NewListenerBinding(env *actors.Env, spec conf.PortSpec, toAddr netip.Addr, p, to uint16, v6 bool) (*Binding, error) {
+func (pr *Protocol) NewListenerBinding(spec conf.PortSpec, toAddr netip.Addr, p, to uint16, v6 bool) (*Binding, error) {
+	env := pr.env
 	bind := spec.Bind.Unmap()
 	wildcard := !bind.IsValid() || bind.IsUnspecified()
 	if !bind.IsValid() {
@@ -53,7 +53,7 @@ func NewListenerBinding(env *actors.Env, spec conf.PortSpec, toAddr netip.Addr, 
 	if err != nil {
 		return nil, err
 	}
-	b := newBinding(env, v6, sock)
+	b := newBinding(pr, v6, sock)
 	b.inbound, b.wildcard = true, wildcard
 	b.fwdAddr, b.fwdPort = toAddr, to
 	b.log = env.Log.WithField("udp_listener", netip.AddrPortFrom(bind, p).String())
@@ -67,12 +67,12 @@ func NewListenerBinding(env *actors.Env, spec conf.PortSpec, toAddr netip.Addr, 
 func (b *Binding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) (fl *udpFlow, isNew bool) {
 	if b.env.Opts.SpliceOnly {
 		// No tap to take it to (loopback clients were relayed before).
-		splice.Stats.OnlyRefused.Add(1)
+		b.p.Stats.SpliceOnlyRefused.Add(1)
 		return nil, false
 	}
 	far, ok := b.env.NAT.Inbound(src)
 	if !ok {
-		Stats.Unmappable.Add(1)
+		b.p.Stats.Unmappable.Add(1)
 		return nil, false
 	}
 	ga := b.fwdAddr
@@ -80,7 +80,7 @@ func (b *Binding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) (fl
 		ga = guestAddr(b.env, b.v6)
 	}
 	if !ga.IsValid() || ga.Is6() != far.Addr().Is6() {
-		Stats.Unmappable.Add(1)
+		b.p.Stats.Unmappable.Add(1)
 		return nil, false
 	}
 	k := actors.Key{Proto: wire.ProtoUDP, Guest: netip.AddrPortFrom(ga, b.fwdPort), Far: far}
@@ -97,7 +97,7 @@ func (b *Binding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) (fl
 	if limit := b.env.Opts.FlowLimit; b.env.TableFlows.Load() >= limit {
 		// Held to --flow-limit as the guest's own flows are.
 		b.env.Stats.Refused.Add(1)
-		udpSocketLog.Warnf(b.log, "udp: flow limit %d reached, dropping datagrams of new inbound flows", limit)
+		b.p.socketLog.Warnf(b.log, "udp: flow limit %d reached, dropping datagrams of new inbound flows", limit)
 		return nil, false
 	}
 	fl = b.addFlow(k, src, now)

@@ -152,6 +152,7 @@ func startListeners(env *actors.Env, specs []conf.PortSpec) (stop func(), err er
 	if env.Opts.NoUDP {
 		return func() {}, nil
 	}
+	proto := New(env)
 	ctx, cancel := context.WithCancel(env.Ctx)
 	var bs []*Binding
 	fail := func(err error) (func(), error) {
@@ -172,7 +173,7 @@ func startListeners(env *actors.Env, specs []conf.PortSpec) (stop func(), err er
 				}
 				to := r.To + uint16(p-int(r.First))
 				for _, v6 := range listenFamilies(env.Opts, spec, r) {
-					b, err := NewListenerBinding(env, spec, r.ToAddr, uint16(p), to, v6)
+					b, err := proto.NewListenerBinding(spec, r.ToAddr, uint16(p), to, v6)
 					if err != nil {
 						if !spec.Bind.IsValid() && v6 && (err == unix.EAFNOSUPPORT || err == unix.EADDRNOTAVAIL) {
 							env.Log.Warnf("udp: %s %s: no IPv6 on the host, forwarding IPv4 only", spec.Option, spec.Raw)

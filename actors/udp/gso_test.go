@@ -19,6 +19,7 @@ import (
 // with its own length, in order per flow.
 func TestUDPSegmentation(t *testing.T) {
 	te := actorstest.New(t, actors.Options{})
+	proto := New(te.Env)
 	type rx struct {
 		c   *net.UDPConn
 		got [][]byte
@@ -66,7 +67,7 @@ func TestUDPSegmentation(t *testing.T) {
 	const perBurst = 200
 	var want [2][][]byte
 	hs := [2]*actors.Handle{}
-	before := Stats.Segmented.Load()
+	before := proto.Stats.Segmented.Load()
 	for burst := 0; burst < 5; burst++ {
 		for i := range perBurst {
 			fl := flowOf(i)
@@ -74,7 +75,7 @@ func TestUDPSegmentation(t *testing.T) {
 			want[fl] = append(want[fl], p)
 			f := actorstest.GuestUDP(t, guest, far(fl), p)
 			if hs[fl] == nil {
-				hs[fl] = Start(te.Env, actorstest.UDPKey(guest, far(fl)), f)
+				hs[fl] = proto.Start(actorstest.UDPKey(guest, far(fl)), f)
 				if hs[fl] == nil {
 					t.Fatal("StartUDP returned nil")
 				}
@@ -82,7 +83,7 @@ func TestUDPSegmentation(t *testing.T) {
 			}
 			actorstest.Put(t, hs[fl], f)
 		}
-		if burst >= 1 && Stats.Segmented.Load() > before {
+		if burst >= 1 && proto.Stats.Segmented.Load() > before {
 			break // the coalescing path ran; enough
 		}
 	}
@@ -102,7 +103,7 @@ func TestUDPSegmentation(t *testing.T) {
 			}
 		}
 	}
-	if Stats.Segmented.Load() == before {
+	if proto.Stats.Segmented.Load() == before {
 		t.Fatal("no datagram went out in a segmented message: the test did not exercise coalescing")
 	}
 }

@@ -16,6 +16,7 @@ import (
 // already bound needs nothing more.
 func TestUDPBindingBudget(t *testing.T) {
 	te := actorstest.New(t, actors.Options{})
+	proto := New(te.Env)
 	te.Limits.SetFDBudget(1)
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	echo2 := actorstest.UDPEcho(t, "127.0.0.1:0")
@@ -23,18 +24,18 @@ func TestUDPBindingBudget(t *testing.T) {
 	g2 := netip.AddrPortFrom(actorstest.Guest4, actorstest.FreeUDPPort(t, "127.0.0.1:0"))
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
 	far2 := netip.AddrPortFrom(actorstest.GW4, echo2.Port())
-	refused := Stats.BindingsRefused.Load()
-	if Start(te.Env, actorstest.UDPKey(g1, far), actorstest.GuestUDP(t, g1, far, []byte("a"))) == nil {
+	refused := proto.Stats.BindingsRefused.Load()
+	if proto.Start(actorstest.UDPKey(g1, far), actorstest.GuestUDP(t, g1, far, []byte("a"))) == nil {
 		t.Fatal("first binding refused")
 	}
 	te.ReadGuest(t, 2*time.Second)
-	if Start(te.Env, actorstest.UDPKey(g2, far), actorstest.GuestUDP(t, g2, far, []byte("b"))) != nil {
+	if proto.Start(actorstest.UDPKey(g2, far), actorstest.GuestUDP(t, g2, far, []byte("b"))) != nil {
 		t.Fatal("a second binding beyond the budget of one")
 	}
-	if n := Stats.BindingsRefused.Load() - refused; n != 1 {
+	if n := proto.Stats.BindingsRefused.Load() - refused; n != 1 {
 		t.Errorf("bindings refused: %d", n)
 	}
-	if Start(te.Env, actorstest.UDPKey(g1, far2), actorstest.GuestUDP(t, g1, far2, []byte("c"))) == nil {
+	if proto.Start(actorstest.UDPKey(g1, far2), actorstest.GuestUDP(t, g1, far2, []byte("c"))) == nil {
 		t.Fatal("a new far end of a bound port refused")
 	}
 	te.ReadGuest(t, 2*time.Second)
@@ -45,6 +46,7 @@ func TestUDPBindingBudget(t *testing.T) {
 // host port and a descriptor, alive once the guest's flows are over.
 func TestUDPBindingEndsWithLastFlow(t *testing.T) {
 	te := actorstest.New(t, actors.Options{UDPTimeout: 200 * time.Millisecond})
+	proto := New(te.Env)
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	stranger, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -55,7 +57,7 @@ func TestUDPBindingEndsWithLastFlow(t *testing.T) {
 	gport := actorstest.FreeUDPPort(t, "127.0.0.1:0")
 	guest := netip.AddrPortFrom(actorstest.Guest4, gport)
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
-	h := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("hello")))
+	h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("hello")))
 	te.ReadGuest(t, 2*time.Second)
 	stop := make(chan struct{})
 	defer close(stop)
@@ -98,6 +100,7 @@ func TestUDPBindingEndsWithLastFlow(t *testing.T) {
 // gets what is sent to its port).
 func TestUDPHostPortChoice(t *testing.T) {
 	te := actorstest.New(t, actors.Options{})
+	proto := New(te.Env)
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
 	seen := make(chan netip.AddrPort, 4)
@@ -129,7 +132,7 @@ func TestUDPHostPortChoice(t *testing.T) {
 
 	free := actorstest.FreeUDPPort(t, "0.0.0.0:0")
 	g := netip.AddrPortFrom(actorstest.Guest4, free)
-	Start(te.Env, actorstest.UDPKey(g, farSink), actorstest.GuestUDP(t, g, farSink, []byte("x")))
+	proto.Start(actorstest.UDPKey(g, farSink), actorstest.GuestUDP(t, g, farSink, []byte("x")))
 	if a := from(); a.Port() != free {
 		t.Errorf("guest port %d free on the host: the flow left from %v", free, a)
 	}
@@ -142,7 +145,7 @@ func TestUDPHostPortChoice(t *testing.T) {
 	defer owner.Close()
 	taken := uint16(owner.LocalAddr().(*net.UDPAddr).Port)
 	g2 := netip.AddrPortFrom(actorstest.Guest4, taken)
-	Start(te.Env, actorstest.UDPKey(g2, farSink), actorstest.GuestUDP(t, g2, farSink, []byte("y")))
+	proto.Start(actorstest.UDPKey(g2, farSink), actorstest.GuestUDP(t, g2, farSink, []byte("y")))
 	if a := from(); a.Port() == taken || a.Port() == 0 {
 		t.Errorf("guest port %d taken on the host: the flow left from %v", taken, a)
 	}
@@ -158,7 +161,7 @@ func TestUDPHostPortChoice(t *testing.T) {
 	if n, _, err := owner.ReadFromUDP(buf); err != nil || string(buf[:n]) != "for the program" {
 		t.Fatalf("the program's port: %q %v", buf[:n], err)
 	}
-	Start(te.Env, actorstest.UDPKey(g2, far), actorstest.GuestUDP(t, g2, far, []byte("z")))
+	proto.Start(actorstest.UDPKey(g2, far), actorstest.GuestUDP(t, g2, far, []byte("z")))
 	for {
 		b, p := te.ReadGuest(t, 2*time.Second)
 		if netip.AddrPortFrom(p.Src, p.SrcPort) == far && string(b[p.Payload:p.End]) == "z" {

@@ -131,6 +131,7 @@ func TestUDPReceiverRegisterFullNoDeadlock(t *testing.T) {
 // (and its echo the guest), and the flow's Handle is on Ended once.
 func TestUDPSweepEndedFullNoDeadlock(t *testing.T) {
 	te := actorstest.New(t, actors.Options{UDPTimeout: 100 * time.Millisecond})
+	proto := New(te.Env)
 	te.Ended = make(chan *actors.Handle, 1)
 	ctx, cancel := context.WithCancel(te.Env.Ctx)
 	defer cancel()
@@ -142,7 +143,7 @@ func TestUDPSweepEndedFullNoDeadlock(t *testing.T) {
 	guest := netip.AddrPortFrom(actorstest.Guest4, actorstest.FreeUDPPort(t, "127.0.0.1:0"))
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
 	flows0 := te.Env.Stats.UDPFlows.Load()
-	h := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("one")))
+	h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("one")))
 	if h == nil {
 		t.Fatal("no handle")
 	}
@@ -190,6 +191,7 @@ func TestUDPSweepEndedFullNoDeadlock(t *testing.T) {
 // counted instead, and the datagram is sent.
 func TestUDPErrorsFullLinkNoWait(t *testing.T) {
 	te := actorstest.New(t, actors.Options{})
+	proto := New(te.Env)
 	ctx, cancel := context.WithCancel(te.Env.Ctx)
 	defer cancel()
 	te.Env.Ctx = ctx
@@ -200,15 +202,15 @@ func TestUDPErrorsFullLinkNoWait(t *testing.T) {
 	closed := actorstest.FreeUDPPort(t, "127.0.0.1:0")
 	guest := netip.AddrPortFrom(actorstest.Guest4, actorstest.FreeUDPPort(t, "127.0.0.1:0"))
 	far := netip.AddrPortFrom(actorstest.GW4, closed)
-	errs0 := Stats.ICMPErrors.Load()
-	h := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("one")))
+	errs0 := proto.Stats.ICMPErrors.Load()
+	h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("one")))
 	if h == nil {
 		t.Fatal("no handle")
 	}
 	// The port unreachable reaches the receiver, which now waits for
 	// room in the Writer's queue.
 	deadline := time.Now().Add(3 * time.Second)
-	for Stats.ICMPErrors.Load() == errs0 {
+	for proto.Stats.ICMPErrors.Load() == errs0 {
 		if time.Now().After(deadline) {
 			t.Fatal("no ICMP error for a datagram to a closed port")
 		}
@@ -218,7 +220,7 @@ func TestUDPErrorsFullLinkNoWait(t *testing.T) {
 
 	// This send makes another port unreachable, which the receiver
 	// cannot read: it is busy. The next send finds it pending.
-	sent0 := Stats.Sent.Load()
+	sent0 := proto.Stats.Sent.Load()
 	if !directWithin(t, cancel, h, actorstest.GuestUDP(t, guest, far, []byte("two")), 3*time.Second) {
 		t.Fatal("Direct declined a datagram for an idle binding")
 	}
@@ -226,7 +228,7 @@ func TestUDPErrorsFullLinkNoWait(t *testing.T) {
 	if !directWithin(t, cancel, h, actorstest.GuestUDP(t, guest, far, []byte("three")), 3*time.Second) {
 		t.Fatal("Direct declined a datagram for an idle binding")
 	}
-	if got := Stats.Sent.Load() - sent0; got != 2 {
+	if got := proto.Stats.Sent.Load() - sent0; got != 2 {
 		t.Fatalf("%d datagrams sent directly, want 2", got)
 	}
 	if full.Dropped.Load() == 0 {

@@ -47,6 +47,7 @@ func TestUDPReceiveBurst(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			te := actorstest.New(t, actors.Options{})
+			proto := New(te.Env)
 			sink, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(tc.listen)))
 			if err != nil {
 				t.Fatal(err)
@@ -55,7 +56,7 @@ func TestUDPReceiveBurst(t *testing.T) {
 			sport := sink.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 			guest := netip.AddrPortFrom(tc.guest, actorstest.FreeUDPPort(t, tc.listen))
 			far := netip.AddrPortFrom(tc.gw, sport)
-			if Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("open"))) == nil {
+			if proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("open"))) == nil {
 				t.Fatal("StartUDP returned nil")
 			}
 			buf := make([]byte, 100)
@@ -65,7 +66,7 @@ func TestUDPReceiveBurst(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			before := Stats.Received.Load()
+			before := proto.Stats.Received.Load()
 			const rounds, burst = 3, 400
 			seq := 0
 			for r := 0; r < rounds; r++ {
@@ -95,7 +96,7 @@ func TestUDPReceiveBurst(t *testing.T) {
 				seq += burst
 			}
 			te.NoGuestFrame(t, 50*time.Millisecond)
-			if got := Stats.Received.Load() - before; got != rounds*burst {
+			if got := proto.Stats.Received.Load() - before; got != rounds*burst {
 				t.Fatalf("Received counted %d datagrams, want %d", got, rounds*burst)
 			}
 		})

@@ -2,8 +2,8 @@ package udp
 
 import "sync/atomic"
 
-// Counters count what the UDP actors did and dropped, for logs
-// and tests. They are process-wide: every Env adds to the same counters.
+// Counters count what the UDP actors of one daemon (Protocol.Stats) did
+// and dropped, for logs and tests.
 type Counters struct {
 	// Sent and Received count datagrams guest -> host and host -> guest.
 	Sent, Received atomic.Uint64
@@ -38,27 +38,30 @@ type Counters struct {
 	// BindingsRefused counts guest datagrams dropped because a new
 	// binding did not fit the descriptor budget.
 	BindingsRefused atomic.Uint64
+	// SpliceOnlyRefused counts datagrams of -u clients off loopback that
+	// --splice-only refuses (reported with the splice's counter of the
+	// same name).
+	SpliceOnlyRefused atomic.Uint64
 }
 
-// Stats are the process-wide UDP counters.
-var Stats Counters
-
 // AddStats adds the UDP counters to m, by the names the statistics log uses.
-func AddStats(m map[string]uint64) {
-	m["udp_bindings"] = uint64(max(Stats.Bindings.Load(), 0))
-	m["udp_bindings_refused"] = Stats.BindingsRefused.Load()
-	m["udp_sent"] = Stats.Sent.Load()
-	m["udp_received"] = Stats.Received.Load()
-	m["udp_malformed"] = Stats.Malformed.Load()
-	m["udp_no_flow"] = Stats.NoFlow.Load()
-	m["udp_inbox_dropped"] = Stats.InboxDropped.Load()
-	m["udp_send_dropped"] = Stats.SendDropped.Load()
-	m["udp_segmented"] = Stats.Segmented.Load()
-	m["udp_direct"] = Stats.Direct.Load()
-	m["udp_send_errors"] = Stats.SendErrors.Load()
-	m["udp_too_big"] = Stats.TooBig.Load()
-	m["udp_unmappable"] = Stats.Unmappable.Load()
-	m["udp_icmp_errors"] += Stats.ICMPErrors.Load()
-	m["udp_socket_errors"] = Stats.SocketErrors.Load()
-	m["udp_port_translated"] = Stats.PortTranslated.Load()
+func (p *Protocol) AddStats(m map[string]uint64) {
+	s := &p.Stats
+	m["udp_bindings"] = uint64(max(s.Bindings.Load(), 0))
+	m["udp_bindings_refused"] = s.BindingsRefused.Load()
+	m["udp_sent"] = s.Sent.Load()
+	m["udp_received"] = s.Received.Load()
+	m["udp_malformed"] = s.Malformed.Load()
+	m["udp_no_flow"] = s.NoFlow.Load()
+	m["udp_inbox_dropped"] = s.InboxDropped.Load()
+	m["udp_send_dropped"] = s.SendDropped.Load()
+	m["udp_segmented"] = s.Segmented.Load()
+	m["udp_direct"] = s.Direct.Load()
+	m["udp_send_errors"] = s.SendErrors.Load()
+	m["udp_too_big"] = s.TooBig.Load()
+	m["udp_unmappable"] = s.Unmappable.Load()
+	m["udp_icmp_errors"] += s.ICMPErrors.Load()
+	m["udp_socket_errors"] = s.SocketErrors.Load()
+	m["udp_port_translated"] = s.PortTranslated.Load()
+	m["splice_only_refused"] += s.SpliceOnlyRefused.Load()
 }

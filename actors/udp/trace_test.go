@@ -15,6 +15,7 @@ import (
 // ones to the guest.
 func TestUDPStatsAndTrace(t *testing.T) {
 	te := actorstest.New(t, actors.Options{})
+	proto := New(te.Env)
 	te.Env.Trace = &flowtrace.Hub{}
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	sub := te.Env.Trace.Subscribe(flowtrace.Filter{Proto: 17, Port: echo.Port()}, 100)
@@ -22,7 +23,7 @@ func TestUDPStatsAndTrace(t *testing.T) {
 	gport := actorstest.FreeUDPPort(t, "127.0.0.1:0")
 	guest := netip.AddrPortFrom(actorstest.Guest4, gport)
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
-	h := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("first")))
+	h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("first")))
 	if h == nil {
 		t.Fatal("StartUDP returned nil")
 	}

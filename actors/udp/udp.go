@@ -36,7 +36,7 @@ import (
 //     ephemeral port), unconnected, with IP_RECVERR. Datagrams from any far
 //     end that reach it go to the guest's address and port.
 //   - The dispatcher keys flows by 4-tuple, so the first datagram to each
-//     new far end is a flow-table miss and a Start call. Start finds
+//     new far end is a flow-table miss and a Protocol.Start call, which finds
 //     the guest port's binding in a small registry (mutex, touched only on
 //     misses and expiries, never per datagram) and hands back a Handle whose
 //     inbox is the binding's one inbox. So every flow of a guest port feeds
@@ -89,20 +89,6 @@ import (
 // address the guest used (gateway, --dns-forward address, ...), even where
 // two guest-side addresses mean the same host address.
 
-// udpBindKey names an outbound binding: the guest's address and port, per
-// Env (tests run several).
-type udpBindKey struct {
-	env   *actors.Env
-	guest netip.AddrPort
-}
-
-// udpReg is the registry of outbound bindings. Its mutex also guards every
-// binding's pending list.
-var udpReg = struct {
-	sync.Mutex
-	m map[udpBindKey]*Binding
-}{m: make(map[udpBindKey]*Binding)}
-
 // udpFlow is one 4-tuple of a binding, as the dispatcher knows it.
 type udpFlow struct {
 	key   actors.Key
@@ -120,6 +106,7 @@ type udpFlow struct {
 
 // Binding is a host UDP socket and the actor that owns it.
 type Binding struct {
+	p       *Protocol // the daemon's UDP: registry, counters
 	env     *actors.Env
 	log     *logrus.Entry
 	Sock    *sockutil.DgramSock
@@ -137,7 +124,7 @@ type Binding struct {
 	fwdPort  uint16
 	wildcard bool
 	Splice   *splice.UDPSplice // inbound: relays loopback clients (splice/udp.go)
-	pending  []*actors.Handle  // joined by Start, not yet seen by the actor; udpReg.Mutex
+	pending  []*actors.Handle  // joined by Start, not yet seen by the actor; p.reg.Mutex
 
 	// mu guards the flow tables and every udpFlow's fields.
 	mu        sync.Mutex
@@ -187,10 +174,11 @@ type Binding struct {
 	closed     bool // shutdown has run: sendDirect must not send
 }
 
-func newBinding(env *actors.Env, v6 bool, sock *sockutil.DgramSock) *Binding {
+func newBinding(p *Protocol, v6 bool, sock *sockutil.DgramSock) *Binding {
+	env := p.env
 	timeout := env.Opts.UDPTimeout
 	b := &Binding{
-		env: env, Sock: sock, v6: v6, timeout: timeout,
+		p: p, env: env, Sock: sock, v6: v6, timeout: timeout,
 		in:         actors.NewBudgetInbox(env, InboxLimit, env.Opts.FlowBuffer),
 		flows:      make(map[actors.Key]*udpFlow),
 		byHost:     make(map[netip.AddrPort]*udpFlow),
@@ -217,60 +205,58 @@ func newBinding(env *actors.Env, v6 bool, sock *sockutil.DgramSock) *Binding {
 const InboxLimit = 4096
 
 // Start is called by the dispatcher for a UDP datagram from the guest
-// that matches no flow; see tcp.Start for the contract. The returned Handle
-// shares its inbox with the other flows of the guest's (address, port).
-func Start(env *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {
+// that matches no flow; see actors.Protocol for the contract. The returned
+// Handle shares its inbox with the other flows of the guest's (address,
+// port).
+func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
+	env, reg := p.env, &p.reg
 	if env.Opts.NoUDP {
 		f.Release()
 		return nil
 	}
 	if !k.Guest.IsValid() || !k.Far.IsValid() || k.Guest.Addr().Is4() != k.Far.Addr().Is4() {
-		Stats.Malformed.Add(1)
+		p.Stats.Malformed.Add(1)
 		f.Release()
 		return nil
 	}
-	rk := udpBindKey{env, k.Guest}
-	udpReg.Lock()
-	b := udpReg.m[rk]
+	reg.Lock()
+	b := reg.m[k.Guest]
 	if b == nil {
 		if !env.Limits.TakeFDs(actors.FDGuestDgram, actors.FDsUDP) {
-			udpReg.Unlock()
-			Stats.BindingsRefused.Add(1)
-			udpSocketLog.Warnf(env.FlowLog(k), "udp: descriptor budget spent (%d), dropping datagrams of new flows", env.Limits.FDMax.Load())
+			reg.Unlock()
+			p.Stats.BindingsRefused.Add(1)
+			p.socketLog.Warnf(env.FlowLog(k), "udp: descriptor budget spent (%d), dropping datagrams of new flows", env.Limits.FDMax.Load())
 			f.Release()
 			return nil
 		}
 		var err error
-		b, err = newOutboundBinding(env, k.Guest)
+		b, err = newOutboundBinding(p, k.Guest)
 		if err != nil {
-			udpReg.Unlock()
+			reg.Unlock()
 			env.Limits.GiveFDs(actors.FDGuestDgram, actors.FDsUDP)
-			Stats.SocketErrors.Add(1)
-			udpSocketLog.Warnf(env.FlowLog(k).WithError(err), "udp: cannot open host socket: %v", err)
+			p.Stats.SocketErrors.Add(1)
+			p.socketLog.Warnf(env.FlowLog(k).WithError(err), "udp: cannot open host socket: %v", err)
 			f.Release()
 			return nil
 		}
-		Stats.Bindings.Add(1)
-		udpReg.m[rk] = b
+		p.Stats.Bindings.Add(1)
+		reg.m[k.Guest] = b
 		go b.Run()
 	}
 	h := actors.InitHandle(&actors.Handle{Key: k, Q: b.in, Direct: b.direct, Gate: &b.gate})
 	b.pending = append(b.pending, h)
-	udpReg.Unlock()
+	reg.Unlock()
 	if !h.Offer(f) {
-		Stats.InboxDropped.Add(1)
+		p.Stats.InboxDropped.Add(1)
 		f.Release()
 	}
 	return h
 }
 
-// udpSocketLog rate-limits the warnings about host sockets a new binding
-// could not have: out of descriptors, they would come once a datagram.
-var udpSocketLog actors.RateLog
-
 // newOutboundBinding opens the host socket for the guest's addr:port.
-// Called with udpReg held.
-func newOutboundBinding(env *actors.Env, guest netip.AddrPort) (*Binding, error) {
+// Called with p.reg held.
+func newOutboundBinding(p *Protocol, guest netip.AddrPort) (*Binding, error) {
+	env := p.env
 	v6 := guest.Addr().Is6()
 	bindAddr, ifname := env.Opts.Outbound4, env.Opts.OutboundIf4
 	if v6 {
@@ -303,13 +289,13 @@ func newOutboundBinding(env *actors.Env, guest netip.AddrPort) (*Binding, error)
 	if err != nil {
 		return nil, err
 	}
-	b := newBinding(env, v6, sock)
+	b := newBinding(p, v6, sock)
 	b.guest = guest
 	b.Done = env.Ctx.Done()
 	b.log = env.Log.WithField("udp", guest.String())
-	if p := sockutil.LocalPort(sock.FD); p != guest.Port() {
-		Stats.PortTranslated.Add(1)
-		b.log.WithField("host_port", p).Debug("udp: guest port busy on the host, using another")
+	if hp := sockutil.LocalPort(sock.FD); hp != guest.Port() {
+		p.Stats.PortTranslated.Add(1)
+		b.log.WithField("host_port", hp).Debug("udp: guest port busy on the host, using another")
 	}
 	return b, nil
 }
@@ -398,10 +384,10 @@ func (b *Binding) receiver() {
 
 // adopt takes the flows Start added since the last look; mu held.
 func (b *Binding) adopt() {
-	udpReg.Lock()
+	b.p.reg.Lock()
 	pending := b.pending
 	b.pending = nil
-	udpReg.Unlock()
+	b.p.reg.Unlock()
 	now := sockutil.MonoNow()
 	for _, h := range pending {
 		fl := b.flows[h.Key]
@@ -487,13 +473,14 @@ func (b *Binding) sweep() bool {
 	if b.inbound || nflows > 0 {
 		return false
 	}
-	udpReg.Lock()
-	defer udpReg.Unlock()
+	reg := &b.p.reg
+	reg.Lock()
+	defer reg.Unlock()
 	if len(b.pending) > 0 {
 		return false
 	}
-	if k := (udpBindKey{b.env, b.guest}); udpReg.m[k] == b {
-		delete(udpReg.m, k)
+	if reg.m[b.guest] == b {
+		delete(reg.m, b.guest)
 	}
 	return true
 }
@@ -506,11 +493,12 @@ func (b *Binding) shutdown() {
 	b.Sock.Close()
 	<-b.rxDone
 	if !b.inbound {
-		udpReg.Lock()
-		if k := (udpBindKey{b.env, b.guest}); udpReg.m[k] == b {
-			delete(udpReg.m, k)
+		reg := &b.p.reg
+		reg.Lock()
+		if reg.m[b.guest] == b {
+			delete(reg.m, b.guest)
 		}
-		udpReg.Unlock()
+		reg.Unlock()
 	}
 	b.mu.Lock()
 	if !b.inbound {
@@ -531,7 +519,7 @@ func (b *Binding) shutdown() {
 	b.gate.Leave()
 	b.in.Drain()
 	if !b.inbound {
-		Stats.Bindings.Add(-1)
+		b.p.Stats.Bindings.Add(-1)
 		b.env.Limits.GiveFDs(actors.FDGuestDgram, actors.FDsUDP)
 	}
 }
@@ -590,7 +578,7 @@ func (b *Binding) frameFlow(f *link.Frame, now int64) (*udpFlow, []byte) {
 		fl = b.addFlow(k, b.env.NAT.Outbound(k.Far), now)
 	}
 	if fl == nil {
-		Stats.NoFlow.Add(1)
+		b.p.Stats.NoFlow.Add(1)
 		return nil, nil
 	}
 	return fl, d[f.L4+wire.UDPLen : f.L4+ulen]
@@ -648,7 +636,7 @@ func (b *Binding) sendDirect(f *link.Frame) (took bool) {
 	b.inline = true
 	b.one[0] = f
 	b.sendBatch(b.one[:]) // releases f
-	Stats.Direct.Add(1)
+	b.p.Stats.Direct.Add(1)
 	return took
 }
 
@@ -685,7 +673,7 @@ func (b *Binding) sendBatch(frames []*link.Frame) {
 	for _, f := range frames {
 		fl, p := b.frameFlow(f, now)
 		if fl == nil {
-			Stats.Malformed.Add(1)
+			b.p.Stats.Malformed.Add(1)
 			continue
 		}
 		fl.last = now
@@ -803,9 +791,9 @@ func (b *Binding) sendTx(d []udpDgram, n int) {
 		r, e := sockutil.Sendmmsg(b.Sock.FD, tx.hdrs[i:n])
 		if e == 0 {
 			for _, c := range tx.count[i : i+r] {
-				Stats.Sent.Add(uint64(c))
+				b.p.Stats.Sent.Add(uint64(c))
 				if c > 1 {
-					Stats.Segmented.Add(uint64(c))
+					b.p.Stats.Segmented.Add(uint64(c))
 				}
 			}
 			i += r
@@ -825,7 +813,7 @@ func (b *Binding) sendTx(d []udpDgram, n int) {
 		}
 		if e == unix.EAGAIN {
 			for _, c := range tx.count[i:n] {
-				Stats.SendDropped.Add(uint64(c))
+				b.p.Stats.SendDropped.Add(uint64(c))
 			}
 			break
 		}
@@ -836,7 +824,7 @@ func (b *Binding) sendTx(d []udpDgram, n int) {
 			retried = true
 			continue
 		}
-		Stats.SendErrors.Add(uint64(tx.count[i]))
+		b.p.Stats.SendErrors.Add(uint64(tx.count[i]))
 		i++
 		retried = false
 	}
@@ -917,7 +905,7 @@ func (b *Binding) receive() {
 				out = append(out, f)
 			}
 		}
-		Stats.Received.Add(uint64(len(out)))
+		b.p.Stats.Received.Add(uint64(len(out)))
 		if !b.env.Out.SendBatchNow(b.env.Ctx, out) {
 			return
 		}
@@ -935,7 +923,7 @@ func (b *Binding) deliver(i int, now int64) *link.Frame {
 	rx := b.rx
 	h := &rx.hdrs[i]
 	if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
-		Stats.TooBig.Add(1)
+		b.p.Stats.TooBig.Add(1)
 		return nil
 	}
 	n := int(h.Len)
@@ -976,7 +964,7 @@ func (b *Binding) deliver(i int, now int64) *link.Frame {
 	default:
 		var ok bool
 		if far, ok = b.env.NAT.Inbound(src); !ok {
-			Stats.Unmappable.Add(1)
+			b.p.Stats.Unmappable.Add(1)
 			return nil
 		}
 		dst = b.guest
@@ -984,7 +972,7 @@ func (b *Binding) deliver(i int, now int64) *link.Frame {
 	if far.Addr().Is6() != dst.Addr().Is6() || dst.Port() == 0 {
 		// Port 0: the guest sent from "no port" (RFC 768), so there is
 		// none to answer to; a frame to port 0 would be invalid.
-		Stats.Unmappable.Add(1)
+		b.p.Stats.Unmappable.Add(1)
 		return nil
 	}
 	f := b.stash[i]
@@ -1022,7 +1010,7 @@ func (b *Binding) drainErrors(inline bool) {
 		if f == nil {
 			continue
 		}
-		Stats.ICMPErrors.Add(1)
+		b.p.Stats.ICMPErrors.Add(1)
 		if inline {
 			b.env.Out.TrySend(f)
 		} else if !b.env.Out.SendCtx(b.env.Ctx, f) {

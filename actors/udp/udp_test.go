@@ -30,11 +30,12 @@ func TestUDPEcho(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			te := actorstest.New(t, actors.Options{})
+			proto := New(te.Env)
 			echo := actorstest.UDPEcho(t, tc.listen)
 			gport := actorstest.FreeUDPPort(t, tc.listen)
 			guest := netip.AddrPortFrom(tc.guest, gport)
 			far := netip.AddrPortFrom(tc.gw, echo.Port())
-			h := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("first")))
+			h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("first")))
 			if h == nil {
 				t.Fatal("StartUDP returned nil")
 			}
@@ -84,12 +85,13 @@ func checkHostPortBusy(t *testing.T, te *actorstest.Env, listen string, port uin
 // go out in sendmmsg batches, and checks that all come back intact.
 func TestUDPBatch(t *testing.T) {
 	te := actorstest.New(t, actors.Options{})
+	proto := New(te.Env)
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	guest := netip.AddrPortFrom(actorstest.Guest4, actorstest.FreeUDPPort(t, "127.0.0.1:0"))
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
 	const n = 200
 	pl := func(i int) []byte { return []byte(fmt.Sprintf("datagram %04d %s", i, bytes.Repeat([]byte("x"), i))) }
-	h := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, pl(0)))
+	h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, pl(0)))
 	for i := 1; i < n; i++ {
 		actorstest.Put(t, h, actorstest.GuestUDP(t, guest, far, pl(i)))
 	}
@@ -111,11 +113,12 @@ func TestUDPBatch(t *testing.T) {
 // Start) leaves from the same host port.
 func TestUDPAnyFarEnd(t *testing.T) {
 	te := actorstest.New(t, actors.Options{})
+	proto := New(te.Env)
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	gport := actorstest.FreeUDPPort(t, "127.0.0.1:0")
 	guest := netip.AddrPortFrom(actorstest.Guest4, gport)
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
-	h1 := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("hello")))
+	h1 := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("hello")))
 	te.ReadGuest(t, 2*time.Second)
 
 	other, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
@@ -137,7 +140,7 @@ func TestUDPAnyFarEnd(t *testing.T) {
 
 	// The guest answers: a new 4-tuple for the dispatcher.
 	far2 := netip.AddrPortFrom(actorstest.GW4, oport)
-	h2 := Start(te.Env, actorstest.UDPKey(guest, far2), actorstest.GuestUDP(t, guest, far2, []byte("answer")))
+	h2 := proto.Start(actorstest.UDPKey(guest, far2), actorstest.GuestUDP(t, guest, far2, []byte("answer")))
 	if h2 == nil || h2 == h1 || h2.Key != actorstest.UDPKey(guest, far2) {
 		t.Fatalf("second flow handle %+v", h2)
 	}
@@ -159,6 +162,7 @@ func TestUDPAnyFarEnd(t *testing.T) {
 // on Ended) and that the host socket is closed with them.
 func TestUDPIdleTimeout(t *testing.T) {
 	te := actorstest.New(t, actors.Options{UDPTimeout: 150 * time.Millisecond})
+	proto := New(te.Env)
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	echo2 := actorstest.UDPEcho(t, "127.0.0.1:0")
 	base := actorstest.FDCount(t)
@@ -167,8 +171,8 @@ func TestUDPIdleTimeout(t *testing.T) {
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
 	far2 := netip.AddrPortFrom(actorstest.GW4, echo2.Port())
 	start := time.Now()
-	h1 := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("a")))
-	h2 := Start(te.Env, actorstest.UDPKey(guest, far2), actorstest.GuestUDP(t, guest, far2, []byte("b")))
+	h1 := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("a")))
+	h2 := proto.Start(actorstest.UDPKey(guest, far2), actorstest.GuestUDP(t, guest, far2, []byte("b")))
 	te.ReadGuest(t, time.Second)
 	te.ReadGuest(t, time.Second)
 	if got := actorstest.FDCount(t); got <= base {
@@ -226,12 +230,13 @@ func TestUDPPortUnreachable(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			te := actorstest.New(t, actors.Options{})
+			proto := New(te.Env)
 			closed := actorstest.FreeUDPPort(t, tc.listen)
 			guest := netip.AddrPortFrom(tc.guest, actorstest.FreeUDPPort(t, tc.listen))
 			far := netip.AddrPortFrom(tc.gw, closed)
 			payload := []byte("is anybody there?")
-			before := Stats.ICMPErrors.Load()
-			Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, payload))
+			before := proto.Stats.ICMPErrors.Load()
+			proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, payload))
 			b, p := te.ReadGuest(t, 2*time.Second)
 			v6 := tc.guest.Is6()
 			ipLen := wire.IPv4MinLen
@@ -284,7 +289,7 @@ func TestUDPPortUnreachable(t *testing.T) {
 			if s := wire.Fold(wire.Checksum(u, wire.PseudoHeaderSum(gs, fs, wire.ProtoUDP, len(u)))); s != 0 {
 				t.Fatalf("inner UDP checksum does not verify (%#x)", s)
 			}
-			if Stats.ICMPErrors.Load() == before {
+			if proto.Stats.ICMPErrors.Load() == before {
 				t.Fatal("ICMPErrors counter did not move")
 			}
 		})
@@ -295,12 +300,13 @@ func TestUDPPortUnreachable(t *testing.T) {
 // dropped and counted, not sent.
 func TestUDPMalformed(t *testing.T) {
 	te := actorstest.New(t, actors.Options{})
+	proto := New(te.Env)
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")
 	guest := netip.AddrPortFrom(actorstest.Guest4, actorstest.FreeUDPPort(t, "127.0.0.1:0"))
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
-	h := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("ok")))
+	h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("ok")))
 	te.ReadGuest(t, time.Second)
-	before := Stats.Malformed.Load()
+	before := proto.Stats.Malformed.Load()
 	f := actorstest.GuestUDP(t, guest, far, []byte("bad length"))
 	binary.BigEndian.PutUint16(f.Data[f.L4+4:], 2000)
 	actorstest.Put(t, h, f)
@@ -308,7 +314,7 @@ func TestUDPMalformed(t *testing.T) {
 	f.L4 = len(f.Data) - 3
 	actorstest.Put(t, h, f)
 	te.NoGuestFrame(t, 200*time.Millisecond)
-	if got := Stats.Malformed.Load() - before; got != 2 {
+	if got := proto.Stats.Malformed.Load() - before; got != 2 {
 		t.Fatalf("Malformed grew by %d, want 2", got)
 	}
 	actorstest.Put(t, h, actorstest.GuestUDP(t, guest, far, []byte("still works")))
@@ -321,9 +327,10 @@ func TestUDPMalformed(t *testing.T) {
 // TestUDPNoUDP checks that --no-udp refuses flows.
 func TestUDPNoUDP(t *testing.T) {
 	te := actorstest.New(t, actors.Options{NoUDP: true})
+	proto := New(te.Env)
 	guest := netip.AddrPortFrom(actorstest.Guest4, 40000)
 	far := netip.AddrPortFrom(actorstest.GW4, 53)
-	if h := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, nil)); h != nil {
+	if h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, nil)); h != nil {
 		t.Fatal("flow started with NoUDP")
 	}
 }
@@ -333,6 +340,7 @@ func TestUDPNoUDP(t *testing.T) {
 // counted, not sent as a frame to port 0.
 func TestUDPFromPortZero(t *testing.T) {
 	te := actorstest.New(t, actors.Options{})
+	proto := New(te.Env)
 	srv, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -350,8 +358,8 @@ func TestUDPFromPortZero(t *testing.T) {
 	}()
 	guest := netip.AddrPortFrom(actorstest.Guest4, 0)
 	far := netip.AddrPortFrom(actorstest.GW4, uint16(srv.LocalAddr().(*net.UDPAddr).Port))
-	before := Stats.Unmappable.Load()
-	if h := Start(te.Env, actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("one-way"))); h == nil {
+	before := proto.Stats.Unmappable.Load()
+	if h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("one-way"))); h == nil {
 		t.Fatal("StartUDP returned nil")
 	}
 	select {
@@ -363,7 +371,7 @@ func TestUDPFromPortZero(t *testing.T) {
 		t.Fatal("datagram from port 0 not delivered")
 	}
 	te.NoGuestFrame(t, 300*time.Millisecond)
-	if Stats.Unmappable.Load() == before {
+	if proto.Stats.Unmappable.Load() == before {
 		t.Error("the answer to port 0 was not counted")
 	}
 }

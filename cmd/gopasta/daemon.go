@@ -21,7 +21,6 @@ import (
 	"github.com/gopasta/gopasta/actors/flowtrace"
 	"github.com/gopasta/gopasta/actors/forward"
 	"github.com/gopasta/gopasta/actors/icmp"
-	"github.com/gopasta/gopasta/actors/splice"
 	"github.com/gopasta/gopasta/actors/tcp"
 	"github.com/gopasta/gopasta/actors/udp"
 	"github.com/gopasta/gopasta/conf"
@@ -65,6 +64,11 @@ type daemon struct {
 	caps    captures   // --pcap and gopasta ctl pcap (pcap.go)
 	trace   flowtrace.Hub
 	stops   []func()
+
+	// protos are the daemon's transport protocols (their registries,
+	// poller and counters), made with env and closed by teardown once
+	// env.Ctx is done.
+	protos actors.Protocols
 
 	// fw is the port forwarder, rules its tables as the control socket
 	// (ctl, -c) and SIGHUP change them (control.go).
@@ -299,13 +303,19 @@ func (d *daemon) setup() error {
 		d.w.Lend = d.vu
 	}
 	d.env = &actors.Env{Ctx: d.ctx, Opts: actors.OptionsFrom(cfg), Out: d.w, Peer: d.peer, Log: log.Logger, NAT: host.NAT, Trace: &d.trace}
-	d.disp = dispatcher.New(cfg, d.dev, d.env, log.Logger)
+	tcpP, err := tcp.New(d.env)
+	if err != nil {
+		return fmt.Errorf("tcp: %v", err)
+	}
+	udpP := udp.New(d.env)
+	d.protos = actors.Protocols{TCP: tcpP, UDP: udpP, ICMP: icmp.New(d.env)}
+	d.disp = dispatcher.New(cfg, d.dev, d.env, log.Logger, d.protos)
 	d.teePcap()
 	control.SetNativeBackend(ctlBackend{d})
 
 	// Listening sockets are bound now, so that a port in use is a setup
 	// error that podman sees, and "auto" has scanned once.
-	if d.fw, err = forward.StartForwarder(d.env, forward.OptionsFrom(cfg), d.nsFD); err != nil {
+	if d.fw, err = forward.StartForwarder(d.env, forward.OptionsFrom(cfg), d.nsFD, forward.Flows{TCP: tcpP, UDP: udpP}); err != nil {
 		return err
 	}
 	d.stops = append(d.stops, d.fw.Stop)
@@ -577,6 +587,9 @@ func (d *daemon) teardown() {
 	}
 	d.stops = nil
 	d.cancel(errQuit)
+	// The flows are told to end: their protocols' goroutines (the TCP
+	// poller's harvester) go now.
+	d.protos.Close()
 	if d.tap != nil {
 		d.tap.Close()
 	} else if d.dev != nil {
@@ -634,10 +647,10 @@ func (d *daemon) stats() map[string]uint64 {
 	for k, v := range actors.StatsSnapshot(d.env) {
 		m[k] = v
 	}
-	tcp.AddStats(m)
-	udp.AddStats(m)
-	icmp.AddStats(m)
-	splice.AddStats(m)
+	d.protos.AddStats(m)
+	if d.fw != nil {
+		d.fw.AddStats(m)
+	}
 	return m
 }
 

@@ -1,14 +1,12 @@
 package poll
 
 import (
-	"context"
 	"os"
 	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/internal/nbsys"
 )
 
@@ -25,7 +23,7 @@ import (
 // os.File per connection are what a connect/request/response/close
 // benchmark pays for on every connection.
 //
-// So all TCP flow sockets of an Env share one epoll instance, registered
+// So all TCP flow sockets of a daemon share one epoll instance, registered
 // edge-triggered once, when the socket is created. An edge is a new event
 // (data arrived, room in the send buffer, a FIN, an error), which is
 // exactly what the actor wants to hear about; data it has already peeked
@@ -63,7 +61,8 @@ type Pollee interface {
 	Woken()
 }
 
-// Poller is the epoll instance of one Env's TCP flows and its harvester.
+// Poller is the epoll instance of one daemon's TCP flows and its
+// harvester, owned by its TCP protocol (tcp.Protocol).
 type Poller struct {
 	file *os.File // the epoll descriptor, in the runtime's poller
 	rc   syscall.RawConn
@@ -76,21 +75,14 @@ type Poller struct {
 	slots  []Pollee
 	gens   []uint32
 	free   []int32
+
+	done      chan struct{} // closed when run has returned
+	closeOnce sync.Once
 }
 
-var (
-	tcpPollersMu sync.Mutex
-	tcpPollers   = map[*actors.Env]*Poller{}
-)
-
-// For returns env's poller, starting it on first use. It lives
-// until env.Ctx is done: its goroutine is owned by the Env.
-func For(env *actors.Env) (*Poller, error) {
-	tcpPollersMu.Lock()
-	defer tcpPollersMu.Unlock()
-	if p := tcpPollers[env]; p != nil {
-		return p, nil
-	}
+// New returns a running poller. Its harvester goroutine is owned by the
+// caller (a daemon's TCP protocol): it runs until Close.
+func New() (*Poller, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
@@ -100,28 +92,18 @@ func For(env *actors.Env) (*Poller, error) {
 		unix.Close(epfd)
 		return nil, err
 	}
-	p := &Poller{file: os.NewFile(uintptr(epfd), "tcp-epoll"), epfd: epfd, ready: make([]Pollee, 0, 256)}
+	p := &Poller{file: os.NewFile(uintptr(epfd), "tcp-epoll"), epfd: epfd, ready: make([]Pollee, 0, 256), done: make(chan struct{})}
 	if p.rc, err = p.file.SyscallConn(); err != nil {
 		p.file.Close()
 		return nil, err
 	}
-	tcpPollers[env] = p
-	ctx := env.Ctx
-	if ctx == nil {
-		ctx = context.Background()
-	}
-	go p.Run()
-	context.AfterFunc(ctx, func() {
-		tcpPollersMu.Lock()
-		delete(tcpPollers, env)
-		tcpPollersMu.Unlock()
-		p.Close()
-	})
+	go p.run()
 	return p, nil
 }
 
 // run harvests events until the poller is closed.
-func (p *Poller) Run() {
+func (p *Poller) run() {
+	defer close(p.done)
 	evs := make([]unix.EpollEvent, 256)
 	// harvest never reports success, so run stays inside rc.Read: leaving
 	// and re-entering it would reset the descriptor's recorded readiness
@@ -218,9 +200,27 @@ func (p *Poller) Remove(fd int, slot *int32) {
 	*slot = -1
 }
 
+// Close stops the harvester and waits for it to return; the sockets still
+// registered hear of nothing more (Add fails, Remove only forgets). It may
+// be called more than once, but not from a Pollee's Woken: the harvester
+// would wait for itself.
 func (p *Poller) Close() {
-	p.mu.Lock()
-	p.closed = true
-	p.mu.Unlock()
-	p.file.Close()
+	p.closeOnce.Do(func() {
+		p.mu.Lock()
+		p.closed = true
+		p.mu.Unlock()
+		p.file.Close()
+	})
+	<-p.done
+}
+
+// Running reports whether the harvester still runs (for tests: a closed
+// poller's goroutine has returned).
+func (p *Poller) Running() bool {
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
 }
