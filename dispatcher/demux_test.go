@@ -232,6 +232,23 @@ func TestDemuxPolicy(t *testing.T) {
 	}
 }
 
+// TestDemuxNoProtocol: a daemon without one of the protocols drops its
+// frames as if it were disabled, and starts the others' flows.
+func TestDemuxNoProtocol(t *testing.T) {
+	fa := &fakeActors{depth: 4}
+	h := newHarness(t, nil, func(d *Dispatcher) {
+		d.setStarts(fa.start, nil, fa.start)
+		d.protos.UDP = nil
+	})
+	h.send(wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(1, 53, nil)))
+	h.waitStat("drop_no_udp", 1)
+	h.send(wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(1, 80, 1, 0, wire.TCPSyn, nil)))
+	h.waitStat("flows_started", 1)
+	if fa.count() != 1 || fa.get(0).key.Proto != wire.ProtoTCP {
+		t.Fatalf("%d flows started, want the TCP one", fa.count())
+	}
+}
+
 func TestDemuxBadDestinations(t *testing.T) {
 	fa := &fakeActors{depth: 4}
 	h := newHarness(t, nil, withFakes(fa))

@@ -409,6 +409,11 @@ func TestSpliceOtherFamily(t *testing.T) {
 	if n := sp.Stats.TCPFamilyRetries.Load(); n != 1 {
 		t.Errorf("family retries %d, want 1", n)
 	}
+	m := map[string]uint64{}
+	sp.AddStats(m)
+	if n := m["splice_tcp_family_retries"]; n != 1 {
+		t.Errorf("statistics say splice_tcp_family_retries %d, want 1", n)
+	}
 	// The pair ends before the next test counts active pairs.
 	c.Close()
 	s.Close()
