@@ -39,8 +39,10 @@ func New(env *actors.Env) (*Protocol, error) {
 // with, for the loopback splice's hang-up watch.
 func (p *Protocol) Poller() *poll.Poller { return p.poll }
 
-// Close stops the poller and waits for its harvester. Flows still running
-// hear of no more socket events: close it after cancelling env.Ctx.
+// Close stops the poller and waits for its harvester, which may be
+// running a flow inline and writing to the link: close it once env.Ctx is
+// done and the link's device is closed, so that no such write can wait.
+// Flows still running hear of no more socket events.
 func (p *Protocol) Close() { p.poll.Close() }
 
 // AddStats adds the TCP counters to m, by the names the statistics log

@@ -587,14 +587,15 @@ func (d *daemon) teardown() {
 	}
 	d.stops = nil
 	d.cancel(errQuit)
-	// The flows are told to end: their protocols' goroutines (the TCP
-	// poller's harvester) go now.
-	d.protos.Close()
 	if d.tap != nil {
 		d.tap.Close()
 	} else if d.dev != nil {
 		d.dev.Close()
 	}
+	// The flows are told to end and no write to the link can wait any
+	// more (the TCP harvester runs flows inline, and QEMU's socket may
+	// block a write): the protocols' goroutines go now.
+	d.protos.Close()
 	if d.cleaner != nil {
 		d.cleaner.finish()
 		d.cleaner = nil
