@@ -145,7 +145,7 @@ func parseDiagDump(b []byte, seq uint32, out *portSet, skip map[uint64]struct{})
 				if len(msg) >= inetDiagMsgLen && msg[1] == tcpListen {
 					ino := uint64(binary.NativeEndian.Uint32(msg[68:]))
 					if _, ours := skip[ino]; !ours {
-						out.Add(binary.BigEndian.Uint16(msg[4:]))
+						out.add(binary.BigEndian.Uint16(msg[4:]))
 					}
 				}
 			}

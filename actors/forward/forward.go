@@ -151,7 +151,7 @@ func startForwarder(env *actors.Env, c Options, nsFD int, flows Flows) (_ *forwa
 		// pasta brings the namespace's loopback up whatever else it is
 		// told: -T/-U listen there, and spliced connections land there.
 		if err := f.ns.do(loopbackUp); err != nil {
-			f.ns.Stop()
+			f.ns.stop()
 			return nil, fmt.Errorf("port forwarding: %v", err)
 		}
 	}
@@ -195,7 +195,7 @@ func startForwarder(env *actors.Env, c Options, nsFD int, flows Flows) (_ *forwa
 	f.dirs = []*fwdDir{tIn, uIn, tOut, uOut}
 
 	fail := func(err error) (*forwarder, error) {
-		f.Stop()
+		f.stop()
 		return nil, err
 	}
 	for _, d := range f.dirs {
@@ -302,7 +302,7 @@ func parsePortRange(s string, def [2]uint16) (uint16, uint16) {
 }
 
 // stop ends the scanner, closes every listener and the namespace worker.
-func (f *forwarder) Stop() {
+func (f *forwarder) stop() {
 	// stopc closes under the lock: a Replace running now has started
 	// its scan loop (wg.Add) before the Wait below, and one after sees
 	// stopc closed and does nothing.
@@ -328,7 +328,7 @@ func (f *forwarder) Stop() {
 			d.scan = nil
 		}
 	}
-	f.ns.Stop()
+	f.ns.stop()
 }
 
 func (f *forwarder) scanLoop() {
@@ -456,7 +456,7 @@ func (d *fwdDir) bindStatic(problems *[]string) error {
 				return &ForwardError{fmt.Sprintf("Failed to bind port %d (%s) for option '%s', exiting", port, strerror(err), spec)}
 			}
 			d.ls[fwdKey{ri, port}] = l
-			d.ours.Add(port)
+			d.ours.add(port)
 			if r.Weak {
 				weakBound[spec]++
 			}
@@ -531,15 +531,15 @@ func (d *fwdDir) update() {
 			l, err := d.open(r, port, true)
 			if err != nil {
 				if !d.failed.has(port) {
-					d.failed.Add(port)
+					d.failed.add(port)
 					log.Debugf("%s auto: cannot forward port %d: %v", d.opt, port, err)
 				}
 				continue
 			}
 			d.failed.del(port)
 			d.ls[k] = l
-			dyn.Add(port)
-			d.ours.Add(port)
+			dyn.add(port)
+			d.ours.add(port)
 			log.Debugf("%s auto: forwarding port %d", d.opt, port)
 		}
 	}

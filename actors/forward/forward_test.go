@@ -64,7 +64,7 @@ func TestParseProcNet(t *testing.T) {
 			parseProcNet([]byte(tc.data), tc.state, tc.skip, &got)
 			var want portSet
 			for _, p := range tc.want {
-				want.Add(p)
+				want.add(p)
 			}
 			if !got.equal(&want) {
 				t.Fatalf("got %d ports %v, want %v", got.count(), ports(&got), tc.want)
@@ -90,10 +90,10 @@ func ports(s *portSet) []uint16 {
 
 func TestPortSet(t *testing.T) {
 	var a, b portSet
-	a.Add(0)
-	a.Add(65535)
-	a.Add(64)
-	b.Add(64)
+	a.add(0)
+	a.add(65535)
+	a.add(64)
+	b.add(64)
 	if a.count() != 3 || !a.has(65535) || a.has(1) {
 		t.Fatalf("set: %v", ports(&a))
 	}
@@ -243,10 +243,10 @@ func TestForwardScanUpdate(t *testing.T) {
 	rules := mustSpec(t, "-t", "127.0.0.1/64100-64110:64200-64210,auto").Rules()
 	d := &fwdDir{f: f, opt: "-t", rules: rules, ls: make(map[fwdKey]fwdListener), dyn: make([]portSet, len(rules)), rev: &fwdDir{}}
 	f.dirs = []*fwdDir{d}
-	defer f.Stop()
+	defer f.stop()
 
-	d.bound.Add(64203) // target of 64103
-	d.bound.Add(64300) // outside the rule
+	d.bound.add(64203) // target of 64103
+	d.bound.add(64300) // outside the rule
 	d.update()
 	if l := hostListening(t); !l.has(64103) || l.has(64100) || l.has(64203) {
 		t.Fatalf("after first scan: listening %v", ports(l))
@@ -263,8 +263,8 @@ func TestForwardScanUpdate(t *testing.T) {
 		t.Fatalf("table not empty: %d, %v", len(d.ls), ports(&d.ours))
 	}
 	// scanOnce subtracts the opposite direction's listeners.
-	d.rev.ours.Add(64205)
-	d.bound.Add(64205)
+	d.rev.ours.add(64205)
+	d.bound.add(64205)
 	d.bound.andNot(&d.rev.ours)
 	d.update()
 	if len(d.ls) != 0 {
@@ -287,7 +287,7 @@ func TestProcNetInNamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer w.Stop()
+	defer w.stop()
 	_ = w.do(func() {
 		// lo up, so that the loopback address exists.
 		fd, _ := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
@@ -370,7 +370,7 @@ func TestNSWorkerStopped(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.Stop()
+	w.stop()
 	done := make(chan error, 1)
 	go func() { _, err := w.socket(unix.AF_INET, unix.SOCK_STREAM, 0); done <- err }()
 	select {

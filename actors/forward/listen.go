@@ -45,7 +45,7 @@ func (f *forwarder) openTCPIn(r conf.Rule, p, to uint16, v6 bool) (fwdListener, 
 	t := &tcpInListener{l: l, done: make(chan struct{})}
 	go func() {
 		defer close(t.done)
-		l.Run(f)
+		l.run(f)
 	}()
 	return t, nil
 }
@@ -206,7 +206,7 @@ func (f *forwarder) openTCPOut(p, to uint16, v6 bool) (fwdListener, error) {
 	}
 	t := &tcpOutListener{file: os.NewFile(uintptr(fd), "tcp-ns-listener"), to: netip.AddrPortFrom(loopback(v6), to),
 		env: f.env, sp: f.splicer, done: make(chan struct{})}
-	go t.Run()
+	go t.run()
 	return t, nil
 }
 
@@ -216,7 +216,7 @@ func (t *tcpOutListener) Close() {
 }
 
 // run accepts namespace clients and splices each to the host's loopback.
-func (t *tcpOutListener) Run() {
+func (t *tcpOutListener) run() {
 	defer close(t.done)
 	v6 := t.to.Addr().Is6()
 	acceptLoop(t.env, t.file, "namespace port", func(nfd int, _ unix.Sockaddr) {

@@ -98,7 +98,7 @@ func (w *nsWorker) open(path string) (int, error) {
 }
 
 // stop ends the worker's goroutine (and its thread).
-func (w *nsWorker) Stop() {
+func (w *nsWorker) stop() {
 	if w != nil {
 		close(w.done)
 	}

@@ -24,7 +24,7 @@ import (
 type Forwarding struct{ f *forwarder }
 
 // Stop closes every listener and ends the scanner (see StartForwarder).
-func (fw *Forwarding) Stop() { fw.f.Stop() }
+func (fw *Forwarding) Stop() { fw.f.stop() }
 
 // AddStats adds the counters of the forwarder's loopback splice to m, by
 // the names the statistics log uses.

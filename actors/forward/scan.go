@@ -25,7 +25,7 @@ import (
 // portSet is a bitmap of the 65536 port numbers.
 type portSet [65536 / 64]uint64
 
-func (s *portSet) Add(p uint16)      { s[p/64] |= 1 << (p % 64) }
+func (s *portSet) add(p uint16)      { s[p/64] |= 1 << (p % 64) }
 func (s *portSet) del(p uint16)      { s[p/64] &^= 1 << (p % 64) }
 func (s *portSet) has(p uint16) bool { return s[p/64]&(1<<(p%64)) != 0 }
 func (s *portSet) clear()            { *s = portSet{} }
@@ -192,7 +192,7 @@ func parseProcNet(data []byte, state string, skip map[uint64]struct{}, out *port
 		if !ok || p == 0 {
 			continue
 		}
-		out.Add(p)
+		out.add(p)
 	}
 }
 

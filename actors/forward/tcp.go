@@ -83,7 +83,7 @@ func listenTCP(fw tcpForward) (*tcpListener, error) {
 }
 
 // run accepts connections until the listener is closed.
-func (l *tcpListener) Run(f *forwarder) {
+func (l *tcpListener) run(f *forwarder) {
 	acceptLoop(f.env, l.file, fmt.Sprintf("port %d", l.fw.port), func(nfd int, sa unix.Sockaddr) {
 		l.accepted(f, nfd, sa)
 	})

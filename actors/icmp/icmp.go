@@ -61,12 +61,12 @@ func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
 	}
 	v6 := k.Proto == wire.ProtoICMPv6
 	if !k.Guest.IsValid() || !k.Far.IsValid() || k.Guest.Addr().Is6() != v6 || k.Far.Addr().Is6() != v6 {
-		p.Stats.EchoDropped.Add(1)
+		p.stats.EchoDropped.Add(1)
 		f.Release()
 		return nil
 	}
 	if !env.Limits.TakeFDs(actors.FDGuestDgram, actors.FDsICMP) {
-		p.Stats.EchoDropped.Add(1)
+		p.stats.EchoDropped.Add(1)
 		p.socketLog.Warnf(env.FlowLog(k), "icmp: descriptor budget spent (%d), dropping echo requests of new flows", env.Limits.FDMax.Load())
 		f.Release()
 		return nil
@@ -101,7 +101,7 @@ func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
 	})
 	if err != nil {
 		env.Limits.GiveFDs(actors.FDGuestDgram, actors.FDsICMP)
-		p.Stats.EchoDropped.Add(1)
+		p.stats.EchoDropped.Add(1)
 		if err == unix.EACCES || err == unix.EPERM {
 			p.pingWarn.Do(func() {
 				env.Log.Warn(`icmp: ping sockets are not allowed for this group, echo requests are dropped; ` +
@@ -123,11 +123,11 @@ func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
 	a.h.In <- f // a fresh inbox has room
 	env.Stats.ICMPOpened.Add(1)
 	env.Stats.ICMPFlows.Add(1)
-	go a.Run()
+	go a.run()
 	return a.h
 }
 
-func (a *icmpActor) Run() {
+func (a *icmpActor) run() {
 	defer func() {
 		if r := recover(); r != nil {
 			a.env.Stats.Panics.Add(1)
@@ -200,14 +200,14 @@ func (a *icmpActor) send(f *link.Frame) {
 	defer f.Release()
 	m := a.echoBytes(f)
 	if m == nil {
-		a.p.Stats.EchoDropped.Add(1)
+		a.p.stats.EchoDropped.Add(1)
 		return
 	}
 	a.last = sockutil.MonoNow()
 	for try := 0; try < 2; try++ {
 		e := sockutil.Sendto(a.sock.FD, m, &a.sa, a.salen)
 		if e == 0 {
-			a.p.Stats.EchoSent.Add(1)
+			a.p.stats.EchoSent.Add(1)
 			a.h.Stats.GuestSegs.Add(1)
 			a.h.Stats.GuestBytes.Add(uint64(len(m)))
 			return
@@ -217,7 +217,7 @@ func (a *icmpActor) send(f *link.Frame) {
 			break
 		}
 	}
-	a.p.Stats.EchoDropped.Add(1)
+	a.p.stats.EchoDropped.Add(1)
 }
 
 func (a *icmpActor) receive() {
@@ -261,7 +261,7 @@ func (a *icmpActor) receive() {
 			return
 		}
 		if n > maxLen || n < wire.ICMPLen {
-			a.p.Stats.EchoDropped.Add(1)
+			a.p.stats.EchoDropped.Add(1)
 			continue
 		}
 		m := wire.ICMP(f.Data[hl : hl+n])
@@ -285,7 +285,7 @@ func (a *icmpActor) receive() {
 		}
 		a.env.Uncharge(int64(cap(f.Data)))
 		a.spare = nil
-		a.p.Stats.EchoReplies.Add(1)
+		a.p.stats.EchoReplies.Add(1)
 		a.h.Stats.FarSegs.Add(1)
 		a.h.Stats.FarBytes.Add(uint64(n))
 		if !a.env.Out.SendNow(a.env.Ctx, f) {
@@ -303,7 +303,7 @@ func (a *icmpActor) drainErrors() {
 			return
 		}
 		if f := echoErrorFrame(a.env, &q, a.v6, a.h.Key, a.errBuf); f != nil {
-			a.p.Stats.Errors.Add(1)
+			a.p.stats.Errors.Add(1)
 			if !a.env.Out.SendCtx(a.env.Ctx, f) {
 				return
 			}
@@ -343,7 +343,7 @@ func echoErrorFrame(env *actors.Env, q *icmperr.Queued, v6 bool, k actors.Key, b
 
 // Counters count what the ICMP echo actors of one daemon
 // (Protocol.Stats) did and dropped.
-type Counters struct {
+type counters struct {
 	// EchoSent and EchoReplies count ICMP echo requests and replies;
 	// EchoDropped counts echo frames dropped (malformed, refused socket).
 	EchoSent, EchoReplies, EchoDropped atomic.Uint64
@@ -354,7 +354,7 @@ type Counters struct {
 // AddStats adds the ICMP counters to m, by the names the statistics log
 // uses.
 func (p *Protocol) AddStats(m map[string]uint64) {
-	s := &p.Stats
+	s := &p.stats
 	// Relayed errors are reported with UDP's, under one name.
 	m["udp_icmp_errors"] += s.Errors.Load()
 	m["icmp_echo_sent"] = s.EchoSent.Load()

@@ -150,12 +150,12 @@ func TestICMPPingGroupRange(t *testing.T) {
 	setPingGroupRange(t, "1 0")
 	te := actorstest.New(t, actors.Options{})
 	proto := New(te.Env)
-	before := proto.Stats.EchoDropped.Load()
+	before := proto.stats.EchoDropped.Load()
 	k := echoKey(false, actorstest.Guest4, 5, actorstest.GW4)
 	if h := proto.Start(k, actorstest.GuestFrame(t, actorstest.Guest4, actorstest.GW4, wire.ProtoICMP, guestEcho(t, actorstest.Guest4, actorstest.GW4, 5, 1, nil))); h != nil {
 		t.Fatal("echo flow started without ping sockets")
 	}
-	if proto.Stats.EchoDropped.Load() == before {
+	if proto.stats.EchoDropped.Load() == before {
 		t.Fatal("drop not counted")
 	}
 }

@@ -13,7 +13,7 @@ type Protocol struct {
 	env *actors.Env
 
 	// Stats are the counters of this daemon's echo flows.
-	Stats Counters
+	stats counters
 
 	// socketLog rate-limits the warnings about ping sockets that could
 	// not be had: out of descriptors, they would come once an echo

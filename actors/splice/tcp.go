@@ -172,14 +172,14 @@ func (sp *Splicer) Start(kind, accFD, connFD int, alt *Alt) {
 	if err != nil {
 		unix.Close(accFD)
 		unix.Close(connFD)
-		p.GiveFDs()
+		p.giveFDs()
 		return
 	}
 	b, err := newSpliceSock(connFD)
 	if err != nil {
 		a.shut(true)
 		unix.Close(connFD)
-		p.GiveFDs()
+		p.giveFDs()
 		return
 	}
 	p.a, p.b = a, b
@@ -193,7 +193,7 @@ func (sp *Splicer) Start(kind, accFD, connFD int, alt *Alt) {
 				p.a.shut(true)
 				p.b.shut(false)
 				p.sp.Stats.TCPActive.Add(-1)
-				p.GiveFDs()
+				p.giveFDs()
 				return
 			}
 			alt = nil
@@ -280,13 +280,13 @@ func (p *splicePair) done(failed bool) {
 		p.a.shut(false)
 		p.b.shut(false)
 		p.sp.Stats.TCPActive.Add(-1)
-		p.GiveFDs()
+		p.giveFDs()
 	}
 }
 
 // giveFDs returns the pair's descriptors to the budget, once every one of
 // them is closed.
-func (p *splicePair) GiveFDs() {
+func (p *splicePair) giveFDs() {
 	if p.sp.env != nil {
 		p.sp.env.Limits.GiveFDs(p.kind, actors.FDsSplice)
 	}
@@ -363,11 +363,11 @@ func (p *splicePair) pump(src, dst *spliceSock) {
 		u.drain()
 	}
 	u.shutDst = func(dfd uintptr) { _ = unix.Shutdown(int(dfd), unix.SHUT_WR) }
-	u.Run()
+	u.run()
 }
 
 // run is the pump's loop.
-func (u *splicePump) Run() {
+func (u *splicePump) run() {
 	for {
 		err := u.src.rc.Read(u.readable)
 		if errors.Is(err, os.ErrDeadlineExceeded) && u.src.hup.Load() {

@@ -66,12 +66,12 @@ func benchConn(b *testing.B) (*tcpConn, *net.TCPConn) {
 	env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(&conf.Config{MTU: 65520}), Out: w, Peer: peerInfo, Log: log, NAT: &nat.NAT{}}
 	k := actors.Key{Proto: wire.ProtoTCP, Guest: netip.MustParseAddrPort("10.0.2.100:40000"), Far: netip.MustParseAddrPort("10.0.2.2:80")}
 	tp := testProtocol(b, env)
-	c := NewConn(tp, actors.NewHandle(k), k, false)
-	s, err := NewSock(tp, fd, false)
+	c := newConn(tp, actors.NewHandle(k), k, false)
+	s, err := newSock(tp, fd, false)
 	if err != nil {
 		b.Fatal(err)
 	}
-	c.Sock = s
+	c.sock = s
 	c.rcvWS = 7
 	c.sndWS = 7
 	c.mss = c.ourMSS()
@@ -119,7 +119,7 @@ func BenchmarkTCPHostToGuest(b *testing.B) {
 			}
 			// The guest acknowledges everything: the socket's
 			// receive queue holds only unacknowledged data.
-			if err := c.Sock.discard(int(c.sndNxt - c.sndUna)); err != nil {
+			if err := c.sock.discard(int(c.sndNxt - c.sndUna)); err != nil {
 				b.Fatal(err)
 			}
 			c.sndUna = c.sndNxt

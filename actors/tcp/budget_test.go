@@ -77,12 +77,12 @@ func budgetFlow(t *testing.T, env *actors.Env, port uint16, sndbuf int) (*tcpCon
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, sndbuf)
 	k := actors.Key{Proto: wire.ProtoTCP, Guest: netip.AddrPortFrom(testGuest4, port), Far: netip.MustParseAddrPort("10.0.2.2:80")}
 	tp := testProtocol(t, env)
-	c := NewConn(tp, actors.NewHandle(k), k, false)
-	s, err := NewSock(tp, fd, false)
+	c := newConn(tp, actors.NewHandle(k), k, false)
+	s, err := newSock(tp, fd, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.Sock = s
+	c.sock = s
 	c.rcvWS, c.sndWS = 7, 7
 	c.mss = c.ourMSS()
 	c.rcvMax = 8 << 20
@@ -94,8 +94,8 @@ func budgetFlow(t *testing.T, env *actors.Env, port uint16, sndbuf int) (*tcpCon
 	c.ackForce = true
 	c.sendAck() // the first window, as the SYN,ACK would
 	t.Cleanup(func() {
-		if c.Sock != nil {
-			c.Sock.Close(true)
+		if c.sock != nil {
+			c.sock.Close(true)
 		}
 		peer.Close()
 	})

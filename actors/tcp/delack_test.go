@@ -52,7 +52,7 @@ func TestTCPDelayedAckPiggybacks(t *testing.T) {
 		// The next request acknowledges this answer.
 	}
 	g.ack()
-	if s, ok := te.TryNext(400 * time.Millisecond); ok {
+	if s, ok := te.tryNext(400 * time.Millisecond); ok {
 		t.Fatalf("a segment (seq %d, ack %d, %d bytes) after everything was acknowledged", s.seq, s.ack, len(s.data))
 	}
 }
@@ -87,7 +87,7 @@ func TestTCPDelayedAckTimesOut(t *testing.T) {
 	sc.Close()
 	s = te.next(3 * time.Second)
 	if !s.has(wire.TCPFin|wire.TCPAck) || s.ack != g.sndNxt {
-		t.Fatalf("after the guest's FIN: flags %#x ack %d, want FIN,ACK acking %d", s.Flags, s.ack, g.sndNxt)
+		t.Fatalf("after the guest's FIN: flags %#x ack %d, want FIN,ACK acking %d", s.flags, s.ack, g.sndNxt)
 	}
 }
 
@@ -128,7 +128,7 @@ func TestTCPDelayedAckOfFin(t *testing.T) {
 	g.send(wire.TCPFin, nil)
 	s := te.next(3 * time.Second)
 	if el := time.Since(start); s.ack != g.sndNxt || s.has(wire.TCPFin) || el < 250*time.Millisecond {
-		t.Fatalf("ACK of FIN: flags %#x ack %d (want %d) after %v", s.Flags, s.ack, g.sndNxt, el)
+		t.Fatalf("ACK of FIN: flags %#x ack %d (want %d) after %v", s.flags, s.ack, g.sndNxt, el)
 	}
 	// Half-closed: the host still talks.
 	sc.Write([]byte("after your FIN"))
@@ -213,7 +213,7 @@ func outRsts(t *testing.T) int {
 // 256 KiB HTTP downloads when acknowledged data was discarded in
 // batches).
 func TestTCPSmallWindowLargeAnswer(t *testing.T) {
-	te := NewTestEnv(t)
+	te := newTestEnv(t)
 	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
 	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 15000)
 	g.wnd = 97 // with scale 7: 12416 bytes
@@ -229,7 +229,7 @@ func TestTCPSmallWindowLargeAnswer(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("stalled after %d of %d bytes", len(g.rx), len(msg))
 		}
-		s, ok := te.TryNext(3 * time.Second)
+		s, ok := te.tryNext(3 * time.Second)
 		if !ok {
 			t.Fatalf("nothing for 3 s after %d of %d bytes", len(g.rx), len(msg))
 		}

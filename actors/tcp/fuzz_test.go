@@ -70,8 +70,8 @@ func FuzzTCPGuestSegments(f *testing.F) {
 		if len(script) > 9*48 {
 			return
 		}
-		te := NewTestEnv(t)
-		te.Env.Log.SetOutput(io.Discard)
+		te := newTestEnv(t)
+		te.env.Log.SetOutput(io.Discard)
 		g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 1000+iter.Add(1)*7919)
 		g.inline = inline
 		g.connect()
@@ -93,21 +93,21 @@ func FuzzTCPGuestSegments(f *testing.F) {
 				done = true
 			case <-time.After(20 * time.Millisecond):
 			case <-deadline:
-				t.Fatalf("%d flows still running 10 s after the script", te.Env.Stats.TCPFlows.Load())
+				t.Fatalf("%d flows still running 10 s after the script", te.env.Stats.TCPFlows.Load())
 			}
 			if done && !shut {
 				te.cancel() // the daemon shuts down: every actor ends
 				shut = true
 			}
-			if shut && te.Env.Stats.TCPFlows.Load() == 0 {
+			if shut && te.env.Stats.TCPFlows.Load() == 0 {
 				break
 			}
 		}
-		if n := te.Env.Stats.Panics.Load(); n != 0 {
+		if n := te.env.Stats.Panics.Load(); n != 0 {
 			t.Fatalf("%d panics", n)
 		}
 		// Whatever the flow held or reserved, it gave back.
-		if n := te.Env.Stats.BufferBytes.Load(); n != 0 {
+		if n := te.env.Stats.BufferBytes.Load(); n != 0 {
 			t.Fatalf("%d bytes of the buffer budget still counted after the flow ended", n)
 		}
 	})

@@ -34,15 +34,15 @@ var (
 
 type testEnv struct {
 	t        testing.TB
-	Env      *actors.Env
+	env      *actors.Env
 	TCP      *Protocol              // Env's
 	dev      *linktest.MemoryDevice // the guest's end
 	ended    chan *actors.Handle
-	Register chan *actors.Handle
+	register chan *actors.Handle
 	cancel   context.CancelFunc
 }
 
-func NewTestEnv(t testing.TB) *testEnv { return newTestEnvDev(t, nil) }
+func newTestEnv(t testing.TB) *testEnv { return newTestEnvDev(t, nil) }
 
 // newTestEnvDev is NewTestEnv with the writer's device wrapped by wrap,
 // and lending if that is a link.Lender.
@@ -60,22 +60,22 @@ func newTestEnvDev(t testing.TB, wrap func(*linktest.MemoryDevice) link.Device) 
 	if testing.Verbose() {
 		log.SetLevel(logrus.DebugLevel)
 	}
-	te := &testEnv{t: t, dev: b, ended: make(chan *actors.Handle, 1024), Register: make(chan *actors.Handle, 16), cancel: cancel}
+	te := &testEnv{t: t, dev: b, ended: make(chan *actors.Handle, 1024), register: make(chan *actors.Handle, 16), cancel: cancel}
 	peer := &link.Peer{OurMAC: conf.DefaultMAC}
 	peer.SetMAC(testMAC)
 	peer.SetAddr(testGuest4)
 	peer.SetAddr(testGuest6)
-	te.Env = &actors.Env{
+	te.env = &actors.Env{
 		Ctx: ctx, Opts: actors.OptionsFrom(&conf.Config{MTU: 65520}), Out: w, Peer: peer, Log: log,
 		NAT:   &nat.NAT{HostLoopback4: testGW4, HostLoopback6: testGW6},
-		Ended: te.ended, Register: te.Register,
+		Ended: te.ended, Register: te.register,
 	}
 	t.Cleanup(func() {
 		cancel()
 		a.Close()
 		b.Close()
 	})
-	te.TCP = testProtocol(t, te.Env)
+	te.TCP = testProtocol(t, te.env)
 	return te
 }
 
@@ -94,14 +94,14 @@ func testProtocol(t testing.TB, env *actors.Env) *Protocol {
 // seg is a parsed segment from gopasta to the guest.
 type seg struct {
 	src, dst netip.AddrPort
-	Flags    uint8
+	flags    uint8
 	seq, ack uint32
 	win      uint16
 	opts     wire.TCPOptions
 	data     []byte
 }
 
-func (s seg) has(f uint8) bool { return s.Flags&f == f }
+func (s seg) has(f uint8) bool { return s.flags&f == f }
 
 // parseSeg checks a frame from gopasta and returns its segment.
 func parseSeg(t testing.TB, p []byte) seg {
@@ -148,7 +148,7 @@ func parseSeg(t testing.TB, p []byte) seg {
 	th := wire.TCP(l4)
 	s.src = netip.AddrPortFrom(s.src.Addr(), th.SrcPort())
 	s.dst = netip.AddrPortFrom(s.dst.Addr(), th.DstPort())
-	s.Flags, s.seq, s.ack, s.win = th.Flags(), th.Seq(), th.Ack(), th.Window()
+	s.flags, s.seq, s.ack, s.win = th.Flags(), th.Seq(), th.Ack(), th.Window()
 	s.opts = wire.ParseTCPOptions(th.Options())
 	s.data = l4[th.DataOffset():]
 	return s
@@ -157,14 +157,14 @@ func parseSeg(t testing.TB, p []byte) seg {
 // next returns gopasta's next segment, or fails after d.
 func (te *testEnv) next(d time.Duration) seg {
 	te.t.Helper()
-	s, ok := te.TryNext(d)
+	s, ok := te.tryNext(d)
 	if !ok {
 		te.t.Fatalf("no segment from gopasta within %v", d)
 	}
 	return s
 }
 
-func (te *testEnv) TryNext(d time.Duration) (seg, bool) {
+func (te *testEnv) tryNext(d time.Duration) (seg, bool) {
 	te.t.Helper()
 	select {
 	case p := <-te.dev.Frames():
@@ -273,7 +273,7 @@ func (g *guest) connect() seg {
 	g.sndNxt = g.iss + 1
 	sa := g.te.next(5 * time.Second)
 	if !sa.has(wire.TCPSyn|wire.TCPAck) || sa.ack != g.iss+1 {
-		t.Fatalf("expected SYN,ACK acking %d, got flags %#x ack %d", g.iss+1, sa.Flags, sa.ack)
+		t.Fatalf("expected SYN,ACK acking %d, got flags %#x ack %d", g.iss+1, sa.flags, sa.ack)
 	}
 	if sa.src != g.k.Far || sa.dst != g.k.Guest {
 		t.Fatalf("SYN,ACK %v -> %v, want %v -> %v", sa.src, sa.dst, g.k.Far, g.k.Guest)
@@ -367,7 +367,7 @@ func (te *testEnv) waitEnded(h *actors.Handle) {
 // returns the environment, the guest and the server's end.
 func connectedFlow(t *testing.T, iss uint32) (*testEnv, *guest, *net.TCPConn) {
 	t.Helper()
-	te := NewTestEnv(t)
+	te := newTestEnv(t)
 	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
 	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), iss)
 	g.connect()

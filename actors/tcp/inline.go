@@ -92,7 +92,7 @@ func (c *tcpConn) direct(f *link.Frame) (took bool) {
 // flow is idle, and reports whether it did (or started to: a panic
 // closes the flow, and inlineDone pokes the actor).
 func sockInline(s *tcpSock) (ran bool) {
-	c := s.Owner.Load()
+	c := s.owner.Load()
 	if c == nil || !c.enterInline(s) {
 		return false
 	}
@@ -112,7 +112,7 @@ func (c *tcpConn) enterInline(s *tcpSock) bool {
 	if !tcpInline.Load() || !c.gate.TryEnter() {
 		return false
 	}
-	if c.state&tcpEstablished == 0 || c.state&tcpClosed != 0 || len(c.parked) > 0 || s != nil && c.Sock != s {
+	if c.state&tcpEstablished == 0 || c.state&tcpClosed != 0 || len(c.parked) > 0 || s != nil && c.sock != s {
 		c.gate.Leave()
 		return false
 	}

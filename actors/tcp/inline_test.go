@@ -116,7 +116,7 @@ func TestTCPInlineFullLinkHandsOver(t *testing.T) {
 		for {
 			f := link.GetFrame(60)
 			binary.BigEndian.PutUint16(f.Data[12:], fillerType)
-			if !te.Env.Out.Offer(f) {
+			if !te.env.Out.Offer(f) {
 				f.Release()
 				return
 			}

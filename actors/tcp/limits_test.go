@@ -18,11 +18,11 @@ import (
 // with a reset at once and counted; the pending ones are reset at their
 // connect deadline; and then nothing is held (pending count, descriptors).
 func TestTCPConnectCap(t *testing.T) {
-	te := NewTestEnv(t)
+	te := newTestEnv(t)
 	old := actors.TCPConnectTimeoutFor
 	actors.TCPConnectTimeoutFor = func() time.Duration { return 400 * time.Millisecond }
 	defer func() { actors.TCPConnectTimeoutFor = old }()
-	te.Env.Limits.SetConnectLimit(3)
+	te.env.Limits.SetConnectLimit(3)
 	far := netip.AddrPortFrom(testGW4, blackholeListener(t))
 	base := actorstest.FDCount(t)
 
@@ -43,13 +43,13 @@ func TestTCPConnectCap(t *testing.T) {
 		}
 		s := te.next(time.Second)
 		if !s.has(wire.TCPRst|wire.TCPAck) || s.ack != g.iss+1 || s.dst != g.k.Guest {
-			t.Fatalf("SYN %d over the cap: want RST,ACK acking %d to %v, got %#x ack %d to %v", i, g.iss+1, g.k.Guest, s.Flags, s.ack, s.dst)
+			t.Fatalf("SYN %d over the cap: want RST,ACK acking %d to %v, got %#x ack %d to %v", i, g.iss+1, g.k.Guest, s.flags, s.ack, s.dst)
 		}
 	}
-	if n := te.Env.Limits.ConnectRefused.Load(); n != 2 {
+	if n := te.env.Limits.ConnectRefused.Load(); n != 2 {
 		t.Errorf("connects refused: %d, want 2", n)
 	}
-	if n := te.Env.Limits.Connecting(); n != 3 {
+	if n := te.env.Limits.Connecting(); n != 3 {
 		t.Errorf("connects pending: %d, want 3", n)
 	}
 	// Each actor opens its socket on its own goroutine: give them until
@@ -64,7 +64,7 @@ func TestTCPConnectCap(t *testing.T) {
 	for range pending {
 		s := te.next(2 * time.Second)
 		if !s.has(wire.TCPRst) {
-			t.Fatalf("pending connect ended with %#x, want a reset", s.Flags)
+			t.Fatalf("pending connect ended with %#x, want a reset", s.flags)
 		}
 	}
 	if el := time.Since(start); el < 400*time.Millisecond || el > 1500*time.Millisecond {
@@ -79,13 +79,13 @@ func TestTCPConnectCap(t *testing.T) {
 			t.Fatalf("%d of %d pending flows ended", len(ended), len(pending))
 		}
 	}
-	if n := te.Env.Limits.ConnectTimeout.Load(); n != 3 {
+	if n := te.env.Limits.ConnectTimeout.Load(); n != 3 {
 		t.Errorf("connect timeouts: %d, want 3", n)
 	}
-	if n := te.Env.Limits.Connecting(); n != 0 {
+	if n := te.env.Limits.Connecting(); n != 0 {
 		t.Errorf("connects pending after the deadline: %d", n)
 	}
-	if _, used := te.Env.Limits.FDBudget(); used != 0 {
+	if _, used := te.env.Limits.FDBudget(); used != 0 {
 		t.Errorf("descriptors still counted: %d", used)
 	}
 	if !actorstest.Eventually(time.Second, func() bool { return actorstest.FDCount(t) <= base }) {
@@ -123,9 +123,9 @@ func blackholeListener(t *testing.T) uint16 {
 // TestTCPFDBudget: a SYN that finds the descriptor budget spent is reset
 // and counted; the budget comes back when a flow ends.
 func TestTCPFDBudget(t *testing.T) {
-	te := NewTestEnv(t)
+	te := newTestEnv(t)
 	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
-	te.Env.Limits.SetFDBudget(1)
+	te.env.Limits.SetFDBudget(1)
 	far := netip.AddrPortFrom(testGW4, srv.Port())
 	g1 := newGuest(te, far, 5000)
 	g1.connect()
@@ -134,9 +134,9 @@ func TestTCPFDBudget(t *testing.T) {
 		t.Fatal("a flow started beyond the descriptor budget")
 	}
 	if s := te.next(time.Second); !s.has(wire.TCPRst) || s.dst != g2.k.Guest {
-		t.Fatalf("over the budget: got %#x to %v, want a reset", s.Flags, s.dst)
+		t.Fatalf("over the budget: got %#x to %v, want a reset", s.flags, s.dst)
 	}
-	if n := te.Env.Limits.FDRefused.Load(); n != 1 {
+	if n := te.env.Limits.FDRefused.Load(); n != 1 {
 		t.Errorf("refusals: %d", n)
 	}
 	g1.send(wire.TCPRst, nil)

@@ -51,7 +51,7 @@ func (c *tcpConn) onData(f *link.Frame, seq uint32, payload []byte, fin bool) bo
 		c.dupDue = min(c.dupDue+1, 3)
 		return c.oooInsert(f, seq, payload, fin)
 	}
-	kept := c.Accept(f, payload, fin)
+	kept := c.accept(f, payload, fin)
 	if len(c.ooo) > 0 {
 		c.oooPull()
 	}
@@ -59,7 +59,7 @@ func (c *tcpConn) onData(f *link.Frame, seq uint32, payload []byte, fin bool) bo
 }
 
 // accept appends in-sequence payload at rcvNxt.
-func (c *tcpConn) Accept(f *link.Frame, payload []byte, fin bool) bool {
+func (c *tcpConn) accept(f *link.Frame, payload []byte, fin bool) bool {
 	if room := c.rcvEdge - c.rcvNxt; seqGT(c.rcvNxt+uint32(len(payload)), c.rcvEdge) {
 		// Beyond what we offered (a window probe, or a guest ignoring
 		// our window): take what fits, the guest will send the rest.
@@ -143,7 +143,7 @@ func (c *tcpConn) oooPull() {
 			s.f.Release()
 			continue
 		}
-		if !c.Accept(s.f, s.b[d:], s.fin) {
+		if !c.accept(s.f, s.b[d:], s.fin) {
 			s.f.Release()
 		}
 	}
@@ -263,10 +263,10 @@ func (c *tcpConn) flush() {
 	for len(c.pend) > 0 && c.state&tcpClosed == 0 {
 		n := min(len(c.pend), tcpMaxIov)
 		for i := 0; i < n; i++ {
-			setIov(&c.Sock.iov[i], c.pend[i].b)
+			setIov(&c.sock.iov[i], c.pend[i].b)
 		}
-		c.Sock.clear(sockWritable)
-		w, err := c.Sock.sendmsg(n)
+		c.sock.clear(sockWritable)
+		w, err := c.sock.sendmsg(n)
 		if err == unix.EAGAIN {
 			w = 0
 		} else if err != nil {
@@ -298,7 +298,7 @@ func (c *tcpConn) flush() {
 					return "socket send buffer full: holding " + strconv.Itoa(c.pendBytes) + " bytes from the guest"
 				})
 			}
-			c.Sock.arm(sockWritable)
+			c.sock.arm(sockWritable)
 			c.compact()
 			c.trimCharge()
 			return
@@ -319,7 +319,7 @@ func (c *tcpConn) flush() {
 		c.trimCharge()
 	}
 	if c.state&(tcpGuestFin|tcpSockShut) == tcpGuestFin && c.state&tcpClosed == 0 {
-		if e := nbsys.Shutdown(c.Sock.fd, unix.SHUT_WR); e != 0 && e != unix.ENOTCONN {
+		if e := nbsys.Shutdown(c.sock.fd, unix.SHUT_WR); e != 0 && e != unix.ENOTCONN {
 			c.hostError("shutdown", e)
 			return
 		}
@@ -341,7 +341,7 @@ func (c *tcpConn) flush() {
 // socket lacks. Request/response flows ask the kernel once per thousands
 // of exchanges instead of once per segment.
 func (c *tcpConn) rcvWindowRaw() int {
-	if c.Sock == nil {
+	if c.sock == nil {
 		return 0
 	}
 	if c.sndbuf == 0 || c.outqAge > c.sndbuf/8 {
@@ -383,7 +383,7 @@ func (c *tcpConn) rcvWindow() uint16 {
 	}
 	// Arm for a window update if the socket is what keeps us small.
 	if w<<ws < c.rcvMax/4 && c.state&tcpGuestFin == 0 {
-		c.Sock.arm(sockWritable)
+		c.sock.arm(sockWritable)
 	}
 	if (w == 0) != (c.lastWin == 0) && c.state&tcpEstablished != 0 {
 		c.tracef(func() string {
@@ -400,13 +400,13 @@ func (c *tcpConn) rcvWindow() uint16 {
 // measureSendQueue refreshes the send buffer size and queue length.
 func (c *tcpConn) measureSendQueue() {
 	old := c.sndbuf
-	c.sndbuf = c.Sock.getInt(unix.SOL_SOCKET, unix.SO_SNDBUF)
+	c.sndbuf = c.sock.getInt(unix.SOL_SOCKET, unix.SO_SNDBUF)
 	if old != 0 && old != c.sndbuf {
 		c.tracef(func() string {
 			return "socket send buffer " + strconv.Itoa(old) + " -> " + strconv.Itoa(c.sndbuf) + " bytes"
 		})
 	}
-	c.outqEst = c.Sock.sendQueued()
+	c.outqEst = c.sock.sendQueued()
 	c.outqAge = 0
 }
 

@@ -50,7 +50,7 @@ func (c *tcpConn) sendBatch() bool {
 	}
 	c.persistAt = time.Time{}
 	room := int(wnd - inflight)
-	s := c.Sock
+	s := c.sock
 	hlen := c.tmpl.hlen
 	iv := 0
 	if !s.peekOff && inflight > 0 {
@@ -230,11 +230,11 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 		// consumed buffer stays charged to the receive buffer at its
 		// full size, the window towards the host closes, and nothing
 		// reopens it (TestTCPSmallWindowLargeAnswer).
-		if err := c.Sock.discard(int(n)); err != nil {
+		if err := c.sock.discard(int(n)); err != nil {
 			c.hostError("discard", err)
 			return
 		}
-		if !c.Sock.peekOff && c.Sock.hungUp() {
+		if !c.sock.peekOff && c.sock.hungUp() {
 			// Without a peek offset, the end of stream shows only once
 			// the queue is empty, and its event has come and gone.
 			c.sockData = true
@@ -243,7 +243,7 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 	c.sndUna = data
 	if seqLT(c.sndNxt, c.sndUna) {
 		c.sndNxt = c.sndUna // acknowledged beyond a rewind
-		c.Sock.setPeekOff(0)
+		c.sock.setPeekOff(0)
 	}
 	c.setSndWnd(win)
 	c.dupAcks = 0
@@ -270,7 +270,7 @@ func (c *tcpConn) retransmit(why string) {
 			strconv.FormatUint(uint64(c.sndNxt-c.sndUna), 10) + " bytes in flight"
 	})
 	c.sndNxt = c.sndUna
-	c.Sock.setPeekOff(0)
+	c.sock.setPeekOff(0)
 	if c.state&(tcpFinSent|tcpFinAcked) == tcpFinSent {
 		c.setState(c.state&^tcpFinSent, "FIN to be sent again")
 		if c.state&tcpHostEOF != 0 && c.sndUna == c.finSeq {

@@ -28,7 +28,7 @@ type tcpSock struct {
 	armed   atomic.Uint32 // events the owner waits for
 	// owner is the flow the socket belongs to, for the harvester to run
 	// it inline (inline.go); nil until set, then never changed.
-	Owner atomic.Pointer[tcpConn]
+	owner atomic.Pointer[tcpConn]
 
 	// peekOff says whether the kernel keeps our peek offset (SO_PEEK_OFF
 	// on TCP, Linux 6.10+). Without it every peek starts at the head of
@@ -64,11 +64,11 @@ var tcpNoPeekOff bool
 // registered with tp's poller at once; otherwise the caller calls
 // register (an outbound socket, once connect is under way: an unconnected
 // socket reports a hang-up that would read as "connected").
-func NewSock(tp *Protocol, fd int, later bool) (*tcpSock, error) {
+func newSock(tp *Protocol, fd int, later bool) (*tcpSock, error) {
 	s := &tcpSock{fd: fd, poll: tp.poll, slot: -1, wake: make(chan struct{}, 1)}
 	s.peekOff = !tcpNoPeekOff && nbsys.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_PEEK_OFF, 0) == 0
 	if !later {
-		if err := s.RegisterFlow(); err != nil {
+		if err := s.register(); err != nil {
 			return nil, err
 		}
 	}
@@ -76,7 +76,7 @@ func NewSock(tp *Protocol, fd int, later bool) (*tcpSock, error) {
 }
 
 // register adds the socket to its poller.
-func (s *tcpSock) RegisterFlow() error {
+func (s *tcpSock) register() error {
 	slot, err := s.poll.Add(s.fd, s, poll.Events)
 	s.slot = slot
 	return err

@@ -79,7 +79,7 @@ const (
 var tcpStateNames = []string{"CONNECTING", "SYN_SENT", "SYN_RCVD", "ESTABLISHED",
 	"GUEST_FIN", "SOCK_SHUT", "HOST_EOF", "FIN_SENT", "FIN_ACKED", "CLOSED"}
 
-func StateString(s uint16) string {
+func stateString(s uint16) string {
 	var b strings.Builder
 	for i, n := range tcpStateNames {
 		if s&(1<<i) != 0 {
@@ -145,7 +145,7 @@ type tcpConn struct {
 	h       *actors.Handle
 	key     actors.Key
 	inbound bool
-	Sock    *tcpSock
+	sock    *tcpSock
 	tmpl    tcpTemplate
 	state   uint16
 	linkMTU int
@@ -210,8 +210,8 @@ type tcpConn struct {
 
 	// Limits (limits.go): descriptors taken from the budget, to give back
 	// at the end, and whether the flow counts as a pending connect.
-	FDs            int
-	FDKind         int
+	fds            int
+	fdKind         int
 	pendingConnect bool
 
 	frames [tcpMaxIov]*link.Frame
@@ -272,9 +272,9 @@ func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
 		return nil
 	}
 	h := actors.NewHandle(k)
-	h.StateName = StateString
-	c := NewConn(p, h, k, false)
-	c.FDs, c.FDKind, c.pendingConnect = actors.FDsTCP, actors.FDGuestTCP, true
+	h.StateName = stateString
+	c := newConn(p, h, k, false)
+	c.fds, c.fdKind, c.pendingConnect = actors.FDsTCP, actors.FDGuestTCP, true
 	env.Stats.TCPFlows.Add(1)
 	env.Stats.TCPOpened.Add(1)
 	go c.runOutbound(f)
@@ -293,7 +293,7 @@ func (c *tcpConn) connectDone() {
 	}
 }
 
-func NewConn(p *Protocol, h *actors.Handle, k actors.Key, inbound bool) *tcpConn {
+func newConn(p *Protocol, h *actors.Handle, k actors.Key, inbound bool) *tcpConn {
 	env := p.env
 	c := &tcpConn{p: p, env: env, h: h, key: k, inbound: inbound, rto: tcpRTOInit, rcvWS: -1, winCap: actors.TCPInitWindow}
 	c.tmpl.init(env.Peer.OurMAC, k.Far, k.Guest)
@@ -379,7 +379,7 @@ func (c *tcpConn) runOutbound(syn *link.Frame) {
 
 // runInbound is the actor of a connection accepted on a forwarder: it puts
 // itself into the flow table, then opens the connection to the guest.
-func (c *tcpConn) RunInbound() {
+func (c *tcpConn) runInbound() {
 	defer c.finish()
 	c.timer = time.NewTimer(time.Hour)
 	// Not yet established, so nobody runs the flow inline while the
@@ -389,7 +389,7 @@ func (c *tcpConn) RunInbound() {
 	ok := c.env.RegisterFlow(c.h)
 	c.gate.Enter()
 	if !ok {
-		c.Sock.Close(true)
+		c.sock.Close(true)
 		c.closeReason = "shutting down"
 		c.setState(tcpClosed, c.closeReason)
 		return
@@ -410,7 +410,7 @@ func (c *tcpConn) loop() {
 	for c.state&tcpClosed == 0 {
 		c.publish()
 		c.armTimer()
-		wake := c.Sock.wake // c.sock may change once gate is released
+		wake := c.sock.wake // c.sock may change once gate is released
 		c.gate.Leave()
 		select {
 		case f := <-c.h.In:
@@ -440,7 +440,7 @@ func (c *tcpConn) loop() {
 
 // onSocket handles the socket events the poller reported.
 func (c *tcpConn) onSocket() {
-	ev := c.Sock.fired()
+	ev := c.sock.fired()
 	c.now = time.Now()
 	if ev&sockReadable != 0 {
 		c.lastAct = c.now
@@ -663,11 +663,11 @@ func (c *tcpConn) closeFlow(reason string, reset bool) {
 	}
 	if c.env.Log.IsLevelEnabled(logrus.DebugLevel) || reset && reason != "shutting down" {
 		lvl := logrus.DebugLevel
-		c.log().Logf(lvl, "%s in %s", reason, StateString(c.state))
+		c.log().Logf(lvl, "%s in %s", reason, stateString(c.state))
 	}
-	if c.Sock != nil {
-		c.Sock.Close(reset)
-		c.Sock = nil
+	if c.sock != nil {
+		c.sock.Close(reset)
+		c.sock = nil
 	}
 	c.closeReason = reason
 	c.setState(c.state|tcpClosed, reason)
@@ -680,9 +680,9 @@ func (c *tcpConn) finish() {
 	if r := recover(); r != nil {
 		c.crashed(r)
 	}
-	if c.Sock != nil {
-		c.Sock.Close(true)
-		c.Sock = nil
+	if c.sock != nil {
+		c.sock.Close(true)
+		c.sock = nil
 	}
 	for _, s := range c.pend {
 		s.f.Release()
@@ -698,8 +698,8 @@ func (c *tcpConn) finish() {
 		c.timer.Stop()
 	}
 	c.connectDone()
-	c.env.Limits.GiveFDs(c.FDKind, c.FDs)
-	c.FDs = 0
+	c.env.Limits.GiveFDs(c.fdKind, c.fds)
+	c.fds = 0
 	c.publish()
 	c.traceEnd()
 	c.env.Stats.TCPFlows.Add(-1)
@@ -722,9 +722,9 @@ func (c *tcpConn) crashed(r any) {
 			c.sendRST()
 		}
 	}()
-	if c.Sock != nil {
-		c.Sock.Close(true)
-		c.Sock = nil
+	if c.sock != nil {
+		c.sock.Close(true)
+		c.sock = nil
 	}
 	c.closeReason = "crashed: " + fmt.Sprint(r)
 	c.state |= tcpClosed
@@ -763,13 +763,13 @@ func (c *tcpConn) connect() error {
 		nbsys.Close(fd)
 		return err
 	}
-	s, err := NewSock(c.p, fd, true)
+	s, err := newSock(c.p, fd, true)
 	if err != nil {
 		nbsys.Close(fd)
 		return err
 	}
-	c.Sock = s
-	s.Owner.Store(c)
+	c.sock = s
+	s.owner.Store(c)
 	var sa unix.RawSockaddrInet6
 	salen := sockutil.PutSockaddr(&sa, dst)
 	if e := nbsys.Connect(fd, unsafe.Pointer(&sa), salen); e != 0 {
@@ -777,7 +777,7 @@ func (c *tcpConn) connect() error {
 	}
 	if err == nil || err == unix.EINPROGRESS {
 		// Registered only now: see NewSock.
-		if rerr := s.RegisterFlow(); rerr != nil {
+		if rerr := s.register(); rerr != nil {
 			err = rerr
 		}
 	}
@@ -797,11 +797,11 @@ func (c *tcpConn) connect() error {
 			c.onConnected()
 			return nil
 		}
-		c.Sock.arm(sockWritable)
+		c.sock.arm(sockWritable)
 		return nil
 	}
 	s.Close(false)
-	c.Sock = nil
+	c.sock = nil
 	return err
 }
 
@@ -836,14 +836,14 @@ func (c *tcpConn) onConnected() {
 
 func (c *tcpConn) onWritable() {
 	if c.state&tcpConnecting != 0 {
-		if err := c.Sock.soError(); err != nil {
+		if err := c.sock.soError(); err != nil {
 			c.debugf("connect: %v", err)
 			c.sendRST()
 			c.closeFlow("connect: "+err.Error(), false)
 			return
 		}
-		if !nbsys.Connected(c.Sock.fd) {
-			c.Sock.arm(sockWritable) // not connected yet: a spurious event
+		if !nbsys.Connected(c.sock.fd) {
+			c.sock.arm(sockWritable) // not connected yet: a spurious event
 			return
 		}
 		c.onConnected()
@@ -874,7 +874,7 @@ func (c *tcpConn) establish(cause string) {
 	c.rto = tcpRTOInit
 	c.sndUna, c.sndNxt, c.sndHigh = c.iss+1, c.iss+1, c.iss+1
 	c.sockData = true
-	c.sndbuf = c.Sock.getInt(unix.SOL_SOCKET, unix.SO_SNDBUF)
+	c.sndbuf = c.sock.getInt(unix.SOL_SOCKET, unix.SO_SNDBUF)
 }
 
 // onFrame handles one segment from the guest.
@@ -969,7 +969,7 @@ func (c *tcpConn) onRST(th wire.TCP) {
 			return
 		}
 	}
-	c.tracef(func() string { return "reset by the guest in " + StateString(c.state) })
+	c.tracef(func() string { return "reset by the guest in " + stateString(c.state) })
 	if c.state&(tcpConnecting|tcpSynRcvd) != 0 {
 		c.closeFlow("reset by guest during handshake", false)
 		return
@@ -1122,20 +1122,20 @@ func (c *tcpConn) hostError(op string, err error) {
 // gives the descriptors back.
 func (p *Protocol) StartInbound(k actors.Key, fd int) {
 	env := p.env
-	s, err := NewSock(p, fd, false)
+	s, err := newSock(p, fd, false)
 	if err != nil {
 		env.Limits.GiveFDs(actors.FDInbound, actors.FDsTCP)
 		unix.Close(fd)
 		return
 	}
 	h := actors.NewHandle(k)
-	h.StateName = StateString
+	h.StateName = stateString
 	h.Inbound = true
-	c := NewConn(p, h, k, true)
-	c.FDs, c.FDKind = actors.FDsTCP, actors.FDInbound
-	c.Sock = s
-	s.Owner.Store(c)
+	c := newConn(p, h, k, true)
+	c.fds, c.fdKind = actors.FDsTCP, actors.FDInbound
+	c.sock = s
+	s.owner.Store(c)
 	env.Stats.TCPFlows.Add(1)
 	env.Stats.TCPOpened.Add(1)
-	go c.RunInbound()
+	go c.runInbound()
 }

@@ -21,7 +21,7 @@ import (
 
 // Outbound handshake, data both ways, guest closes first, then the host.
 func TestTCPOutboundGuestClosesFirst(t *testing.T) {
-	te := NewTestEnv(t)
+	te := newTestEnv(t)
 	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
 	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 1000)
 	sa := g.connect()
@@ -80,7 +80,7 @@ func TestTCPOutboundHostClosesFirst(t *testing.T) {
 }
 
 func TestTCPRefused(t *testing.T) {
-	te := NewTestEnv(t)
+	te := newTestEnv(t)
 	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
 	port := srv.Port()
 	srv.Ln.Close()
@@ -92,26 +92,26 @@ func TestTCPRefused(t *testing.T) {
 		t.Errorf("RST after %v", el)
 	}
 	if !s.has(wire.TCPRst|wire.TCPAck) || s.ack != g.iss+1 {
-		t.Fatalf("want RST,ACK acking %d, got %#x ack %d", g.iss+1, s.Flags, s.ack)
+		t.Fatalf("want RST,ACK acking %d, got %#x ack %d", g.iss+1, s.flags, s.ack)
 	}
 	te.waitEnded(g.h)
 }
 
 func TestTCPUnknownFlowGetsRST(t *testing.T) {
-	te := NewTestEnv(t)
+	te := newTestEnv(t)
 	g := newGuest(te, netip.AddrPortFrom(testGW4, 9), 4000)
 	if h := te.TCP.Start(g.k, buildFrame(g.k, wire.TCPAck, 5, 777, 100, nil, []byte("x"))); h != nil {
 		t.Fatal("StartTCP started a flow for a stray ACK")
 	}
 	s := te.next(time.Second)
 	if !s.has(wire.TCPRst) || s.seq != 777 {
-		t.Fatalf("want RST seq 777, got %#x seq %d", s.Flags, s.seq)
+		t.Fatalf("want RST seq 777, got %#x seq %d", s.flags, s.seq)
 	}
 	if h := te.TCP.Start(g.k, buildFrame(g.k, wire.TCPRst, 5, 0, 0, nil, nil)); h != nil {
 		t.Fatal("StartTCP started a flow for a RST")
 	}
-	if s, ok := te.TryNext(100 * time.Millisecond); ok {
-		t.Fatalf("answered a RST with %#x", s.Flags)
+	if s, ok := te.tryNext(100 * time.Millisecond); ok {
+		t.Fatalf("answered a RST with %#x", s.flags)
 	}
 }
 
@@ -124,7 +124,7 @@ func bulk(t *testing.T, network, addr string, far netip.Addr, n int) {
 // bulkWith is bulk, with every guest frame offered to the flow to run
 // inline first if inline is set; it returns the guest.
 func bulkWith(t *testing.T, network, addr string, far netip.Addr, n int, inline bool) *guest {
-	te := NewTestEnv(t)
+	te := newTestEnv(t)
 	old := tcpISNFunc
 	tcpISNFunc = func(l, r netip.AddrPort) uint32 { return 0xffffffff - 100000 }
 	t.Cleanup(func() { tcpISNFunc = old })
@@ -169,7 +169,7 @@ func TestTCPBulkWrapV6(t *testing.T) { bulk(t, "tcp6", "[::1]:0", testGW6, 8<<20
 
 // A zero window from the guest stops data; opening it restarts it.
 func TestTCPGuestZeroWindow(t *testing.T) {
-	te := NewTestEnv(t)
+	te := newTestEnv(t)
 	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
 	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 5000)
 	g.wnd = 0
@@ -177,7 +177,7 @@ func TestTCPGuestZeroWindow(t *testing.T) {
 	sc := srv.Accept(t)
 	sc.Write([]byte("data"))
 	// Nothing may come but, after a while, a window probe.
-	if s, ok := te.TryNext(300 * time.Millisecond); ok && len(s.data) > 0 {
+	if s, ok := te.tryNext(300 * time.Millisecond); ok && len(s.data) > 0 {
 		t.Fatalf("data sent into a zero window")
 	}
 	g.wnd = 0xffff
@@ -305,7 +305,7 @@ func TestTCPGuestReset(t *testing.T) {
 // reset. The host server has already accepted the connection: it must see
 // it closed (EOF), not reset, which it would report as an error.
 func TestTCPGuestResetInHandshake(t *testing.T) {
-	te := NewTestEnv(t)
+	te := newTestEnv(t)
 	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
 	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 9100)
 	g.h = te.TCP.Start(g.k, buildFrame(g.k, wire.TCPSyn, g.iss, 0, 0xffff, synOpts(65480, g.ws), nil))
@@ -314,7 +314,7 @@ func TestTCPGuestResetInHandshake(t *testing.T) {
 	}
 	sa := te.next(5 * time.Second)
 	if !sa.has(wire.TCPSyn|wire.TCPAck) || sa.ack != g.iss+1 {
-		t.Fatalf("expected SYN,ACK acking %d, got flags %#x ack %d", g.iss+1, sa.Flags, sa.ack)
+		t.Fatalf("expected SYN,ACK acking %d, got flags %#x ack %d", g.iss+1, sa.flags, sa.ack)
 	}
 	sc := srv.Accept(t)
 	// What Linux sends for a segment to a socket that no longer exists:
@@ -326,8 +326,8 @@ func TestTCPGuestResetInHandshake(t *testing.T) {
 		t.Fatalf("server read: %d, %v, want EOF", n, err)
 	}
 	te.waitEnded(g.h)
-	if s, ok := te.TryNext(200 * time.Millisecond); ok {
-		t.Fatalf("answered the guest's reset with %#x", s.Flags)
+	if s, ok := te.tryNext(200 * time.Millisecond); ok {
+		t.Fatalf("answered the guest's reset with %#x", s.flags)
 	}
 }
 
@@ -352,7 +352,7 @@ func TestTCPPanicResetsOnlyThatFlow(t *testing.T) { panicResetsOnlyThatFlow(t, f
 // dispatcher's) if inline is set: that flow alone is reset, the panic
 // counted once, and the other flow still carries data.
 func panicResetsOnlyThatFlow(t *testing.T, inline bool) {
-	te := NewTestEnv(t)
+	te := newTestEnv(t)
 	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
 	bad := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 11000)
 	good := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 12001)
@@ -373,17 +373,17 @@ func panicResetsOnlyThatFlow(t *testing.T, inline bool) {
 		// until the flow is idle, so that the data runs inline.
 		waitIdle(t, bad)
 	}
-	panics := te.Env.Stats.Panics.Load()
+	panics := te.env.Stats.Panics.Load()
 	bad.send(wire.TCPPsh, []byte("boom"))
 	if inline && bad.direct == 0 {
 		t.Fatal("the segment did not run inline")
 	}
 	s := te.next(5 * time.Second)
 	if !s.has(wire.TCPRst) || s.dst != bad.k.Guest {
-		t.Fatalf("expected RST to the panicking flow, got %#x to %v", s.Flags, s.dst)
+		t.Fatalf("expected RST to the panicking flow, got %#x to %v", s.flags, s.dst)
 	}
 	te.waitEnded(bad.h)
-	if n := te.Env.Stats.Panics.Load() - panics; n != 1 {
+	if n := te.env.Stats.Panics.Load() - panics; n != 1 {
 		t.Fatalf("Panics = %d", n)
 	}
 	good.send(wire.TCPPsh, []byte("fine"))
@@ -434,7 +434,7 @@ func TestSeqArithmetic(t *testing.T) {
 
 // inbound accepts a host client on a -t forward and runs it to the guest.
 func inbound(t *testing.T, network, bind string, gw netip.Addr) {
-	te := NewTestEnv(t)
+	te := newTestEnv(t)
 	ln, err := net.Listen(network, net.JoinHostPort(bind, "0"))
 	if err != nil {
 		t.Skipf("listen %s %s: %v", network, bind, err)
@@ -463,7 +463,7 @@ func inbound(t *testing.T, network, bind string, gw netip.Addr) {
 	if err := unix.SetNonblock(fd, true); err != nil {
 		t.Fatal(err)
 	}
-	far, _ := te.Env.NAT.Inbound(cl.LocalAddr().(*net.TCPAddr).AddrPort())
+	far, _ := te.env.NAT.Inbound(cl.LocalAddr().(*net.TCPAddr).AddrPort())
 	ga := testGuest4
 	if network == "tcp6" {
 		ga = testGuest6
@@ -471,14 +471,14 @@ func inbound(t *testing.T, network, bind string, gw netip.Addr) {
 	te.TCP.StartInbound(actors.Key{Proto: wire.ProtoTCP, Guest: netip.AddrPortFrom(ga, 8080), Far: far}, fd)
 	var h *actors.Handle
 	select {
-	case h = <-te.Register:
+	case h = <-te.register:
 	case <-time.After(5 * time.Second):
 		t.Fatal("no flow registered")
 	}
 	syn := te.next(5 * time.Second)
 	cport := uint16(cl.LocalAddr().(*net.TCPAddr).Port)
 	if !syn.has(wire.TCPSyn) || syn.has(wire.TCPAck) || syn.src != netip.AddrPortFrom(gw, cport) || syn.dst.Port() != 8080 {
-		t.Fatalf("SYN %#x %v -> %v, want from %v:%d to port 8080", syn.Flags, syn.src, syn.dst, gw, cport)
+		t.Fatalf("SYN %#x %v -> %v, want from %v:%d to port 8080", syn.flags, syn.src, syn.dst, gw, cport)
 	}
 	if syn.opts.MSS == 0 || syn.opts.WScale < 0 {
 		t.Fatalf("SYN options %+v", syn.opts)
@@ -491,7 +491,7 @@ func inbound(t *testing.T, network, bind string, gw netip.Addr) {
 	g.input(buildFrame(g.k, wire.TCPSyn|wire.TCPAck, 77, syn.seq+1, 0xffff, synOpts(65480, 7), nil))
 	a := te.next(5 * time.Second)
 	if a.ack != 78 || !a.has(wire.TCPAck) {
-		t.Fatalf("handshake ACK %#x ack %d", a.Flags, a.ack)
+		t.Fatalf("handshake ACK %#x ack %d", a.flags, a.ack)
 	}
 	g.peerWnd = uint32(a.win) << g.peerWS
 	cl.Write([]byte("ping"))

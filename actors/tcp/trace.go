@@ -158,9 +158,9 @@ func (c *tcpConn) traceEnd() {
 func stateChange(from, to uint16) string {
 	switch {
 	case from != 0 && to&from == from:
-		return "state +" + StateString(to&^from)
+		return "state +" + stateString(to&^from)
 	case to != 0 && from&to == to:
-		return "state -" + StateString(from&^to)
+		return "state -" + stateString(from&^to)
 	}
-	return "state " + StateString(from) + " -> " + StateString(to)
+	return "state " + stateString(from) + " -> " + stateString(to)
 }

@@ -21,11 +21,11 @@ import (
 func TestTCPTraceAndStats(t *testing.T) {
 	for _, inline := range []bool{false, true} {
 		t.Run(map[bool]string{false: "actor", true: "inline"}[inline], func(t *testing.T) {
-			te := NewTestEnv(t)
-			te.Env.Trace = &flowtrace.Hub{}
+			te := newTestEnv(t)
+			te.env.Trace = &flowtrace.Hub{}
 			srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
-			sub := te.Env.Trace.Subscribe(flowtrace.Filter{Proto: 6, Port: srv.Port()}, 10000)
-			other := te.Env.Trace.Subscribe(flowtrace.Filter{Port: 1}, 100)
+			sub := te.env.Trace.Subscribe(flowtrace.Filter{Proto: 6, Port: srv.Port()}, 10000)
+			other := te.env.Trace.Subscribe(flowtrace.Filter{Port: 1}, 100)
 			defer sub.Close()
 			defer other.Close()
 			g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 1000)
@@ -106,13 +106,13 @@ func TestTCPTraceAndStats(t *testing.T) {
 
 // The trace of a retransmission says so, and the counter counts it.
 func TestTCPTraceRetransmit(t *testing.T) {
-	te := NewTestEnv(t)
-	te.Env.Trace = &flowtrace.Hub{}
+	te := newTestEnv(t)
+	te.env.Trace = &flowtrace.Hub{}
 	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
 	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 5000)
 	g.connect()
 	sc := srv.Accept(t)
-	sub := te.Env.Trace.Subscribe(flowtrace.Filter{}, 1000)
+	sub := te.env.Trace.Subscribe(flowtrace.Filter{}, 1000)
 	defer sub.Close()
 	if _, err := sc.Write([]byte("lost")); err != nil {
 		t.Fatal(err)
@@ -142,10 +142,10 @@ func TestTCPTraceRetransmit(t *testing.T) {
 
 // --trace (the log at trace level) gets the same lines, with the flow.
 func TestTCPTraceLog(t *testing.T) {
-	te := NewTestEnv(t)
+	te := newTestEnv(t)
 	var buf syncBuf
-	te.Env.Log.SetOutput(&buf)
-	te.Env.Log.SetLevel(logrus.TraceLevel)
+	te.env.Log.SetOutput(&buf)
+	te.env.Log.SetLevel(logrus.TraceLevel)
 	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
 	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 1000)
 	g.connect()

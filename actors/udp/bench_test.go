@@ -71,8 +71,8 @@ func BenchmarkUDPRoundTrip(b *testing.B) {
 				<-dev.written
 			}
 			b.StopTimer()
-			if proto.Stats.SendDropped.Load() != 0 {
-				b.Fatalf("dropped %d", proto.Stats.SendDropped.Load())
+			if proto.stats.SendDropped.Load() != 0 {
+				b.Fatalf("dropped %d", proto.stats.SendDropped.Load())
 			}
 		})
 	}

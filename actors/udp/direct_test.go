@@ -42,7 +42,7 @@ func TestUDPDirectOrder(t *testing.T) {
 	guest := netip.AddrPortFrom(actorstest.Guest4, actorstest.FreeUDPPort(t, "127.0.0.1:0"))
 	const n = 300
 	pl := func(i int) []byte { return []byte(fmt.Sprintf("datagram %04d", i)) }
-	direct0 := proto.Stats.Direct.Load()
+	direct0 := proto.stats.Direct.Load()
 	h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, pl(0)))
 	if h == nil || h.Direct == nil {
 		t.Fatal("no UDP handle with Direct")
@@ -74,7 +74,7 @@ func TestUDPDirectOrder(t *testing.T) {
 			t.Fatalf("datagram %d never came", i)
 		}
 	}
-	if d := proto.Stats.Direct.Load() - direct0; d == 0 {
+	if d := proto.stats.Direct.Load() - direct0; d == 0 {
 		t.Fatalf("nothing sent directly (%d declined)", declined)
 	}
 }

@@ -67,12 +67,12 @@ func (pr *Protocol) NewListenerBinding(spec conf.PortSpec, toAddr netip.Addr, p,
 func (b *Binding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) (fl *udpFlow, isNew bool) {
 	if b.env.Opts.SpliceOnly {
 		// No tap to take it to (loopback clients were relayed before).
-		b.p.Stats.SpliceOnlyRefused.Add(1)
+		b.p.stats.SpliceOnlyRefused.Add(1)
 		return nil, false
 	}
 	far, ok := b.env.NAT.Inbound(src)
 	if !ok {
-		b.p.Stats.Unmappable.Add(1)
+		b.p.stats.Unmappable.Add(1)
 		return nil, false
 	}
 	ga := b.fwdAddr
@@ -80,7 +80,7 @@ func (b *Binding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) (fl
 		ga = guestAddr(b.env, b.v6)
 	}
 	if !ga.IsValid() || ga.Is6() != far.Addr().Is6() {
-		b.p.Stats.Unmappable.Add(1)
+		b.p.stats.Unmappable.Add(1)
 		return nil, false
 	}
 	k := actors.Key{Proto: wire.ProtoUDP, Guest: netip.AddrPortFrom(ga, b.fwdPort), Far: far}

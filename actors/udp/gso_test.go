@@ -67,7 +67,7 @@ func TestUDPSegmentation(t *testing.T) {
 	const perBurst = 200
 	var want [2][][]byte
 	hs := [2]*actors.Handle{}
-	before := proto.Stats.Segmented.Load()
+	before := proto.stats.Segmented.Load()
 	for burst := 0; burst < 5; burst++ {
 		for i := range perBurst {
 			fl := flowOf(i)
@@ -83,7 +83,7 @@ func TestUDPSegmentation(t *testing.T) {
 			}
 			actorstest.Put(t, hs[fl], f)
 		}
-		if burst >= 1 && proto.Stats.Segmented.Load() > before {
+		if burst >= 1 && proto.stats.Segmented.Load() > before {
 			break // the coalescing path ran; enough
 		}
 	}
@@ -103,7 +103,7 @@ func TestUDPSegmentation(t *testing.T) {
 			}
 		}
 	}
-	if proto.Stats.Segmented.Load() == before {
+	if proto.stats.Segmented.Load() == before {
 		t.Fatal("no datagram went out in a segmented message: the test did not exercise coalescing")
 	}
 }

@@ -24,7 +24,7 @@ func TestUDPBindingBudget(t *testing.T) {
 	g2 := netip.AddrPortFrom(actorstest.Guest4, actorstest.FreeUDPPort(t, "127.0.0.1:0"))
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
 	far2 := netip.AddrPortFrom(actorstest.GW4, echo2.Port())
-	refused := proto.Stats.BindingsRefused.Load()
+	refused := proto.stats.BindingsRefused.Load()
 	if proto.Start(actorstest.UDPKey(g1, far), actorstest.GuestUDP(t, g1, far, []byte("a"))) == nil {
 		t.Fatal("first binding refused")
 	}
@@ -32,7 +32,7 @@ func TestUDPBindingBudget(t *testing.T) {
 	if proto.Start(actorstest.UDPKey(g2, far), actorstest.GuestUDP(t, g2, far, []byte("b"))) != nil {
 		t.Fatal("a second binding beyond the budget of one")
 	}
-	if n := proto.Stats.BindingsRefused.Load() - refused; n != 1 {
+	if n := proto.stats.BindingsRefused.Load() - refused; n != 1 {
 		t.Errorf("bindings refused: %d", n)
 	}
 	if proto.Start(actorstest.UDPKey(g1, far2), actorstest.GuestUDP(t, g1, far2, []byte("c"))) == nil {

@@ -202,7 +202,7 @@ func TestUDPErrorsFullLinkNoWait(t *testing.T) {
 	closed := actorstest.FreeUDPPort(t, "127.0.0.1:0")
 	guest := netip.AddrPortFrom(actorstest.Guest4, actorstest.FreeUDPPort(t, "127.0.0.1:0"))
 	far := netip.AddrPortFrom(actorstest.GW4, closed)
-	errs0 := proto.Stats.ICMPErrors.Load()
+	errs0 := proto.stats.ICMPErrors.Load()
 	h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("one")))
 	if h == nil {
 		t.Fatal("no handle")
@@ -210,7 +210,7 @@ func TestUDPErrorsFullLinkNoWait(t *testing.T) {
 	// The port unreachable reaches the receiver, which now waits for
 	// room in the Writer's queue.
 	deadline := time.Now().Add(3 * time.Second)
-	for proto.Stats.ICMPErrors.Load() == errs0 {
+	for proto.stats.ICMPErrors.Load() == errs0 {
 		if time.Now().After(deadline) {
 			t.Fatal("no ICMP error for a datagram to a closed port")
 		}
@@ -220,7 +220,7 @@ func TestUDPErrorsFullLinkNoWait(t *testing.T) {
 
 	// This send makes another port unreachable, which the receiver
 	// cannot read: it is busy. The next send finds it pending.
-	sent0 := proto.Stats.Sent.Load()
+	sent0 := proto.stats.Sent.Load()
 	if !directWithin(t, cancel, h, actorstest.GuestUDP(t, guest, far, []byte("two")), 3*time.Second) {
 		t.Fatal("Direct declined a datagram for an idle binding")
 	}
@@ -228,7 +228,7 @@ func TestUDPErrorsFullLinkNoWait(t *testing.T) {
 	if !directWithin(t, cancel, h, actorstest.GuestUDP(t, guest, far, []byte("three")), 3*time.Second) {
 		t.Fatal("Direct declined a datagram for an idle binding")
 	}
-	if got := proto.Stats.Sent.Load() - sent0; got != 2 {
+	if got := proto.stats.Sent.Load() - sent0; got != 2 {
 		t.Fatalf("%d datagrams sent directly, want 2", got)
 	}
 	if full.Dropped.Load() == 0 {

@@ -21,7 +21,7 @@ type Protocol struct {
 	}
 
 	// Stats are the counters of this daemon's UDP flows.
-	Stats Counters
+	stats counters
 
 	// socketLog rate-limits the warnings about host sockets a new
 	// binding could not have: out of descriptors, they would come once a

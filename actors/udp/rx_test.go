@@ -66,7 +66,7 @@ func TestUDPReceiveBurst(t *testing.T) {
 				t.Fatal(err)
 			}
 
-			before := proto.Stats.Received.Load()
+			before := proto.stats.Received.Load()
 			const rounds, burst = 3, 400
 			seq := 0
 			for r := 0; r < rounds; r++ {
@@ -96,7 +96,7 @@ func TestUDPReceiveBurst(t *testing.T) {
 				seq += burst
 			}
 			te.NoGuestFrame(t, 50*time.Millisecond)
-			if got := proto.Stats.Received.Load() - before; got != rounds*burst {
+			if got := proto.stats.Received.Load() - before; got != rounds*burst {
 				t.Fatalf("Received counted %d datagrams, want %d", got, rounds*burst)
 			}
 		})

@@ -4,7 +4,7 @@ import "sync/atomic"
 
 // Counters count what the UDP actors of one daemon (Protocol.Stats) did
 // and dropped, for logs and tests.
-type Counters struct {
+type counters struct {
 	// Sent and Received count datagrams guest -> host and host -> guest.
 	Sent, Received atomic.Uint64
 	// Malformed counts guest datagrams that could not be parsed or matched
@@ -46,7 +46,7 @@ type Counters struct {
 
 // AddStats adds the UDP counters to m, by the names the statistics log uses.
 func (p *Protocol) AddStats(m map[string]uint64) {
-	s := &p.Stats
+	s := &p.stats
 	m["udp_bindings"] = uint64(max(s.Bindings.Load(), 0))
 	m["udp_bindings_refused"] = s.BindingsRefused.Load()
 	m["udp_sent"] = s.Sent.Load()

@@ -12,7 +12,7 @@ func TestStatsSnapshot(t *testing.T) {
 	env := &actors.Env{}
 	env.Stats.UDPFlows.Add(2)
 	proto := New(env)
-	proto.Stats.InboxDropped.Add(3)
+	proto.stats.InboxDropped.Add(3)
 	m := actors.StatsSnapshot(env)
 	proto.AddStats(m)
 	if m["udp_flows"] != 2 || m["udp_inbox_dropped"] != 3 {

@@ -179,7 +179,7 @@ func newBinding(p *Protocol, v6 bool, sock *sockutil.DgramSock) *Binding {
 	timeout := env.Opts.UDPTimeout
 	b := &Binding{
 		p: p, env: env, Sock: sock, v6: v6, timeout: timeout,
-		in:         actors.NewBudgetInbox(env, InboxLimit, env.Opts.FlowBuffer),
+		in:         actors.NewBudgetInbox(env, inboxLimit, env.Opts.FlowBuffer),
 		flows:      make(map[actors.Key]*udpFlow),
 		byHost:     make(map[netip.AddrPort]*udpFlow),
 		maxPayload: maxUDPPayload(env, v6),
@@ -202,7 +202,7 @@ func newBinding(p *Protocol, v6 bool, sock *sockutil.DgramSock) *Binding {
 // that a binding's actor falling behind for a while, as it does on a
 // loaded machine, loses nothing the rest of the path would have kept.
 // Memory is only taken while the backlog exists (see Inbox).
-const InboxLimit = 4096
+const inboxLimit = 4096
 
 // Start is called by the dispatcher for a UDP datagram from the guest
 // that matches no flow; see actors.Protocol for the contract. The returned
@@ -215,7 +215,7 @@ func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
 		return nil
 	}
 	if !k.Guest.IsValid() || !k.Far.IsValid() || k.Guest.Addr().Is4() != k.Far.Addr().Is4() {
-		p.Stats.Malformed.Add(1)
+		p.stats.Malformed.Add(1)
 		f.Release()
 		return nil
 	}
@@ -224,7 +224,7 @@ func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
 	if b == nil {
 		if !env.Limits.TakeFDs(actors.FDGuestDgram, actors.FDsUDP) {
 			reg.Unlock()
-			p.Stats.BindingsRefused.Add(1)
+			p.stats.BindingsRefused.Add(1)
 			p.socketLog.Warnf(env.FlowLog(k), "udp: descriptor budget spent (%d), dropping datagrams of new flows", env.Limits.FDMax.Load())
 			f.Release()
 			return nil
@@ -234,12 +234,12 @@ func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
 		if err != nil {
 			reg.Unlock()
 			env.Limits.GiveFDs(actors.FDGuestDgram, actors.FDsUDP)
-			p.Stats.SocketErrors.Add(1)
+			p.stats.SocketErrors.Add(1)
 			p.socketLog.Warnf(env.FlowLog(k).WithError(err), "udp: cannot open host socket: %v", err)
 			f.Release()
 			return nil
 		}
-		p.Stats.Bindings.Add(1)
+		p.stats.Bindings.Add(1)
 		reg.m[k.Guest] = b
 		go b.Run()
 	}
@@ -247,7 +247,7 @@ func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
 	b.pending = append(b.pending, h)
 	reg.Unlock()
 	if !h.Offer(f) {
-		p.Stats.InboxDropped.Add(1)
+		p.stats.InboxDropped.Add(1)
 		f.Release()
 	}
 	return h
@@ -294,7 +294,7 @@ func newOutboundBinding(p *Protocol, guest netip.AddrPort) (*Binding, error) {
 	b.Done = env.Ctx.Done()
 	b.log = env.Log.WithField("udp", guest.String())
 	if hp := sockutil.LocalPort(sock.FD); hp != guest.Port() {
-		p.Stats.PortTranslated.Add(1)
+		p.stats.PortTranslated.Add(1)
 		b.log.WithField("host_port", hp).Debug("udp: guest port busy on the host, using another")
 	}
 	return b, nil
@@ -415,7 +415,7 @@ func (b *Binding) addFlow(k actors.Key, host netip.AddrPort, now int64) *udpFlow
 // the actor. Telling the dispatcher here would break the lock rule (see
 // the package comment): sendDirect waits for mu on the dispatcher's
 // goroutine, so a full Env.Ended would stop both for good.
-func (b *Binding) EndFlow(fl *udpFlow) {
+func (b *Binding) endFlow(fl *udpFlow) {
 	delete(b.flows, fl.key)
 	if b.byHost[fl.host] == fl {
 		delete(b.byHost, fl.host)
@@ -446,7 +446,7 @@ func (b *Binding) sweep() bool {
 	now := sockutil.MonoNow()
 	for _, fl := range b.flows {
 		if now-fl.last >= int64(b.timeout) {
-			b.EndFlow(fl)
+			b.endFlow(fl)
 		}
 	}
 	nflows := len(b.flows)
@@ -505,7 +505,7 @@ func (b *Binding) shutdown() {
 		b.adopt()
 	}
 	for _, fl := range b.flows {
-		b.EndFlow(fl)
+		b.endFlow(fl)
 	}
 	b.mu.Unlock()
 	b.flushEnded()
@@ -519,7 +519,7 @@ func (b *Binding) shutdown() {
 	b.gate.Leave()
 	b.in.Drain()
 	if !b.inbound {
-		b.p.Stats.Bindings.Add(-1)
+		b.p.stats.Bindings.Add(-1)
 		b.env.Limits.GiveFDs(actors.FDGuestDgram, actors.FDsUDP)
 	}
 }
@@ -578,7 +578,7 @@ func (b *Binding) frameFlow(f *link.Frame, now int64) (*udpFlow, []byte) {
 		fl = b.addFlow(k, b.env.NAT.Outbound(k.Far), now)
 	}
 	if fl == nil {
-		b.p.Stats.NoFlow.Add(1)
+		b.p.stats.NoFlow.Add(1)
 		return nil, nil
 	}
 	return fl, d[f.L4+wire.UDPLen : f.L4+ulen]
@@ -636,7 +636,7 @@ func (b *Binding) sendDirect(f *link.Frame) (took bool) {
 	b.inline = true
 	b.one[0] = f
 	b.sendBatch(b.one[:]) // releases f
-	b.p.Stats.Direct.Add(1)
+	b.p.stats.Direct.Add(1)
 	return took
 }
 
@@ -673,7 +673,7 @@ func (b *Binding) sendBatch(frames []*link.Frame) {
 	for _, f := range frames {
 		fl, p := b.frameFlow(f, now)
 		if fl == nil {
-			b.p.Stats.Malformed.Add(1)
+			b.p.stats.Malformed.Add(1)
 			continue
 		}
 		fl.last = now
@@ -791,9 +791,9 @@ func (b *Binding) sendTx(d []udpDgram, n int) {
 		r, e := sockutil.Sendmmsg(b.Sock.FD, tx.hdrs[i:n])
 		if e == 0 {
 			for _, c := range tx.count[i : i+r] {
-				b.p.Stats.Sent.Add(uint64(c))
+				b.p.stats.Sent.Add(uint64(c))
 				if c > 1 {
-					b.p.Stats.Segmented.Add(uint64(c))
+					b.p.stats.Segmented.Add(uint64(c))
 				}
 			}
 			i += r
@@ -813,7 +813,7 @@ func (b *Binding) sendTx(d []udpDgram, n int) {
 		}
 		if e == unix.EAGAIN {
 			for _, c := range tx.count[i:n] {
-				b.p.Stats.SendDropped.Add(uint64(c))
+				b.p.stats.SendDropped.Add(uint64(c))
 			}
 			break
 		}
@@ -824,7 +824,7 @@ func (b *Binding) sendTx(d []udpDgram, n int) {
 			retried = true
 			continue
 		}
-		b.p.Stats.SendErrors.Add(uint64(tx.count[i]))
+		b.p.stats.SendErrors.Add(uint64(tx.count[i]))
 		i++
 		retried = false
 	}
@@ -905,7 +905,7 @@ func (b *Binding) receive() {
 				out = append(out, f)
 			}
 		}
-		b.p.Stats.Received.Add(uint64(len(out)))
+		b.p.stats.Received.Add(uint64(len(out)))
 		if !b.env.Out.SendBatchNow(b.env.Ctx, out) {
 			return
 		}
@@ -923,7 +923,7 @@ func (b *Binding) deliver(i int, now int64) *link.Frame {
 	rx := b.rx
 	h := &rx.hdrs[i]
 	if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
-		b.p.Stats.TooBig.Add(1)
+		b.p.stats.TooBig.Add(1)
 		return nil
 	}
 	n := int(h.Len)
@@ -964,7 +964,7 @@ func (b *Binding) deliver(i int, now int64) *link.Frame {
 	default:
 		var ok bool
 		if far, ok = b.env.NAT.Inbound(src); !ok {
-			b.p.Stats.Unmappable.Add(1)
+			b.p.stats.Unmappable.Add(1)
 			return nil
 		}
 		dst = b.guest
@@ -972,7 +972,7 @@ func (b *Binding) deliver(i int, now int64) *link.Frame {
 	if far.Addr().Is6() != dst.Addr().Is6() || dst.Port() == 0 {
 		// Port 0: the guest sent from "no port" (RFC 768), so there is
 		// none to answer to; a frame to port 0 would be invalid.
-		b.p.Stats.Unmappable.Add(1)
+		b.p.stats.Unmappable.Add(1)
 		return nil
 	}
 	f := b.stash[i]
@@ -1010,7 +1010,7 @@ func (b *Binding) drainErrors(inline bool) {
 		if f == nil {
 			continue
 		}
-		b.p.Stats.ICMPErrors.Add(1)
+		b.p.stats.ICMPErrors.Add(1)
 		if inline {
 			b.env.Out.TrySend(f)
 		} else if !b.env.Out.SendCtx(b.env.Ctx, f) {

@@ -235,7 +235,7 @@ func TestUDPPortUnreachable(t *testing.T) {
 			guest := netip.AddrPortFrom(tc.guest, actorstest.FreeUDPPort(t, tc.listen))
 			far := netip.AddrPortFrom(tc.gw, closed)
 			payload := []byte("is anybody there?")
-			before := proto.Stats.ICMPErrors.Load()
+			before := proto.stats.ICMPErrors.Load()
 			proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, payload))
 			b, p := te.ReadGuest(t, 2*time.Second)
 			v6 := tc.guest.Is6()
@@ -289,7 +289,7 @@ func TestUDPPortUnreachable(t *testing.T) {
 			if s := wire.Fold(wire.Checksum(u, wire.PseudoHeaderSum(gs, fs, wire.ProtoUDP, len(u)))); s != 0 {
 				t.Fatalf("inner UDP checksum does not verify (%#x)", s)
 			}
-			if proto.Stats.ICMPErrors.Load() == before {
+			if proto.stats.ICMPErrors.Load() == before {
 				t.Fatal("ICMPErrors counter did not move")
 			}
 		})
@@ -306,7 +306,7 @@ func TestUDPMalformed(t *testing.T) {
 	far := netip.AddrPortFrom(actorstest.GW4, echo.Port())
 	h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("ok")))
 	te.ReadGuest(t, time.Second)
-	before := proto.Stats.Malformed.Load()
+	before := proto.stats.Malformed.Load()
 	f := actorstest.GuestUDP(t, guest, far, []byte("bad length"))
 	binary.BigEndian.PutUint16(f.Data[f.L4+4:], 2000)
 	actorstest.Put(t, h, f)
@@ -314,7 +314,7 @@ func TestUDPMalformed(t *testing.T) {
 	f.L4 = len(f.Data) - 3
 	actorstest.Put(t, h, f)
 	te.NoGuestFrame(t, 200*time.Millisecond)
-	if got := proto.Stats.Malformed.Load() - before; got != 2 {
+	if got := proto.stats.Malformed.Load() - before; got != 2 {
 		t.Fatalf("Malformed grew by %d, want 2", got)
 	}
 	actorstest.Put(t, h, actorstest.GuestUDP(t, guest, far, []byte("still works")))
@@ -358,7 +358,7 @@ func TestUDPFromPortZero(t *testing.T) {
 	}()
 	guest := netip.AddrPortFrom(actorstest.Guest4, 0)
 	far := netip.AddrPortFrom(actorstest.GW4, uint16(srv.LocalAddr().(*net.UDPAddr).Port))
-	before := proto.Stats.Unmappable.Load()
+	before := proto.stats.Unmappable.Load()
 	if h := proto.Start(actorstest.UDPKey(guest, far), actorstest.GuestUDP(t, guest, far, []byte("one-way"))); h == nil {
 		t.Fatal("StartUDP returned nil")
 	}
@@ -371,7 +371,7 @@ func TestUDPFromPortZero(t *testing.T) {
 		t.Fatal("datagram from port 0 not delivered")
 	}
 	te.NoGuestFrame(t, 300*time.Millisecond)
-	if proto.Stats.Unmappable.Load() == before {
+	if proto.stats.Unmappable.Load() == before {
 		t.Error("the answer to port 0 was not counted")
 	}
 }

@@ -53,7 +53,7 @@ const Events = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
 // pollee is what a slot of the poller holds: a TCP flow's socket, or a
 // spliced socket watched for hang-ups.
-type Pollee interface {
+type pollee interface {
 	// notify records events (the harvester calls it with mu held) and
 	// reports whether the owner is to hear of them.
 	Notify(events uint32) bool
@@ -67,12 +67,12 @@ type Poller struct {
 	file *os.File // the epoll descriptor, in the runtime's poller
 	rc   syscall.RawConn
 
-	ready []Pollee // deliver's list of sockets to act on; the harvester's
+	ready []pollee // deliver's list of sockets to act on; the harvester's
 
 	mu     sync.Mutex // guards the rest, and epfd against use after close
 	epfd   int
 	closed bool
-	slots  []Pollee
+	slots  []pollee
 	gens   []uint32
 	free   []int32
 
@@ -92,7 +92,7 @@ func New() (*Poller, error) {
 		unix.Close(epfd)
 		return nil, err
 	}
-	p := &Poller{file: os.NewFile(uintptr(epfd), "tcp-epoll"), epfd: epfd, ready: make([]Pollee, 0, 256), done: make(chan struct{})}
+	p := &Poller{file: os.NewFile(uintptr(epfd), "tcp-epoll"), epfd: epfd, ready: make([]pollee, 0, 256), done: make(chan struct{})}
 	if p.rc, err = p.file.SyscallConn(); err != nil {
 		p.file.Close()
 		return nil, err
@@ -158,7 +158,7 @@ func (p *Poller) deliver(evs []unix.EpollEvent) {
 }
 
 // add registers fd, owned by x, for events and returns its slot.
-func (p *Poller) Add(fd int, x Pollee, events uint32) (int32, error) {
+func (p *Poller) Add(fd int, x pollee, events uint32) (int32, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {

@@ -42,11 +42,11 @@ func NewWriteWaker(rc syscall.RawConn) *Waker { return newWaker(rc.Write, unix.P
 func newWaker(wait func(func(uintptr) bool) error, events int16) *Waker {
 	w := &Waker{c: make(chan struct{}, 1), arm: make(chan struct{}, 1), stop: make(chan struct{})}
 	w.C = w.c
-	go w.Run(wait, events)
+	go w.run(wait, events)
 	return w
 }
 
-func (w *Waker) Run(wait func(func(uintptr) bool) error, events int16) {
+func (w *Waker) run(wait func(func(uintptr) bool) error, events int16) {
 	pfd := make([]unix.PollFd, 1)
 	// One closure for the Waker's life: a fresh one per wait would be an
 	// allocation per wakeup.
