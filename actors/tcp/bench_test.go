@@ -72,15 +72,15 @@ func benchConn(b *testing.B) (*tcpConn, *net.TCPConn) {
 		b.Fatal(err)
 	}
 	c.sock = s
-	c.rcvWS = 7
-	c.sndWS = 7
-	c.mss = c.ourMSS()
-	c.rcvMax = 8 << 20
-	c.irs = 1000
-	c.rcvNxt = 1001
-	c.rcvEdge = c.rcvNxt + 8<<20
+	c.rcv.ws = 7
+	c.snd.ws = 7
+	c.snd.mss = c.ourMSS()
+	c.rcv.max = 8 << 20
+	c.rcv.irs = 1000
+	c.rcv.nxt = 1001
+	c.rcv.edge = c.rcv.nxt + 8<<20
 	c.establish("test")
-	c.sndWnd = 4 << 20
+	c.snd.wnd = 4 << 20
 	b.Cleanup(func() {
 		s.Close(true)
 		peer.Close()
@@ -110,19 +110,19 @@ func BenchmarkTCPHostToGuest(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		got := 0
 		for got < chunk {
-			c.sockData = true
-			before := c.sndNxt
+			c.snd.sockData = true
+			before := c.snd.nxt
 			c.sendBatch()
-			got += int(c.sndNxt - before)
+			got += int(c.snd.nxt - before)
 			if c.state&tcpClosed != 0 {
 				b.Fatal("flow closed")
 			}
 			// The guest acknowledges everything: the socket's
 			// receive queue holds only unacknowledged data.
-			if err := c.sock.discard(int(c.sndNxt - c.sndUna)); err != nil {
+			if err := c.sock.discard(int(c.snd.nxt - c.snd.una)); err != nil {
 				b.Fatal(err)
 			}
-			c.sndUna = c.sndNxt
+			c.snd.una = c.snd.nxt
 		}
 	}
 }
@@ -141,11 +141,11 @@ func BenchmarkTCPGuestToHost(b *testing.B) {
 		f := link.GetFrame(len(tmpl.Data))
 		copy(f.Data, tmpl.Data)
 		f.L3, f.L4, f.Payload = tmpl.L3, tmpl.L4, tmpl.Payload
-		wire.TCP(f.Data[f.L4:]).SetSeqAck(c.rcvNxt, c.sndNxt)
-		c.now = time.Now()
+		wire.TCP(f.Data[f.L4:]).SetSeqAck(c.rcv.nxt, c.snd.nxt)
+		c.tm.now = time.Now()
 		c.onFrame(f)
 		c.flush()
-		for len(c.pend) > 0 {
+		for len(c.rcv.pend) > 0 {
 			// The reader drains the socket; wait for room.
 			time.Sleep(10 * time.Microsecond)
 			c.flush()

@@ -83,15 +83,15 @@ func budgetFlow(t *testing.T, env *actors.Env, port uint16, sndbuf int) (*tcpCon
 		t.Fatal(err)
 	}
 	c.sock = s
-	c.rcvWS, c.sndWS = 7, 7
-	c.mss = c.ourMSS()
-	c.rcvMax = 8 << 20
-	c.irs = 1000
-	c.rcvNxt = 1001
-	c.rcvEdge = c.rcvNxt
+	c.rcv.ws, c.snd.ws = 7, 7
+	c.snd.mss = c.ourMSS()
+	c.rcv.max = 8 << 20
+	c.rcv.irs = 1000
+	c.rcv.nxt = 1001
+	c.rcv.edge = c.rcv.nxt
 	c.establish("test")
-	c.sndWnd = 4 << 20
-	c.ackForce = true
+	c.snd.wnd = 4 << 20
+	c.ack.force = true
 	c.sendAck() // the first window, as the SYN,ACK would
 	t.Cleanup(func() {
 		if c.sock != nil {
@@ -108,7 +108,7 @@ func budgetFlow(t *testing.T, env *actors.Env, port uint16, sndbuf int) (*tcpCon
 func checkHeld(t *testing.T, c *tcpConn, when string) {
 	t.Helper()
 	kept, payload, oooBytes, head := 0, 0, 0, 0
-	for i, s := range c.pend {
+	for i, s := range c.rcv.pend {
 		kept += cap(s.f.Data)
 		payload += len(s.b)
 		if i == 0 {
@@ -116,33 +116,33 @@ func checkHeld(t *testing.T, c *tcpConn, when string) {
 			head = cap(s.f.Data) - 2*len(s.b)
 		}
 	}
-	for _, s := range c.ooo {
+	for _, s := range c.rcv.ooo {
 		kept += cap(s.f.Data)
 		payload += len(s.b)
 		oooBytes += len(s.b)
 	}
 	budget := c.env.Opts.FlowBuffer
 	switch {
-	case kept != c.held:
-		t.Fatalf("%s: buffers keep %d bytes alive, flow counts %d", when, kept, c.held)
-	case int64(kept) > c.charge || c.charge > budget:
-		t.Fatalf("%s: %d bytes kept, %d reserved, budget %d", when, kept, c.charge, budget)
+	case kept != c.rcv.held:
+		t.Fatalf("%s: buffers keep %d bytes alive, flow counts %d", when, kept, c.rcv.held)
+	case int64(kept) > c.rcv.charge || c.rcv.charge > budget:
+		t.Fatalf("%s: %d bytes kept, %d reserved, budget %d", when, kept, c.rcv.charge, budget)
 	case kept-max(head, 0) > 2*payload+actors.TCPBudgetSlack:
 		t.Fatalf("%s: %d bytes kept alive for %d bytes of payload", when, kept, payload)
 	}
-	if ahead := int64(c.rcvEdge-c.rcvNxt) - int64(oooBytes); seqGT(c.rcvEdge, c.rcvNxt) && int64(kept)+2*ahead > budget {
+	if ahead := int64(c.rcv.edge-c.rcv.nxt) - int64(oooBytes); seqGT(c.rcv.edge, c.rcv.nxt) && int64(kept)+2*ahead > budget {
 		t.Fatalf("%s: holding %d, the advertised window lets the guest send %d more: over the budget %d", when, kept, ahead, budget)
 	}
 }
 
 // segFrame is an in-sequence-or-not data segment of the flow's guest.
 func segFrame(c *tcpConn, seq uint32, data []byte) *link.Frame {
-	return buildFrame(c.key, wire.TCPAck|wire.TCPPsh, seq, c.sndNxt, 0xffff, nil, data)
+	return buildFrame(c.key, wire.TCPAck|wire.TCPPsh, seq, c.snd.nxt, 0xffff, nil, data)
 }
 
 // drain runs a batch of guest frames as the actor's inbox drain would.
 func drain(c *tcpConn, fs []*link.Frame) {
-	c.now = time.Now()
+	c.tm.now = time.Now()
 	for _, f := range fs {
 		c.onFrame(f)
 	}
@@ -179,13 +179,13 @@ func TestTCPBudgetWindowNoLoss(t *testing.T) {
 		}
 	}
 	sent, minWin, maxWin := 0, int(^uint(0)>>1), 0
-	base := c.rcvNxt
+	base := c.rcv.nxt
 	for rounds := 0; read < len(data); rounds++ {
 		if rounds > 20000 {
 			t.Fatalf("stalled: sent %d, host read %d", sent, read)
 		}
-		edge := int(c.rcvEdge - base)
-		win := edge - int(c.rcvNxt-base) + c.pendBytes
+		edge := int(c.rcv.edge - base)
+		win := edge - int(c.rcv.nxt-base) + c.rcv.pendBytes
 		minWin, maxWin = min(minWin, win), max(maxWin, win)
 		var batch []*link.Frame
 		for sent < edge && sent < len(data) && len(batch) < 64 {
@@ -212,8 +212,8 @@ func TestTCPBudgetWindowNoLoss(t *testing.T) {
 			checkHeld(t, c, "after the host read")
 		}
 	}
-	if c.rcvNxt-base != uint32(len(data)) || len(c.pend) != 0 || len(c.ooo) != 0 {
-		t.Fatalf("flow at %d of %d, %d pending, %d out of order", c.rcvNxt-base, len(data), len(c.pend), len(c.ooo))
+	if c.rcv.nxt-base != uint32(len(data)) || len(c.rcv.pend) != 0 || len(c.rcv.ooo) != 0 {
+		t.Fatalf("flow at %d of %d, %d pending, %d out of order", c.rcv.nxt-base, len(data), len(c.rcv.pend), len(c.rcv.ooo))
 	}
 	if [32]byte(got.Sum(nil)) != want {
 		t.Fatal("the host received other bytes than the guest sent")
@@ -239,7 +239,7 @@ func TestTCPBudgetHostileHoles(t *testing.T) {
 	payload := make([]byte, 2100) // in a 64 KiB buffer: the frame is > 2 KiB
 	var batch []*link.Frame
 	for k := 0; k < 5000; k++ {
-		batch = append(batch, segFrame(c, c.rcvNxt+1+uint32(k)*3000, payload))
+		batch = append(batch, segFrame(c, c.rcv.nxt+1+uint32(k)*3000, payload))
 		if len(batch) == 64 {
 			drain(c, batch)
 			batch = batch[:0]
@@ -248,20 +248,20 @@ func TestTCPBudgetHostileHoles(t *testing.T) {
 	}
 	drain(c, batch)
 	checkHeld(t, c, "holes")
-	if len(c.ooo) == 0 {
+	if len(c.rcv.ooo) == 0 {
 		t.Fatal("nothing held: the test tests nothing")
 	}
 	if env.Stats.TCPBeyondWindow.Load() == 0 {
 		t.Fatal("segments beyond the window not counted")
 	}
-	if c.held > len(c.ooo)*link.BufferClass(len(payload)) {
-		t.Fatalf("%d segments of %d bytes keep %d bytes alive", len(c.ooo), len(payload), c.held)
+	if c.rcv.held > len(c.rcv.ooo)*link.BufferClass(len(payload)) {
+		t.Fatalf("%d segments of %d bytes keep %d bytes alive", len(c.rcv.ooo), len(payload), c.rcv.held)
 	}
-	if got := env.Stats.BufferBytes.Load(); got != c.charge || got > budget {
-		t.Fatalf("daemon-wide count %d, flow's reservation %d, budget %d", got, c.charge, budget)
+	if got := env.Stats.BufferBytes.Load(); got != c.rcv.charge || got > budget {
+		t.Fatalf("daemon-wide count %d, flow's reservation %d, budget %d", got, c.rcv.charge, budget)
 	}
 	// In-order data still goes through: fill the first hole.
-	drain(c, []*link.Frame{segFrame(c, c.rcvNxt, []byte{'x'})})
+	drain(c, []*link.Frame{segFrame(c, c.rcv.nxt, []byte{'x'})})
 	b := make([]byte, 2101)
 	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := io.ReadFull(peer, b); err != nil {
@@ -286,10 +286,10 @@ func TestTCPBudgetDaemonWide(t *testing.T) {
 	}
 	sum := int64(0)
 	for i, c := range cs {
-		sum += c.charge
-		win := int64(c.rcvEdge - c.rcvNxt)
-		if actors.TCPBudgetSlack+2*win > c.charge {
-			t.Errorf("flow %d: window %d, reservation %d", i, win, c.charge)
+		sum += c.rcv.charge
+		win := int64(c.rcv.edge - c.rcv.nxt)
+		if actors.TCPBudgetSlack+2*win > c.rcv.charge {
+			t.Errorf("flow %d: window %d, reservation %d", i, win, c.rcv.charge)
 		}
 		if win == 0 {
 			t.Errorf("flow %d: no window at all", i)
@@ -321,25 +321,25 @@ func TestTCPBudgetStarvedFlowReopens(t *testing.T) {
 		t.Fatalf("reserved %d, budget %d", got, total)
 	}
 	last := cs[len(cs)-1]
-	if last.budgetAt.IsZero() {
-		t.Fatalf("the last flow (window %d) is not waiting for budget", last.rcvEdge-last.rcvNxt)
+	if last.tm.budgetAt.IsZero() {
+		t.Fatalf("the last flow (window %d) is not waiting for budget", last.rcv.edge-last.rcv.nxt)
 	}
-	before := last.rcvEdge - last.rcvNxt
+	before := last.rcv.edge - last.rcv.nxt
 	for _, c := range cs[:8] {
 		c.finish()
 	}
-	last.now = last.budgetAt
+	last.tm.now = last.tm.budgetAt
 	last.onTimer()
-	after := last.rcvEdge - last.rcvNxt
+	after := last.rcv.edge - last.rcv.nxt
 	if after <= before || int(after) < actors.TCPInitWindow/2 {
 		t.Fatalf("window %d before, %d after budget came free", before, after)
 	}
 	sharing, sum := int64(0), int64(0)
 	for _, c := range cs[8:] {
-		if c.charge > 0 {
+		if c.rcv.charge > 0 {
 			sharing++
 		}
-		sum += c.charge
+		sum += c.rcv.charge
 	}
 	if n := env.BudgetFlows.Load(); n != sharing || env.Stats.BufferBytes.Load() != sum {
 		t.Fatalf("%d flows counted as sharing the budget (%d do), %d bytes (flows: %d)", n, sharing, env.Stats.BufferBytes.Load(), sum)

@@ -80,8 +80,8 @@ func (c *tcpConn) direct(f *link.Frame) (took bool) {
 	defer c.inlineDone()
 	took = true
 	c.p.Inline.Segments.Add(1)
-	c.now = time.Now()
-	c.lastAct = c.now
+	c.tm.now = time.Now()
+	c.tm.lastAct = c.tm.now
 	c.onFrame(f)
 	c.flush()
 	c.output()
@@ -176,7 +176,7 @@ func (c *tcpConn) unpark() {
 func (c *tcpConn) resume() {
 	c.unpark()
 	if c.state&tcpClosed == 0 {
-		c.now = time.Now()
+		c.tm.now = time.Now()
 		c.output()
 	}
 }

@@ -11,8 +11,8 @@ import (
 )
 
 // Host -> guest: the socket's receive queue is our retransmission buffer.
-// Bytes from sndUna to sndNxt have been sent to the guest and are still in
-// the queue; the kernel's peek offset (SO_PEEK_OFF) points at sndNxt, so a
+// Bytes from snd.una to snd.nxt have been sent to the guest and are still in
+// the queue; the kernel's peek offset (SO_PEEK_OFF) points at snd.nxt, so a
 // peek returns the next bytes to send. One recvmsg scatters them straight
 // into the payload areas of up to tcpSendFrames pooled frames, whose headers
 // are then filled from the flow's template: the data is copied once, from
@@ -25,7 +25,7 @@ import (
 
 // trySend sends what the guest's window allows, if the socket may have data.
 func (c *tcpConn) trySend() {
-	if !c.sockData || c.state&(tcpFinSent|tcpClosed) != 0 {
+	if !c.snd.sockData || c.state&(tcpFinSent|tcpClosed) != 0 {
 		return
 	}
 	for range tcpSendBatches {
@@ -40,15 +40,15 @@ func (c *tcpConn) trySend() {
 // sendBatch peeks once and sends the segments. It returns true if it
 // should be called again (the window and the socket may both have more).
 func (c *tcpConn) sendBatch() bool {
-	inflight := c.sndNxt - c.sndUna
-	wnd := min(c.sndWnd, tcpMaxWindow)
+	inflight := c.snd.nxt - c.snd.una
+	wnd := min(c.snd.wnd, tcpMaxWindow)
 	if inflight >= wnd {
-		if wnd == 0 && c.persistAt.IsZero() && !c.outstanding() {
-			c.persistAt = c.now.Add(c.rto)
+		if wnd == 0 && c.tm.persistAt.IsZero() && !c.outstanding() {
+			c.tm.persistAt = c.tm.now.Add(c.tm.rto)
 		}
 		return false
 	}
-	c.persistAt = time.Time{}
+	c.tm.persistAt = time.Time{}
 	room := int(wnd - inflight)
 	s := c.sock
 	hlen := c.tmpl.hlen
@@ -61,7 +61,7 @@ func (c *tcpConn) sendBatch() bool {
 	nf := 0
 	lender := c.env.Out.Lender()
 	for nf < tcpSendFrames && room > 0 && iv < tcpMaxIov {
-		l := min(c.mss, room)
+		l := min(c.snd.mss, room)
 		var f *link.Frame
 		if lender != nil {
 			if f = lender.Lend(hlen, l); f != nil {
@@ -79,12 +79,12 @@ func (c *tcpConn) sendBatch() bool {
 			}
 		}
 		if f == nil {
-			f = link.GetFrame(hlen + c.mss)
+			f = link.GetFrame(hlen + c.snd.mss)
 			setIov(&s.iov[iv], f.Data[hlen:hlen+l])
 			iv++
 		}
-		c.frames[nf] = f
-		c.fcap[nf] = l
+		c.snd.frames[nf] = f
+		c.snd.fcap[nf] = l
 		nf++
 		room -= l
 		want += l
@@ -99,7 +99,7 @@ func (c *tcpConn) sendBatch() bool {
 	switch {
 	case err == unix.EAGAIN:
 		c.releaseFrames(0, nf)
-		c.sockData = false
+		c.snd.sockData = false
 		s.arm(sockReadable)
 		return false
 	case err != nil:
@@ -108,7 +108,7 @@ func (c *tcpConn) sendBatch() bool {
 		return false
 	case n <= 0:
 		c.releaseFrames(0, nf)
-		c.sockData = false
+		c.snd.sockData = false
 		c.setState(c.state|tcpHostEOF, "end of stream from the host")
 		c.debugf("end of stream from host")
 		c.sendFin()
@@ -117,17 +117,17 @@ func (c *tcpConn) sendBatch() bool {
 	mac := c.env.Peer.MAC()
 	ack := c.ackNum()
 	win := c.rcvWindow()
-	seq := c.sndNxt
+	seq := c.snd.nxt
 	off := 0
 	i := 0
 	for ; off < n; i++ {
-		l := min(c.fcap[i], n-off)
+		l := min(c.snd.fcap[i], n-off)
 		flags := uint8(wire.TCPAck)
 		if off+l == n {
 			flags |= wire.TCPPsh
 		}
-		f := c.frames[i]
-		c.frames[i] = nil
+		f := c.snd.frames[i]
+		c.snd.frames[i] = nil
 		if f.Loan != nil {
 			c.tmpl.fillLent(f, mac, seq+uint32(off), ack, flags, win, l)
 		} else {
@@ -142,22 +142,22 @@ func (c *tcpConn) sendBatch() bool {
 	}
 	c.releaseFrames(i, nf)
 	c.noteSent(ack, win)
-	c.dupDue = 0
-	if !c.rttOn && seq == c.sndHigh {
-		c.rttOn, c.rttSeq, c.rttAt = true, seq+uint32(n), c.now
+	c.ack.dupDue = 0
+	if !c.rtt.on && seq == c.snd.high {
+		c.rtt.on, c.rtt.seq, c.rtt.at = true, seq+uint32(n), c.tm.now
 	}
-	c.sndNxt += uint32(n)
-	if seqGT(c.sndNxt, c.sndHigh) {
-		c.sndHigh = c.sndNxt
+	c.snd.nxt += uint32(n)
+	if seqGT(c.snd.nxt, c.snd.high) {
+		c.snd.high = c.snd.nxt
 	}
-	if c.rtoAt.IsZero() {
-		c.rtoAt = c.now.Add(c.rto)
+	if c.tm.rtoAt.IsZero() {
+		c.tm.rtoAt = c.tm.now.Add(c.tm.rto)
 	}
 	if n < want && !s.hungUp() {
 		// The queue is drained: wait for more. (An end of stream or
 		// error whose event came before our last clear raises no new
 		// edge: after one, peek on until the socket says so itself.)
-		c.sockData = false
+		c.snd.sockData = false
 		s.arm(sockReadable)
 		return false
 	}
@@ -166,8 +166,8 @@ func (c *tcpConn) sendBatch() bool {
 
 func (c *tcpConn) releaseFrames(from, to int) {
 	for i := from; i < to; i++ {
-		c.frames[i].Release()
-		c.frames[i] = nil
+		c.snd.frames[i].Release()
+		c.snd.frames[i] = nil
 	}
 }
 
@@ -176,41 +176,41 @@ func (c *tcpConn) sendFin() {
 	if c.state&tcpFinSent != 0 {
 		return
 	}
-	c.finSeq = c.sndNxt
-	c.finEver = true
+	c.snd.finSeq = c.snd.nxt
+	c.snd.finEver = true
 	c.setState(c.state|tcpFinSent, "FIN to the guest")
 	f := link.GetFrame(c.tmpl.hlen)
 	ack, win := c.ackNum(), c.rcvWindow()
-	c.tmpl.fill(f, c.env.Peer.MAC(), c.finSeq, ack, wire.TCPFin|wire.TCPAck, win, 0, 0)
+	c.tmpl.fill(f, c.env.Peer.MAC(), c.snd.finSeq, ack, wire.TCPFin|wire.TCPAck, win, 0, 0)
 	c.noteSent(ack, win)
 	c.send(f)
-	if c.rtoAt.IsZero() {
-		c.rtoAt = c.now.Add(c.rto)
+	if c.tm.rtoAt.IsZero() {
+		c.tm.rtoAt = c.tm.now.Add(c.tm.rto)
 	}
 }
 
 // outstanding reports whether anything we sent awaits the guest's ACK.
 func (c *tcpConn) outstanding() bool {
-	return c.sndNxt != c.sndUna || c.state&(tcpFinSent|tcpFinAcked) == tcpFinSent
+	return c.snd.nxt != c.snd.una || c.state&(tcpFinSent|tcpFinAcked) == tcpFinSent
 }
 
 // onAck processes the guest's acknowledgement and window.
 func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 	ack := th.Ack()
-	win := uint32(th.Window()) << c.sndWS
-	high := c.sndHigh
-	if c.finEver {
-		high = c.finSeq + 1
+	win := uint32(th.Window()) << c.snd.ws
+	high := c.snd.high
+	if c.snd.finEver {
+		high = c.snd.finSeq + 1
 	}
 	switch {
 	case seqGT(ack, high):
-		c.ackDue, c.ackForce = true, true // acknowledges what we never sent
+		c.ack.due, c.ack.force = true, true // acknowledges what we never sent
 		return
-	case seqLT(ack, c.sndUna):
+	case seqLT(ack, c.snd.una):
 		return // old
-	case ack == c.sndUna:
-		if payLen == 0 && win == c.sndWnd && c.outstanding() && th.Flags()&wire.TCPFin == 0 {
-			if c.dupAcks++; c.dupAcks == 3 {
+	case ack == c.snd.una:
+		if payLen == 0 && win == c.snd.wnd && c.outstanding() && th.Flags()&wire.TCPFin == 0 {
+			if c.snd.dupAcks++; c.snd.dupAcks == 3 {
 				c.retransmit("3 duplicate ACKs")
 			}
 		}
@@ -218,12 +218,12 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 		return
 	}
 	data := ack
-	if c.finEver && ack == c.finSeq+1 {
+	if c.snd.finEver && ack == c.snd.finSeq+1 {
 		c.setState(c.state|tcpFinAcked, "the guest acknowledged our FIN")
-		data = c.finSeq
+		data = c.snd.finSeq
 		c.debugf("guest acknowledged our FIN")
 	}
-	if n := data - c.sndUna; n > 0 {
+	if n := data - c.snd.una; n > 0 {
 		// Acknowledged bytes leave the receive queue at once. Holding
 		// them to discard in batches (a system call saved per
 		// request/response exchange) stalled large transfers: a partly
@@ -237,25 +237,25 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 		if !c.sock.peekOff && c.sock.hungUp() {
 			// Without a peek offset, the end of stream shows only once
 			// the queue is empty, and its event has come and gone.
-			c.sockData = true
+			c.snd.sockData = true
 		}
 	}
-	c.sndUna = data
-	if seqLT(c.sndNxt, c.sndUna) {
-		c.sndNxt = c.sndUna // acknowledged beyond a rewind
+	c.snd.una = data
+	if seqLT(c.snd.nxt, c.snd.una) {
+		c.snd.nxt = c.snd.una // acknowledged beyond a rewind
 		c.sock.setPeekOff(0)
 	}
 	c.setSndWnd(win)
-	c.dupAcks = 0
-	c.retries = 0
-	if c.rttOn && seqGE(ack, c.rttSeq) {
-		c.rttSample(c.now.Sub(c.rttAt))
-		c.rttOn = false
+	c.snd.dupAcks = 0
+	c.tm.retries = 0
+	if c.rtt.on && seqGE(ack, c.rtt.seq) {
+		c.rttSample(c.tm.now.Sub(c.rtt.at))
+		c.rtt.on = false
 	}
 	if c.outstanding() {
-		c.rtoAt = c.now.Add(c.rto)
+		c.tm.rtoAt = c.tm.now.Add(c.tm.rto)
 	} else {
-		c.rtoAt = time.Time{}
+		c.tm.rtoAt = time.Time{}
 	}
 }
 
@@ -263,50 +263,50 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 // SACK there is nothing better to know) and clears the FIN so that it is
 // sent again after the data.
 func (c *tcpConn) retransmit(why string) {
-	c.debugf("retransmit from %d (%s)", c.sndUna, why)
-	c.nRetrans++
+	c.debugf("retransmit from %d (%s)", c.snd.una, why)
+	c.obs.retrans++
 	c.tracef(func() string {
-		return "retransmit from seq " + strconv.FormatUint(uint64(c.sndUna-c.iss), 10) + " (" + why + "), " +
-			strconv.FormatUint(uint64(c.sndNxt-c.sndUna), 10) + " bytes in flight"
+		return "retransmit from seq " + strconv.FormatUint(uint64(c.snd.una-c.snd.iss), 10) + " (" + why + "), " +
+			strconv.FormatUint(uint64(c.snd.nxt-c.snd.una), 10) + " bytes in flight"
 	})
-	c.sndNxt = c.sndUna
+	c.snd.nxt = c.snd.una
 	c.sock.setPeekOff(0)
 	if c.state&(tcpFinSent|tcpFinAcked) == tcpFinSent {
 		c.setState(c.state&^tcpFinSent, "FIN to be sent again")
-		if c.state&tcpHostEOF != 0 && c.sndUna == c.finSeq {
+		if c.state&tcpHostEOF != 0 && c.snd.una == c.snd.finSeq {
 			c.sendFin()
 			return
 		}
 	}
-	c.sockData = true
-	c.rttOn = false
-	c.dupAcks = 0
+	c.snd.sockData = true
+	c.rtt.on = false
+	c.snd.dupAcks = 0
 }
 
 // rttSample updates the smoothed RTT and the RTO as RFC 6298 says.
 func (c *tcpConn) rttSample(r time.Duration) {
-	if c.srtt == 0 {
-		c.srtt, c.rttvar = r, r/2
+	if c.rtt.srtt == 0 {
+		c.rtt.srtt, c.rtt.rttvar = r, r/2
 	} else {
-		d := c.srtt - r
+		d := c.rtt.srtt - r
 		if d < 0 {
 			d = -d
 		}
-		c.rttvar = (3*c.rttvar + d) / 4
-		c.srtt = (7*c.srtt + r) / 8
+		c.rtt.rttvar = (3*c.rtt.rttvar + d) / 4
+		c.rtt.srtt = (7*c.rtt.srtt + r) / 8
 	}
-	c.rto = min(max(c.srtt+max(4*c.rttvar, time.Millisecond), tcpRTOMin), tcpRTOMax)
+	c.tm.rto = min(max(c.rtt.srtt+max(4*c.rtt.rttvar, time.Millisecond), tcpRTOMin), tcpRTOMax)
 }
 
 // setSndWnd takes the guest's new window, tracing it closing and opening.
 func (c *tcpConn) setSndWnd(win uint32) {
-	if (win == 0) != (c.sndWnd == 0) {
+	if (win == 0) != (c.snd.wnd == 0) {
 		c.tracef(func() string {
 			if win == 0 {
-				return "the guest's window closed, " + strconv.FormatUint(uint64(c.sndNxt-c.sndUna), 10) + " bytes in flight"
+				return "the guest's window closed, " + strconv.FormatUint(uint64(c.snd.nxt-c.snd.una), 10) + " bytes in flight"
 			}
 			return "the guest's window opened to " + strconv.FormatUint(uint64(win), 10)
 		})
 	}
-	c.sndWnd = win
+	c.snd.wnd = win
 }

@@ -71,7 +71,7 @@ const (
 	tcpGuestFin                // FIN received from the guest, in order
 	tcpSockShut                // shutdown(SHUT_WR) done on the socket
 	tcpHostEOF                 // end of stream read from the socket
-	tcpFinSent                 // FIN sent to the guest (at finSeq)
+	tcpFinSent                 // FIN sent to the guest (at snd.finSeq)
 	tcpFinAcked                // the guest acknowledged our FIN
 	tcpClosed                  // the flow is over
 )
@@ -150,47 +150,85 @@ type tcpConn struct {
 	state   uint16
 	linkMTU int
 
-	// Host -> guest (our sending sequence space).
+	snd tcpSender   // host -> guest: our sequence space
+	rcv tcpReceiver // guest -> host: the guest's sequence space
+	ack tcpAcker    // what we acknowledge, and when
+	tm  tcpTimers   // deadlines behind one timer
+	rtt tcpRTT      // the round-trip estimate the retransmission timeout follows
+
+	// Limits (limits.go): descriptors taken from the budget, to give back
+	// at the end, and whether the flow counts as a pending connect.
+	fds            int
+	fdKind         int
+	pendingConnect bool
+
+	// Observability (trace.go): counters kept plainly here and
+	// published to h.Stats once per wake-up, the flow's view of the trace
+	// subscribers, and why the flow closed.
+	obs tcpObs
+}
+
+// The parts of a tcpConn, by concern. All are guarded by the conn's gate,
+// like the rest of it: a flow has one lock (see tcpConn).
+
+// tcpSender is the host -> guest direction: our sequence space, whose
+// retransmission buffer is the socket's receive queue (snd.go).
+type tcpSender struct {
 	iss      uint32
-	sndUna   uint32 // oldest byte not acknowledged by the guest
-	sndNxt   uint32 // next byte to peek and send (peek offset = sndNxt-sndUna)
-	sndHigh  uint32 // highest data sequence ever sent, plus one
+	una      uint32 // oldest byte not acknowledged by the guest
+	nxt      uint32 // next byte to peek and send (peek offset = nxt-una)
+	high     uint32 // highest data sequence ever sent, plus one
 	finSeq   uint32
-	finEver  bool // a FIN was sent at finSeq (maybe to be resent)
-	sndWnd   uint32
-	sndWS    uint8
+	finEver  bool // a FIN was sent at snd.finSeq (maybe to be resent)
+	wnd      uint32
+	ws       uint8
 	mss      int // payload per segment to the guest
 	dupAcks  int
 	sockData bool // the socket may have unread data: peek before arming
 
-	// Guest -> host (the guest's sequence space).
+	frames [tcpMaxIov]*link.Frame
+	fcap   [tcpSendFrames]int // payload room of frames[i] in sendBatch
+}
+
+// tcpReceiver is the guest -> host direction: the guest's sequence space,
+// what it sent that the socket has not taken yet, and the window that
+// bounds it (rcv.go, the byte budget in actors/budget.go).
+type tcpReceiver struct {
 	irs       uint32
-	rcvNxt    uint32 // next byte expected from the guest
-	rcvWS     int    // our window scale, -1 when the guest does not scale
-	rcvEdge   uint32 // right edge of the window last advertised
-	rcvMax    int    // largest window we advertise
-	lastWin   uint16 // window field last sent
+	nxt       uint32 // next byte expected from the guest
+	ws        int    // our window scale, -1 when the guest does not scale
+	edge      uint32 // right edge of the window last advertised
+	max       int    // largest window we advertise
 	guestMSS  int
 	pend      []tcpSeg // accepted, not yet written to the socket
 	pendBytes int
-	pendNew   int      // pend[pendNew:] is not compacted yet
+	pendNew   int      // pend[rcv.pendNew:] is not compacted yet
 	ooo       []tcpSeg // beyond a hole, sorted by sequence
-	held      int      // capacity of the buffers of pend and ooo (budget.go)
+	held      int      // capacity of the buffers of pend and ooo (actors/budget.go)
 	charge    int64    // this flow's share of Stats.BufferBytes
-	winCap    int      // largest window the guest has shown it needs (budget.go)
-	capEdge   uint32   // rcvEdge when winCap last grew
-	ackDue    bool     // something to acknowledge, if the ACK says anything new
-	ackForce  bool     // send the ACK even if it repeats the last one
-	ackSent   uint32   // acknowledgement number of the last segment sent
-	winSent   uint16   // window field of the last segment sent
-	dupDue    int      // duplicate ACKs to send (for the guest's fast retransmit)
+	winCap    int      // largest window the guest has shown it needs (actors/budget.go)
+	capEdge   uint32   // edge when rcv.winCap last grew
 	sndbuf    int
-	outqEst   int       // upper bound of the socket's send queue (see rcvWindowRaw)
-	outqAge   int       // bytes written since the send queue was last measured
-	ackAt     time.Time // when a delayed ACK is due (see output)
-	quickAcks int       // ACKs still to send at once after one waited in vain
+	outqEst   int // upper bound of the socket's send queue (see rcvWindowRaw)
+	outqAge   int // bytes written since the send queue was last measured
+}
 
-	// Timers: one time.Timer set to the earliest deadline, lazily.
+// tcpAcker is what the guest was last told and what it is owed: delayed
+// and forced ACKs, duplicate ACKs for its fast retransmit.
+type tcpAcker struct {
+	lastWin uint16    // window field last sent
+	due     bool      // something to acknowledge, if the ACK says anything new
+	force   bool      // send the ACK even if it repeats the last one
+	sent    uint32    // acknowledgement number of the last segment sent
+	winSent uint16    // window field of the last segment sent
+	dupDue  int       // duplicate ACKs to send (for the guest's fast retransmit)
+	at      time.Time // when a delayed ACK is due (see output)
+	quick   int       // ACKs still to send at once after one waited in vain
+}
+
+// tcpTimers are the flow's deadlines: one time.Timer set to the earliest
+// of them, lazily.
+type tcpTimers struct {
 	timer     *time.Timer
 	timerAt   time.Time
 	now       time.Time
@@ -202,28 +240,24 @@ type tcpConn struct {
 	budgetAt  time.Time // look again for budget to reopen a starved window
 	budgetDly time.Duration
 	lastAct   time.Time
-	rttOn     bool
-	rttSeq    uint32
-	rttAt     time.Time
-	srtt      time.Duration
-	rttvar    time.Duration
+}
 
-	// Limits (limits.go): descriptors taken from the budget, to give back
-	// at the end, and whether the flow counts as a pending connect.
-	fds            int
-	fdKind         int
-	pendingConnect bool
+// tcpRTT is one round-trip measurement in flight and the smoothed
+// estimate (RFC 6298) the retransmission timeout is computed from.
+type tcpRTT struct {
+	on     bool
+	seq    uint32
+	at     time.Time
+	srtt   time.Duration
+	rttvar time.Duration
+}
 
-	frames [tcpMaxIov]*link.Frame
-	fcap   [tcpSendFrames]int // payload room of frames[i] in sendBatch
-
-	// Observability (trace.go): counters kept plainly here and
-	// published to h.Stats once per wake-up, the flow's view of the trace
-	// subscribers, and why the flow closed.
-	inBytes, inSegs, outBytes, outSegs, nRetrans uint64
-	tap                                          flowtrace.Tap
-	closeReason                                  string
-	heldTraced                                   bool // a full socket's hold was traced
+// tcpObs is the flow's observability (trace.go).
+type tcpObs struct {
+	inBytes, inSegs, outBytes, outSegs, retrans uint64
+	tap                                         flowtrace.Tap
+	closeReason                                 string
+	heldTraced                                  bool // a full socket's hold was traced
 }
 
 // tcpISNFunc picks initial sequence numbers; tests replace it to exercise
@@ -295,12 +329,14 @@ func (c *tcpConn) connectDone() {
 
 func newConn(p *Protocol, h *actors.Handle, k actors.Key, inbound bool) *tcpConn {
 	env := p.env
-	c := &tcpConn{p: p, env: env, h: h, key: k, inbound: inbound, rto: tcpRTOInit, rcvWS: -1, winCap: actors.TCPInitWindow}
+	c := &tcpConn{p: p, env: env, h: h, key: k, inbound: inbound}
+	c.tm.rto = tcpRTOInit
+	c.rcv.ws, c.rcv.winCap = -1, actors.TCPInitWindow
 	c.tmpl.init(env.Peer.OurMAC, k.Far, k.Guest)
 	c.linkMTU = env.Opts.MTU
-	c.iss = tcpISNFunc(k.Far, k.Guest)
-	c.now = time.Now()
-	c.lastAct = c.now
+	c.snd.iss = tcpISNFunc(k.Far, k.Guest)
+	c.tm.now = time.Now()
+	c.tm.lastAct = c.tm.now
 	c.poke = make(chan struct{}, 1)
 	c.gate.Enter() // the actor's, from its start: see tcpConn
 	h.Direct, h.Gate = c.direct, &c.gate
@@ -320,29 +356,29 @@ func (c *tcpConn) setGuestOpts(th wire.TCP, f *link.Frame) {
 	if f.Payload > f.L4+wire.TCPMinLen && f.Payload <= len(f.Data) {
 		o = wire.ParseTCPOptions(f.Data[f.L4+wire.TCPMinLen : f.Payload])
 	}
-	c.guestMSS = int(o.MSS)
-	if c.guestMSS == 0 {
-		c.guestMSS = 536
+	c.rcv.guestMSS = int(o.MSS)
+	if c.rcv.guestMSS == 0 {
+		c.rcv.guestMSS = 536
 		if c.tmpl.v6 {
-			c.guestMSS = 1220
+			c.rcv.guestMSS = 1220
 		}
 	}
-	c.mss = max(min(c.guestMSS, c.ourMSS()), 64)
+	c.snd.mss = max(min(c.rcv.guestMSS, c.ourMSS()), 64)
 	if o.WScale >= 0 {
-		c.sndWS = uint8(o.WScale)
-		if c.rcvWS < 0 {
+		c.snd.ws = uint8(o.WScale)
+		if c.rcv.ws < 0 {
 			wmem, _ := SysMax()
-			c.rcvWS = windowScale(wmem + wmem/2)
+			c.rcv.ws = windowScale(wmem + wmem/2)
 		}
 	} else {
-		c.sndWS = 0
-		c.rcvWS = -1
+		c.snd.ws = 0
+		c.rcv.ws = -1
 	}
 	// The window we offer: the socket's buffer with headroom, at most what
 	// the scale expresses, and never more than the dispatcher can queue in
 	// our inbox while we are busy, which would be a drop inside the window.
-	ws := max(c.rcvWS, 0)
-	c.rcvMax = min(0xffff<<ws, tcpMaxWindow, (actors.InboxDepth-actors.InboxDepth/4)*c.mss)
+	ws := max(c.rcv.ws, 0)
+	c.rcv.max = min(0xffff<<ws, tcpMaxWindow, (actors.InboxDepth-actors.InboxDepth/4)*c.snd.mss)
 }
 
 func (c *tcpConn) log() *logrus.Entry { return c.env.FlowLog(c.key) }
@@ -356,22 +392,22 @@ func (c *tcpConn) debugf(format string, args ...any) {
 // runOutbound is the actor of a connection the guest opened with syn.
 func (c *tcpConn) runOutbound(syn *link.Frame) {
 	defer c.finish()
-	c.timer = time.NewTimer(time.Hour)
+	c.tm.timer = time.NewTimer(time.Hour)
 	th := wire.TCP(syn.Data[syn.L4:])
-	c.irs = th.Seq()
-	c.inSegs++
+	c.rcv.irs = th.Seq()
+	c.obs.inSegs++
 	if c.tracing() {
 		c.traceSeg(true, syn, syn.L4)
 	}
-	c.rcvNxt = c.irs + 1
-	c.sndWnd = uint32(th.Window())
+	c.rcv.nxt = c.rcv.irs + 1
+	c.snd.wnd = uint32(th.Window())
 	c.setGuestOpts(th, syn)
 	syn.Release()
 	if err := c.connect(); err != nil {
 		c.debugf("connect: %v", err)
 		c.sendRST()
-		c.closeReason = "connect: " + err.Error()
-		c.setState(tcpClosed, c.closeReason)
+		c.obs.closeReason = "connect: " + err.Error()
+		c.setState(tcpClosed, c.obs.closeReason)
 		return
 	}
 	c.loop()
@@ -381,7 +417,7 @@ func (c *tcpConn) runOutbound(syn *link.Frame) {
 // itself into the flow table, then opens the connection to the guest.
 func (c *tcpConn) runInbound() {
 	defer c.finish()
-	c.timer = time.NewTimer(time.Hour)
+	c.tm.timer = time.NewTimer(time.Hour)
 	// Not yet established, so nobody runs the flow inline while the
 	// actor lets go of gate to register (the lock rule, see the package
 	// comment).
@@ -390,18 +426,18 @@ func (c *tcpConn) runInbound() {
 	c.gate.Enter()
 	if !ok {
 		c.sock.Close(true)
-		c.closeReason = "shutting down"
-		c.setState(tcpClosed, c.closeReason)
+		c.obs.closeReason = "shutting down"
+		c.setState(tcpClosed, c.obs.closeReason)
 		return
 	}
 	c.setState(tcpSynSent, "connection accepted on the host, SYN to the guest")
 	wmem, _ := SysMax()
-	c.rcvWS = windowScale(wmem + wmem/2)
-	c.mss = c.ourMSS()
-	c.rcvMax = min(0xffff, tcpMaxWindow)
+	c.rcv.ws = windowScale(wmem + wmem/2)
+	c.snd.mss = c.ourMSS()
+	c.rcv.max = min(0xffff, tcpMaxWindow)
 	c.sendSyn()
-	c.hsAt = c.now.Add(tcpHandshakeTimeout)
-	c.rtoAt = c.now.Add(c.rto)
+	c.tm.hsAt = c.tm.now.Add(tcpHandshakeTimeout)
+	c.tm.rtoAt = c.tm.now.Add(c.tm.rto)
 	c.loop()
 }
 
@@ -421,10 +457,10 @@ func (c *tcpConn) loop() {
 			if c.state&tcpClosed == 0 {
 				c.onSocket()
 			}
-		case <-c.timer.C:
+		case <-c.tm.timer.C:
 			c.gate.Enter()
-			c.timerAt = time.Time{}
-			c.now = time.Now()
+			c.tm.timerAt = time.Time{}
+			c.tm.now = time.Now()
 			if c.state&tcpClosed == 0 {
 				c.onTimer()
 			}
@@ -441,10 +477,10 @@ func (c *tcpConn) loop() {
 // onSocket handles the socket events the poller reported.
 func (c *tcpConn) onSocket() {
 	ev := c.sock.fired()
-	c.now = time.Now()
+	c.tm.now = time.Now()
 	if ev&sockReadable != 0 {
-		c.lastAct = c.now
-		c.sockData = true
+		c.tm.lastAct = c.tm.now
+		c.snd.sockData = true
 		c.output()
 	}
 	if ev&sockWritable != 0 && c.state&tcpClosed == 0 {
@@ -457,23 +493,23 @@ func (c *tcpConn) onSocket() {
 // delayed ACKs, wake an idle process every millisecond of request/response
 // traffic, and a Reset costs far less than that.
 func (c *tcpConn) armTimer() {
-	next := c.lastAct.Add(tcpActTimeout)
-	for _, t := range [...]time.Time{c.rtoAt, c.persistAt, c.hsAt, c.ackAt, c.budgetAt} {
+	next := c.tm.lastAct.Add(tcpActTimeout)
+	for _, t := range [...]time.Time{c.tm.rtoAt, c.tm.persistAt, c.tm.hsAt, c.ack.at, c.tm.budgetAt} {
 		if !t.IsZero() && t.Before(next) {
 			next = t
 		}
 	}
-	if !next.Equal(c.timerAt) {
-		c.timer.Reset(time.Until(next))
-		c.timerAt = next
+	if !next.Equal(c.tm.timerAt) {
+		c.tm.timer.Reset(time.Until(next))
+		c.tm.timerAt = next
 	}
 }
 
 // onFrames handles f, taken from the inbox, and what else is queued there
 // (up to tcpDrain frames), then writes and answers.
 func (c *tcpConn) onFrames(f *link.Frame) {
-	c.now = time.Now()
-	c.lastAct = c.now
+	c.tm.now = time.Now()
+	c.tm.lastAct = c.tm.now
 	c.onFrame(f)
 	c.gate.Done(1)
 	for i := 0; i < tcpDrain && c.state&tcpClosed == 0; i++ {
@@ -502,18 +538,18 @@ func (c *tcpConn) output() {
 	if c.state&tcpClosed != 0 {
 		return
 	}
-	for ; c.dupDue > 0; c.dupDue-- {
-		c.sendFlags(wire.TCPAck, c.lastWin)
-		c.ackDue = false
+	for ; c.ack.dupDue > 0; c.ack.dupDue-- {
+		c.sendFlags(wire.TCPAck, c.ack.lastWin)
+		c.ack.due = false
 	}
-	if c.ackDue {
+	if c.ack.due {
 		if c.ackDelayable() {
-			if c.ackAt.IsZero() {
-				c.ackAt = c.now.Add(tcpDelAck)
+			if c.ack.at.IsZero() {
+				c.ack.at = c.tm.now.Add(tcpDelAck)
 			}
 		} else {
-			if c.quickAcks > 0 {
-				c.quickAcks--
+			if c.ack.quick > 0 {
+				c.ack.quick--
 			}
 			c.sendAck()
 		}
@@ -565,20 +601,20 @@ var tcpDelAck = 5 * time.Millisecond
 // it.
 func (c *tcpConn) ackDelayable() bool {
 	switch {
-	case c.ackForce || c.dupDue != 0 || c.state&tcpEstablished == 0 || c.state&tcpFinSent != 0:
+	case c.ack.force || c.ack.dupDue != 0 || c.state&tcpEstablished == 0 || c.state&tcpFinSent != 0:
 		return false
-	case c.quickAcks > 0 && c.state&tcpGuestFin == 0:
+	case c.ack.quick > 0 && c.state&tcpGuestFin == 0:
 		return false // data after an ACK that waited in vain (see above)
 	case c.state&tcpGuestFin != 0 && c.state&tcpSockShut == 0:
 		return false // the FIN waits for data the socket has not taken
 	}
-	d := c.ackNum() - c.ackSent
+	d := c.ackNum() - c.ack.sent
 	return d != 0 && d < tcpDelAckBytes
 }
 
 func (c *tcpConn) onTimer() {
-	now := c.now
-	if !c.hsAt.IsZero() && !now.Before(c.hsAt) {
+	now := c.tm.now
+	if !c.tm.hsAt.IsZero() && !now.Before(c.tm.hsAt) {
 		if c.state&tcpConnecting != 0 {
 			c.env.Limits.ConnectTimeout.Add(1)
 			c.reset("connect timeout after " + actors.TCPConnectTimeoutFor().String())
@@ -587,48 +623,48 @@ func (c *tcpConn) onTimer() {
 		c.reset("handshake timeout after " + tcpHandshakeTimeout.String())
 		return
 	}
-	if !c.rtoAt.IsZero() && !now.Before(c.rtoAt) {
+	if !c.tm.rtoAt.IsZero() && !now.Before(c.tm.rtoAt) {
 		c.onRTO()
 	}
-	if c.state&tcpClosed == 0 && !c.ackAt.IsZero() && !now.Before(c.ackAt) {
-		c.ackAt = time.Time{}
+	if c.state&tcpClosed == 0 && !c.ack.at.IsZero() && !now.Before(c.ack.at) {
+		c.ack.at = time.Time{}
 		c.sendAck()
-		c.quickAcks = tcpQuickAcks
+		c.ack.quick = tcpQuickAcks
 	}
-	if c.state&tcpClosed == 0 && !c.persistAt.IsZero() && !now.Before(c.persistAt) {
+	if c.state&tcpClosed == 0 && !c.tm.persistAt.IsZero() && !now.Before(c.tm.persistAt) {
 		// The guest's window is closed: a segment just below the window
 		// makes it answer with an ACK carrying its current window.
 		c.tracef(func() string { return "window probe: the guest's window is closed" })
-		c.sendFlagsSeq(c.sndUna-1, wire.TCPAck, c.lastWin)
-		c.persistAt = now.Add(min(c.rto*2, tcpRTOMax))
+		c.sendFlagsSeq(c.snd.una-1, wire.TCPAck, c.ack.lastWin)
+		c.tm.persistAt = now.Add(min(c.tm.rto*2, tcpRTOMax))
 	}
-	if c.state&tcpClosed == 0 && !c.budgetAt.IsZero() && !now.Before(c.budgetAt) {
+	if c.state&tcpClosed == 0 && !c.tm.budgetAt.IsZero() && !now.Before(c.tm.budgetAt) {
 		// Our window was held small for want of budget, and nothing the
 		// guest sends may come to reopen it: see whether budget is free.
-		c.budgetAt = time.Time{}
+		c.tm.budgetAt = time.Time{}
 		if c.state&tcpEstablished != 0 {
-			if w := c.rcvWindow(); w > c.winSent {
-				c.ackDue, c.ackForce = true, true
+			if w := c.rcvWindow(); w > c.ack.winSent {
+				c.ack.due, c.ack.force = true, true
 				c.output()
 			}
 		}
 	}
-	if c.state&tcpClosed == 0 && now.Sub(c.lastAct) >= tcpActTimeout {
+	if c.state&tcpClosed == 0 && now.Sub(c.tm.lastAct) >= tcpActTimeout {
 		c.reset("inactivity timeout")
 	}
 }
 
 func (c *tcpConn) onRTO() {
-	c.retries++
+	c.tm.retries++
 	c.tracef(func() string {
-		return "retransmission timeout after " + c.rto.String() + ", retry " + strconv.Itoa(c.retries) + " of " + strconv.Itoa(tcpMaxRetries)
+		return "retransmission timeout after " + c.tm.rto.String() + ", retry " + strconv.Itoa(c.tm.retries) + " of " + strconv.Itoa(tcpMaxRetries)
 	})
-	if c.retries > tcpMaxRetries {
+	if c.tm.retries > tcpMaxRetries {
 		c.reset("retransmission timeout")
 		return
 	}
-	c.rto = min(c.rto*2, tcpRTOMax)
-	c.rtoAt = c.now.Add(c.rto)
+	c.tm.rto = min(c.tm.rto*2, tcpRTOMax)
+	c.tm.rtoAt = c.tm.now.Add(c.tm.rto)
 	switch {
 	case c.state&tcpSynSent != 0:
 		c.sendSyn()
@@ -636,8 +672,8 @@ func (c *tcpConn) onRTO() {
 		c.sendSynAck()
 	case c.state&tcpEstablished != 0:
 		if !c.outstanding() {
-			c.rtoAt = time.Time{}
-			c.retries = 0
+			c.tm.rtoAt = time.Time{}
+			c.tm.retries = 0
 			return
 		}
 		c.retransmit("timeout")
@@ -669,7 +705,7 @@ func (c *tcpConn) closeFlow(reason string, reset bool) {
 		c.sock.Close(reset)
 		c.sock = nil
 	}
-	c.closeReason = reason
+	c.obs.closeReason = reason
 	c.setState(c.state|tcpClosed, reason)
 }
 
@@ -684,18 +720,18 @@ func (c *tcpConn) finish() {
 		c.sock.Close(true)
 		c.sock = nil
 	}
-	for _, s := range c.pend {
+	for _, s := range c.rcv.pend {
 		s.f.Release()
 	}
-	for _, s := range c.ooo {
+	for _, s := range c.rcv.ooo {
 		s.f.Release()
 	}
-	c.pend, c.ooo = nil, nil
+	c.rcv.pend, c.rcv.ooo = nil, nil
 	c.unpark()
-	c.held = 0
+	c.rcv.held = 0
 	c.setCharge(0)
-	if c.timer != nil {
-		c.timer.Stop()
+	if c.tm.timer != nil {
+		c.tm.timer.Stop()
 	}
 	c.connectDone()
 	c.env.Limits.GiveFDs(c.fdKind, c.fds)
@@ -726,7 +762,7 @@ func (c *tcpConn) crashed(r any) {
 		c.sock.Close(true)
 		c.sock = nil
 	}
-	c.closeReason = "crashed: " + fmt.Sprint(r)
+	c.obs.closeReason = "crashed: " + fmt.Sprint(r)
 	c.state |= tcpClosed
 }
 
@@ -751,10 +787,10 @@ func (c *tcpConn) connect() error {
 		return e
 	}
 	_ = nbsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-	if c.guestMSS > 0 && c.guestMSS <= tcpMaxSegOpt {
-		_ = nbsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG, c.guestMSS)
+	if c.rcv.guestMSS > 0 && c.rcv.guestMSS <= tcpMaxSegOpt {
+		_ = nbsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_MAXSEG, c.rcv.guestMSS)
 	}
-	if c.rcvWS < 0 {
+	if c.rcv.ws < 0 {
 		// The guest cannot take more than 64 KiB in flight; neither
 		// should the far end send us more than that ahead.
 		_ = nbsys.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_WINDOW_CLAMP, 0xffff)
@@ -789,7 +825,7 @@ func (c *tcpConn) connect() error {
 		c.setState(tcpConnecting, "connecting to "+dst.String())
 		// The kernel would retry its SYN for minutes; the guest's own
 		// connect is long given up by then.
-		c.hsAt = c.now.Add(actors.TCPConnectTimeoutFor())
+		c.tm.hsAt = c.tm.now.Add(actors.TCPConnectTimeoutFor())
 		// To a local or loopback peer the handshake has usually
 		// completed by the time connect returns: answer the guest now
 		// rather than after a round through the poller.
@@ -828,10 +864,10 @@ func bindOutbound(fd int, env *actors.Env, v6 bool) error {
 func (c *tcpConn) onConnected() {
 	c.connectDone()
 	c.setState(tcpSynRcvd, "host connected, SYN,ACK to the guest")
-	c.sndUna, c.sndNxt, c.sndHigh = c.iss, c.iss+1, c.iss+1
+	c.snd.una, c.snd.nxt, c.snd.high = c.snd.iss, c.snd.iss+1, c.snd.iss+1
 	c.sendSynAck()
-	c.hsAt = c.now.Add(tcpHandshakeTimeout)
-	c.rtoAt = c.now.Add(c.rto)
+	c.tm.hsAt = c.tm.now.Add(tcpHandshakeTimeout)
+	c.tm.rtoAt = c.tm.now.Add(c.tm.rto)
 }
 
 func (c *tcpConn) onWritable() {
@@ -849,17 +885,17 @@ func (c *tcpConn) onWritable() {
 		c.onConnected()
 		return
 	}
-	old := c.lastWin
+	old := c.ack.lastWin
 	c.flush()
 	if c.state&tcpClosed != 0 {
 		return
 	}
 	// A window update is worth a segment when the window was closed or
 	// small; otherwise the next ACK carries it.
-	if c.state&tcpEstablished != 0 && int(old)<<max(c.rcvWS, 0) < c.rcvMax/4 {
-		c.outqAge = tcpOutqStale // room appeared: measure it now
+	if c.state&tcpEstablished != 0 && int(old)<<max(c.rcv.ws, 0) < c.rcv.max/4 {
+		c.rcv.outqAge = tcpOutqStale // room appeared: measure it now
 		if w := c.rcvWindow(); w > old {
-			c.ackDue, c.ackForce = true, true
+			c.ack.due, c.ack.force = true, true
 		}
 	}
 	c.output()
@@ -868,13 +904,13 @@ func (c *tcpConn) onWritable() {
 // establish moves to ESTABLISHED once the three-way handshake is done.
 func (c *tcpConn) establish(cause string) {
 	c.setState(tcpEstablished, cause)
-	c.hsAt = time.Time{}
-	c.rtoAt = time.Time{}
-	c.retries = 0
-	c.rto = tcpRTOInit
-	c.sndUna, c.sndNxt, c.sndHigh = c.iss+1, c.iss+1, c.iss+1
-	c.sockData = true
-	c.sndbuf = c.sock.getInt(unix.SOL_SOCKET, unix.SO_SNDBUF)
+	c.tm.hsAt = time.Time{}
+	c.tm.rtoAt = time.Time{}
+	c.tm.retries = 0
+	c.tm.rto = tcpRTOInit
+	c.snd.una, c.snd.nxt, c.snd.high = c.snd.iss+1, c.snd.iss+1, c.snd.iss+1
+	c.snd.sockData = true
+	c.rcv.sndbuf = c.sock.getInt(unix.SOL_SOCKET, unix.SO_SNDBUF)
 }
 
 // onFrame handles one segment from the guest.
@@ -894,8 +930,8 @@ func (c *tcpConn) onFrame(f *link.Frame) {
 	th := wire.TCP(f.Data[f.L4:])
 	end := segEnd(f)
 	payload := f.Data[f.Payload:end]
-	c.inSegs++
-	c.inBytes += uint64(len(payload))
+	c.obs.inSegs++
+	c.obs.inBytes += uint64(len(payload))
 	if c.tracing() {
 		c.traceSeg(true, f, f.L4)
 	}
@@ -910,30 +946,30 @@ func (c *tcpConn) onFrame(f *link.Frame) {
 	case c.state&tcpConnecting != 0:
 		return // the guest repeats its SYN; nothing to say until connected
 	case c.state&tcpSynSent != 0:
-		if flags&(wire.TCPSyn|wire.TCPAck) == wire.TCPSyn|wire.TCPAck && th.Ack() == c.iss+1 {
-			c.irs = seq
-			c.rcvNxt = seq + 1
-			c.rcvEdge = c.rcvNxt
+		if flags&(wire.TCPSyn|wire.TCPAck) == wire.TCPSyn|wire.TCPAck && th.Ack() == c.snd.iss+1 {
+			c.rcv.irs = seq
+			c.rcv.nxt = seq + 1
+			c.rcv.edge = c.rcv.nxt
 			c.setGuestOpts(th, f)
-			c.sndWnd = uint32(th.Window())
+			c.snd.wnd = uint32(th.Window())
 			c.establish("SYN,ACK from the guest")
-			c.ackDue, c.ackForce = true, true
+			c.ack.due, c.ack.force = true, true
 		}
 		return
 	case c.state&tcpSynRcvd != 0:
 		if flags&wire.TCPSyn != 0 {
-			if seq == c.irs {
+			if seq == c.rcv.irs {
 				c.sendSynAck() // ours was lost
 			}
 			return
 		}
-		if flags&wire.TCPAck == 0 || th.Ack() != c.iss+1 {
+		if flags&wire.TCPAck == 0 || th.Ack() != c.snd.iss+1 {
 			return
 		}
 		c.establish("the guest acknowledged our SYN,ACK")
 	}
 	if flags&wire.TCPSyn != 0 {
-		c.ackDue, c.ackForce = true, true
+		c.ack.due, c.ack.force = true, true
 		return
 	}
 	if flags&wire.TCPAck == 0 {
@@ -961,11 +997,11 @@ func (c *tcpConn) onRST(th wire.TCP) {
 	switch {
 	case c.state&tcpConnecting != 0:
 	case c.state&tcpSynSent != 0:
-		if th.Flags()&wire.TCPAck == 0 || th.Ack() != c.iss+1 {
+		if th.Flags()&wire.TCPAck == 0 || th.Ack() != c.snd.iss+1 {
 			return
 		}
 	default:
-		if !seqInRange(th.Seq(), c.ackNum()-1, c.rcvEdge+1) {
+		if !seqInRange(th.Seq(), c.ackNum()-1, c.rcv.edge+1) {
 			return
 		}
 	}
@@ -1000,9 +1036,9 @@ func segEnd(f *link.Frame) int {
 func (c *tcpConn) sendSyn() {
 	win := uint16(min(c.rcvWindowRaw(), 0xffff))
 	f := link.GetFrame(c.tmpl.hlen + tcpSynOptsLen)
-	n := putSynOpts(f.Data[c.tmpl.hlen:], uint16(c.mss), c.rcvWS)
-	c.tmpl.fill(f, c.env.Peer.MAC(), c.iss, 0, wire.TCPSyn, win, n, 0)
-	c.lastWin = win
+	n := putSynOpts(f.Data[c.tmpl.hlen:], uint16(c.snd.mss), c.rcv.ws)
+	c.tmpl.fill(f, c.env.Peer.MAC(), c.snd.iss, 0, wire.TCPSyn, win, n, 0)
+	c.ack.lastWin = win
 	c.send(f)
 }
 
@@ -1010,11 +1046,11 @@ func (c *tcpConn) sendSyn() {
 func (c *tcpConn) sendSynAck() {
 	win := uint16(min(c.rcvWindowRaw(), 0xffff))
 	f := link.GetFrame(c.tmpl.hlen + tcpSynOptsLen)
-	n := putSynOpts(f.Data[c.tmpl.hlen:], uint16(c.ourMSS()), c.rcvWS)
-	c.tmpl.fill(f, c.env.Peer.MAC(), c.iss, c.rcvNxt, wire.TCPSyn|wire.TCPAck, win, n, 0)
-	c.lastWin = win
-	c.rcvEdge = c.rcvNxt + uint32(win)
-	c.noteSent(c.rcvNxt, win)
+	n := putSynOpts(f.Data[c.tmpl.hlen:], uint16(c.ourMSS()), c.rcv.ws)
+	c.tmpl.fill(f, c.env.Peer.MAC(), c.snd.iss, c.rcv.nxt, wire.TCPSyn|wire.TCPAck, win, n, 0)
+	c.ack.lastWin = win
+	c.rcv.edge = c.rcv.nxt + uint32(win)
+	c.noteSent(c.rcv.nxt, win)
 	c.send(f)
 }
 
@@ -1022,7 +1058,7 @@ func (c *tcpConn) sendSynAck() {
 func (c *tcpConn) sendRST() {
 	f := link.GetFrame(c.tmpl.hlen)
 	if c.state == 0 || c.state&tcpConnecting != 0 {
-		c.tmpl.fill(f, c.env.Peer.MAC(), 0, c.rcvNxt, wire.TCPRst|wire.TCPAck, 0, 0, 0)
+		c.tmpl.fill(f, c.env.Peer.MAC(), 0, c.rcv.nxt, wire.TCPRst|wire.TCPAck, 0, 0, 0)
 	} else {
 		c.tmpl.fill(f, c.env.Peer.MAC(), c.sndSeq(), c.ackNum(), wire.TCPRst|wire.TCPAck, 0, 0, 0)
 	}
@@ -1066,8 +1102,8 @@ func (c *tcpConn) sendBurst(f *link.Frame) {
 // nothing lost.
 func (c *tcpConn) sendAck() {
 	w := c.rcvWindow()
-	if !c.ackForce && c.ackNum() == c.ackSent && w == c.winSent {
-		c.ackDue = false
+	if !c.ack.force && c.ackNum() == c.ack.sent && w == c.ack.winSent {
+		c.ack.due = false
 		return
 	}
 	c.sendFlags(wire.TCPAck, w)
@@ -1075,9 +1111,9 @@ func (c *tcpConn) sendAck() {
 
 // noteSent records what a segment to the guest acknowledged and offered.
 func (c *tcpConn) noteSent(ack uint32, win uint16) {
-	c.ackSent, c.winSent = ack, win
-	c.ackDue, c.ackForce = false, false
-	c.ackAt = time.Time{}
+	c.ack.sent, c.ack.winSent = ack, win
+	c.ack.due, c.ack.force = false, false
+	c.ack.at = time.Time{}
 }
 
 func (c *tcpConn) sendFlags(flags uint8, win uint16) {
@@ -1095,15 +1131,15 @@ func (c *tcpConn) sendFlagsSeq(seq uint32, flags uint8, win uint16) {
 // sndSeq is the sequence number of our next segment without data.
 func (c *tcpConn) sndSeq() uint32 {
 	if c.state&tcpFinSent != 0 {
-		return c.finSeq + 1
+		return c.snd.finSeq + 1
 	}
-	return c.sndNxt
+	return c.snd.nxt
 }
 
 // ackNum acknowledges what the socket took, and the guest's FIN once the
 // socket is shut down for writing.
 func (c *tcpConn) ackNum() uint32 {
-	a := c.rcvNxt - uint32(c.pendBytes)
+	a := c.rcv.nxt - uint32(c.rcv.pendBytes)
 	if c.state&tcpSockShut != 0 {
 		a++
 	}

@@ -27,7 +27,7 @@ import (
 // tracing reports whether the flow's lines are wanted now: by a subscriber
 // whose filter selects the flow, or by the daemon's own log at trace level.
 func (c *tcpConn) tracing() bool {
-	if c.env.Trace.Active() && c.tap.On(c.env.Trace, c.key.Proto, c.key.Guest, c.key.Far, c.h.ID, c.desc) {
+	if c.env.Trace.Active() && c.obs.tap.On(c.env.Trace, c.key.Proto, c.key.Guest, c.key.Far, c.h.ID, c.desc) {
 		return true
 	}
 	return c.env.Log.IsLevelEnabled(logrus.TraceLevel)
@@ -38,8 +38,8 @@ func (c *tcpConn) desc() string { return actors.TraceDesc(c.h.ID, c.key) }
 // emit sends a line to the subscribers that want the flow and to the log
 // at trace level. Call it only after tracing said yes.
 func (c *tcpConn) emit(text string) {
-	if c.env.Trace.Active() && c.tap.On(c.env.Trace, c.key.Proto, c.key.Guest, c.key.Far, c.h.ID, c.desc) {
-		c.tap.Emit(flowtrace.Stamp(time.Now()), text)
+	if c.env.Trace.Active() && c.obs.tap.On(c.env.Trace, c.key.Proto, c.key.Guest, c.key.Far, c.h.ID, c.desc) {
+		c.obs.tap.Emit(flowtrace.Stamp(time.Now()), text)
 	}
 	if c.env.Log.IsLevelEnabled(logrus.TraceLevel) {
 		c.log().WithField("id", c.h.ID).Trace(text)
@@ -71,11 +71,11 @@ func (c *tcpConn) traceSeg(in bool, f *link.Frame, l4 int) {
 			s.MSS, s.WScale = int(o.MSS), o.WScale
 		}
 	} else if in {
-		s.Seq -= c.irs
-		s.Ack -= c.iss
+		s.Seq -= c.rcv.irs
+		s.Ack -= c.snd.iss
 	} else {
-		s.Seq -= c.iss
-		s.Ack -= c.irs
+		s.Seq -= c.snd.iss
+		s.Ack -= c.rcv.irs
 	}
 	b := make([]byte, 0, 96)
 	if in {
@@ -91,12 +91,12 @@ func (c *tcpConn) traceSeg(in bool, f *link.Frame, l4 int) {
 func (c *tcpConn) countOut(f *link.Frame) {
 	l4 := c.tmpl.l4
 	if f.Loan != nil {
-		c.outBytes += uint64(f.Loan.Len())
+		c.obs.outBytes += uint64(f.Loan.Len())
 	} else if n := len(f.Data) - c.tmpl.hlen; n > 0 && len(f.Data) > l4+wire.TCPMinLen {
 		n = len(f.Data) - l4 - wire.TCP(f.Data[l4:]).DataOffset()
-		c.outBytes += uint64(max(n, 0))
+		c.obs.outBytes += uint64(max(n, 0))
 	}
-	c.outSegs++
+	c.obs.outSegs++
 	if c.tracing() {
 		c.traceSeg(false, f, l4)
 	}
@@ -122,16 +122,16 @@ func (c *tcpConn) tracef(f func() string) {
 func (c *tcpConn) publish() {
 	s := &c.h.Stats
 	s.State.Store(uint32(c.state))
-	s.GuestBytes.Store(c.inBytes)
-	s.GuestSegs.Store(c.inSegs)
-	s.FarBytes.Store(c.outBytes)
-	s.FarSegs.Store(c.outSegs)
-	s.Retrans.Store(c.nRetrans)
-	s.GuestWindow.Store(c.sndWnd)
-	s.OurWindow.Store(uint32(c.lastWin) << max(c.rcvWS, 0))
-	s.Unacked.Store(c.sndNxt - c.sndUna)
-	held := c.pendBytes
-	for _, o := range c.ooo {
+	s.GuestBytes.Store(c.obs.inBytes)
+	s.GuestSegs.Store(c.obs.inSegs)
+	s.FarBytes.Store(c.obs.outBytes)
+	s.FarSegs.Store(c.obs.outSegs)
+	s.Retrans.Store(c.obs.retrans)
+	s.GuestWindow.Store(c.snd.wnd)
+	s.OurWindow.Store(uint32(c.ack.lastWin) << max(c.rcv.ws, 0))
+	s.Unacked.Store(c.snd.nxt - c.snd.una)
+	held := c.rcv.pendBytes
+	for _, o := range c.rcv.ooo {
 		held += len(o.b)
 	}
 	s.Held.Store(int64(held))
@@ -142,14 +142,14 @@ func (c *tcpConn) traceEnd() {
 	if !c.tracing() {
 		return
 	}
-	why := c.closeReason
+	why := c.obs.closeReason
 	if why == "" {
 		why = "ended"
 	}
 	c.emit("end (" + why + ") after " + time.Since(c.h.Stats.Start).Round(time.Microsecond).String() +
-		": from guest " + strconv.FormatUint(c.inBytes, 10) + " bytes in " + strconv.FormatUint(c.inSegs, 10) +
-		" segments, to guest " + strconv.FormatUint(c.outBytes, 10) + " bytes in " + strconv.FormatUint(c.outSegs, 10) +
-		" segments, " + strconv.FormatUint(c.nRetrans, 10) + " retransmissions")
+		": from guest " + strconv.FormatUint(c.obs.inBytes, 10) + " bytes in " + strconv.FormatUint(c.obs.inSegs, 10) +
+		" segments, to guest " + strconv.FormatUint(c.obs.outBytes, 10) + " bytes in " + strconv.FormatUint(c.obs.outSegs, 10) +
+		" segments, " + strconv.FormatUint(c.obs.retrans, 10) + " retransmissions")
 }
 
 // stateChange describes a change of the state bits: the bits set or
