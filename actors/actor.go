@@ -64,14 +64,13 @@
 //	                            waits, the dispatcher and the harvester only TryEnter it
 //	  poll.Poller.mu            the TCP protocol's epoll registrations (a closing flow removes its socket)
 //
-//	udp.Binding.gate | rxMu     gate: the send path (tx, txq, txOff, spare, noGSO, closed),
-//	                            held by the actor, or by the dispatcher in sendDirect (TryEnter);
-//	                            rxMu: the receiver's buffers and ipID, held by the receiver, the
-//	                            sweep only TryLocks it. Never both.
-//	  udp.Binding.errMu         the error queue buffers (errBuf, oob), from either path, while one
-//	                            entry is read; never while its frame is handed to the Writer
-//	    udp.Binding.mu          the flow tables (flows, byHost) and every udpFlow's fields;
-//	                            held for lookups only, never across a syscall
+//	udp.Binding.tx.gate | rx.mu the send path (udpTx), held by the actor, or by the dispatcher
+//	                            in sendDirect (TryEnter); the receiver's buffers (udpRx), held
+//	                            by the receiver, the sweep only TryLocks it. Never both.
+//	  udp.Binding.errq.mu       the error queue buffers, from either path, while one entry is
+//	                            read; never while its frame is handed to the Writer
+//	    udp.Binding.tab.mu      the flow tables and every udpFlow's fields; held for lookups
+//	                            only, never across a syscall
 //	      udp.Protocol.reg      the registry of outbound bindings and each binding's pending list
 //	        Inbox.mu            a binding's queue of guest datagrams (a leaf)
 //
@@ -81,13 +80,13 @@
 // The rule, which the dispatcher's liveness rests on: no channel send and
 // no Registrar call (Env.RegisterFlow, Env.EndFlow) while holding a flow's lock.
 // The dispatcher alone drains Env.Register and Env.Ended, and it waits for
-// udp.Binding.mu in sendDirect; a flow that waited for room in either
+// udp.Binding.tab.mu in sendDirect; a flow that waited for room in either
 // channel while holding a lock the dispatcher can wait for would stop the
 // daemon's data path. So what a flow has to report under a lock is
 // collected there and reported after the lock is released
-// (udp.Binding.endedQ, the new-flow result of newInboundFlow). The one
+// (udp.Binding.tab.endedQ, the new-flow result of newInboundFlow). The one
 // exception is handing frames to the link Writer, a leaf, which an actor
-// does under its own locks (the UDP receiver under rxMu, a TCP actor under
+// does under its own locks (the UDP receiver under rx.mu, a TCP actor under
 // its gate): the Writer's goroutine needs none of them to make room. A
 // guest of a flow's gate does not even wait for the Writer: it offers its
 // frames (Writer.OfferNow, Offer, TrySend) and parks for the actor, or

@@ -123,7 +123,7 @@ type tcpSeg struct {
 // the flow: the actor goroutine, its owner, at all times except while it
 // waits in its select, or, while it waits there, the dispatcher or the
 // harvester running the flow inline as its guests (inline.go). The actor
-// holds gate from its first instruction (NewConn enters it for the
+// holds gate from its first instruction (newConn enters it for the
 // goroutine about to start) to its end; it lets go of it only to wait, to
 // register an inbound flow and once the flow is closed, to report its end
 // (the Registrar is never called with gate held). An inline run enters

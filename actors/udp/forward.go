@@ -84,13 +84,13 @@ func (b *Binding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) (fl
 		return nil, false
 	}
 	k := actors.Key{Proto: wire.ProtoUDP, Guest: netip.AddrPortFrom(ga, b.fwdPort), Far: far}
-	if old := b.flows[k]; old != nil {
+	if old := b.tab.flows[k]; old != nil {
 		// Another host address the guest sees as the same far end: the
 		// latest one gets the replies.
-		delete(b.byHost, old.host)
+		delete(b.tab.byHost, old.host)
 		old.host = src
 		old.salen = sockutil.PutSockaddr(&old.sa, src)
-		b.byHost[src] = old
+		b.tab.byHost[src] = old
 		old.last = now
 		return old, false
 	}
@@ -104,7 +104,7 @@ func (b *Binding) newInboundFlow(src netip.AddrPort, ctrl []byte, now int64) (fl
 	if b.wildcard {
 		fl.clen = pktinfoReply(fl.ctrl[:], ctrl, b.v6)
 	}
-	fl.h = actors.InitHandle(&actors.Handle{Key: k, Q: b.in, Direct: b.direct, Gate: &b.gate, Inbound: true})
+	fl.h = actors.InitHandle(&actors.Handle{Key: k, Q: b.in, Direct: b.tx.direct, Gate: &b.tx.gate, Inbound: true})
 	b.env.Stats.UDPOpened.Add(1)
 	b.env.Stats.UDPFlows.Add(1)
 	return fl, true

@@ -74,7 +74,7 @@ import (
 //     wakes a thread, often on the other CPU, which request/response
 //     traffic pays in full. The two share the flow tables under mu (held
 //     for lookups, never across a syscall); the receive buffers are the
-//     receiver's, under rxMu, which the actor's sweep only takes with
+//     receiver's, under rx.mu, which the actor's sweep only takes with
 //     TryLock to free them when the socket is quiet.
 //
 // Inbound (-u) listeners are bindings too, created by actors/forward:
@@ -100,7 +100,7 @@ type udpFlow struct {
 	clen  int
 	last  int64 // sockutil.MonoNow of the last datagram either way
 	// tap is the flow's view of the trace subscribers for datagrams to
-	// the guest; the receiver's (rxMu), unlike the fields above.
+	// the guest; the receiver's (rx.mu), unlike the fields above.
 	tap flowtrace.Tap
 }
 
@@ -126,52 +126,78 @@ type Binding struct {
 	Splice   *splice.UDPSplice // inbound: relays loopback clients (splice/udp.go)
 	pending  []*actors.Handle  // joined by Start, not yet seen by the actor; p.reg.Mutex
 
-	// mu guards the flow tables and every udpFlow's fields.
-	mu        sync.Mutex
-	flows     map[actors.Key]*udpFlow
-	byHost    map[netip.AddrPort]*udpFlow
-	last      atomic.Int64 // sockutil.MonoNow of the last datagram either way
+	tab  udpTable     // the flow tables, under tab.mu
+	last atomic.Int64 // sockutil.MonoNow of the last datagram either way
+	// lastRx is the receiver's last datagram; rxAtSweep, the actor's,
+	// is what lastRx was at the previous sweep.
 	lastRx    atomic.Int64
-	rxAtSweep int64 // actor's
+	rxAtSweep int64
+
+	rx      udpRx       // the receiver's, under rx.mu
+	closing atomic.Bool // the actor is shutting down: the receiver stops
+	errq    udpErrq     // the socket's error queue, under errq.mu
+	tx      udpTx       // the send path, under tx.gate
+}
+
+// The parts of a Binding, each beside the lock that guards it. Lock
+// order (actors' package doc): tx.gate or rx.mu (never both), then
+// errq.mu, then tab.mu, then the protocol's registry, then the inbox.
+
+// udpTable is the binding's flows: by the guest's key and by the far
+// end's host address.
+type udpTable struct {
+	// mu guards the maps and every udpFlow's fields; it is held for
+	// lookups only, never across a system call.
+	mu     sync.Mutex
+	flows  map[actors.Key]*udpFlow
+	byHost map[netip.AddrPort]*udpFlow
 	// endedQ holds the Handles of flows endFlow ended, for the actor to
 	// report once it has released mu (flushEnded). The actor's: only the
 	// actor ends flows.
 	endedQ []*actors.Handle
+}
 
-	// The receiver's state, under rxMu.
-	rxMu       sync.Mutex
+// udpRx is the receiver's state: host datagrams into frames for the guest.
+type udpRx struct {
+	// mu is held by the receiver goroutine; the sweep only TryLocks it.
+	mu         sync.Mutex
 	ipID       uint16
 	want       int // frames offered to the next recvmmsg
 	stash      [udpBatch]*link.Frame
 	stashBytes int64                 // what stash keeps alive, charged to the budget
 	out        [udpBatch]*link.Frame // a batch's frames for the guest, handed to the Writer
-	rx         *mmsgBatch
-	rxDone     chan struct{} // closed when the receiver has returned
+	batch      *mmsgBatch
+	done       chan struct{} // closed when the receiver has returned
+}
 
-	closing atomic.Bool // the actor is shutting down: the receiver stops
-	// errMu guards errBuf and oob, while one entry of the error queue is
-	// read and turned into a frame (drainErrors runs on both goroutines);
+// udpErrq is the scratch space for reading the socket's error queue.
+type udpErrq struct {
+	// mu guards buf and oob while one entry of the error queue is read
+	// and turned into a frame (drainErrors runs on both goroutines);
 	// never held while the frame is handed to the Writer.
-	errMu sync.Mutex
+	mu  sync.Mutex
+	buf []byte
+	oob []byte
+}
 
-	// gate is held by whoever sends guest datagrams: the actor, its owner,
-	// or the dispatcher in sendDirect, its guest. It guards tx, txq,
-	// txOff, spare, noGSO, closed, inline; its backlog counts the guest
-	// datagrams queued in the inbox or txq and not yet sent.
+// udpTx is the send path: guest datagrams to the host socket.
+type udpTx struct {
+	// gate is held by whoever sends guest datagrams: the actor, its
+	// owner, or the dispatcher in sendDirect, its guest. It guards the
+	// rest of udpTx; its backlog counts the guest datagrams queued in the
+	// inbox or q and not yet sent.
 	gate       handoff.Gate
 	inline     bool                   // sendDirect holds gate: nothing may wait
 	direct     func(*link.Frame) bool // sendDirect, bound once for every Handle
 	one        [1]*link.Frame         // sendDirect's batch
 	maxPayload int
 	hdrLen     int
-	tx         *mmsgBatch
-	txq        []*link.Frame // backlog taken from the inbox, sent from txOff on
-	txOff      int
+	batch      *mmsgBatch
+	q          []*link.Frame // backlog taken from the inbox, sent from off on
+	off        int
 	spare      []*link.Frame // the Inbox's other slice (Inbox.Take)
-	errBuf     []byte
-	oob        []byte
-	noGSO      bool // the kernel refused UDP_SEGMENT: one message per datagram
-	closed     bool // shutdown has run: sendDirect must not send
+	noGSO      bool          // the kernel refused UDP_SEGMENT: one message per datagram
+	closed     bool          // shutdown has run: sendDirect must not send
 }
 
 func newBinding(p *Protocol, v6 bool, sock *sockutil.DgramSock) *Binding {
@@ -179,20 +205,16 @@ func newBinding(p *Protocol, v6 bool, sock *sockutil.DgramSock) *Binding {
 	timeout := env.Opts.UDPTimeout
 	b := &Binding{
 		p: p, env: env, Sock: sock, v6: v6, timeout: timeout,
-		in:         actors.NewBudgetInbox(env, inboxLimit, env.Opts.FlowBuffer),
-		flows:      make(map[actors.Key]*udpFlow),
-		byHost:     make(map[netip.AddrPort]*udpFlow),
-		maxPayload: maxUDPPayload(env, v6),
-		hdrLen:     udpHdrLen(v6),
-		want:       4,
-		tx:         &mmsgBatch{dgrams: make([]udpDgram, 0, udpBatch)},
-		rx:         new(mmsgBatch),
-		errBuf:     make([]byte, icmperr.MaxLen6),
-		oob:        make([]byte, 256),
-		rxDone:     make(chan struct{}),
+		in: actors.NewBudgetInbox(env, inboxLimit, env.Opts.FlowBuffer),
 	}
+	b.tab.flows = make(map[actors.Key]*udpFlow)
+	b.tab.byHost = make(map[netip.AddrPort]*udpFlow)
+	b.tx.maxPayload, b.tx.hdrLen = maxUDPPayload(env, v6), udpHdrLen(v6)
+	b.tx.batch = &mmsgBatch{dgrams: make([]udpDgram, 0, udpBatch)}
+	b.rx.batch, b.rx.want, b.rx.done = new(mmsgBatch), 4, make(chan struct{})
+	b.errq.buf, b.errq.oob = make([]byte, icmperr.MaxLen6), make([]byte, 256)
 	b.last.Store(sockutil.MonoNow())
-	b.direct = b.sendDirect
+	b.tx.direct = b.sendDirect
 	return b
 }
 
@@ -243,7 +265,7 @@ func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
 		reg.m[k.Guest] = b
 		go b.Run()
 	}
-	h := actors.InitHandle(&actors.Handle{Key: k, Q: b.in, Direct: b.direct, Gate: &b.gate})
+	h := actors.InitHandle(&actors.Handle{Key: k, Q: b.in, Direct: b.tx.direct, Gate: &b.tx.gate})
 	b.pending = append(b.pending, h)
 	reg.Unlock()
 	if !h.Offer(f) {
@@ -314,7 +336,7 @@ func (b *Binding) Run() {
 	defer t.Stop()
 	go b.receiver()
 	for {
-		if len(b.txq) > 0 {
+		if len(b.tx.q) > 0 {
 			// A backlog is being sent a few batches at a time; keep an
 			// eye on the rest meanwhile.
 			select {
@@ -327,16 +349,16 @@ func (b *Binding) Run() {
 				t.Reset(sweep)
 			default:
 			}
-			b.gate.Enter()
+			b.tx.gate.Enter()
 			b.send()
-			b.gate.Leave()
+			b.tx.gate.Leave()
 			continue
 		}
 		select {
 		case <-b.in.Ready:
-			b.gate.Enter()
+			b.tx.gate.Enter()
 			b.takeInbox()
-			b.gate.Leave()
+			b.tx.gate.Leave()
 		case <-t.C:
 			if b.sweep() {
 				return
@@ -353,7 +375,7 @@ func (b *Binding) Run() {
 // runtime poller itself (RawConn.Read calls rxReady again at every
 // readiness edge), so a reply costs one wakeup.
 func (b *Binding) receiver() {
-	defer close(b.rxDone)
+	defer close(b.rx.done)
 	defer func() {
 		if r := recover(); r != nil {
 			b.env.Stats.Panics.Add(1)
@@ -361,9 +383,9 @@ func (b *Binding) receiver() {
 		}
 	}()
 	rxReady := func(uintptr) bool {
-		b.rxMu.Lock()
+		b.rx.mu.Lock()
 		b.receive()
-		b.rxMu.Unlock()
+		b.rx.mu.Unlock()
 		return b.closing.Load()
 	}
 	fails := 0
@@ -390,7 +412,7 @@ func (b *Binding) adopt() {
 	b.p.reg.Unlock()
 	now := sockutil.MonoNow()
 	for _, h := range pending {
-		fl := b.flows[h.Key]
+		fl := b.tab.flows[h.Key]
 		if fl == nil {
 			fl = b.addFlow(h.Key, b.env.NAT.Outbound(h.Key.Far), now)
 		}
@@ -406,8 +428,8 @@ func (b *Binding) adopt() {
 func (b *Binding) addFlow(k actors.Key, host netip.AddrPort, now int64) *udpFlow {
 	fl := &udpFlow{key: k, host: host, last: now}
 	fl.salen = sockutil.PutSockaddr(&fl.sa, host)
-	b.flows[k] = fl
-	b.byHost[host] = fl
+	b.tab.flows[k] = fl
+	b.tab.byHost[host] = fl
 	return fl
 }
 
@@ -416,54 +438,54 @@ func (b *Binding) addFlow(k actors.Key, host netip.AddrPort, now int64) *udpFlow
 // the package comment): sendDirect waits for mu on the dispatcher's
 // goroutine, so a full Env.Ended would stop both for good.
 func (b *Binding) endFlow(fl *udpFlow) {
-	delete(b.flows, fl.key)
-	if b.byHost[fl.host] == fl {
-		delete(b.byHost, fl.host)
+	delete(b.tab.flows, fl.key)
+	if b.tab.byHost[fl.host] == fl {
+		delete(b.tab.byHost, fl.host)
 	}
 	if fl.h == nil {
 		return
 	}
 	b.env.Stats.UDPFlows.Add(-1)
-	b.endedQ = append(b.endedQ, fl.h)
+	b.tab.endedQ = append(b.tab.endedQ, fl.h)
 	fl.h = nil
 }
 
 // flushEnded tells the dispatcher about the flows endFlow ended; called by
 // the actor with no lock held.
 func (b *Binding) flushEnded() {
-	for i, h := range b.endedQ {
+	for i, h := range b.tab.endedQ {
 		b.env.EndFlow(h)
-		b.endedQ[i] = nil
+		b.tab.endedQ[i] = nil
 	}
-	b.endedQ = b.endedQ[:0]
+	b.tab.endedQ = b.tab.endedQ[:0]
 }
 
 // sweep ends idle flows, frees receive buffers of a quiet socket, and
 // reports whether the whole binding should end.
 func (b *Binding) sweep() bool {
-	b.mu.Lock()
+	b.tab.mu.Lock()
 	b.adopt()
 	now := sockutil.MonoNow()
-	for _, fl := range b.flows {
+	for _, fl := range b.tab.flows {
 		if now-fl.last >= int64(b.timeout) {
 			b.endFlow(fl)
 		}
 	}
-	nflows := len(b.flows)
-	b.mu.Unlock()
+	nflows := len(b.tab.flows)
+	b.tab.mu.Unlock()
 	b.flushEnded()
 	lastRx := b.lastRx.Load()
-	if lastRx == b.rxAtSweep && b.rxMu.TryLock() {
+	if lastRx == b.rxAtSweep && b.rx.mu.TryLock() {
 		// Quiet since the last sweep and the receiver is waiting: give
 		// the receive buffers back (up to 64 frames of up to 64 KiB).
 		b.releaseStash()
-		b.rxMu.Unlock()
+		b.rx.mu.Unlock()
 	}
 	if b.in.Len() == 0 {
 		// A backlog is over: give its memory back.
 		b.in.Shrink()
-		if cap(b.spare) > actors.InboxKeep {
-			b.spare = nil
+		if cap(b.tx.spare) > actors.InboxKeep {
+			b.tx.spare = nil
 		}
 	}
 	b.rxAtSweep = lastRx
@@ -491,7 +513,7 @@ func (b *Binding) shutdown() {
 	// may still be delivering (registering inbound flows, too).
 	b.closing.Store(true)
 	b.Sock.Close()
-	<-b.rxDone
+	<-b.rx.done
 	if !b.inbound {
 		reg := &b.p.reg
 		reg.Lock()
@@ -500,23 +522,23 @@ func (b *Binding) shutdown() {
 		}
 		reg.Unlock()
 	}
-	b.mu.Lock()
+	b.tab.mu.Lock()
 	if !b.inbound {
 		b.adopt()
 	}
-	for _, fl := range b.flows {
+	for _, fl := range b.tab.flows {
 		b.endFlow(fl)
 	}
-	b.mu.Unlock()
+	b.tab.mu.Unlock()
 	b.flushEnded()
 	b.releaseStash()
-	b.gate.Enter()
-	for _, f := range b.txq[b.txOff:] {
+	b.tx.gate.Enter()
+	for _, f := range b.tx.q[b.tx.off:] {
 		f.Release()
 	}
-	b.txq = nil
-	b.closed = true
-	b.gate.Leave()
+	b.tx.q = nil
+	b.tx.closed = true
+	b.tx.gate.Leave()
 	b.in.Drain()
 	if !b.inbound {
 		b.p.stats.Bindings.Add(-1)
@@ -524,17 +546,17 @@ func (b *Binding) shutdown() {
 	}
 }
 
-// releaseStash frees the receive buffers; rxMu held (or the receiver gone).
+// releaseStash frees the receive buffers; rx.mu held (or the receiver gone).
 func (b *Binding) releaseStash() {
-	for i, f := range b.stash {
+	for i, f := range b.rx.stash {
 		if f != nil {
 			f.Release()
-			b.stash[i] = nil
+			b.rx.stash[i] = nil
 		}
 	}
-	b.env.Uncharge(b.stashBytes)
-	b.stashBytes = 0
-	b.want = 4
+	b.env.Uncharge(b.rx.stashBytes)
+	b.rx.stashBytes = 0
+	b.rx.want = 4
 }
 
 // frameFlow finds the flow a guest frame belongs to and its UDP payload;
@@ -567,10 +589,10 @@ func (b *Binding) frameFlow(f *link.Frame, now int64) (*udpFlow, []byte) {
 		return nil, nil
 	}
 	k := actors.Key{Proto: wire.ProtoUDP, Guest: netip.AddrPortFrom(src, u.SrcPort()), Far: netip.AddrPortFrom(dst, u.DstPort())}
-	fl := b.flows[k]
+	fl := b.tab.flows[k]
 	if fl == nil {
 		b.adopt()
-		fl = b.flows[k]
+		fl = b.tab.flows[k]
 	}
 	if fl == nil && !b.inbound && k.Guest == b.guest && dst.Is6() == b.v6 {
 		// A late frame of a flow that already ended: still the guest's
@@ -589,13 +611,13 @@ func (b *Binding) frameFlow(f *link.Frame, now int64) (*udpFlow, []byte) {
 // spurious wakeup) but never lost, since every frame queued since is in
 // what Take returns.
 func (b *Binding) takeInbox() {
-	q := b.in.Take(b.spare)
-	b.txOff = 0
+	q := b.in.Take(b.tx.spare)
+	b.tx.off = 0
 	if len(q) == 0 {
-		b.spare, b.txq = q, nil
+		b.tx.spare, b.tx.q = q, nil
 		return
 	}
-	b.txq, b.spare = q, nil
+	b.tx.q, b.tx.spare = q, nil
 }
 
 // sendDirect sends the guest datagram f from the dispatcher's goroutine
@@ -617,25 +639,25 @@ func (b *Binding) takeInbox() {
 // lost, the dispatcher unharmed (the result is named so that it still
 // says f was taken).
 func (b *Binding) sendDirect(f *link.Frame) (took bool) {
-	if !b.gate.TryEnter() {
+	if !b.tx.gate.TryEnter() {
 		return false
 	}
-	defer b.gate.Leave()
-	if b.closed {
+	defer b.tx.gate.Leave()
+	if b.tx.closed {
 		return false
 	}
 	defer func() {
-		b.inline = false
+		b.tx.inline = false
 		if r := recover(); r != nil {
-			b.one[0] = nil
+			b.tx.one[0] = nil
 			b.env.Stats.Panics.Add(1)
 			b.log.WithField("panic", r).Error("udp: sending a guest datagram panicked")
 		}
 	}()
 	took = true
-	b.inline = true
-	b.one[0] = f
-	b.sendBatch(b.one[:]) // releases f
+	b.tx.inline = true
+	b.tx.one[0] = f
+	b.sendBatch(b.tx.one[:]) // releases f
 	b.p.stats.Direct.Add(1)
 	return took
 }
@@ -648,15 +670,15 @@ const udpTxBudget = 4
 // datagrams per sendmmsg; when the backlog is done it takes the next.
 func (b *Binding) send() {
 	for range udpTxBudget {
-		rest := b.txq[b.txOff:]
+		rest := b.tx.q[b.tx.off:]
 		k := min(len(rest), udpBatch)
 		b.sendBatch(rest[:k]) // releases and clears them
-		b.gate.Done(k)
-		b.txOff += k
-		if b.txOff == len(b.txq) {
-			b.spare, b.txq = b.txq[:0], nil
+		b.tx.gate.Done(k)
+		b.tx.off += k
+		if b.tx.off == len(b.tx.q) {
+			b.tx.spare, b.tx.q = b.tx.q[:0], nil
 			b.takeInbox()
-			if b.txq == nil {
+			if b.tx.q == nil {
 				return
 			}
 		}
@@ -668,8 +690,8 @@ func (b *Binding) send() {
 func (b *Binding) sendBatch(frames []*link.Frame) {
 	now := sockutil.MonoNow()
 	b.last.Store(now)
-	b.mu.Lock()
-	d := b.tx.dgrams[:0]
+	b.tab.mu.Lock()
+	d := b.tx.batch.dgrams[:0]
 	for _, f := range frames {
 		fl, p := b.frameFlow(f, now)
 		if fl == nil {
@@ -681,8 +703,8 @@ func (b *Binding) sendBatch(frames []*link.Frame) {
 	}
 	// The flows' addresses are copied into the headers under mu: the
 	// receiver may point a flow at another host address meanwhile.
-	n := b.buildTx(d, !b.noGSO)
-	b.mu.Unlock()
+	n := b.buildTx(d, !b.tx.noGSO)
+	b.tab.mu.Unlock()
 	b.sendTx(d, n)
 	for i := range frames {
 		frames[i].Release()
@@ -721,7 +743,7 @@ type udpDgram struct {
 // An empty datagram never joins a run: a segment of zero bytes does not
 // exist, it would vanish.
 func (b *Binding) buildTx(d []udpDgram, gso bool) int {
-	tx := b.tx
+	tx := b.tx.batch
 	n := 0
 	for i := 0; i < len(d); {
 		fl, size := d[i].fl, len(d[i].p)
@@ -786,7 +808,7 @@ func putUDPSegment(c []byte, size int) int {
 
 // sendTx sends the n headers built for d.
 func (b *Binding) sendTx(d []udpDgram, n int) {
-	tx := b.tx
+	tx := b.tx.batch
 	for i, retried := 0, false; i < n; {
 		r, e := sockutil.Sendmmsg(b.Sock.FD, tx.hdrs[i:n])
 		if e == 0 {
@@ -803,11 +825,11 @@ func (b *Binding) sendTx(d []udpDgram, n int) {
 		if tx.count[i] > 1 && (e == unix.EINVAL || e == unix.EMSGSIZE || e == unix.EIO || e == unix.ENOPROTOOPT) {
 			// Segmentation refused: send the rest one by one, from
 			// now on.
-			b.noGSO = true
+			b.tx.noGSO = true
 			rest := d[tx.first[i]:]
-			b.mu.Lock()
+			b.tab.mu.Lock()
 			m := b.buildTx(rest, false)
-			b.mu.Unlock()
+			b.tab.mu.Unlock()
 			b.sendTx(rest, m)
 			return
 		}
@@ -819,7 +841,7 @@ func (b *Binding) sendTx(d []udpDgram, n int) {
 		}
 		// A pending ICMP error is reported once, on whatever call comes
 		// next: read the error queue, then try this message again once.
-		b.drainErrors(b.inline)
+		b.drainErrors(b.tx.inline)
 		if !retried && sockutil.IsTransient(e) {
 			retried = true
 			continue
@@ -832,7 +854,7 @@ func (b *Binding) sendTx(d []udpDgram, n int) {
 
 // receive moves datagrams from the socket to the guest until the socket is
 // empty (it must be: the poller only wakes the receiver again for a new
-// edge) or the binding is closing. rxMu held.
+// edge) or the binding is closing. rx.mu held.
 //
 // A recvmmsg that returns fewer datagrams than offered has emptied the
 // socket, so receive stops there without the extra call that would say
@@ -846,15 +868,15 @@ func (b *Binding) sendTx(d []udpDgram, n int) {
 // returns it) or when a wakeup found no datagram, so that the common path
 // costs no extra syscall.
 func (b *Binding) receive() {
-	rx := b.rx
+	rx := b.rx.batch
 	for first := true; !b.closing.Load(); first = false {
-		k := b.want
+		k := b.rx.want
 		for i := 0; i < k; i++ {
-			if b.stash[i] == nil {
+			if b.rx.stash[i] == nil {
 				// Buffers are charged to the budget; beyond it the
 				// batch is smaller (the socket buffer holds the rest),
 				// but never empty: a binding must be able to receive.
-				f := link.GetFrame(b.hdrLen + b.maxPayload)
+				f := link.GetFrame(b.tx.hdrLen + b.tx.maxPayload)
 				size := int64(cap(f.Data))
 				if !b.env.Charge(size) {
 					if i > 0 {
@@ -864,12 +886,12 @@ func (b *Binding) receive() {
 					}
 					b.env.Stats.BufferBytes.Add(size)
 				}
-				b.stashBytes += size
-				b.stash[i] = f
+				b.rx.stashBytes += size
+				b.rx.stash[i] = f
 			}
-			d := b.stash[i].Data
-			rx.iovs[i].Base = &d[b.hdrLen]
-			rx.iovs[i].SetLen(b.maxPayload)
+			d := b.rx.stash[i].Data
+			rx.iovs[i].Base = &d[b.tx.hdrLen]
+			rx.iovs[i].SetLen(b.tx.maxPayload)
 			h := &rx.hdrs[i]
 			h.Hdr = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&rx.names[i])), Namelen: unix.SizeofSockaddrInet6, Iov: &rx.iovs[i]}
 			h.Hdr.SetIovlen(1)
@@ -884,8 +906,8 @@ func (b *Binding) receive() {
 				if first {
 					b.drainErrors(false)
 				}
-				if b.want > 4 {
-					b.want /= 2
+				if b.rx.want > 4 {
+					b.rx.want /= 2
 				}
 				return
 			}
@@ -899,7 +921,7 @@ func (b *Binding) receive() {
 		now := sockutil.MonoNow()
 		b.last.Store(now)
 		b.lastRx.Store(now)
-		out := b.out[:0]
+		out := b.rx.out[:0]
 		for i := 0; i < n; i++ {
 			if f := b.deliver(i, now); f != nil {
 				out = append(out, f)
@@ -913,14 +935,14 @@ func (b *Binding) receive() {
 			return
 		}
 		yieldToGuest() // a full batch: a stream; see rx.go
-		b.want = min(2*k, udpBatch)
+		b.rx.want = min(2*k, udpBatch)
 	}
 }
 
 // deliver turns received message i into a frame for the guest, or nil if
-// the datagram is not for the guest (counted); rxMu held.
+// the datagram is not for the guest (counted); rx.mu held.
 func (b *Binding) deliver(i int, now int64) *link.Frame {
-	rx := b.rx
+	rx := b.rx.batch
 	h := &rx.hdrs[i]
 	if h.Hdr.Flags&unix.MSG_TRUNC != 0 {
 		b.p.stats.TooBig.Add(1)
@@ -931,27 +953,27 @@ func (b *Binding) deliver(i int, now int64) *link.Frame {
 	var far, dst netip.AddrPort
 	var fh *actors.Handle
 	var tfl *udpFlow
-	b.mu.Lock()
-	fl := b.byHost[src]
+	b.tab.mu.Lock()
+	fl := b.tab.byHost[src]
 	if fl != nil {
 		fl.last = now
 		far, dst = fl.key.Far, fl.key.Guest
 		fh, tfl = fl.h, fl
 	}
-	b.mu.Unlock()
+	b.tab.mu.Unlock()
 	switch {
 	case fl != nil:
 	case b.inbound:
-		if b.Splice != nil && src.Addr().IsLoopback() && b.Splice.Take(src, b.stash[i].Data[b.hdrLen:b.hdrLen+n]) {
+		if b.Splice != nil && src.Addr().IsLoopback() && b.Splice.Take(src, b.rx.stash[i].Data[b.tx.hdrLen:b.tx.hdrLen+n]) {
 			return nil
 		}
-		b.mu.Lock()
+		b.tab.mu.Lock()
 		fl, isNew := b.newInboundFlow(src, rx.ctrl[i][:h.Hdr.Controllen], now)
 		if fl != nil {
 			far, dst = fl.key.Far, fl.key.Guest
 			fh, tfl = fl.h, fl
 		}
-		b.mu.Unlock()
+		b.tab.mu.Unlock()
 		if fl == nil {
 			return nil
 		}
@@ -975,13 +997,13 @@ func (b *Binding) deliver(i int, now int64) *link.Frame {
 		b.p.stats.Unmappable.Add(1)
 		return nil
 	}
-	f := b.stash[i]
-	b.stash[i] = nil
-	b.stashBytes -= int64(cap(f.Data))
+	f := b.rx.stash[i]
+	b.rx.stash[i] = nil
+	b.rx.stashBytes -= int64(cap(f.Data))
 	b.env.Uncharge(int64(cap(f.Data)))
-	f.Data = f.Data[:b.hdrLen+n]
-	b.ipID++
-	writeUDPHeaders(b.env, f.Data, far, dst, n, b.ipID)
+	f.Data = f.Data[:b.tx.hdrLen+n]
+	b.rx.ipID++
+	writeUDPHeaders(b.env, f.Data, far, dst, n, b.rx.ipID)
 	if fh != nil {
 		fh.Stats.FarSegs.Add(1)
 		fh.Stats.FarBytes.Add(uint64(n))
@@ -994,7 +1016,7 @@ func (b *Binding) deliver(i int, now int64) *link.Frame {
 
 // drainErrors reads the socket's error queue and tells the guest. Either
 // goroutine may call it (from within the socket's RawConn for the
-// receiver, so that the descriptor cannot be closed under it). errMu is
+// receiver, so that the descriptor cannot be closed under it). errq.mu is
 // held only while an entry is read and its frame built, never while the
 // frame is handed over (the lock rule, see the actors package comment):
 // a drainer waiting for room in the Writer's queue would otherwise keep
@@ -1023,9 +1045,9 @@ func (b *Binding) drainErrors(inline bool) {
 // tells the guest, nil if the entry is not for the guest; false once the
 // queue is empty.
 func (b *Binding) nextError() (*link.Frame, bool) {
-	b.errMu.Lock()
-	defer b.errMu.Unlock()
-	q, ok := icmperr.Recv(b.Sock.FD, b.errBuf[wire.UDPLen:], b.oob)
+	b.errq.mu.Lock()
+	defer b.errq.mu.Unlock()
+	q, ok := icmperr.Recv(b.Sock.FD, b.errq.buf[wire.UDPLen:], b.errq.oob)
 	if !ok {
 		return nil, false
 	}
@@ -1034,12 +1056,12 @@ func (b *Binding) nextError() (*link.Frame, bool) {
 		return nil, true
 	}
 	var guest, far netip.AddrPort
-	b.mu.Lock()
-	fl := b.byHost[q.Dst]
+	b.tab.mu.Lock()
+	fl := b.tab.byHost[q.Dst]
 	if fl != nil {
 		guest, far = fl.key.Guest, fl.key.Far
 	}
-	b.mu.Unlock()
+	b.tab.mu.Unlock()
 	switch {
 	case fl != nil:
 	case b.inbound:
@@ -1050,7 +1072,7 @@ func (b *Binding) nextError() (*link.Frame, bool) {
 			return nil, true
 		}
 	}
-	return icmperr.UDPFrame(b.env, &q, typ, code, info, guest, far, b.errBuf), true
+	return icmperr.UDPFrame(b.env, &q, typ, code, info, guest, far, b.errq.buf), true
 }
 
 // mmsgBatch is the scratch space of one sendmmsg or recvmmsg call: message
