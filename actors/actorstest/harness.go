@@ -40,17 +40,34 @@ var (
 // test plays the dispatcher (Ended, Register) and the guest (guest end).
 type Env struct {
 	*actors.Env
-	guest    *linktest.MemoryDevice
+	// Guest is the guest's end of the link: what the flows send arrives
+	// there.
+	Guest    *linktest.MemoryDevice
 	Ended    chan *actors.Handle
 	Register chan *actors.Handle
+	// Cancel ends Env.Ctx: the daemon shuts down, every actor ends.
+	Cancel context.CancelFunc
 }
 
 // New returns an Env with the options opts, whose zero fields take their
 // defaults (actors.Options.WithDefaults).
 func New(t testing.TB, opts actors.Options) *Env {
 	t.Helper()
-	ours, guest := linktest.NewMemoryPair(65520, 4096)
-	w := link.NewWriter(ours, 1024)
+	return NewDev(t, opts, nil)
+}
+
+// NewDev is New with the Writer's device wrapped by wrap (nil: the
+// in-memory link itself); the Writer lends the guest's buffers if that
+// device is a link.Lender.
+func NewDev(t testing.TB, opts actors.Options, wrap func(*linktest.MemoryDevice) link.Device) *Env {
+	t.Helper()
+	ours, guest := linktest.NewMemoryPair(65520, 8192)
+	var dev link.Device = ours
+	if wrap != nil {
+		dev = wrap(ours)
+	}
+	w := link.NewWriter(dev, 1024)
+	w.Lend, _ = dev.(link.Lender)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = w.Run(ctx); close(done) }()
@@ -70,9 +87,10 @@ func New(t testing.TB, opts actors.Options) *Env {
 			NAT: &nat.NAT{HostLoopback4: GW4, HostLoopback6: GW6,
 				DNSForward4: DNS4, DNSForward6: DNS6},
 		},
-		guest:    guest,
+		Guest:    guest,
 		Ended:    make(chan *actors.Handle, 1024),
 		Register: make(chan *actors.Handle, 1024),
+		Cancel:   cancel,
 	}
 	te.Env.Ended, te.Env.Register = te.Ended, te.Register
 	t.Cleanup(func() {
@@ -116,7 +134,7 @@ func UDPKey(guest, far netip.AddrPort) actors.Key {
 func (te *Env) ReadGuest(t testing.TB, d time.Duration) ([]byte, wire.Parsed) {
 	t.Helper()
 	select {
-	case b := <-te.guest.Frames():
+	case b := <-te.Guest.Frames():
 		var p wire.Parsed
 		if err := wire.ParseFrame(b, &p); err != nil {
 			t.Fatalf("frame to guest does not parse: %v\n% x", err, b)
@@ -135,7 +153,7 @@ func (te *Env) ReadGuest(t testing.TB, d time.Duration) ([]byte, wire.Parsed) {
 func (te *Env) NoGuestFrame(t testing.TB, d time.Duration) {
 	t.Helper()
 	select {
-	case b := <-te.guest.Frames():
+	case b := <-te.Guest.Frames():
 		t.Fatalf("unexpected frame to guest: % x", b)
 	case <-time.After(d):
 	}

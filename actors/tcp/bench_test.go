@@ -1,20 +1,18 @@
 package tcp
 
 import (
-	"context"
 	"io"
 	"net"
 	"net/netip"
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasta/gopasta/actors"
-	"github.com/gopasta/gopasta/actors/nat"
-	"github.com/gopasta/gopasta/conf"
+	"github.com/gopasta/gopasta/actors/actorstest"
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"
 )
 
@@ -55,15 +53,9 @@ func benchConn(b *testing.B) (*tcpConn, *net.TCPConn) {
 	cl.Close()
 	unix.SetNonblock(fd, true)
 
-	ctx, cancel := context.WithCancel(context.Background())
 	dev := &discardDevice{closed: make(chan struct{})}
-	w := link.NewWriter(dev, 1024)
-	go w.Run(ctx)
-	peerInfo := &link.Peer{OurMAC: conf.DefaultMAC}
-	peerInfo.SetMAC(testMAC)
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(&conf.Config{MTU: 65520}), Out: w, Peer: peerInfo, Log: log, NAT: &nat.NAT{}}
+	b.Cleanup(func() { close(dev.closed) })
+	env := actorstest.NewDev(b, actors.Options{MTU: 65520}, func(*linktest.MemoryDevice) link.Device { return dev }).Env
 	k := actors.Key{Proto: wire.ProtoTCP, Guest: netip.MustParseAddrPort("10.0.2.100:40000"), Far: netip.MustParseAddrPort("10.0.2.2:80")}
 	tp := testProtocol(b, env)
 	c := newConn(tp, actors.NewHandle(k), k, false)
@@ -84,8 +76,6 @@ func benchConn(b *testing.B) (*tcpConn, *net.TCPConn) {
 	b.Cleanup(func() {
 		s.Close(true)
 		peer.Close()
-		cancel()
-		close(dev.closed)
 	})
 	return c, peer.(*net.TCPConn)
 }

@@ -12,33 +12,23 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/gopasta/gopasta/actors"
-	"github.com/gopasta/gopasta/actors/nat"
-	"github.com/gopasta/gopasta/conf"
+	"github.com/gopasta/gopasta/actors/actorstest"
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"
 )
 
 // budgetEnv is an Env whose flows are driven directly by the test (no
 // actor goroutines), with frames to the guest swallowed.
 func budgetEnv(t *testing.T, flowBuf, totalBuf int64) *actors.Env {
-	ctx, cancel := context.WithCancel(context.Background())
 	dev := &discardDevice{closed: make(chan struct{})}
-	w := link.NewWriter(dev, 1024)
-	go w.Run(ctx)
-	peer := &link.Peer{OurMAC: conf.DefaultMAC}
-	peer.SetMAC(testMAC)
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	t.Cleanup(func() {
-		cancel()
-		close(dev.closed)
-	})
-	return &actors.Env{Ctx: ctx, Out: w, Peer: peer, Log: log, NAT: &nat.NAT{}, Ended: make(chan *actors.Handle, 64),
-		Opts: actors.OptionsFrom(&conf.Config{MTU: 65520, FlowBuffer: flowBuf, TotalBuffer: totalBuf})}
+	t.Cleanup(func() { close(dev.closed) })
+	ae := actorstest.NewDev(t, actors.Options{MTU: 65520, FlowBuffer: flowBuf, TotalBuffer: totalBuf},
+		func(*linktest.MemoryDevice) link.Device { return dev })
+	return ae.Env
 }
 
 // budgetFlow returns an established flow of env over a loopback

@@ -8,15 +8,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
-	"github.com/gopasta/gopasta/actors/nat"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"
+	"github.com/gopasta/gopasta/link/wire/wiretest"
 )
 
 // This file is the test's stand-in for the dispatcher and for the guest's
@@ -24,14 +22,17 @@ import (
 // the actors send comes back through a real link.Writer over an in-memory
 // link, where the checksums are verified.
 
+// The unit tests' one address plan (actorstest's).
 var (
-	testGuest4 = netip.MustParseAddr("10.0.2.100")
-	testGW4    = netip.MustParseAddr("10.0.2.2")
-	testGuest6 = netip.MustParseAddr("fd00::100")
-	testGW6    = netip.MustParseAddr("fd00::2")
-	testMAC    = [6]byte{2, 0, 0, 0, 0, 1}
+	testGuest4 = actorstest.Guest4
+	testGW4    = actorstest.GW4
+	testGuest6 = actorstest.Guest6
+	testGW6    = actorstest.GW6
+	testMAC    = wiretest.GuestMAC
 )
 
+// testEnv is actorstest's Env seen from the TCP tests, with the daemon's
+// TCP protocol.
 type testEnv struct {
 	t        testing.TB
 	env      *actors.Env
@@ -44,37 +45,11 @@ type testEnv struct {
 
 func newTestEnv(t testing.TB) *testEnv { return newTestEnvDev(t, nil) }
 
-// newTestEnvDev is NewTestEnv with the writer's device wrapped by wrap,
+// newTestEnvDev is newTestEnv with the writer's device wrapped by wrap,
 // and lending if that is a link.Lender.
 func newTestEnvDev(t testing.TB, wrap func(*linktest.MemoryDevice) link.Device) *testEnv {
-	a, b := linktest.NewMemoryPair(65520, 8192)
-	ctx, cancel := context.WithCancel(context.Background())
-	var dev link.Device = a
-	if wrap != nil {
-		dev = wrap(a)
-	}
-	w := link.NewWriter(dev, 1024)
-	w.Lend, _ = dev.(link.Lender)
-	go w.Run(ctx)
-	log := logrus.New()
-	if testing.Verbose() {
-		log.SetLevel(logrus.DebugLevel)
-	}
-	te := &testEnv{t: t, dev: b, ended: make(chan *actors.Handle, 1024), register: make(chan *actors.Handle, 16), cancel: cancel}
-	peer := &link.Peer{OurMAC: conf.DefaultMAC}
-	peer.SetMAC(testMAC)
-	peer.SetAddr(testGuest4)
-	peer.SetAddr(testGuest6)
-	te.env = &actors.Env{
-		Ctx: ctx, Opts: actors.OptionsFrom(&conf.Config{MTU: 65520}), Out: w, Peer: peer, Log: log,
-		NAT:   &nat.NAT{HostLoopback4: testGW4, HostLoopback6: testGW6},
-		Ended: te.ended, Register: te.register,
-	}
-	t.Cleanup(func() {
-		cancel()
-		a.Close()
-		b.Close()
-	})
+	ae := actorstest.NewDev(t, actors.Options{MTU: 65520}, wrap)
+	te := &testEnv{t: t, env: ae.Env, dev: ae.Guest, ended: ae.Ended, register: ae.Register, cancel: ae.Cancel}
 	te.TCP = testProtocol(t, te.env)
 	return te
 }
