@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/actorstest"
 	"github.com/gopasta/gopasta/actors/nat"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
@@ -21,15 +22,15 @@ import (
 	"github.com/gopasta/gopasta/link/wire/wiretest"
 )
 
-// Addresses of the test network: a guest at .100 behind gateway .2, as
-// podman's defaults would have it, and an IPv6 /64 with a link-local
-// gateway (as pasta copies it from a typical host).
+// Addresses of the test network: actorstest's plan (a guest at .100
+// behind gateway .2, as podman's defaults would have it), with an IPv6 /64
+// whose gateway is link-local (as pasta copies it from a typical host).
 var (
-	guest4   = netip.MustParseAddr("10.0.2.100")
-	gw4      = netip.MustParseAddr("10.0.2.2")
+	guest4   = actorstest.Guest4
+	gw4      = actorstest.GW4
 	dns4     = netip.MustParseAddr("10.0.2.3")
 	far4     = netip.MustParseAddr("93.184.216.34")
-	guest6   = netip.MustParseAddr("2001:db8::100")
+	guest6   = actorstest.Guest6
 	guestLL  = netip.MustParseAddr("fe80::2")
 	gw6      = netip.MustParseAddr("fe80::1")
 	dns6     = netip.MustParseAddr("2001:db8::53")
