@@ -23,9 +23,9 @@
 //
 // The dispatcher starts an outbound actor on a flow-table miss
 // (Protocol.Start). Inbound actors are started by forwarders (listening
-// sockets for -t/-u) and handed to the dispatcher on Env.Register, which
+// sockets for -t/-u) and handed to the dispatcher on Env.Reg.Register, which
 // puts them into the flow table. Every actor, when it ends, sends its Handle
-// on Env.Ended exactly once; the dispatcher then removes it from the table if
+// on Env.Reg.Ended exactly once; the dispatcher then removes it from the table if
 // the table still points at that Handle. Frames still queued in a finished
 // actor's inbox are garbage collected, not released: that is rare and safe.
 //
@@ -79,7 +79,7 @@
 //
 // The rule, which the dispatcher's liveness rests on: no channel send and
 // no Registrar call (Env.RegisterFlow, Env.EndFlow) while holding a flow's lock.
-// The dispatcher alone drains Env.Register and Env.Ended, and it waits for
+// The dispatcher alone drains Env.Reg.Register and Env.Reg.Ended, and it waits for
 // udp.Binding.tab.mu in sendDirect; a flow that waited for room in either
 // channel while holding a lock the dispatcher can wait for would stop the
 // daemon's data path. So what a flow has to report under a lock is
@@ -220,12 +220,9 @@ type Env struct {
 	Log  *logrus.Logger
 	NAT  *nat.NAT
 
-	// Ended receives each actor's Handle once, when it ends. Register
-	// receives inbound actors to be put into the flow table. Both are read
-	// by the dispatcher goroutine alone. Actors send on them only through
-	// the Registrar (Env.RegisterFlow, Env.EndFlow), never with a lock held.
-	Ended    chan<- *Handle
-	Register chan<- *Handle
+	// Reg carries the flows' starts and ends to the dispatcher. Whoever
+	// builds the Env makes it (NewRegistrar); the dispatcher drains it.
+	Reg *Registrar
 
 	Stats Stats
 
@@ -259,30 +256,50 @@ type Stats struct {
 	TCPBeyondWindow, TCPOOODropped atomic.Uint64
 }
 
-// The Registrar: how a flow tells the dispatcher it has started (an
+// Registrar is how a flow tells the dispatcher it has started (an
 // inbound flow, to be put into the table) or ended. Each call waits for
 // room in the dispatcher's channel, or until the daemon stops; the
 // dispatcher drains them without blocking on anything a flow holds, so the
 // wait is short, unless the caller holds a lock the dispatcher may wait
 // for. Hence the rule in the package comment: no flow calls them with any
 // of its locks held.
+type Registrar struct {
+	// Register receives inbound flows to be put into the flow table,
+	// Ended each flow's Handle once, when it ends. The dispatcher
+	// goroutine alone receives from them; flows send only through
+	// Env.RegisterFlow and Env.EndFlow.
+	Register, Ended chan *Handle
+}
 
-// register hands the inbound flow h to the dispatcher; false if the daemon
-// is stopping.
+// Depths of the Registrar's channels. Generous, so that a burst of flows
+// ending at once (shutdown, a timeout sweep) does not make them wait for
+// the dispatcher.
+const (
+	RegisterDepth = 256
+	EndedDepth    = 1024
+)
+
+// NewRegistrar returns a Registrar with channels of the default depths.
+func NewRegistrar() *Registrar {
+	return &Registrar{Register: make(chan *Handle, RegisterDepth), Ended: make(chan *Handle, EndedDepth)}
+}
+
+// RegisterFlow hands the inbound flow h to the dispatcher; false if the
+// daemon is stopping.
 func (e *Env) RegisterFlow(h *Handle) bool {
 	select {
-	case e.Register <- h:
+	case e.Reg.Register <- h:
 		return true
 	case <-e.Ctx.Done():
 		return false
 	}
 }
 
-// ended tells the dispatcher that h's flow has ended, exactly once per
+// EndFlow tells the dispatcher that h's flow has ended, exactly once per
 // Handle.
 func (e *Env) EndFlow(h *Handle) {
 	select {
-	case e.Ended <- h:
+	case e.Reg.Ended <- h:
 	case <-e.Ctx.Done():
 	}
 }

@@ -162,11 +162,11 @@ func testDemuxInboxFullAndEnded(t *testing.T, newHarness func(*testing.T, func(*
 	f.Release()
 
 	// A stale Ended (another handle for the key) changes nothing.
-	h.env.Ended <- &handleT{Key: s.key}
+	h.env.Reg.Ended <- &handleT{Key: s.key}
 	h.waitStat("flows_ended_stale", 1)
 	h.waitStat("flows_active", 1)
 
-	h.env.Ended <- s.handle
+	h.env.Reg.Ended <- s.handle
 	h.waitStat("flows_ended", 1)
 	h.waitStat("flows_active", 0)
 
@@ -277,14 +277,14 @@ func testRegisterAndNotStarted(t *testing.T, newHarness func(*testing.T, func(*c
 	// The guest's answer comes after the registration, and the dispatcher
 	// takes every queued registration before a batch: with an idle link it
 	// may not look sooner (its tick is long while the table is empty).
-	h.env.Register <- in
+	h.env.Reg.Register <- in
 	h.send(wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(8080, 50000, 1, 1, wire.TCPSyn|wire.TCPAck, nil)))
 	f := recvFrame(t, in)
 	f.Release()
 	h.waitStat("flows_registered", 1)
 
 	// A second actor for the same key does not displace the first.
-	h.env.Register <- &handleT{Key: k, In: make(chan *frameT, 4)}
+	h.env.Reg.Register <- &handleT{Key: k, In: make(chan *frameT, 4)}
 	h.send(wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(8080, 50000, 2, 1, wire.TCPAck, nil)))
 	f = recvFrame(t, in)
 	f.Release()
@@ -316,7 +316,7 @@ func TestRunStops(t *testing.T) {
 	ours, _ := linktest.NewMemoryPair(1500, 4)
 	log := logrus.New()
 	log.Out = io.Discard
-	env := &actors.Env{Ctx: context.Background(), Opts: actors.OptionsFrom(testConfig()), Out: link.NewWriter(ours, 4), Peer: &link.Peer{OurMAC: ourMAC}, Log: log}
+	env := &actors.Env{Ctx: context.Background(), Opts: actors.OptionsFrom(testConfig()), Out: link.NewWriter(ours, 4), Peer: &link.Peer{OurMAC: ourMAC}, Log: log, Reg: actors.NewRegistrar()}
 	d := New(testConfig(), ours, env, log, realProtocols(t, env))
 	errc := make(chan error, 1)
 	go func() { errc <- d.Run(context.Background()) }()

@@ -92,14 +92,6 @@ import (
 	"github.com/gopasta/gopasta/link/wire"
 )
 
-// Channel depths for Env.Ended and Env.Register. Generous, so that a burst
-// of actors ending at once (shutdown, a timeout sweep) does not make them
-// wait for the dispatcher.
-const (
-	endedDepth    = 1024
-	registerDepth = 256
-)
-
 // Timing of periodic work.
 const (
 	// raInterval is how often an unsolicited router advertisement is sent
@@ -125,8 +117,8 @@ type Dispatcher struct {
 	env *actors.Env
 	log *logrus.Logger
 
-	ended    chan *actors.Handle
-	register chan *actors.Handle
+	ended    <-chan *actors.Handle // env.Reg's
+	register <-chan *actors.Handle
 	queries  chan chan<- []*actors.Handle // Flows (flows.go)
 	inline   atomic.Bool                  // runInline: wake moves the read deadline
 
@@ -164,21 +156,20 @@ type Dispatcher struct {
 
 // New returns a dispatcher for dev that starts the flows of protos (made
 // for env; the caller owns and closes them). env.Out must write to dev;
-// New sets env.Ended and env.Register to the dispatcher's own channels.
+// the dispatcher drains env.Reg (which must be set), and changes nothing
+// in env.
 func New(cfg *conf.Config, dev link.Device, env *actors.Env, log *logrus.Logger, protos actors.Protocols) *Dispatcher {
 	d := &Dispatcher{
 		cfg:      cfg,
 		dev:      dev,
 		env:      env,
 		log:      log,
-		ended:    make(chan *actors.Handle, endedDepth),
-		register: make(chan *actors.Handle, registerDepth),
+		ended:    env.Reg.Ended,
+		register: env.Reg.Register,
 		queries:  make(chan chan<- []*actors.Handle, queryDepth),
 		flows:    make(map[actors.Key]*actors.Handle),
 		protos:   protos,
 	}
-	env.Ended = d.ended
-	env.Register = d.register
 	d.svc.init(cfg, env)
 	return d
 }

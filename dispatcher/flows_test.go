@@ -53,7 +53,7 @@ func TestFlowsSnapshot(t *testing.T) {
 
 // Flows gives up with its context when the dispatcher does not run.
 func TestFlowsNotRunning(t *testing.T) {
-	d := New(testConfig(), nil, &actors.Env{Peer: &link.Peer{}}, nil, actors.Protocols{})
+	d := New(testConfig(), nil, &actors.Env{Peer: &link.Peer{}, Reg: actors.NewRegistrar()}, nil, actors.Protocols{})
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
 	if _, err := d.Flows(ctx); err == nil {

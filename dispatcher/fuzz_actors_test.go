@@ -174,7 +174,7 @@ func FuzzDispatchActors(f *testing.F) {
 		wdone := make(chan struct{})
 		go func() { _ = w.Run(ctx); close(wdone) }()
 		env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(cfg), Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log,
-			NAT: &nat.NAT{HostLoopback4: gw4, HostLoopback6: gw6}}
+			NAT: &nat.NAT{HostLoopback4: gw4, HostLoopback6: gw6}, Reg: actors.NewRegistrar()}
 		env.Peer.SetMAC(guestMAC)
 		d := New(cfg, ours, env, log, realProtocols(t, env))
 		// As on the tap (runInline), now and then: lone frames go to

@@ -56,7 +56,7 @@ func offline(tb testing.TB) (*Dispatcher, *linktest.MemoryDevice, *[]*actors.Han
 	done := make(chan struct{})
 	go func() { w.Run(ctx); close(done) }()
 	tb.Cleanup(func() { cancel(); <-done; ours.Close(); guest.Close() })
-	env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(cfg), Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &nat.NAT{}}
+	env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(cfg), Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &nat.NAT{}, Reg: actors.NewRegistrar()}
 	d := New(cfg, ours, env, log, actors.Protocols{})
 	handles := new([]*actors.Handle)
 	start := func(_ *actors.Env, k actors.Key, f *link.Frame) *actors.Handle {

@@ -103,7 +103,7 @@ func newHarnessOn(t *testing.T, split bool, mod func(*conf.Config), before func(
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	w := link.NewWriter(ours, 256)
-	env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(cfg), Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &nat.NAT{}}
+	env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(cfg), Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &nat.NAT{}, Reg: actors.NewRegistrar()}
 	var dev link.Device = newDeadlineDevice(ours)
 	if split {
 		dev = ours

@@ -29,11 +29,11 @@ func TestInlineIdle(t *testing.T) {
 	log.Out = io.Discard
 	cfg := testConfig()
 	cfg.Stats = 1
-	env := &actors.Env{Ctx: context.Background(), Opts: actors.OptionsFrom(cfg), Out: link.NewWriter(ours, 4), Peer: &link.Peer{OurMAC: ourMAC}, Log: log}
+	env := &actors.Env{Ctx: context.Background(), Opts: actors.OptionsFrom(cfg), Out: link.NewWriter(ours, 4), Peer: &link.Peer{OurMAC: ourMAC}, Log: log, Reg: actors.NewRegistrar()}
 	d := New(cfg, dev, env, log, realProtocols(t, env))
 	k := keyT{Proto: wire.ProtoTCP, Guest: netip.AddrPortFrom(guest4, 1000), Far: netip.AddrPortFrom(far4, 80)}
 	hd := &actors.Handle{Key: k, In: make(chan *link.Frame, 1)}
-	env.Register <- hd
+	env.Reg.Register <- hd
 	errc := make(chan error, 1)
 	go func() { errc <- d.Run(context.Background()) }()
 
@@ -44,7 +44,7 @@ func TestInlineIdle(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	env.Ended <- hd
+	env.Reg.Ended <- hd
 	for d.Stats()["flows_active"] != 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("ended flow not removed while idle: %v", nonzero(d.Stats()))

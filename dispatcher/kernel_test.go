@@ -73,7 +73,7 @@ func TestRealKernelServices(t *testing.T) {
 	// lease shows whether we sent a valid one.
 	var sent dhcpSent
 	w.Tee = sent.tee
-	env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(cfg), Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &nat.NAT{}}
+	env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(cfg), Out: w, Peer: &link.Peer{OurMAC: cfg.OurMAC}, Log: log, NAT: &nat.NAT{}, Reg: actors.NewRegistrar()}
 	d := New(cfg, tap, env, log, actors.Protocols{})
 	// Nothing here should start a flow; keep the host out of it.
 	fa := &fakeActors{depth: 4}

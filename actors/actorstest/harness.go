@@ -87,12 +87,11 @@ func NewDev(t testing.TB, opts actors.Options, wrap func(*linktest.MemoryDevice)
 			NAT: &nat.NAT{HostLoopback4: GW4, HostLoopback6: GW6,
 				DNSForward4: DNS4, DNSForward6: DNS6},
 		},
-		Guest:    guest,
-		Ended:    make(chan *actors.Handle, 1024),
-		Register: make(chan *actors.Handle, 1024),
-		Cancel:   cancel,
+		Guest:  guest,
+		Cancel: cancel,
 	}
-	te.Env.Ended, te.Env.Register = te.Ended, te.Register
+	te.Env.Reg = actors.NewRegistrar()
+	te.Ended, te.Register = te.Env.Reg.Ended, te.Env.Reg.Register
 	t.Cleanup(func() {
 		cancel()
 		ours.Close()

@@ -133,7 +133,7 @@ func fwdTestEnv(t testing.TB, c *conf.Config) *actors.Env {
 		log.SetLevel(logrus.DebugLevel)
 	}
 	reg := make(chan *actors.Handle, 64)
-	return &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(c), Peer: &link.Peer{}, Log: log, NAT: &nat.NAT{}, Register: reg, Ended: reg}
+	return &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(c), Peer: &link.Peer{}, Log: log, NAT: &nat.NAT{}, Reg: &actors.Registrar{Register: reg, Ended: reg}}
 }
 
 // testFlows returns the protocols a forwarder of env hands its flows to,

@@ -45,7 +45,7 @@ func BenchmarkUDPRoundTrip(b *testing.B) {
 			peer := &link.Peer{OurMAC: conf.DefaultMAC}
 			peer.SetMAC(wiretest.GuestMAC)
 			env := &actors.Env{Ctx: ctx, Opts: actors.OptionsFrom(&conf.Config{}), Out: w, Peer: peer, Log: log,
-				NAT: &nat.NAT{HostLoopback4: actorstest.GW4}, Ended: make(chan *actors.Handle, 16), Register: make(chan *actors.Handle, 16)}
+				NAT: &nat.NAT{HostLoopback4: actorstest.GW4}, Reg: actors.NewRegistrar()}
 			proto := New(env)
 			echo := actorstest.UDPEcho(b, "127.0.0.1:0")
 			guest := netip.AddrPortFrom(actorstest.Guest4, actorstest.FreeUDPPort(b, "127.0.0.1:0"))

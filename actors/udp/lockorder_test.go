@@ -54,7 +54,7 @@ func TestUDPReceiverRegisterFullNoDeadlock(t *testing.T) {
 	ctx, cancel := context.WithCancel(te.Env.Ctx)
 	defer cancel()
 	te.Env.Ctx = ctx
-	te.Env.Register = te.Register
+	te.Env.Reg.Register = te.Register
 	stop, err := startListeners(te.Env, cfg.UDPPorts)
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +136,7 @@ func TestUDPSweepEndedFullNoDeadlock(t *testing.T) {
 	ctx, cancel := context.WithCancel(te.Env.Ctx)
 	defer cancel()
 	te.Env.Ctx = ctx
-	te.Env.Ended = te.Ended
+	te.Env.Reg.Ended = te.Ended
 	filler := &actors.Handle{}
 	te.Ended <- filler // Ended stays full until the dispatcher drains it
 	echo := actorstest.UDPEcho(t, "127.0.0.1:0")

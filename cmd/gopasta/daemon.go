@@ -302,7 +302,7 @@ func (d *daemon) setup() error {
 	if d.vu != nil && os.Getenv(vhostUserLendEnv) != "" {
 		d.w.Lend = d.vu
 	}
-	d.env = &actors.Env{Ctx: d.ctx, Opts: actors.OptionsFrom(cfg), Out: d.w, Peer: d.peer, Log: log.Logger, NAT: host.NAT, Trace: &d.trace}
+	d.env = &actors.Env{Ctx: d.ctx, Opts: actors.OptionsFrom(cfg), Out: d.w, Peer: d.peer, Log: log.Logger, NAT: host.NAT, Trace: &d.trace, Reg: actors.NewRegistrar()}
 	tcpP, err := tcp.New(d.env)
 	if err != nil {
 		return fmt.Errorf("tcp: %v", err)
