@@ -84,3 +84,21 @@ func (o Options) WithDefaults() Options {
 	}
 	return o
 }
+
+// Outbound returns where a host socket of family v6 for a guest flow
+// binds (-o/--outbound, or the family's unspecified address) and the
+// interface it is bound to (--outbound-if4/6, or "").
+func (o *Options) Outbound(v6 bool) (bind netip.Addr, ifname string) {
+	if v6 {
+		bind, ifname = o.Outbound6, o.OutboundIf6
+		if !bind.IsValid() {
+			bind = netip.IPv6Unspecified()
+		}
+		return bind, ifname
+	}
+	bind, ifname = o.Outbound4, o.OutboundIf4
+	if !bind.IsValid() {
+		bind = netip.IPv4Unspecified()
+	}
+	return bind, ifname
+}

@@ -84,11 +84,7 @@ func (d *Dispatcher) handleDHCP(b []byte, p *wire.Parsed) {
 			)))
 		}
 		if len(s.dns4) > 0 {
-			ips := make([]net.IP, len(s.dns4))
-			for i, a := range s.dns4 {
-				ips[i] = net.IP(a.AsSlice())
-			}
-			mods = append(mods, dhcpv4.WithDNS(ips...))
+			mods = append(mods, dhcpv4.WithDNS(netIPs(s.dns4)...))
 		}
 		if len(s.search) > 0 {
 			mods = append(mods, dhcpv4.WithOption(dhcpv4.OptDomainSearch(&rfc1035label.Labels{Labels: s.search})))
@@ -182,4 +178,13 @@ func fqdnOption4(name string) []byte {
 	const flagE, flagN = 0x04, 0x08
 	labels := &rfc1035label.Labels{Labels: []string{name}}
 	return append([]byte{flagE | flagN, 255, 255}, labels.ToBytes()...)
+}
+
+// netIPs converts addresses for the DHCP library, which takes net.IP.
+func netIPs(as []netip.Addr) []net.IP {
+	ips := make([]net.IP, len(as))
+	for i, a := range as {
+		ips[i] = net.IP(a.AsSlice())
+	}
+	return ips
 }

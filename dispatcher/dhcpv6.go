@@ -57,11 +57,7 @@ func (d *Dispatcher) handleDHCPv6(b []byte, p *wire.Parsed) {
 
 	mods := []dhcpv6.Modifier{dhcpv6.WithServerID(serverID)}
 	if len(s.dns6) > 0 {
-		ips := make([]net.IP, len(s.dns6))
-		for i, a := range s.dns6 {
-			ips[i] = net.IP(a.AsSlice())
-		}
-		mods = append(mods, dhcpv6.WithDNS(ips...))
+		mods = append(mods, dhcpv6.WithDNS(netIPs(s.dns6)...))
 	}
 	if len(s.search) > 0 {
 		mods = append(mods, dhcpv6.WithOption(dhcpv6.OptDomainSearchList(&rfc1035label.Labels{Labels: s.search})))

@@ -79,16 +79,7 @@ func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
 		_ = sockutil.SetRecvErr(fd, v6)
 		// -o and --outbound-if4/6, as for TCP and UDP (and pasta's
 		// echo): the source address and the interface echo leaves by.
-		bind, ifname := env.Opts.Outbound4, env.Opts.OutboundIf4
-		if v6 {
-			bind, ifname = env.Opts.Outbound6, env.Opts.OutboundIf6
-		}
-		if !bind.IsValid() {
-			bind = netip.IPv4Unspecified()
-			if v6 {
-				bind = netip.IPv6Unspecified()
-			}
-		}
+		bind, ifname := env.Opts.Outbound(v6)
 		if ifname != "" && !bind.IsLoopback() {
 			if err := unix.BindToDevice(fd, ifname); err != nil {
 				return fmt.Errorf("bind to %s: %w", ifname, err)

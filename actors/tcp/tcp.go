@@ -843,16 +843,13 @@ func (c *tcpConn) connect() error {
 
 // bindOutbound applies -o and --outbound-if4/6 to a new socket.
 func bindOutbound(fd int, env *actors.Env, v6 bool) error {
-	ifname, addr := env.Opts.OutboundIf4, env.Opts.Outbound4
-	if v6 {
-		ifname, addr = env.Opts.OutboundIf6, env.Opts.Outbound6
-	}
+	addr, ifname := env.Opts.Outbound(v6)
 	if ifname != "" {
 		if err := unix.BindToDevice(fd, ifname); err != nil {
 			return fmt.Errorf("bind to %s: %w", ifname, err)
 		}
 	}
-	if addr.IsValid() {
+	if !addr.IsUnspecified() {
 		if err := unix.Bind(fd, sockutil.SockaddrOf(netip.AddrPortFrom(addr, 0))); err != nil {
 			return fmt.Errorf("bind to %s: %w", addr, err)
 		}

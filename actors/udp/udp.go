@@ -280,16 +280,7 @@ func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
 func newOutboundBinding(p *Protocol, guest netip.AddrPort) (*Binding, error) {
 	env := p.env
 	v6 := guest.Addr().Is6()
-	bindAddr, ifname := env.Opts.Outbound4, env.Opts.OutboundIf4
-	if v6 {
-		bindAddr, ifname = env.Opts.Outbound6, env.Opts.OutboundIf6
-	}
-	if !bindAddr.IsValid() {
-		bindAddr = netip.IPv4Unspecified()
-		if v6 {
-			bindAddr = netip.IPv6Unspecified()
-		}
-	}
+	bindAddr, ifname := env.Opts.Outbound(v6)
 	sock, err := sockutil.NewDgramSock(v6, unix.IPPROTO_UDP, func(fd int) error {
 		if err := sockutil.SetRecvErr(fd, v6); err != nil {
 			return err
