@@ -48,6 +48,12 @@ type icmpActor struct {
 	spare   *link.Frame
 	errBuf  []byte
 	oob     []byte
+
+	// wake receives a value when the protocol's poller saw the socket
+	// become readable or report an error (capacity 1: events coalesce);
+	// slot is the socket's registration there.
+	wake chan struct{}
+	slot int32
 }
 
 // Start is called by the dispatcher for an ICMP or ICMPv6 echo request
@@ -111,6 +117,19 @@ func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
 		errBuf: make([]byte, icmperr.MaxLen6), oob: make([]byte, 256),
 	}
 	a.salen = sockutil.PutSockaddr(&a.sa, netip.AddrPortFrom(env.NAT.Outbound(k.Far).Addr(), 0))
+	a.wake, a.slot = make(chan struct{}, 1), -1
+	poller, err := p.poller()
+	if err == nil {
+		a.slot, err = poller.Add(sock.FD, a, unix.EPOLLIN|unix.EPOLLET)
+	}
+	if err != nil {
+		sock.Close()
+		env.Limits.GiveFDs(actors.FDGuestDgram, actors.FDsICMP)
+		p.stats.EchoDropped.Add(1)
+		p.socketLog.Warnf(env.FlowLog(k).WithError(err), "icmp: cannot watch ping socket: %v", err)
+		f.Release()
+		return nil
+	}
 	a.h.In <- f // a fresh inbox has room
 	env.Stats.ICMPOpened.Add(1)
 	env.Stats.ICMPFlows.Add(1)
@@ -124,6 +143,7 @@ func (a *icmpActor) run() {
 			a.env.Stats.Panics.Add(1)
 			a.log.WithField("panic", r).Error("icmp: actor panicked")
 		}
+		a.p.poll.Remove(a.sock.FD, &a.slot)
 		a.sock.Close()
 		a.env.Limits.GiveFDs(actors.FDGuestDgram, actors.FDsICMP)
 		a.env.Stats.ICMPFlows.Add(-1)
@@ -132,17 +152,12 @@ func (a *icmpActor) run() {
 	sweep := max(a.timeout/4, 5*time.Millisecond)
 	t := time.NewTimer(sweep)
 	defer t.Stop()
-	a.sock.StartWaker()
-	w := a.sock.Waker
-	w.Arm()
 	for {
 		select {
 		case f := <-a.h.In:
 			a.send(f)
-		case <-w.C:
-			w.Fired()
+		case <-a.wake:
 			a.receive()
-			w.Arm()
 		case <-t.C:
 			if sockutil.MonoNow()-a.last >= int64(a.timeout) {
 				return
@@ -283,6 +298,10 @@ func (a *icmpActor) receive() {
 			return
 		}
 	}
+	// The poller is edge-triggered: what this wakeup leaves queued raises
+	// no new event, so a wakeup that used its whole budget wakes the
+	// actor again, after its inbox has had a turn.
+	a.Woken()
 }
 
 // drainErrors relays the ping socket's queued errors to the guest, quoting
@@ -351,4 +370,19 @@ func (p *Protocol) AddStats(m map[string]uint64) {
 	m["icmp_echo_sent"] = s.EchoSent.Load()
 	m["icmp_echo_replies"] = s.EchoReplies.Load()
 	m["icmp_echo_dropped"] = s.EchoDropped.Load()
+}
+
+// Notify is the poller's (internal/poll): an echo socket's owner hears of
+// every readable or error event.
+func (a *icmpActor) Notify(events uint32) bool {
+	return events&(unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP) != 0
+}
+
+// Woken tells the actor, without waiting: a value already pending says
+// the same.
+func (a *icmpActor) Woken() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
 }

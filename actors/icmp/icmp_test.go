@@ -112,12 +112,17 @@ func TestICMPEcho(t *testing.T) {
 	}
 }
 
-// TestICMPIdleTimeout checks that an echo flow ends after ICMPTimeout.
+// TestICMPIdleTimeout checks that an echo flow ends after ICMPTimeout,
+// leaving no descriptor behind (the protocol's poller, made with its first
+// flow, is the protocol's until Close).
 func TestICMPIdleTimeout(t *testing.T) {
 	actorstest.InPrivateNetns(t)
 	setPingGroupRange(t, "0 2147483647")
 	te := actorstest.New(t, actors.Options{ICMPTimeout: 100 * time.Millisecond})
 	proto := New(te.Env)
+	if _, err := proto.poller(); err != nil {
+		t.Fatal(err)
+	}
 	base := actorstest.FDCount(t)
 	k := echoKey(false, actorstest.Guest4, 77, actorstest.GW4)
 	start := time.Now()
@@ -141,6 +146,33 @@ func TestICMPIdleTimeout(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("fd count %d, want %d", actorstest.FDCount(t), base)
+}
+
+// TestICMPManyRepliesOneEdge: the echo socket is watched edge-triggered,
+// and a wakeup takes at most 64 replies; the rest, which raise no new
+// event, must still reach the guest.
+func TestICMPManyRepliesOneEdge(t *testing.T) {
+	actorstest.InPrivateNetns(t)
+	setPingGroupRange(t, "0 2147483647")
+	te := actorstest.New(t, actors.Options{})
+	proto := New(te.Env)
+	defer proto.Close()
+	k := echoKey(false, actorstest.Guest4, 78, actorstest.GW4)
+	const n = 200
+	h := proto.Start(k, actorstest.GuestFrame(t, actorstest.Guest4, actorstest.GW4, wire.ProtoICMP, guestEcho(t, actorstest.Guest4, actorstest.GW4, 78, 0, nil)))
+	for seq := uint16(1); seq < n; seq++ {
+		if !h.Offer(actorstest.GuestFrame(t, actorstest.Guest4, actorstest.GW4, wire.ProtoICMP, guestEcho(t, actorstest.Guest4, actorstest.GW4, 78, seq, nil))) {
+			t.Fatalf("inbox full at %d", seq)
+		}
+	}
+	seen := map[uint16]bool{}
+	for len(seen) < n {
+		b, p := te.ReadGuest(t, 2*time.Second)
+		seen[wire.ICMP(b[p.L4:p.End]).Seq()] = true
+	}
+	if got := proto.stats.EchoReplies.Load(); got != n {
+		t.Fatalf("%d replies counted, want %d", got, n)
+	}
 }
 
 // TestICMPPingGroupRange checks that a forbidden ping socket drops the

@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	"github.com/gopasta/gopasta/actors"
+	"github.com/gopasta/gopasta/actors/internal/poll"
 )
 
 // Protocol is one daemon's ICMP and ICMPv6 echo: its counters and the
@@ -20,6 +21,13 @@ type Protocol struct {
 	// request. pingWarn logs the ping_group_range hint once.
 	socketLog actors.RateLog
 	pingWarn  sync.Once
+
+	// poll is the epoll instance the echo sockets are watched on, made
+	// with the first flow (a daemon whose guest never pings has none);
+	// pollErr is why it could not be.
+	pollOnce sync.Once
+	poll     *poll.Poller
+	pollErr  error
 }
 
 var _ actors.Protocol = (*Protocol)(nil)
@@ -27,6 +35,17 @@ var _ actors.Protocol = (*Protocol)(nil)
 // New returns env's ICMP.
 func New(env *actors.Env) *Protocol { return &Protocol{env: env} }
 
-// Close does nothing: every echo flow owns its socket and goroutine and
-// ends with env.Ctx.
-func (p *Protocol) Close() {}
+// poller returns the echo sockets' poller, starting it on first use.
+func (p *Protocol) poller() (*poll.Poller, error) {
+	p.pollOnce.Do(func() { p.poll, p.pollErr = poll.New() })
+	return p.poll, p.pollErr
+}
+
+// Close stops the poller, once env.Ctx is done: every echo flow owns its
+// socket and goroutine and ends with env.Ctx.
+func (p *Protocol) Close() {
+	p.pollOnce.Do(func() {}) // no poller starts after this
+	if p.poll != nil {
+		p.poll.Close()
+	}
+}

@@ -30,8 +30,9 @@ import (
 // splice moves megabytes: 4 MiB where allowed, else the 1 MiB an
 // unprivileged process gets) and its own goroutine, parked in the Go
 // runtime poller while neither of its sockets can make progress. Two
-// goroutines per pair cost less than one goroutine with four Wakers (each
-// a goroutine of its own) or one with a private epoll (a blocking
+// goroutines per pair cost less than one goroutine waking on four
+// readiness channels (each fed by a goroutine of its own) or one with a
+// private epoll (a blocking
 // epoll_wait takes an OS thread per idle connection), and make half-close
 // trivial: a direction that reads EOF drains its pipe and shuts down the
 // writing side of the other socket, and the other direction goes on.

@@ -10,13 +10,13 @@ import (
 	"github.com/gopasta/gopasta/internal/nbsys"
 )
 
-// # TCP socket readiness: one edge-triggered epoll for all flows
+// # Socket readiness: one edge-triggered epoll per protocol
 //
 // A TCP actor waits in a select on its inbox, its timer and its socket. Go
 // cannot select on a descriptor, so something must turn readiness into a
-// channel value. The generic Waker does it with a goroutine per direction
-// and a level-triggered poll(2) at each Arm, which is wrong for TCP in two
-// ways. A socket whose receive queue holds data the guest has not yet
+// channel value. A goroutine per socket waiting in the runtime poller
+// (with a level-triggered poll(2) before each wait, since the runtime
+// forgets edges) would do it, and is wrong for TCP in two ways. A socket whose receive queue holds data the guest has not yet
 // acknowledged is always readable, though there is nothing new to peek:
 // every Arm would fire at once, and an idle request/response flow spins
 // until the guest's ACK arrives. And two goroutines, two channels and an
@@ -47,12 +47,17 @@ import (
 // Spliced sockets are registered too, for hang-ups only (splice/tcp.go):
 // the pumps wait for data in the runtime's own poller, but it does not say
 // whether a FIN came, and that is what lets a pump skip a read.
+//
+// ICMP echo sockets have a Poller of their own, their protocol's, for
+// readable and error events. A datagram socket needs no pending bits: its
+// actor reads until EAGAIN, so every event is worth a wakeup, and a
+// wakeup that stops early wakes the actor again itself (icmp.go).
 
-// Events is what every flow socket is registered for.
+// Events is what every TCP flow socket is registered for.
 const Events = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 
-// pollee is what a slot of the poller holds: a TCP flow's socket, or a
-// spliced socket watched for hang-ups.
+// pollee is what a slot of the poller holds: a TCP flow's socket, a
+// spliced socket watched for hang-ups, or an ICMP echo flow.
 type pollee interface {
 	// notify records events (the harvester calls it with mu held) and
 	// reports whether the owner is to hear of them.

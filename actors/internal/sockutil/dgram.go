@@ -11,7 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/gopasta/gopasta/actors/internal/poll"
 	"github.com/gopasta/gopasta/internal/nbsys"
 )
 
@@ -21,8 +20,8 @@ import (
 // (sendmmsg, recvmmsg, sendto with pre-built sockaddrs), because the
 // syscall.RawConn callbacks and the net package's address types would cost
 // an allocation per datagram. The fd is still wrapped in an *os.File so that
-// the runtime poller knows it: that is what the Waker waits on, and closing
-// the File is what ends a pending wait. Only the goroutine that owns the
+// the runtime poller knows it: that is what a UDP receiver waits on, and
+// closing the File is what ends a pending wait. Only the goroutine that owns the
 // socket uses the fd, and it closes the File last, so the integer is never
 // used after it could have been reused.
 
@@ -31,8 +30,7 @@ type DgramSock struct {
 	FD      int
 	file    *os.File
 	RawConn syscall.RawConn
-	Waker   *poll.Waker // nil unless startWaker
-	Ino     uint64      // in ownDgram while open; 0 if fstat failed
+	Ino     uint64 // in ownDgram while open; 0 if fstat failed
 }
 
 // ownDgram holds the inodes of the datagram sockets NewDgramSock made and
@@ -102,11 +100,7 @@ func NewDgramSock(v6 bool, proto int, setup func(fd int) error) (*DgramSock, err
 	return s, nil
 }
 
-// startWaker gives the socket a Waker, for an owner that selects on its
-// readiness among other things (ICMP echo actors).
-func (s *DgramSock) StartWaker() { s.Waker = poll.NewReadWaker(s.RawConn) }
-
-// close closes the socket and ends its Waker. Owner only, once.
+// Close closes the socket, ending a pending wait on it. Owner only, once.
 func (s *DgramSock) Close() {
 	if s.Ino != 0 {
 		ownDgram.Lock()
@@ -114,9 +108,6 @@ func (s *DgramSock) Close() {
 		ownDgram.Unlock()
 	}
 	s.file.Close()
-	if s.Waker != nil {
-		s.Waker.Stop()
-	}
 }
 
 // SetRecvErr asks the kernel to queue ICMP errors (and local errors) on the
