@@ -643,10 +643,10 @@ func TestPasstVhostUserVM(t *testing.T) {
 			t.Fatalf("control: upstream passt fails vm-e2e.sh with vhost-user:\n%s", tail(out, 4000))
 		}
 	}
-	// The direct (lent) receive path is off by default; the real guest
-	// is where it must prove itself, so this run turns it on. The copy
-	// path meets a real guest in TestPasstVhostUserVMLifecycle.
-	out, steps := runVME2E(t, dir, passtBin(t), "VHOST_USER=1", "GOPASTA_VHOST_USER_LEND=1")
+	// The zero-copy paths are the default: this run is theirs. The copy
+	// path (GOPASTA_VHOST_USER_COPY) carries what they do not (UDP,
+	// ICMP, control segments) in the same run.
+	out, steps := runVME2E(t, dir, passtBin(t), "VHOST_USER=1")
 	if !strings.Contains(out, "RESULT: PASS") {
 		t.Errorf("vm-e2e.sh failed")
 	}

@@ -72,7 +72,9 @@ type Loan interface {
 	// Commit says how many payload bytes were written, and where the
 	// transport checksum goes: at csumStart+csumOff of the frame, over
 	// everything from csumStart on, the field holding the pseudo-header
-	// sum (what a NIC's checksum offload is given).
+	// sum (what a NIC's checksum offload is given). A link that can
+	// tell its guest the frame needs no verification (vhost-user with
+	// VIRTIO_NET_F_GUEST_CSUM) leaves it at that.
 	Commit(n, csumStart, csumOff int)
 	// Len is the payload length committed.
 	Len() int

@@ -299,7 +299,7 @@ func (d *daemon) setup() error {
 	d.logConfig(host)
 
 	d.w = link.NewWriter(d.dev, writerDepth)
-	if d.vu != nil && os.Getenv(vhostUserLendEnv) != "" {
+	if d.vu != nil {
 		d.w.Lend = d.vu
 	}
 	d.env = &actors.Env{Ctx: d.ctx, Opts: actors.OptionsFrom(cfg), Out: d.w, Peer: d.peer, Log: log.Logger, NAT: host.NAT, Trace: &d.trace, Reg: actors.NewRegistrar()}

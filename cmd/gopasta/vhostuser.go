@@ -21,13 +21,12 @@ import (
 	"github.com/gopasta/gopasta/link/vhostuser"
 )
 
-// vhostUserLendEnv, set to anything, makes the TCP path read host data
-// straight into the guest's receive buffers instead of copying it from
-// gopasta's own frames. It is off by default: under QEMU's TCG the guest
-// then has to complete the TCP checksum (NEEDS_CSUM) itself, and the
-// direct path measured no faster than the copy, while the guest to host
-// half does not exist yet.
-const vhostUserLendEnv = "GOPASTA_VHOST_USER_LEND"
+// vhostUserCopyEnv, set to anything, makes the vhost-user link copy every
+// frame through gopasta's own buffers, as stream mode does, instead of
+// lending the guest's memory to the TCP flows both ways: for telling a
+// problem of the zero-copy paths from one of the rest (README, "passt
+// mode").
+const vhostUserCopyEnv = "GOPASTA_VHOST_USER_COPY"
 
 // openVhostUser opens the vhost-user link. It sets d.dev and d.vu.
 func (d *daemon) openVhostUser(mtu int) error {
@@ -35,6 +34,7 @@ func (d *daemon) openVhostUser(mtu int) error {
 	vcfg := vhostuser.Config{
 		MTU:    mtu,
 		OneOff: cfg.OneOff,
+		Copy:   os.Getenv(vhostUserCopyEnv) != "",
 		Log:    log.Logger,
 		OnConnect: func(pid int) {
 			// A new front end may be another VM: talk broadcast
