@@ -254,6 +254,9 @@ type Stats struct {
 	// was dropped for lying beyond the window we advertised; TCPOOODropped
 	// out-of-order segments dropped because TCPMaxOOO were held already.
 	TCPBeyondWindow, TCPOOODropped atomic.Uint64
+	// TCPGuestFault counts guest segments lost because the guest's
+	// memory holding their payload (link.Frame.Ext) could not be read.
+	TCPGuestFault atomic.Uint64
 }
 
 // Registrar is how a flow tells the dispatcher it has started (an

@@ -26,6 +26,7 @@ func StatsSnapshot(env *Env) map[string]uint64 {
 		"buffer_bytes":         uint64(max(s.BufferBytes.Load(), 0)),
 		"tcp_beyond_window":    s.TCPBeyondWindow.Load(),
 		"tcp_ooo_dropped":      s.TCPOOODropped.Load(),
+		"tcp_guest_fault":      s.TCPGuestFault.Load(),
 		"fd_budget":            uint64(max(fdMax, 0)),
 		"fd_budget_used":       uint64(max(fdUsed, 0)),
 		"fd_budget_refused":    env.Limits.FDRefused.Load(),

@@ -27,6 +27,7 @@ const (
 	cDropInboxFull
 	cDropFlowLimit
 	cDropOutFull
+	cDropGuestFault
 	cInboxHighWater
 
 	cFlowsStarted
@@ -73,6 +74,7 @@ var counterNames = [numCounters]string{
 	cDropInboxFull:    "drop_inbox_full",
 	cDropFlowLimit:    "drop_flow_limit",
 	cDropOutFull:      "drop_out_full",
+	cDropGuestFault:   "drop_guest_memory_fault",
 	cInboxHighWater:   "inbox_high_water",
 
 	cFlowsStarted:     "flows_started",

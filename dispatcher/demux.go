@@ -93,6 +93,9 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 
 	if h, ok := d.flows[k]; ok {
 		n := len(s[i].Data)
+		if d.direct && h.Direct != nil && !s[i].Flatten() {
+			return d.drop(cDropGuestFault)
+		}
 		f := d.take(s, i, p)
 		if d.direct && h.Direct != nil && len(s) == 1 && h.Direct(f) {
 			// The actor was idle and the dispatcher did its work (see
@@ -145,6 +148,11 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 		return false
 	}
 
+	// A flow's first frame goes through code that knows nothing of
+	// tails in guest memory (link.Frame.Ext): copy it in.
+	if !s[i].Flatten() {
+		return d.drop(cDropGuestFault)
+	}
 	f := d.take(s, i, p)
 	n := len(f.Data)
 	h := start.Start(k, f) // f belongs to the actor (or was released) now
@@ -173,10 +181,15 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 // half of it, into a right-sized buffer (link.GetBuffer): what an actor
 // queues or holds then keeps alive at most twice its bytes, whatever
 // sizes the guest picks. A frame that fills most of its buffer changes
-// hands and leaves its slot empty.
+// hands and leaves its slot empty, and so does one whose payload is in
+// guest memory (link.Frame.Ext).
 func (d *Dispatcher) take(s []*link.Frame, i int, p *wire.Parsed) *link.Frame {
 	f := s[i]
 	switch {
+	case f.Ext != nil:
+		// Its payload is in guest memory, not in the buffer, and it
+		// is let go of within the actor's handling of it.
+		s[i] = nil
 	case len(f.Data) <= link.SmallFrameSize:
 		g := link.GetFrame(len(f.Data))
 		copy(g.Data, f.Data)

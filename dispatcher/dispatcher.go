@@ -111,6 +111,10 @@ type Dispatcher struct {
 	// it is handled (pcap). It runs on the dispatcher goroutine while the
 	// dispatcher owns the frame, and must not keep it.
 	Tee func(*link.Frame)
+	// Capturing, if set with Tee, reports whether Tee records anything
+	// now: while it does not, frames whose payload is in guest memory
+	// (link.Frame.Ext) skip Tee instead of being copied for it.
+	Capturing func() bool
 
 	cfg *conf.Config
 	dev link.Device
@@ -419,8 +423,19 @@ func (d *Dispatcher) handleBatch(s []*link.Frame) {
 	d.n[cBatches].Add(1)
 	d.n[cFramesIn].Add(uint64(len(s)))
 	if d.Tee != nil {
-		// Before handleFrame, which may hand the frame to an actor.
+		// Before handleFrame, which may hand the frame to an actor. A
+		// capture sees whole frames: tails in guest memory are copied,
+		// while one runs.
+		capturing := d.Capturing == nil || d.Capturing()
 		for _, f := range s {
+			if f.Ext != nil {
+				if !capturing {
+					continue
+				}
+				if !f.Flatten() {
+					f.Data = f.Data[:0] // parsed as too short: dropped
+				}
+			}
 			d.Tee(f)
 		}
 	}
@@ -430,6 +445,15 @@ func (d *Dispatcher) handleBatch(s []*link.Frame) {
 	}
 	if toFlows > 0 {
 		d.n[cToFlows].Add(toFlows)
+	}
+	// Frames left in their slots are dropped or answered: the guest
+	// memory of any still holding some goes back now, not when the
+	// reader gets to the slot again.
+	for _, f := range s {
+		if f != nil && f.Ext != nil {
+			f.Ext.Release()
+			f.Ext, f.ExtOff = nil, 0
+		}
 	}
 }
 
@@ -506,7 +530,14 @@ func (d *Dispatcher) recovered(r any, f *link.Frame) {
 func (d *Dispatcher) handleFrame(s []*link.Frame, i int) bool {
 	b := s[i].Data
 	p := &d.parsed
-	if err := wire.ParseFrame(b, p); err != nil {
+	parse := wire.ParseFrame
+	if s[i].Ext != nil {
+		// Only the headers are in b (see link.Frame.Ext), and only
+		// a TCP segment's payload stays outside: anything else is
+		// copied in before it is looked at.
+		parse = wire.ParseFrameTrustedL4
+	}
+	if err := parse(b, p); err != nil {
 		r, _ := err.(wire.Reason)
 		d.n[r].Add(1)
 		if d.trace {
@@ -516,6 +547,9 @@ func (d *Dispatcher) handleFrame(s []*link.Frame, i int) bool {
 	}
 	b = b[:p.End]
 	s[i].Data = b
+	if s[i].Ext != nil && p.Proto != wire.ProtoTCP && !s[i].Flatten() {
+		return d.drop(cDropGuestFault)
+	}
 
 	if p.SrcMAC[0]&1 == 0 && p.SrcMAC != ([6]byte{}) && d.env.Peer.MAC() != p.SrcMAC {
 		d.env.Peer.SetMAC(p.SrcMAC)

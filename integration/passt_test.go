@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -661,7 +662,33 @@ func TestPasstVhostUserVM(t *testing.T) {
 	for _, s := range []string{"iperf3-up", "iperf3-down", "download", "portfwd-big"} {
 		t.Logf("%-12s gopasta: %-40s passt: %s", s, steps[s], ref[s])
 	}
+	// The bulk went through guest memory both ways: read into the
+	// guest's buffers (lent) and written from them (ext, less what had
+	// to be copied while a socket was full).
+	m := vmRunDir.FindStringSubmatch(out)
+	if m == nil {
+		t.Fatal("no run directory in the output")
+	}
+	log, err := os.ReadFile(filepath.Join(m[1], "passt.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := vuCounters.FindStringSubmatch(string(log))
+	if c == nil {
+		t.Fatalf("no vhost-user counters in passt.log:\n%s", tail(string(log), 2000))
+	}
+	n := func(s string) uint64 { v, _ := strconv.ParseUint(s, 10, 64); return v }
+	lent, ext, copied := n(c[3]), n(c[1]), n(c[2])
+	t.Logf("host->guest %d bytes read into guest buffers; guest->host %d bytes left in guest memory, %d of them copied", lent, ext, copied)
+	if lent < 100<<20 || ext-copied < 100<<20 {
+		t.Errorf("zero-copy paths unused: lent_bytes %d, ext_bytes %d, ext_copied_bytes %d", lent, ext, copied)
+	}
 }
+
+var (
+	vmRunDir   = regexp.MustCompile(`logs in (\S+) `)
+	vuCounters = regexp.MustCompile(`client closed connection .*ext_bytes=(\d+) ext_copied_bytes=(\d+) .*lent_bytes=(\d+)`)
+)
 
 // TestPasstDNSForward: the host's resolver is on loopback (as with
 // systemd-resolved), so passt mode offers the gateway as DNS server and

@@ -46,7 +46,52 @@ type Frame struct {
 	// when it writes the frame. Release returns the loan.
 	Loan Loan
 
+	// Ext, when set, is the frame's tail from ExtOff to the end of Data,
+	// left where the guest wrote it (a frame received through vhost-user:
+	// see Ext): Data[ExtOff:] holds nothing meaningful, only the headers
+	// before it are ours to parse. Whoever needs the whole frame in Data
+	// calls Flatten; Release gives the memory back.
+	Ext    Ext
+	ExtOff int
+
 	pool *sync.Pool
+}
+
+// Ext is the tail of a frame received from the guest that stayed in the
+// guest's memory, so that a TCP payload can go to its socket straight
+// from there (one copy, by the kernel). The link keeps the guest from
+// reusing that memory until Release: a holder must release it soon, the
+// guest's transmit queue waiting on it, and copies what it must keep
+// (Frame.Flatten).
+type Ext interface {
+	// Segs returns the tail's bytes, in order, at least len(Data)-ExtOff
+	// of them (maybe more: Ethernet padding the frame was trimmed of).
+	// Only system calls may read them (a sendmsg from them): the memory
+	// is the guest's, which may fault it away, and the kernel reports
+	// that as EFAULT where Go code would crash.
+	Segs() [][]byte
+	// CopyTo copies the tail into frame[off:], frame being the whole
+	// frame's buffer with the headers in front and off the Frame's
+	// ExtOff, completing the frame as the copying link would have (a
+	// checksum the guest left to the link). It reports false if the
+	// guest's memory faulted.
+	CopyTo(frame []byte, off int) bool
+	// Release gives the memory back to the guest. It is called by
+	// Frame.Release and Flatten; nobody else calls it.
+	Release()
+}
+
+// Flatten makes Data the whole frame: the Ext tail, if any, is copied in
+// and given back. It reports false if the guest's memory could not be
+// read; the frame must then be dropped.
+func (f *Frame) Flatten() bool {
+	if f.Ext == nil {
+		return true
+	}
+	ok := f.Ext.CopyTo(f.Data, f.ExtOff)
+	f.Ext.Release()
+	f.Ext, f.ExtOff = nil, 0
+	return ok
 }
 
 // Lender is a Device that can lend a producer the guest's receive buffers,
@@ -127,6 +172,10 @@ func (f *Frame) Release() {
 	if f.Loan != nil {
 		f.Loan.Release()
 		f.Loan = nil
+	}
+	if f.Ext != nil {
+		f.Ext.Release()
+		f.Ext, f.ExtOff = nil, 0
 	}
 	if f.pool == nil {
 		return

@@ -973,6 +973,12 @@ func (c *tcpConn) onFrame(f *link.Frame) {
 		return
 	}
 	c.onAck(th, len(payload))
+	if f.Ext != nil && len(payload) > 0 {
+		done, kept := c.onExtData(f, seq, payload, flags&wire.TCPFin != 0)
+		if keep = kept; done {
+			return
+		}
+	}
 	if len(payload) > 0 || flags&wire.TCPFin != 0 {
 		keep = c.onData(f, seq, payload, flags&wire.TCPFin != 0)
 	}

@@ -73,6 +73,7 @@ func (d *daemon) teePcap() {
 	d.w.Tee = d.caps.tee
 	d.w.Capturing = d.caps.capturing
 	d.disp.Tee = d.caps.tee
+	d.disp.Capturing = d.caps.capturing
 }
 
 // captures are the daemon's packet captures.
@@ -102,7 +103,8 @@ func (c *captures) tee(f *link.Frame) {
 }
 
 // capturing reports whether any capture runs, so that the writer lends no
-// guest buffers meanwhile (a lent frame's payload is not ours to record).
+// guest buffers meanwhile (a lent frame's payload is not ours to record),
+// and the dispatcher copies in the payloads left in guest memory.
 func (c *captures) capturing() bool {
 	return c.start != nil || c.rt.Load() != nil
 }

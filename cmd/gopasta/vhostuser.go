@@ -48,6 +48,7 @@ func (d *daemon) openVhostUser(mtu int) error {
 				"frames_in": s.RxFrames.Load(), "frames_out": s.TxFrames.Load(),
 				"dropped_in": s.RxDropped.Load(), "dropped_out": s.TxDropped.Load(),
 				"lent": s.Lent.Load(), "lent_bytes": s.LentBytes.Load(),
+				"ext": s.Ext.Load(), "ext_bytes": s.ExtBytes.Load(), "ext_copied_bytes": s.ExtCopiedBytes.Load(),
 				"interrupts": s.Interrupts.Load(), "waits": s.Waits.Load(), "broken": s.Broken.Load(),
 			}).Info("client closed connection")
 		},
@@ -108,6 +109,9 @@ func (d *daemon) vhostUserStats(m map[string]any) {
 	m["link_dropped"] = s.TxDropped.Load()
 	m["vu_lent_frames"] = s.Lent.Load()
 	m["vu_lent_bytes"] = s.LentBytes.Load()
+	m["vu_ext_frames"] = s.Ext.Load()
+	m["vu_ext_bytes"] = s.ExtBytes.Load()
+	m["vu_ext_copied_bytes"] = s.ExtCopiedBytes.Load()
 	m["vu_interrupts"] = s.Interrupts.Load()
 	m["vu_waits"] = s.Waits.Load()
 	m["vu_broken"] = s.Broken.Load()

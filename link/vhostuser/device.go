@@ -40,7 +40,8 @@ type Config struct {
 	// is connected.
 	OnRefused func(pid int)
 	// Copy makes Lend refuse, so that every frame to the guest is
-	// copied from gopasta's buffers.
+	// copied from gopasta's buffers, and every frame from the guest is
+	// copied whole into them (no link.Ext).
 	Copy bool
 }
 
@@ -57,6 +58,11 @@ type Stats struct {
 	// into the guest's buffers (Lend); LentBytes their payload: bytes
 	// not copied a second time.
 	Lent, LentBytes atomic.Uint64
+	// Ext counts frames from the guest whose payload stayed in guest
+	// memory (link.Ext), ExtBytes that payload; ExtCopiedBytes the part
+	// of it that was copied after all (Flatten): ExtBytes less
+	// ExtCopiedBytes went to sockets straight from the guest's memory.
+	Ext, ExtBytes, ExtCopiedBytes atomic.Uint64
 	// Interrupts counts call-fd notifications sent, Waits sleeps on a kick.
 	Interrupts, Waits atomic.Uint64
 	// Connects counts front ends served, Refused those turned away,
@@ -111,6 +117,13 @@ type Device struct {
 	rxWaiting bool     // the writer sleeps for buffers: poke it
 	lendChain *chain   // Lend's scratch
 	poke      [8]byte  // what Release writes to our own kick
+
+	// Guest memory lent on the transmit side (txext.go). txMu
+	// serialises the transmit queue's used side (fill, flush) between
+	// the reader and Ext releases; it comes after mu. txEpoch changes
+	// under mu held exclusively.
+	txMu    sync.Mutex
+	txEpoch uint64
 
 	// Stats counts frames and events.
 	Stats Stats
@@ -254,6 +267,7 @@ func (d *Device) serve(c *net.UnixConn) {
 // descriptors are closed, memory unmapped. mu held.
 func (d *Device) resetLocked() {
 	d.rxStopLocked(false)
+	d.txStopLocked()
 	for i := range d.vq {
 		d.closeKickLocked(i)
 		if d.call[i] >= 0 {
@@ -414,24 +428,34 @@ func (d *Device) fromGuest(frames []*link.Frame) (n int, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer guard(&err)
 	q, c, m, hl := &d.vq[txQ], d.rdChain, d.mem, d.hdrLen
+	ext := !d.cfg.Copy
 	q.notify(false)
+	d.txMu.Lock()
+	defer d.txMu.Unlock()
 	for n < len(frames) {
 		var ok bool
 		if ok, err = q.pop(m, c); err != nil || !ok {
 			break
 		}
-		q.fill(c.head, 0)
 		f := frames[n]
 		buf := f.Data[:cap(f.Data)]
 		size := c.rdLen - hl
 		if size < 14 || size > len(buf) || size > link.QemuMaxFrame {
+			q.fill(c.head, 0)
 			d.Stats.RxDropped.Add(1)
 			continue
 		}
-		gather(buf[:size], c.rd, hl)
-		f.Data = buf[:size]
 		var h [virtioNetHdrSize]byte
 		gather(h[:hl], c.rd, 0)
+		pre := min(size, txPrefix)
+		gather(buf[:pre], c.rd, hl)
+		f.Data = buf[:size]
+		if ext && d.extTail(c, f, buf[:pre], size, h[:]) {
+			n++ // its used entry waits for the Ext's release
+			continue
+		}
+		q.fill(c.head, 0)
+		gather(buf[pre:size], c.rd, hl+pre)
 		if h[0]&hdrFNeedsCsum != 0 && !completeCsum(f.Data, h[:]) {
 			d.Stats.RxDropped.Add(1)
 			continue
@@ -728,6 +752,7 @@ func (d *Device) handle(k *conn, m *msg) (err error) {
 			// Stop the rings, as libvhost-user does; the memory
 			// table stays until the front end replaces it.
 			d.rxStopLocked(true)
+			d.txStopLocked()
 			for i := range d.vq {
 				d.vq[i].started = false
 				d.closeKickLocked(i)
@@ -745,6 +770,9 @@ func (d *Device) handle(k *conn, m *msg) (err error) {
 			q := &d.vq[i]
 			if i == rxQ && m.req == reqSetVringNum {
 				d.rxStopLocked(true)
+			}
+			if i == txQ && m.req == reqSetVringNum {
+				d.txStopLocked()
 			}
 			switch m.req {
 			case reqSetVringNum:
@@ -770,6 +798,8 @@ func (d *Device) handle(k *conn, m *msg) (err error) {
 			// published, so the next one to take is the base.
 			if i == rxQ {
 				d.rxStopLocked(true)
+			} else {
+				d.txStopLocked()
 			}
 			q := &d.vq[i]
 			base := q.lastAvail
@@ -893,6 +923,8 @@ func (d *Device) setVringAddrLocked(m *msg) error {
 	}
 	if i == rxQ {
 		d.rxStopLocked(true)
+	} else {
+		d.txStopLocked()
 	}
 	q := &d.vq[i]
 	q.descQVA = binary.LittleEndian.Uint64(b[8:])
@@ -951,6 +983,8 @@ func (d *Device) setVringFDLocked(m *msg) error {
 		}
 		if i == rxQ {
 			d.rxStopLocked(true)
+		} else {
+			d.txStopLocked()
 		}
 		q.started = true
 		q.start()
