@@ -3,8 +3,11 @@
 // socket, shares the guest's memory with us as file descriptors, and tells
 // us where the guest's virtqueues are; frames then move between those
 // queues and gopasta's frame buffers with one copy and no socket, and TCP
-// data from the host goes into the guest's receive buffers straight from
-// the socket, the device lending those buffers to the flows (lend.go).
+// data goes without that copy both ways: from the host socket straight
+// into the guest's receive buffers, the device lending those buffers to
+// the flows (lend.go), and from the guest's transmit buffers straight to
+// the host socket, a frame carrying only a private copy of its headers
+// and a reference to its payload in guest memory (txext.go).
 //
 // # Pieces
 //
@@ -18,6 +21,8 @@
 //     request handlers, and the data path.
 //   - lend.go: lending receive buffers to producers (link.Lender), the
 //     stash of chains given back, memory references and queue epochs.
+//   - txext.go: transmitted TCP payloads left in guest memory
+//     (link.Frame.Ext), their used entries published on release.
 //
 // # Guest memory is hostile input
 //
@@ -43,7 +48,9 @@
 // queue, so a memory table or a ring is never replaced under a batch, and
 // the two directions never wait for each other. Lending adds a fourth
 // kind, the flows' goroutines, which take and give back receive chains
-// under rxMu (after mu); see lend.go. Waiting for the guest
+// under rxMu (after mu), see lend.go, and publish the used entries of
+// transmit chains whose payload they held under txMu (after mu), see
+// txext.go. Waiting for the guest
 // (a kick on the queue's eventfd, or a state change) happens without the
 // lock; the control goroutine wakes waiters with a read deadline in the
 // past on the kick file and by closing the changed channel.
@@ -54,14 +61,17 @@
 // # Speed
 //
 // No allocation per frame: chains are walked into reused segment slices,
-// frames copied into the caller's pooled buffers. Batches both ways, with
-// one used-index update and at most one interrupt per batch; event indexes
+// frames copied into the caller's pooled buffers, loans and Exts pooled.
+// Batches both ways, with one used-index update and at most one interrupt
+// per batch (and per released Ext, whose chain's turn comes when a flow
+// lets go of it); event indexes
 // (VIRTIO_RING_F_EVENT_IDX) or, without them, the ring flags, keep the
 // guest from kicking us, and us from interrupting it, per frame.
 //
 // Under TCG the guest's emulated CPU, not ours, limits throughput, so the
 // device takes work off it: checksums are offered both ways
 // (VIRTIO_NET_F_CSUM: the guest leaves its checksums to us and we
-// complete them before the frame goes on; GUEST_CSUM: our frames carry
-// DATA_VALID, so the guest does not verify them).
+// complete them before the frame goes on, except where nobody would read
+// them: a TCP payload going to its socket from guest memory; GUEST_CSUM:
+// our frames carry DATA_VALID, so the guest does not verify them).
 package vhostuser
