@@ -5,9 +5,10 @@ import (
 	"encoding/binary"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
-	"golang.org/x/sys/unix"
 )
 
 // tcpFrame is an Ethernet/IPv4/TCP segment (or IPv6 if v6) with a
