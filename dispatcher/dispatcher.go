@@ -532,12 +532,20 @@ func (d *Dispatcher) handleFrame(s []*link.Frame, i int) bool {
 	p := &d.parsed
 	parse := wire.ParseFrame
 	if s[i].Ext != nil {
-		// Only the headers are in b (see link.Frame.Ext), and only
-		// a TCP segment's payload stays outside: anything else is
-		// copied in before it is looked at.
+		// Only the headers are in b (see link.Frame.Ext).
 		parse = wire.ParseFrameTrustedL4
 	}
-	if err := parse(b, p); err != nil {
+	err := parse(b, p)
+	if s[i].Ext != nil && (err != nil || p.Proto != wire.ProtoTCP) {
+		// Only a TCP segment's payload is used where it is: anything
+		// else is copied in and parsed whole (and so is what the
+		// headers alone did not pass, to drop it for the right reason).
+		if !s[i].Flatten() {
+			return d.drop(cDropGuestFault)
+		}
+		err = wire.ParseFrame(b, p)
+	}
+	if err != nil {
 		r, _ := err.(wire.Reason)
 		d.n[r].Add(1)
 		if d.trace {
@@ -547,9 +555,6 @@ func (d *Dispatcher) handleFrame(s []*link.Frame, i int) bool {
 	}
 	b = b[:p.End]
 	s[i].Data = b
-	if s[i].Ext != nil && p.Proto != wire.ProtoTCP && !s[i].Flatten() {
-		return d.drop(cDropGuestFault)
-	}
 
 	if p.SrcMAC[0]&1 == 0 && p.SrcMAC != ([6]byte{}) && d.env.Peer.MAC() != p.SrcMAC {
 		d.env.Peer.SetMAC(p.SrcMAC)

@@ -125,6 +125,13 @@ type Device struct {
 	txMu    sync.Mutex
 	txEpoch uint64
 
+	// Guest memory the data path lets others write into or read from
+	// (drain): draining makes Lend refuse and the reader copy; filling
+	// counts loans not yet committed (the producer's recvmsg may still
+	// write), extOut Exts not yet released (a sendmsg may still read).
+	draining        atomic.Bool
+	filling, extOut atomic.Int64
+
 	// Stats counts frames and events.
 	Stats Stats
 }
@@ -428,9 +435,9 @@ func (d *Device) fromGuest(frames []*link.Frame) (n int, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer guard(&err)
 	q, c, m, hl := &d.vq[txQ], d.rdChain, d.mem, d.hdrLen
-	ext := !d.cfg.Copy
 	q.notify(false)
 	d.txMu.Lock()
+	ext := !d.cfg.Copy && !d.draining.Load() // under txMu: see drain
 	defer d.txMu.Unlock()
 	for n < len(frames) {
 		var ok bool
@@ -716,6 +723,14 @@ func byteAt(segs [][]byte, off int) []byte {
 
 // handle carries out one front-end request.
 func (d *Device) handle(k *conn, m *msg) (err error) {
+	switch m.req {
+	case reqGetVringBase, reqResetOwner, reqSetVringNum, reqSetVringAddr, reqSetVringKick:
+		// The front end stops or moves a ring, after which the guest
+		// may reuse its buffers: first let go of the ones flows are
+		// reading or writing.
+		d.drain()
+		defer d.draining.Store(false)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	defer d.wakeLocked()

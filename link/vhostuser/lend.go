@@ -85,7 +85,8 @@ type loan struct {
 	segs  [][]byte // the chains' writable segments, in order
 	pay   [][]byte // the payload's part of segs
 
-	n int // Commit's
+	n       int  // Commit's
+	filling bool // lent and not yet committed: counted in Device.filling
 }
 
 var loanPool = sync.Pool{New: func() any {
@@ -100,6 +101,16 @@ func (l *loan) Payload() [][]byte { return l.pay }
 // The checksum's place is not needed: the frame goes as DATA_VALID.
 func (l *loan) Commit(n, _, _ int) {
 	l.n = max(0, min(n, payLen(l.pay)))
+	l.filled()
+}
+
+// filled ends the part of the loan's life in which its producer may
+// write into it (drain waits for it).
+func (l *loan) filled() {
+	if l.filling {
+		l.filling = false
+		l.d.filling.Add(-1)
+	}
 }
 
 // Len implements link.Loan.
@@ -120,6 +131,7 @@ func (l *loan) Release() {
 	if d == nil {
 		return
 	}
+	l.filled()
 	if len(l.heads) > 0 {
 		d.mu.RLock()
 		d.rxMu.Lock()
@@ -172,6 +184,12 @@ func (d *Device) Lend(hlen, payLen int) *link.Frame {
 	l := loanPool.Get().(*loan)
 	room := d.hdrLen + hlen
 	d.rxMu.Lock()
+	if d.draining.Load() {
+		// A ring is stopping (drain): no new loans.
+		d.rxMu.Unlock()
+		loanPool.Put(l)
+		return nil
+	}
 	total, err := d.takeLoanLocked(l, room+payLen)
 	l.d, l.epoch = d, d.rxEpoch
 	if err == nil && total < room+payLen {
@@ -180,6 +198,11 @@ func (d *Device) Lend(hlen, payLen int) *link.Frame {
 		// a packet more for the same bytes. The copy path waits for
 		// buffers and sends whole segments.
 		d.giveBackLocked(l)
+	}
+	if len(l.heads) > 0 {
+		// Counted before drain can look, which it does under rxMu.
+		l.filling = true
+		d.filling.Add(1)
 	}
 	d.rxMu.Unlock()
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"github.com/gopasta/gopasta/link"
 )
@@ -124,6 +125,7 @@ func (e *txExt) Release() {
 	}
 	d.txMu.Unlock()
 	d.mu.RUnlock()
+	d.extOut.Add(-1)
 	e.mem.release()
 	e.d, e.mem = nil, nil
 	clear(e.segs)
@@ -206,9 +208,40 @@ func (d *Device) extTail(c *chain, f *link.Frame, prefix []byte, size int, hdr [
 	e.mem.acquire()
 	e.csum, e.csumStart, e.csumOff = csum, start, coff
 	f.Ext, f.ExtOff = e, off
+	d.extOut.Add(1)
 	d.Stats.Ext.Add(1)
 	d.Stats.ExtBytes.Add(uint64(e.n))
 	return true
+}
+
+// drainWait bounds drain: a flow that does not let go by then (stuck
+// behind a full writer queue, say) loses its chains to the ring's
+// incarnation. A variable for the tests.
+var drainWait = time.Second
+
+// drain waits until no loan may still be written into and no Ext still
+// read from, before a request that stops or moves a ring: once the
+// front end has our answer the guest may reuse the buffers (a driver
+// reset frees them), and a recvmsg into one, or a sendmsg from one,
+// would then corrupt guest memory or the host stream. Meanwhile Lend
+// refuses and the reader copies. No lock is held: the flows' Release
+// needs mu. The caller clears draining when the request is done.
+func (d *Device) drain() {
+	// Under the locks under which the reader and Lend look at it and
+	// count what they make: whatever they made before is counted.
+	d.txMu.Lock()
+	d.rxMu.Lock()
+	d.draining.Store(true)
+	d.rxMu.Unlock()
+	d.txMu.Unlock()
+	deadline := time.Now().Add(drainWait)
+	for d.filling.Load() > 0 || d.extOut.Load() > 0 {
+		if time.Now().After(deadline) {
+			d.log.Warnf("vhost-user: %d lent buffers and %d transmit buffers still held by flows; the guest may see them again", d.filling.Load(), d.extOut.Load())
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // txStopLocked ends the transmit queue's epoch: Exts still out publish

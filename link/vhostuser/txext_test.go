@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -210,10 +211,14 @@ func TestTransmitExtNotTaken(t *testing.T) {
 	}
 }
 
-// A release after the queue stopped publishes nothing into the old ring;
-// after a new memory table the old memory stays mapped until then.
+// A release after the queue stopped (a flow that held on longer than
+// the stop waits for) publishes nothing into the old ring; after a new
+// memory table the old memory stays mapped until then.
 func TestTransmitExtAfterStop(t *testing.T) {
-	r := newRig(t, Config{})
+	old := drainWait
+	drainWait = 10 * time.Millisecond
+	t.Cleanup(func() { drainWait = old })
+	r := newRig(t, Config{Log: quietLog()})
 	f := r.connect(defaultFeatures)
 	q := f.q[txQ]
 	p := tcpFrame(false, 4000)
@@ -239,5 +244,54 @@ func TestTransmitExtAfterStop(t *testing.T) {
 	fr.Release()
 	if u := q.takeUsed(); len(u) != 0 {
 		t.Fatalf("used entries %v published after the queue stopped", u)
+	}
+}
+
+// A stop of the rings waits for the flows to let go of guest memory they
+// may still read (an Ext) or write (a loan not yet committed): the used
+// entry is published and only then does the front end get its answer,
+// after which the guest may reuse the buffers.
+func TestStopWaitsForFlows(t *testing.T) {
+	r := newRig(t, Config{})
+	f := r.connect(defaultFeatures)
+	q := f.q[txQ]
+	txSplit(q, nil, tcpFrame(false, 4000))
+	fr := readOne(t, r.d, q)
+	if fr.Ext == nil {
+		t.Fatal("no Ext")
+	}
+	rxBuffers(f.q[rxQ], 8, 4096)
+	lent := r.d.Lend(54, 3000)
+	if lent == nil {
+		t.Fatal("Lend refused")
+	}
+	answered := make(chan struct{})
+	go func() {
+		f.call(reqGetVringBase, state(txQ, 0))
+		close(answered)
+	}()
+	select {
+	case <-answered:
+		t.Fatal("GET_VRING_BASE answered while a flow holds transmit memory")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if r.d.Lend(54, 3000) != nil {
+		t.Error("Lend lends while a ring stops")
+	}
+	fr.Release()
+	select {
+	case <-answered:
+		t.Fatal("GET_VRING_BASE answered while a loan may still be written")
+	case <-time.After(100 * time.Millisecond):
+	}
+	lent.Loan.Commit(0, 0, 0)
+	select {
+	case <-answered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("GET_VRING_BASE not answered after the flows let go")
+	}
+	lent.Release()
+	if u := q.takeUsed(); len(u) != 1 {
+		t.Errorf("used entries %v: the Ext's chain was not given back before the stop", u)
 	}
 }

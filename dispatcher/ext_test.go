@@ -1,0 +1,139 @@
+package dispatcher
+
+import (
+	"bytes"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/wire"
+	"github.com/gopasta/gopasta/link/wire/wiretest"
+)
+
+// extOff is where extDevice's frames leave the link's memory: past every
+// header the tests send.
+const extOff = 74
+
+// extDevice leaves the bytes of every large frame it reads from extOff on
+// in "guest memory" (link.Frame.Ext), as the vhost-user device leaves a
+// TCP payload; the frame's own bytes there are garbage.
+type extDevice struct {
+	link.Device
+	out, copied atomic.Int64
+}
+
+type testExt struct {
+	d    *extDevice
+	mem  []byte
+	done bool
+}
+
+func (e *testExt) Segs() [][]byte { return [][]byte{e.mem} }
+func (e *testExt) CopyTo(frame []byte, off int) bool {
+	e.d.copied.Add(int64(copy(frame[off:], e.mem)))
+	return true
+}
+func (e *testExt) Release() {
+	if e.done {
+		panic("ext released twice")
+	}
+	e.done = true
+	e.d.out.Add(-1)
+}
+
+func (d *extDevice) ReadBatch(frames []*link.Frame) (int, error) {
+	n, err := d.Device.ReadBatch(frames)
+	for _, f := range frames[:n] {
+		if len(f.Data) < 200 {
+			continue
+		}
+		e := &testExt{d: d, mem: append([]byte(nil), f.Data[extOff:]...)}
+		for i := extOff; i < len(f.Data); i++ {
+			f.Data[i] = 0xee
+		}
+		f.Ext, f.ExtOff = e, extOff
+		d.out.Add(1)
+	}
+	return n, err
+}
+
+// A TCP segment of a flow reaches its actor with its payload still in
+// guest memory; anything else (a UDP datagram, the first frame of a flow,
+// a frame a capture records) is copied in first, and a frame the
+// dispatcher drops gives its memory back at once.
+func TestExtFrames(t *testing.T) {
+	fa := &fakeActors{depth: 4}
+	var dev *extDevice
+	capturing := false
+	var teed [][]byte
+	h := newSplitHarness(t, nil, func(d *Dispatcher) {
+		withFakes(fa)(d)
+		dev = &extDevice{Device: d.dev}
+		d.dev = dev
+		d.Tee = func(f *link.Frame) {
+			if f.Ext != nil {
+				t.Error("Tee saw a frame whose payload is not in it")
+			}
+			teed = append(teed, append([]byte(nil), f.Data...))
+		}
+		d.Capturing = func() bool { return capturing }
+	})
+	pay := bytes.Repeat([]byte("0123456789"), 100)
+
+	// A flow's first frame, large: copied in for the starter.
+	syn := wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(40000, 80, 1, 0, wire.TCPSyn, pay))
+	h.send(syn)
+	h.waitStat("flows_started", 1)
+	if s := fa.get(0); !bytes.Equal(s.data, syn) {
+		t.Fatal("first frame of a flow not copied in")
+	}
+	// The flow's next segment: handed over with its Ext, not copied.
+	seg := wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(40000, 80, 2, 1, wire.TCPAck, pay))
+	h.send(seg)
+	f := recvFrame(t, fa.get(0).handle)
+	if f.Ext == nil || f.ExtOff != extOff || !bytes.Equal(f.Data[:extOff], seg[:extOff]) || len(f.Data) != len(seg) {
+		t.Fatalf("segment: Ext %v at %d, %d bytes", f.Ext, f.ExtOff, len(f.Data))
+	}
+	if dev.copied.Load() != int64(len(syn)-extOff) {
+		t.Errorf("copied %d bytes, want only the first frame's", dev.copied.Load())
+	}
+	f.Release()
+
+	// A UDP datagram: copied in before its actor sees it.
+	udp := wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(40000, 53, pay))
+	h.send(udp)
+	h.waitStat("flows_started", 2)
+	if s := fa.get(1); !bytes.Equal(s.data, udp) {
+		t.Fatal("UDP datagram not copied in")
+	}
+
+	// Dropped (multicast destination, bad checksum): given back.
+	h.send(wiretest.IP(guest4, netip.MustParseAddr("224.0.0.1"), wire.ProtoTCP, wiretest.TCP(40000, 80, 1, 0, wire.TCPSyn, pay)))
+	bad := wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(40001, 53, pay))
+	bad[len(bad)-1] ^= 1
+	h.send(bad)
+	h.waitStat("drop_bad_dest", 1)
+	h.waitStat("drop_l4_checksum", 1)
+	for deadline := time.Now().Add(3 * time.Second); dev.out.Load() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d Exts of dropped frames not given back", dev.out.Load())
+		}
+	}
+
+	// A capture: the frame it sees is whole.
+	capturing = true
+	h.send(seg)
+	f = recvFrame(t, fa.get(0).handle)
+	if f.Ext != nil || !bytes.Equal(f.Data, seg) {
+		t.Fatal("segment not copied in for the capture")
+	}
+	f.Release()
+	if !bytes.Equal(teed[len(teed)-1], seg) {
+		t.Error("the capture did not see the whole segment")
+	}
+	if dev.out.Load() != 0 {
+		t.Errorf("%d Exts out", dev.out.Load())
+	}
+}
