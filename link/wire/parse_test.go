@@ -241,7 +241,23 @@ func FuzzParseFrame(f *testing.F) {
 	f.Add(wiretest.IP(guest6, far6, wire.ProtoICMPv6, wiretest.RouterSolicit(&wiretest.GuestMAC)))
 	f.Add(wiretest.ARP(1, link6Broadcast, wiretest.GuestMAC, guest4, [6]byte{}, far4))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		var p wire.Parsed
+		var p, tp wire.Parsed
+		// The trusted parse accepts what the strict one does, and
+		// reads no byte of a TCP payload: scrambling it changes nothing.
+		terr := wire.ParseFrameTrustedL4(b, &tp)
+		if err := wire.ParseFrame(b, &p); err == nil && (terr != nil || tp.Payload != p.Payload || tp.End != p.End) {
+			t.Fatalf("trusted parse: %v, payload %d end %d; strict: payload %d end %d", terr, tp.Payload, tp.End, p.Payload, p.End)
+		}
+		if terr == nil && tp.Proto == wire.ProtoTCP {
+			c := append([]byte(nil), b...)
+			for i := tp.Payload; i < tp.End; i++ {
+				c[i] ^= 0xa5
+			}
+			var tp2 wire.Parsed
+			if err := wire.ParseFrameTrustedL4(c, &tp2); err != nil || tp2.Payload != tp.Payload || tp2.End != tp.End {
+				t.Fatalf("trusted parse read the payload: %v", err)
+			}
+		}
 		if err := wire.ParseFrame(b, &p); err != nil {
 			if _, ok := err.(wire.Reason); !ok {
 				t.Fatalf("error of type %T", err)
@@ -262,6 +278,29 @@ func FuzzParseFrame(f *testing.F) {
 			_ = wire.ICMP(b[p.L4:p.End]).Seq()
 		}
 	})
+}
+
+// ParseFrameTrustedL4 takes a TCP segment whatever its checksum says
+// (the payload need not be there), and checks everything else as
+// ParseFrame does: a datagram's checksum too.
+func TestParseFrameTrustedL4(t *testing.T) {
+	seg := wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(40000, 80, 1, 0, wire.TCPAck, []byte("payload")))
+	seg[len(seg)-1] ^= 1
+	var p wire.Parsed
+	if err := wire.ParseFrame(seg, &p); err != wire.ReasonL4Checksum {
+		t.Fatalf("strict parse of a bad TCP checksum: %v", err)
+	}
+	if err := wire.ParseFrameTrustedL4(seg, &p); err != nil || p.Proto != wire.ProtoTCP || p.Payload != 54 {
+		t.Fatalf("trusted parse of a TCP segment: %v, payload at %d", err, p.Payload)
+	}
+	udp := wiretest.IP(guest4, far4, wire.ProtoUDP, wiretest.UDP(4000, 53, []byte("abc")))
+	udp[len(udp)-1] ^= 1
+	if err := wire.ParseFrameTrustedL4(udp, &p); err != wire.ReasonL4Checksum {
+		t.Fatalf("trusted parse of a bad UDP checksum: %v", err)
+	}
+	if err := wire.ParseFrameTrustedL4(seg[:40], &p); err == nil {
+		t.Fatal("trusted parse of a truncated segment succeeded")
+	}
 }
 
 func BenchmarkChecksum(b *testing.B) {
