@@ -102,11 +102,8 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 			// Handle.Direct): a lone frame is request/response traffic,
 			// where the hand-over would cost a wake-up per frame.
 			d.n[cDirect].Add(1)
-			if d.trace {
-				d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes: sent directly", n)
-			}
-			if d.subs && k.Proto != wire.ProtoTCP && d.traceOn(h) {
-				d.traceFlow(h, "in  datagram, "+strconv.Itoa(n-p.Payload)+" bytes, sent directly")
+			if d.trace || d.subs {
+				d.traceIn(h, k, n, p, "sent directly", "", ", sent directly")
 			}
 			return true
 		}
@@ -166,13 +163,22 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 	d.flows[h.Key] = h
 	d.setActive()
 	d.n[cFlowsStarted].Add(1)
-	if d.trace {
-		d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes: flow started", n)
-	}
-	if d.subs && k.Proto != wire.ProtoTCP && d.traceOn(h) {
-		d.traceFlow(h, "flow started by the guest, in  datagram, "+strconv.Itoa(n-p.Payload)+" bytes")
+	if d.trace || d.subs {
+		d.traceIn(h, k, n, p, "flow started", "flow started by the guest, ", "")
 	}
 	return true
+}
+
+// traceIn traces a guest frame of n bytes that went to h's flow: the
+// --trace line ("frame in, n bytes: what") and, for a datagram flow a
+// subscriber watches, the flow's own line, between pre and post.
+func (d *Dispatcher) traceIn(h *actors.Handle, k actors.Key, n int, p *wire.Parsed, what, pre, post string) {
+	if d.trace {
+		d.log.WithField("flow", k.String()).Tracef("frame in, %d bytes: %s", n, what)
+	}
+	if d.subs && k.Proto != wire.ProtoTCP && d.traceOn(h) {
+		d.traceFlow(h, pre+"in  datagram, "+strconv.Itoa(n-p.Payload)+" bytes"+post)
+	}
 }
 
 // take returns the frame s[i] ready for an actor, with its offsets set.

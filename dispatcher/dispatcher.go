@@ -525,6 +525,15 @@ func (d *Dispatcher) recovered(r any, f *link.Frame) {
 	e.Errorf("frame handling panicked, frame dropped (only counted from now on at this site)\n%s", debug.Stack())
 }
 
+// familyOn reports whether a frame of a family may pass: false, counted,
+// when -4 or -6 turned the family off.
+func (d *Dispatcher) familyOn(off bool) bool {
+	if off {
+		d.n[cDropFamily].Add(1)
+	}
+	return !off
+}
+
 // handleFrame parses s[i] and acts on it. It reports whether the frame went
 // to a flow's inbox.
 func (d *Dispatcher) handleFrame(s []*link.Frame, i int) bool {
@@ -562,16 +571,14 @@ func (d *Dispatcher) handleFrame(s []*link.Frame, i int) bool {
 
 	switch p.EtherType {
 	case wire.EtherTypeARP:
-		if d.cfg.IPv6Only {
-			d.n[cDropFamily].Add(1)
+		if !d.familyOn(d.cfg.IPv6Only) {
 			return false
 		}
 		d.traceFrame(p, len(b))
 		d.handleARP(b)
 		return false
 	case wire.EtherTypeIPv4:
-		if d.cfg.IPv6Only {
-			d.n[cDropFamily].Add(1)
+		if !d.familyOn(d.cfg.IPv6Only) {
 			return false
 		}
 		d.learn(p.Src)
@@ -581,18 +588,17 @@ func (d *Dispatcher) handleFrame(s []*link.Frame, i int) bool {
 			return false
 		}
 	case wire.EtherTypeIPv6:
-		if d.cfg.IPv4Only {
-			d.n[cDropFamily].Add(1)
+		if !d.familyOn(d.cfg.IPv4Only) {
 			return false
 		}
 		d.learn(p.Src)
 		d.svc.guestSpeaksIPv6(d)
-		if p.Proto == wire.ProtoICMPv6 && p.ICMPType >= wire.ICMPv6RouterSolicit && p.ICMPType <= icmpv6Redirect {
+		switch {
+		case p.Proto == wire.ProtoICMPv6 && p.ICMPType >= wire.ICMPv6RouterSolicit && p.ICMPType <= icmpv6Redirect:
 			d.traceFrame(p, len(b))
 			d.handleNDP(b, p)
 			return false
-		}
-		if p.Proto == wire.ProtoUDP && p.DstPort == dhcpv6ServerPort && !d.cfg.NoDHCPv6 {
+		case p.Proto == wire.ProtoUDP && p.DstPort == dhcpv6ServerPort && !d.cfg.NoDHCPv6:
 			d.traceFrame(p, len(b))
 			d.handleDHCPv6(b, p)
 			return false

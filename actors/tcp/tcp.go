@@ -1077,24 +1077,25 @@ func (c *tcpConn) sendRST() {
 //
 // An inline run must not wait for room (see inline.go): it offers the
 // frame instead, and parks it for the actor when the queue is full.
-func (c *tcpConn) send(f *link.Frame) {
-	c.countOut(f)
-	if c.inline {
-		c.offer(f, true)
-		return
-	}
-	c.unpark()
-	c.env.Out.SendNow(c.env.Ctx, f)
-}
+func (c *tcpConn) send(f *link.Frame) { c.sendTo(f, true) }
 
-func (c *tcpConn) sendBurst(f *link.Frame) {
+// sendBurst is send for a frame of a burst: the Writer may hold it to
+// coalesce it with the next ones.
+func (c *tcpConn) sendBurst(f *link.Frame) { c.sendTo(f, false) }
+
+// sendTo is send (now) or sendBurst.
+func (c *tcpConn) sendTo(f *link.Frame, now bool) {
 	c.countOut(f)
 	if c.inline {
-		c.offer(f, false)
+		c.offer(f, now)
 		return
 	}
 	c.unpark()
-	c.env.Out.SendCtx(c.env.Ctx, f)
+	if now {
+		c.env.Out.SendNow(c.env.Ctx, f)
+	} else {
+		c.env.Out.SendCtx(c.env.Ctx, f)
+	}
 }
 
 // sendAck sends a pure ACK with the current window, unless it would repeat
