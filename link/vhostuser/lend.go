@@ -216,22 +216,7 @@ func (d *Device) Lend(hlen, payLen int) *link.Frame {
 		return nil
 	}
 	// The payload: the segments past the header room, at most payLen.
-	skip, left := room, payLen
-	for _, s := range l.segs {
-		if skip >= len(s) {
-			skip -= len(s)
-			continue
-		}
-		s = s[skip:]
-		skip = 0
-		if len(s) > left {
-			s = s[:left]
-		}
-		l.pay = append(l.pay, s)
-		if left -= len(s); left == 0 {
-			break
-		}
-	}
+	l.pay = appendRange(l.pay, l.segs, room, payLen)
 	l.mem = d.mem
 	l.mem.acquire()
 	l.hlen, l.n = hlen, 0

@@ -164,3 +164,26 @@ func (t *memTable) qva(a, n uint64) []byte {
 	}
 	return nil
 }
+
+// appendRange appends to dst the pieces of segs (one buffer in order)
+// that hold its bytes [skip, skip+n), or fewer if segs ends first, and
+// returns dst. The pieces alias segs: no byte is copied.
+func appendRange(dst, segs [][]byte, skip, n int) [][]byte {
+	for _, s := range segs {
+		if n == 0 {
+			break
+		}
+		if skip >= len(s) {
+			skip -= len(s)
+			continue
+		}
+		s = s[skip:]
+		skip = 0
+		if len(s) > n {
+			s = s[:n]
+		}
+		dst = append(dst, s)
+		n -= len(s)
+	}
+	return dst
+}

@@ -186,22 +186,7 @@ func (d *Device) extTail(c *chain, f *link.Frame, prefix []byte, size int, hdr [
 		return false // the copy drops it
 	}
 	e := txExtPool.Get().(*txExt)
-	skip, left := d.hdrLen+off, size-off
-	for _, s := range c.rd {
-		if skip >= len(s) {
-			skip -= len(s)
-			continue
-		}
-		s = s[skip:]
-		skip = 0
-		if len(s) > left {
-			s = s[:left]
-		}
-		e.segs = append(e.segs, s)
-		if left -= len(s); left == 0 {
-			break
-		}
-	}
+	e.segs = appendRange(e.segs, c.rd, d.hdrLen+off, size-off)
 	e.n = size - off
 	e.d, e.epoch, e.head = d, d.txEpoch, c.head
 	e.mem = d.mem
