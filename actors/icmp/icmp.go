@@ -118,18 +118,6 @@ func (p *Protocol) Start(k actors.Key, f *link.Frame) *actors.Handle {
 	}
 	a.salen = sockutil.PutSockaddr(&a.sa, netip.AddrPortFrom(env.NAT.Outbound(k.Far).Addr(), 0))
 	a.wake, a.slot = make(chan struct{}, 1), -1
-	poller, err := p.poller()
-	if err == nil {
-		a.slot, err = poller.Add(sock.FD, a, unix.EPOLLIN|unix.EPOLLET)
-	}
-	if err != nil {
-		sock.Close()
-		env.Limits.GiveFDs(actors.FDGuestDgram, actors.FDsICMP)
-		p.stats.EchoDropped.Add(1)
-		p.socketLog.Warnf(env.FlowLog(k).WithError(err), "icmp: cannot watch ping socket: %v", err)
-		f.Release()
-		return nil
-	}
 	a.h.In <- f // a fresh inbox has room
 	env.Stats.ICMPOpened.Add(1)
 	env.Stats.ICMPFlows.Add(1)
@@ -143,12 +131,24 @@ func (a *icmpActor) run() {
 			a.env.Stats.Panics.Add(1)
 			a.log.WithField("panic", r).Error("icmp: actor panicked")
 		}
-		a.p.poll.Remove(a.sock.FD, &a.slot)
+		if a.slot >= 0 {
+			a.p.poll.Remove(a.sock.FD, &a.slot)
+		}
 		a.sock.Close()
 		a.env.Limits.GiveFDs(actors.FDGuestDgram, actors.FDsICMP)
 		a.env.Stats.ICMPFlows.Add(-1)
 		a.env.EndFlow(a.h)
 	}()
+	poller, err := a.p.poller()
+	if err == nil {
+		a.slot, err = poller.Add(a.sock.FD, a, unix.EPOLLIN|unix.EPOLLET)
+	}
+	if err != nil {
+		// The deferred cleanup closes the socket and ends the flow.
+		a.p.stats.EchoDropped.Add(1)
+		a.p.socketLog.Warnf(a.log.WithError(err), "icmp: cannot watch ping socket: %v", err)
+		return
+	}
 	sweep := max(a.timeout/4, 5*time.Millisecond)
 	t := time.NewTimer(sweep)
 	defer t.Stop()
