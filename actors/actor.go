@@ -6,7 +6,7 @@
 //
 // # Protocols
 //
-// What the flows of one protocol share (TCP's poller, UDP's registry of
+// What the flows of one protocol share (TCP's and ICMP's pollers, UDP's registry of
 // outbound bindings, every protocol's counters) belongs to a Protocol
 // value per daemon (tcp.Protocol, udp.Protocol, icmp.Protocol; the
 // loopback splice's to the forwarder's splice.Splicer), never to a
@@ -62,7 +62,7 @@
 //
 //	tcp.tcpConn.gate            everything in a tcpConn; the actor holds it except while it
 //	                            waits, the dispatcher and the harvester only TryEnter it
-//	  poll.Poller.mu            the TCP protocol's epoll registrations (a closing flow removes its socket)
+//	  poll.Poller.mu            a protocol's epoll registrations (a closing flow removes its socket)
 //
 //	udp.Binding.tx.gate | rx.mu the send path (udpTx), held by the actor, or by the dispatcher
 //	                            in sendDirect (TryEnter); the receiver's buffers (udpRx), held
