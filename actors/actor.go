@@ -26,8 +26,8 @@
 // sockets for -t/-u) and handed to the dispatcher on Env.Reg.Register, which
 // puts them into the flow table. Every actor, when it ends, sends its Handle
 // on Env.Reg.Ended exactly once; the dispatcher then removes it from the table if
-// the table still points at that Handle. Frames still queued in a finished
-// actor's inbox are garbage collected, not released: that is rare and safe.
+// the table still points at that Handle, and releases the frames still
+// queued in its inbox (which may hold guest memory, link.Frame.Ext).
 //
 // # Limits
 //

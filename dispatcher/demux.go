@@ -181,6 +181,27 @@ func (d *Dispatcher) traceIn(h *actors.Handle, k actors.Key, n int, p *wire.Pars
 	}
 }
 
+// releaseInbox gives back the frames left in an ended flow's own inbox:
+// its actor has returned and reads it no more, and the dispatcher, its
+// only sender, offers it nothing once the flow has ended. Left to the
+// garbage collector they would be lost to their pools, and a frame whose
+// payload is still in the guest's memory (link.Frame.Ext) would keep that
+// transmit buffer from the guest for good. A UDP flow's queue is its
+// binding's, which lives on.
+func releaseInbox(h *actors.Handle) {
+	if h.Q != nil {
+		return
+	}
+	for {
+		select {
+		case f := <-h.In:
+			f.Release()
+		default:
+			return
+		}
+	}
+}
+
 // take returns the frame s[i] ready for an actor, with its offsets set.
 // A frame that fits the small size class is copied, leaving the large
 // buffer in its slot for the reader; so is one that would use less than
@@ -222,6 +243,7 @@ func (d *Dispatcher) drop(c counter) bool {
 // endFlow removes an ended actor from the table, unless the key already
 // belongs to a newer actor.
 func (d *Dispatcher) endFlow(h *actors.Handle) {
+	releaseInbox(h)
 	if cur, ok := d.flows[h.Key]; !ok || cur != h {
 		d.n[cFlowsEndedStale].Add(1)
 		return

@@ -137,3 +137,37 @@ func TestExtFrames(t *testing.T) {
 		t.Errorf("%d Exts out", dev.out.Load())
 	}
 }
+
+// Frames left in an ended flow's inbox are given back when the dispatcher
+// takes the flow out of its table: a segment whose payload is still in
+// guest memory must not keep the guest's transmit buffer for good.
+func TestEndedFlowInboxReleased(t *testing.T) {
+	fa := &fakeActors{depth: 8}
+	var dev *extDevice
+	h := newSplitHarness(t, nil, func(d *Dispatcher) {
+		withFakes(fa)(d)
+		dev = &extDevice{Device: d.dev}
+		d.dev = dev
+	})
+	pay := bytes.Repeat([]byte("0123456789"), 100)
+	h.send(wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(40000, 80, 1, 0, wire.TCPSyn, pay)))
+	h.waitStat("flows_started", 1)
+	s := fa.get(0)
+	// The fake starter kept a copy of the first frame and released it.
+	for i := uint32(0); i < 3; i++ {
+		h.send(wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(40000, 80, 2+i, 1, wire.TCPAck, pay)))
+	}
+	for deadline := time.Now().Add(3 * time.Second); len(s.handle.In) < 3; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d segments queued, want 3", len(s.handle.In))
+		}
+	}
+	if dev.out.Load() != 3 {
+		t.Fatalf("%d Exts out, want the 3 queued", dev.out.Load())
+	}
+	h.env.Reg.Ended <- s.handle // the actor returned with them unread
+	h.waitStat("flows_ended", 1)
+	if n := dev.out.Load(); n != 0 || len(s.handle.In) != 0 {
+		t.Fatalf("%d Exts out, %d frames queued after the flow ended", n, len(s.handle.In))
+	}
+}

@@ -48,7 +48,7 @@ func (d *daemon) openVhostUser(mtu int) error {
 				"frames_in": s.RxFrames.Load(), "frames_out": s.TxFrames.Load(),
 				"dropped_in": s.RxDropped.Load(), "dropped_out": s.TxDropped.Load(),
 				"lent": s.Lent.Load(), "lent_bytes": s.LentBytes.Load(),
-				"ext": s.Ext.Load(), "ext_bytes": s.ExtBytes.Load(), "ext_copied_bytes": s.ExtCopiedBytes.Load(),
+				"ext": s.Ext.Load(), "ext_bytes": s.ExtBytes.Load(), "ext_copied_bytes": s.ExtCopiedBytes.Load(), "ext_capped": s.ExtCapped.Load(),
 				"interrupts": s.Interrupts.Load(), "waits": s.Waits.Load(), "broken": s.Broken.Load(),
 			}).Info("client closed connection")
 		},
@@ -112,6 +112,7 @@ func (d *daemon) vhostUserStats(m map[string]any) {
 	m["vu_ext_frames"] = s.Ext.Load()
 	m["vu_ext_bytes"] = s.ExtBytes.Load()
 	m["vu_ext_copied_bytes"] = s.ExtCopiedBytes.Load()
+	m["vu_ext_capped"] = s.ExtCapped.Load()
 	m["vu_interrupts"] = s.Interrupts.Load()
 	m["vu_waits"] = s.Waits.Load()
 	m["vu_broken"] = s.Broken.Load()

@@ -63,6 +63,9 @@ type Stats struct {
 	// of it that was copied after all (Flatten): ExtBytes less
 	// ExtCopiedBytes went to sockets straight from the guest's memory.
 	Ext, ExtBytes, ExtCopiedBytes atomic.Uint64
+	// ExtCapped counts TCP segments copied because flows held half the
+	// transmit ring in guest memory already.
+	ExtCapped atomic.Uint64
 	// Interrupts counts call-fd notifications sent, Waits sleeps on a kick.
 	Interrupts, Waits atomic.Uint64
 	// Connects counts front ends served, Refused those turned away,

@@ -180,6 +180,13 @@ func (d *Device) extTail(c *chain, f *link.Frame, prefix []byte, size int, hdr [
 	if off == 0 || size-off < txExtMin || len(c.rd) > maxExtSegs {
 		return false
 	}
+	if d.extOut.Load() >= int64(d.vq[txQ].num/2) {
+		// Flows hold half the guest's transmit ring already (a flow's
+		// inbox is as deep as the ring): copy, so that the guest always
+		// has buffers to send with, whatever a slow flow keeps.
+		d.Stats.ExtCapped.Add(1)
+		return false
+	}
 	csum := hdr[0]&hdrFNeedsCsum != 0
 	start, coff := int(binary.LittleEndian.Uint16(hdr[6:])), int(binary.LittleEndian.Uint16(hdr[8:]))
 	if csum && (start >= size || start+coff+2 > size) {

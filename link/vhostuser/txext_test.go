@@ -295,3 +295,35 @@ func TestStopWaitsForFlows(t *testing.T) {
 		t.Errorf("used entries %v: the Ext's chain was not given back before the stop", u)
 	}
 }
+
+// TestTransmitExtCap: flows that keep their segments (a slow flow's inbox
+// is as deep as the ring) hold at most half the guest's transmit ring in
+// its memory; past that the device copies, so the guest keeps buffers to
+// send with.
+func TestTransmitExtCap(t *testing.T) {
+	r := newRig(t, Config{})
+	f := r.connect(defaultFeatures)
+	q := f.q[txQ]
+	half := int(r.d.vq[txQ].num / 2)
+	var held []*link.Frame
+	for i := 0; i < half+3; i++ {
+		txSplit(q, nil, tcpFrame(false, 2000), 3000)
+		fr := readOne(t, r.d, q)
+		if (fr.Ext != nil) != (i < half) {
+			t.Fatalf("segment %d: Ext %v with %d held, want one only below %d", i, fr.Ext, i, half)
+		}
+		held = append(held, fr)
+	}
+	if c := r.d.Stats.ExtCapped.Load(); c != 3 {
+		t.Fatalf("%d capped, want 3", c)
+	}
+	for _, fr := range held {
+		fr.Release()
+	}
+	txSplit(q, nil, tcpFrame(false, 2000), 3000)
+	if fr := readOne(t, r.d, q); fr.Ext == nil {
+		t.Fatal("no Ext once the flows let go")
+	} else {
+		fr.Release()
+	}
+}
