@@ -49,7 +49,8 @@ func (d *daemon) openVhostUser(mtu int) error {
 				"dropped_in": s.RxDropped.Load(), "dropped_out": s.TxDropped.Load(),
 				"lent": s.Lent.Load(), "lent_bytes": s.LentBytes.Load(),
 				"ext": s.Ext.Load(), "ext_bytes": s.ExtBytes.Load(), "ext_copied_bytes": s.ExtCopiedBytes.Load(), "ext_capped": s.ExtCapped.Load(),
-				"interrupts": s.Interrupts.Load(), "waits": s.Waits.Load(), "broken": s.Broken.Load(),
+				"interrupts": s.Interrupts.Load(), "waits": s.Waits.Load(),
+				"tx_interrupts": s.TxInterrupts.Load(), "tx_waits": s.TxWaits.Load(), "broken": s.Broken.Load(),
 			}).Info("client closed connection")
 		},
 		OnRefused: func(pid int) {
@@ -115,5 +116,7 @@ func (d *daemon) vhostUserStats(m map[string]any) {
 	m["vu_ext_capped"] = s.ExtCapped.Load()
 	m["vu_interrupts"] = s.Interrupts.Load()
 	m["vu_waits"] = s.Waits.Load()
+	m["vu_tx_interrupts"] = s.TxInterrupts.Load()
+	m["vu_tx_waits"] = s.TxWaits.Load()
 	m["vu_broken"] = s.Broken.Load()
 }

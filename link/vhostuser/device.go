@@ -68,6 +68,11 @@ type Stats struct {
 	ExtCapped atomic.Uint64
 	// Interrupts counts call-fd notifications sent, Waits sleeps on a kick.
 	Interrupts, Waits atomic.Uint64
+	// TxInterrupts and TxWaits are the part of Interrupts and Waits on
+	// the guest's receive queue: per frame written, they are what the
+	// guest pays for being told of frames and what the writer loses
+	// waiting for the guest's buffers.
+	TxInterrupts, TxWaits atomic.Uint64
 	// Connects counts front ends served, Refused those turned away,
 	// Broken sessions stopped for a malformed ring.
 	Connects, Refused, Broken atomic.Uint64
@@ -369,6 +374,9 @@ func (d *Device) wait(i int, buf []byte) {
 	}
 	d.mu.RUnlock()
 	d.Stats.Waits.Add(1)
+	if i == rxQ {
+		d.Stats.TxWaits.Add(1)
+	}
 	if k == nil {
 		<-ch
 		return
@@ -382,6 +390,9 @@ func (d *Device) interrupt(i int) {
 		var one = [8]byte{1}
 		_, _ = unix.Write(fd, one[:])
 		d.Stats.Interrupts.Add(1)
+		if i == rxQ {
+			d.Stats.TxInterrupts.Add(1)
+		}
 	}
 }
 
