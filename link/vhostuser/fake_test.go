@@ -137,6 +137,26 @@ func (q *fakeQueue) doKick() {
 	unix.Write(q.kick, one[:])
 }
 
+// availEvent reads the device's avail_event.
+func (q *fakeQueue) availEvent() uint16 {
+	return binary.LittleEndian.Uint16(q.g.at(q.used+4+8*fakeQSize, 2))
+}
+
+// kickIfAsked kicks as a driver with event indexes does after moving its
+// avail index on from old: only if that passed the device's avail_event.
+func (q *fakeQueue) kickIfAsked(old uint16) {
+	if q.availIdx-q.availEvent()-1 < q.availIdx-old {
+		q.doKick()
+	}
+}
+
+// rxData returns the bytes the device wrote into the single-buffer
+// receive chain of used entry u.
+func (q *fakeQueue) rxData(u usedElem) []byte {
+	d := q.g.at(q.desc+16*uint64(u.id), 16)
+	return q.g.at(binary.LittleEndian.Uint64(d), int(u.len))
+}
+
 // called reports (and clears) whether the device signalled the call fd.
 func (q *fakeQueue) called() bool {
 	var b [8]byte
