@@ -687,7 +687,7 @@ func TestPasstVhostUserVM(t *testing.T) {
 
 var (
 	vmRunDir   = regexp.MustCompile(`logs in (\S+) `)
-	vuCounters = regexp.MustCompile(`client closed connection .*ext_bytes=(\d+) ext_copied_bytes=(\d+) .*lent_bytes=(\d+)`)
+	vuCounters = regexp.MustCompile(`client closed connection .*ext_bytes=(\d+) .*ext_copied_bytes=(\d+) .*lent_bytes=(\d+)`)
 )
 
 // TestPasstDNSForward: the host's resolver is on loopback (as with
