@@ -680,8 +680,13 @@ func TestPasstVhostUserVM(t *testing.T) {
 	n := func(s string) uint64 { v, _ := strconv.ParseUint(s, 10, 64); return v }
 	lent, ext, copied := n(c[3]), n(c[1]), n(c[2])
 	t.Logf("host->guest %d bytes read into guest buffers; guest->host %d bytes left in guest memory, %d of them copied", lent, ext, copied)
-	if lent < 100<<20 || ext-copied < 100<<20 {
-		t.Errorf("zero-copy paths unused: lent_bytes %d, ext_bytes %d, ext_copied_bytes %d", lent, ext, copied)
+	if lent < 100<<20 {
+		t.Errorf("host->guest zero copy unused: lent_bytes %d", lent)
+	}
+	// The transmit zero copy is experimental and off by default
+	// (GOPASTA_VHOST_USER_TX_ZEROCOPY): none of it must happen.
+	if ext != 0 {
+		t.Errorf("guest->host zero copy used while off: ext_bytes %d", ext)
 	}
 }
 
