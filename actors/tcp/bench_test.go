@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
 	"github.com/gopasta/gopasta/link"
@@ -41,17 +39,7 @@ func benchConn(b *testing.B) (*tcpConn, *net.TCPConn) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	file, err := cl.(*net.TCPConn).File()
-	if err != nil {
-		b.Fatal(err)
-	}
-	fd, err := unix.Dup(int(file.Fd()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	file.Close()
-	cl.Close()
-	unix.SetNonblock(fd, true)
+	fd := takeFD(b, cl)
 
 	dev := &discardDevice{closed: make(chan struct{})}
 	b.Cleanup(func() { close(dev.closed) })

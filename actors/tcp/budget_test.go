@@ -53,17 +53,7 @@ func budgetFlow(t *testing.T, env *actors.Env, port uint16, sndbuf int) (*tcpCon
 	if err != nil {
 		t.Fatal(err)
 	}
-	file, err := cl.(*net.TCPConn).File()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := unix.Dup(int(file.Fd()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	file.Close()
-	cl.Close()
-	_ = unix.SetNonblock(fd, true)
+	fd := takeFD(t, cl)
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, sndbuf)
 	k := actors.Key{Proto: wire.ProtoTCP, Guest: netip.AddrPortFrom(testGuest4, port), Far: netip.MustParseAddrPort("10.0.2.2:80")}
 	tp := testProtocol(t, env)

@@ -15,6 +15,7 @@ import (
 	"github.com/gopasta/gopasta/link/linktest"
 	"github.com/gopasta/gopasta/link/wire"
 	"github.com/gopasta/gopasta/link/wire/wiretest"
+	"golang.org/x/sys/unix"
 )
 
 // This file is the test's stand-in for the dispatcher and for the guest's
@@ -347,4 +348,24 @@ func connectedFlow(t *testing.T, iss uint32) (*testEnv, *guest, *net.TCPConn) {
 	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), iss)
 	g.connect()
 	return te, g, srv.Accept(t)
+}
+
+// takeFD takes c's socket as a non-blocking descriptor of the test's own,
+// as a flow holds its host socket, and closes c.
+func takeFD(t testing.TB, c net.Conn) int {
+	t.Helper()
+	f, err := c.(*net.TCPConn).File()
+	c.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		t.Fatal(err)
+	}
+	return fd
 }

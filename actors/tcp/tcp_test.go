@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/actors/actorstest"
 	"github.com/gopasta/gopasta/link"
@@ -450,19 +448,7 @@ func inbound(t *testing.T, network, bind string, gw netip.Addr) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f, err := sc.(*net.TCPConn).File()
-	sc.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := unix.Dup(int(f.Fd()))
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		t.Fatal(err)
-	}
+	fd := takeFD(t, sc)
 	far, _ := te.env.NAT.Inbound(cl.LocalAddr().(*net.TCPAddr).AddrPort())
 	ga := testGuest4
 	if network == "tcp6" {
