@@ -57,6 +57,7 @@ func (d *daemon) openVhostUser(mtu int) error {
 				"ext": s.Ext.Load(), "ext_bytes": s.ExtBytes.Load(), "ext_copied_bytes": s.ExtCopiedBytes.Load(), "ext_capped": s.ExtCapped.Load(),
 				"interrupts": s.Interrupts.Load(), "waits": s.Waits.Load(),
 				"tx_interrupts": s.TxInterrupts.Load(), "tx_waits": s.TxWaits.Load(), "broken": s.Broken.Load(),
+				"found_by_poll": s.FoundByPoll.Load(), "interrupts_resent": s.InterruptsResent.Load(),
 			}).Info("client closed connection")
 		},
 		OnRefused: func(pid int) {
@@ -125,4 +126,6 @@ func (d *daemon) vhostUserStats(m map[string]any) {
 	m["vu_tx_interrupts"] = s.TxInterrupts.Load()
 	m["vu_tx_waits"] = s.TxWaits.Load()
 	m["vu_broken"] = s.Broken.Load()
+	m["vu_found_by_poll"] = s.FoundByPoll.Load()
+	m["vu_interrupts_resent"] = s.InterruptsResent.Load()
 }

@@ -80,6 +80,12 @@ type Stats struct {
 	// Connects counts front ends served, Refused those turned away,
 	// Broken sessions stopped for a malformed ring.
 	Connects, Refused, Broken atomic.Uint64
+	// FoundByPoll counts sleeps on a kick that ended by polling (see
+	// missed.go) and found chains the driver had not told us of: a
+	// kick lost, or one still on its way from a descheduled vCPU;
+	// InterruptsResent interrupts sent because the driver waited for
+	// one it had not been sent.
+	FoundByPoll, InterruptsResent atomic.Uint64
 }
 
 // Device is a vhost-user back end for virtio-net serving one front end
@@ -118,6 +124,12 @@ type Device struct {
 	// wrChain/wrKick for WriteBatch's.
 	rdChain, wrChain *chain
 	rdKick, wrKick   [8]byte
+	rdPoll, wrPoll   backoff       // missed.go
+	pollFirst        time.Duration // missed.go
+
+	// irqUsed is, per queue, the used index published at its last
+	// interrupt (missed.go).
+	irqUsed [numQueues]atomic.Uint32
 
 	// Lending (lend.go). rxMu guards the receive ring's avail side and
 	// the fields below; it comes after mu.
@@ -158,6 +170,7 @@ func newDevice(cfg Config) *Device {
 		d.log = logrus.StandardLogger()
 	}
 	d.call = [numQueues]int{-1, -1}
+	d.pollFirst = pollFirst
 	d.hdrLen = virtioNetHdrSize
 	return d
 }
@@ -368,13 +381,18 @@ func (d *Device) running(i int) bool {
 	return d.vq[i].ready() && !d.broken.Load()
 }
 
-// wait sleeps until queue i is kicked or the state changes. It is called
-// with mu held shared and releases it. The kick's deadline is cleared
-// while mu is held, so a wakeLocked after the release cannot be missed.
-func (d *Device) wait(i int, buf []byte) {
+// wait sleeps until queue i is kicked, the state changes, or its polling
+// interval (p, see missed.go) has passed, and reports whether the interval
+// passed. It is called with mu held shared and releases it. The kick's
+// deadline is set while mu is held, so a wakeLocked after the release
+// cannot be missed.
+func (d *Device) wait(i int, buf []byte, p *backoff) (polled bool) {
 	k, ch := d.kick[i], d.changed
+	dl := p.next(d.pollFirst)
+	var start time.Time
 	if k != nil {
-		_ = k.SetReadDeadline(time.Time{})
+		start = time.Now()
+		_ = k.SetReadDeadline(start.Add(dl))
 	}
 	d.mu.RUnlock()
 	d.Stats.Waits.Add(1)
@@ -383,15 +401,23 @@ func (d *Device) wait(i int, buf []byte) {
 	}
 	if k == nil {
 		<-ch
-		return
+		return false
 	}
-	_, _ = k.Read(buf)
+	_, err := k.Read(buf)
+	// A wakeLocked (a deadline in the past) is no poll: it neither
+	// counts nor backs off.
+	polled = err != nil && time.Since(start) >= dl
+	if err == nil || polled {
+		p.after(err == nil, dl)
+	}
+	return polled
 }
 
 // interrupt signals queue i's call descriptor. mu held shared.
 func (d *Device) interrupt(i int) {
 	if fd := d.call[i]; fd >= 0 {
 		var one = [8]byte{1}
+		d.noteInterrupt(i)
 		_, _ = unix.Write(fd, one[:])
 		d.Stats.Interrupts.Add(1)
 		if i == rxQ {
@@ -417,11 +443,15 @@ func guard(err *error) {
 // ReadBatch implements link.Device: it blocks until the guest has
 // transmitted at least one frame and returns up to len(frames).
 func (d *Device) ReadBatch(frames []*link.Frame) (int, error) {
+	polled := false
 	for {
 		d.mu.RLock()
 		if d.closed {
 			d.mu.RUnlock()
 			return 0, link.ErrClosed
+		}
+		if polled {
+			d.resendInterrupts()
 		}
 		if d.running(txQ) {
 			n, err := d.fromGuest(frames)
@@ -438,11 +468,15 @@ func (d *Device) ReadBatch(frames []*link.Frame) (int, error) {
 			if err != nil {
 				d.fail(err)
 			} else if n > 0 {
+				if polled {
+					d.Stats.FoundByPoll.Add(1)
+					d.rdPoll = 0
+				}
 				d.mu.RUnlock()
 				return n, nil
 			}
 		}
-		d.wait(txQ, d.rdKick[:])
+		polled = d.wait(txQ, d.rdKick[:], &d.rdPoll)
 	}
 }
 
@@ -555,6 +589,7 @@ func scatter(segs [][]byte, off int, src []byte) int {
 // guest without a driver cannot receive, and blocking would stall every
 // flow behind the Writer.
 func (d *Device) WriteBatch(frames []*link.Frame) error {
+	var idx uint16 // the avail index the writer sleeps on
 	for len(frames) > 0 {
 		d.mu.RLock()
 		if d.closed {
@@ -580,7 +615,7 @@ func (d *Device) WriteBatch(frames []*link.Frame) error {
 			q := &d.vq[rxQ]
 			var more bool
 			if more, err = q.hasAvail(); err == nil {
-				idx := q.availIdx()
+				idx = q.availIdx()
 				q.notifyAfter(idx)
 				d.rxMu.Lock()
 				more = d.rxReturns != seen
@@ -603,7 +638,14 @@ func (d *Device) WriteBatch(frames []*link.Frame) error {
 			d.mu.RUnlock()
 			return nil
 		}
-		d.wait(rxQ, d.wrKick[:])
+		if d.wait(rxQ, d.wrKick[:], &d.wrPoll) {
+			d.mu.RLock()
+			if d.running(rxQ) && d.vq[rxQ].availIdx() != idx {
+				d.Stats.FoundByPoll.Add(1)
+				d.wrPoll = 0
+			}
+			d.mu.RUnlock()
+		}
 		d.rxMu.Lock()
 		d.rxWaiting = false
 		d.rxMu.Unlock()
