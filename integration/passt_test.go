@@ -683,10 +683,8 @@ func TestPasstVhostUserVM(t *testing.T) {
 	if lent < 100<<20 {
 		t.Errorf("host->guest zero copy unused: lent_bytes %d", lent)
 	}
-	// The transmit zero copy is experimental and off by default
-	// (GOPASTA_VHOST_USER_TX_ZEROCOPY): none of it must happen.
-	if ext != 0 {
-		t.Errorf("guest->host zero copy used while off: ext_bytes %d", ext)
+	if ext < copied || ext-copied < 100<<20 {
+		t.Errorf("guest->host zero copy unused: ext_bytes %d, %d of them copied", ext, copied)
 	}
 }
 

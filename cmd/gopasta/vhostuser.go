@@ -28,11 +28,6 @@ import (
 // mode").
 const vhostUserCopyEnv = "GOPASTA_VHOST_USER_COPY"
 
-// vhostUserTxExtEnv, set to anything, has TCP flows send the guest's
-// payload to their sockets straight from guest memory: experimental, off
-// by default (README, "passt mode").
-const vhostUserTxExtEnv = "GOPASTA_VHOST_USER_TX_ZEROCOPY"
-
 // openVhostUser opens the vhost-user link. It sets d.dev and d.vu.
 func (d *daemon) openVhostUser(mtu int) error {
 	cfg, log, peer := d.cfg, d.log, d.peer
@@ -40,7 +35,6 @@ func (d *daemon) openVhostUser(mtu int) error {
 		MTU:    mtu,
 		OneOff: cfg.OneOff,
 		Copy:   os.Getenv(vhostUserCopyEnv) != "",
-		TxExt:  os.Getenv(vhostUserTxExtEnv) != "",
 		Log:    log.Logger,
 		OnConnect: func(pid int) {
 			// A new front end may be another VM: talk broadcast

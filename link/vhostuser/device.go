@@ -43,10 +43,6 @@ type Config struct {
 	// copied from gopasta's buffers, and every frame from the guest is
 	// copied whole into them (no link.Ext).
 	Copy bool
-	// TxExt leaves a guest TCP segment's payload in guest memory for its
-	// flow to send from (link.Ext). Off by default: a VM test saw the
-	// guest's upload stall with it, not yet explained.
-	TxExt bool
 }
 
 // Stats counts what a Device did. All fields may be read at any time.
@@ -489,7 +485,7 @@ func (d *Device) fromGuest(frames []*link.Frame) (n int, err error) {
 	q, c, m, hl := &d.vq[txQ], d.rdChain, d.mem, d.hdrLen
 	q.notify(false)
 	d.txMu.Lock()
-	ext := d.cfg.TxExt && !d.cfg.Copy && !d.draining.Load() // under txMu: see drain
+	ext := !d.cfg.Copy && !d.draining.Load() // under txMu: see drain
 	defer d.txMu.Unlock()
 	for n < len(frames) {
 		var ok bool

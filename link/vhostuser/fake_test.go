@@ -339,9 +339,6 @@ type rig struct {
 }
 
 func newRig(t testing.TB, cfg Config) *rig {
-	// The transmit zero copy is off by default in the daemon; the unit
-	// tests exercise it (Copy still turns it off).
-	cfg.TxExt = true
 	path := filepath.Join(t.TempDir(), "vu.sock")
 	ln, err := link.ListenUnixSocket(path)
 	if err != nil {
