@@ -120,6 +120,7 @@ func (c *tcpConn) sendBatch() bool {
 	seq := c.snd.nxt
 	off := 0
 	i := 0
+	lent := false
 	for ; off < n; i++ {
 		l := min(c.snd.fcap[i], n-off)
 		flags := uint8(wire.TCPAck)
@@ -127,20 +128,16 @@ func (c *tcpConn) sendBatch() bool {
 			flags |= wire.TCPPsh
 		}
 		f := c.snd.frames[i]
-		c.snd.frames[i] = nil
 		if f.Loan != nil {
 			c.tmpl.fillLent(f, mac, seq+uint32(off), ack, flags, win, l)
+			lent = true
 		} else {
 			c.tmpl.fill(f, mac, seq+uint32(off), ack, flags, win, 0, l)
-		}
-		if l == n {
-			c.send(f) // the whole answer in one segment
-		} else {
-			c.sendBurst(f)
 		}
 		off += l
 	}
 	c.releaseFrames(i, nf)
+	c.sendPeeked(c.snd.frames[:i], lent)
 	c.noteSent(ack, win)
 	c.ack.dupDue = 0
 	if !c.rtt.on && seq == c.snd.high {
@@ -162,6 +159,36 @@ func (c *tcpConn) sendBatch() bool {
 		return false
 	}
 	return true
+}
+
+// sendPeeked sends the segments of one peek, frames (which it clears). A
+// burst of frames in the guest's own buffers (lent) goes to the link in
+// one batch when it is idle: the writer then fills the guest's used ring
+// once for all of them, and the guest, which is interrupted at most once
+// per batch, pays for one interrupt per burst instead of one per segment
+// the writer goroutine happened to wake up for (its handler is dear under
+// emulation). The segments themselves are in the guest already, so
+// nothing is lost by writing them here rather than on the writer's
+// goroutine. Copied frames keep the writer's goroutine: writing them is
+// the copy, which runs beside our next peek.
+func (c *tcpConn) sendPeeked(frames []*link.Frame, lent bool) {
+	if len(frames) == 1 {
+		c.send(frames[0]) // the whole answer in one segment
+		frames[0] = nil
+		return
+	}
+	if !lent || c.inline {
+		for i, f := range frames {
+			c.sendBurst(f)
+			frames[i] = nil
+		}
+		return
+	}
+	for _, f := range frames {
+		c.countOut(f)
+	}
+	c.unpark()
+	c.env.Out.SendBatchNow(c.env.Ctx, frames)
 }
 
 func (c *tcpConn) releaseFrames(from, to int) {
