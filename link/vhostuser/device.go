@@ -585,7 +585,7 @@ func scatter(segs [][]byte, off int, src []byte) int {
 // guest without a driver cannot receive, and blocking would stall every
 // flow behind the Writer.
 func (d *Device) WriteBatch(frames []*link.Frame) error {
-	var idx uint16 // the avail index the writer sleeps on
+	polled := false
 	for len(frames) > 0 {
 		d.mu.RLock()
 		if d.closed {
@@ -601,6 +601,10 @@ func (d *Device) WriteBatch(frames []*link.Frame) error {
 		seen := d.rxReturns
 		d.rxMu.Unlock()
 		n, err := d.toGuest(frames)
+		if polled && n > 0 {
+			d.Stats.FoundByPoll.Add(1)
+			d.wrPoll = 0
+		}
 		frames = frames[n:]
 		if err == nil && len(frames) > 0 {
 			// The buffers ran out, or there are some but not enough
@@ -611,7 +615,7 @@ func (d *Device) WriteBatch(frames []*link.Frame) error {
 			q := &d.vq[rxQ]
 			var more bool
 			if more, err = q.hasAvail(); err == nil {
-				idx = q.availIdx()
+				idx := q.availIdx()
 				q.notifyAfter(idx)
 				d.rxMu.Lock()
 				more = d.rxReturns != seen
@@ -634,14 +638,7 @@ func (d *Device) WriteBatch(frames []*link.Frame) error {
 			d.mu.RUnlock()
 			return nil
 		}
-		if d.wait(rxQ, d.wrKick[:], &d.wrPoll) {
-			d.mu.RLock()
-			if d.running(rxQ) && d.vq[rxQ].availIdx() != idx {
-				d.Stats.FoundByPoll.Add(1)
-				d.wrPoll = 0
-			}
-			d.mu.RUnlock()
-		}
+		polled = d.wait(rxQ, d.wrKick[:], &d.wrPoll)
 		d.rxMu.Lock()
 		d.rxWaiting = false
 		d.rxMu.Unlock()

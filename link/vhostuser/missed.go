@@ -89,7 +89,6 @@ func (d *Device) resendInterrupts() {
 		if used == last {
 			continue
 		}
-		q.barrier()
 		var want bool
 		if q.eventIdx {
 			ev := le16(q.avail[4+2*q.num:])
