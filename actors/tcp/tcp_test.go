@@ -132,22 +132,7 @@ func bulkWith(t *testing.T, network, addr string, far netip.Addr, n int, inline 
 	g.connect()
 	sc := srv.Accept(t)
 
-	up := actorstest.RandBytes(n)
-	got := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(sc)
-		got <- b
-	}()
-	g.write(up)
-	g.send(wire.TCPFin, nil)
-	select {
-	case b := <-got:
-		if sha256.Sum256(b) != sha256.Sum256(up) {
-			t.Fatalf("guest->host: %d bytes arrived, %d sent, checksum mismatch", len(b), len(up))
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatal("guest->host transfer stuck")
-	}
+	upload(t, g, sc, actorstest.RandBytes(n), nil)
 
 	down := actorstest.RandBytes(n)
 	go func() {
@@ -160,6 +145,31 @@ func bulkWith(t *testing.T, network, addr string, far netip.Addr, n int, inline 
 	}
 	te.waitEnded(g.h)
 	return g
+}
+
+// upload sends up from guest g, then its FIN, and checks that the host
+// side sc reads exactly up to its end. before, if not nil, runs on the
+// reading goroutine before it reads anything.
+func upload(t *testing.T, g *guest, sc net.Conn, up []byte, before func()) {
+	t.Helper()
+	got := make(chan []byte, 1)
+	go func() {
+		if before != nil {
+			before()
+		}
+		b, _ := io.ReadAll(sc)
+		got <- b
+	}()
+	g.write(up)
+	g.send(wire.TCPFin, nil)
+	select {
+	case b := <-got:
+		if sha256.Sum256(b) != sha256.Sum256(up) {
+			t.Fatalf("guest->host: %d bytes arrived, %d sent, or corrupted", len(b), len(up))
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("guest->host transfer stuck")
+	}
 }
 
 func TestTCPBulkWrapV4(t *testing.T) { bulk(t, "tcp4", "127.0.0.1:0", testGW4, 8<<20) }

@@ -27,6 +27,25 @@ func fuzzMem(data []byte) (*memTable, [][]byte) {
 	return t, [][]byte{a, b}
 }
 
+// fuzzQueue makes a device on guest memory data (fuzzMem) with its queue
+// qi running: rings at fixed addresses, the size and event indexes from
+// lognum. It returns the device, the queue and the memory's regions.
+func fuzzQueue(t *testing.T, data []byte, lognum uint8, qi int) (*Device, *vring, [][]byte) {
+	m, mems := fuzzMem(data)
+	m.refs.Store(1)
+	d := newDevice(Config{Log: quietLog()})
+	d.mem, d.acked, d.hdrLen = m, Features, virtioNetHdrSize
+	q := &d.vq[qi]
+	q.num, q.descQVA, q.availQVA, q.usedQVA = 1<<(lognum%5), 0x10000, 0x10100, 0x10200
+	q.addrSet, q.eventIdx = true, lognum&0x80 != 0
+	if err := q.mapRings(m); err != nil {
+		t.Fatalf("mapRings: %v", err)
+	}
+	q.start()
+	q.enabled, q.started = true, true
+	return d, q, mems
+}
+
 // inside reports whether s lies wholly within one of mems.
 func inside(s []byte, mems [][]byte) bool {
 	if len(s) == 0 {
@@ -163,18 +182,7 @@ func FuzzLend(f *testing.F) {
 	binary.LittleEndian.PutUint16(seed[0x100+2:], 4) // avail idx
 	f.Add(seed[:0x400], uint8(3), uint16(1000), uint8(0x5a))
 	f.Fuzz(func(t *testing.T, data []byte, lognum uint8, pay uint16, ops uint8) {
-		m, mems := fuzzMem(data)
-		m.refs.Store(1)
-		d := newDevice(Config{Log: quietLog()})
-		d.mem, d.acked, d.hdrLen = m, Features, virtioNetHdrSize
-		q := &d.vq[rxQ]
-		q.num, q.descQVA, q.availQVA, q.usedQVA = 1<<(lognum%5), 0x10000, 0x10100, 0x10200
-		q.addrSet, q.eventIdx = true, lognum&0x80 != 0
-		if err := q.mapRings(m); err != nil {
-			t.Fatalf("mapRings: %v", err)
-		}
-		q.start()
-		q.enabled, q.started = true, true
+		d, _, mems := fuzzQueue(t, data, lognum, rxQ)
 		d.rxStopLocked(false)
 		batch := make([]*link.Frame, 1)
 		for i := range 8 {
@@ -238,18 +246,7 @@ func FuzzExt(f *testing.F) {
 	binary.LittleEndian.PutUint16(seed[0x100+2:], 2) // avail idx
 	f.Add(seed, uint8(3), uint8(0))
 	f.Fuzz(func(t *testing.T, data []byte, lognum uint8, ops uint8) {
-		m, mems := fuzzMem(data)
-		m.refs.Store(1)
-		d := newDevice(Config{Log: quietLog()})
-		d.mem, d.acked, d.hdrLen = m, Features, virtioNetHdrSize
-		q := &d.vq[txQ]
-		q.num, q.descQVA, q.availQVA, q.usedQVA = 1<<(lognum%5), 0x10000, 0x10100, 0x10200
-		q.addrSet, q.eventIdx = true, lognum&0x80 != 0
-		if err := q.mapRings(m); err != nil {
-			t.Fatalf("mapRings: %v", err)
-		}
-		q.start()
-		q.enabled, q.started = true, true
+		d, q, mems := fuzzQueue(t, data, lognum, txQ)
 		start := q.usedIdx
 		frames := newFrames(8)
 		d.mu.RLock()
