@@ -450,9 +450,8 @@ func (d *Dispatcher) handleBatch(s []*link.Frame) {
 	// memory of any still holding some goes back now, not when the
 	// reader gets to the slot again.
 	for _, f := range s {
-		if f != nil && f.Ext != nil {
-			f.Ext.Release()
-			f.Ext, f.ExtOff = nil, 0
+		if f != nil {
+			f.ReleaseExt()
 		}
 	}
 }

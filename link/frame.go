@@ -89,9 +89,18 @@ func (f *Frame) Flatten() bool {
 		return true
 	}
 	ok := f.Ext.CopyTo(f.Data, f.ExtOff)
-	f.Ext.Release()
-	f.Ext, f.ExtOff = nil, 0
+	f.ReleaseExt()
 	return ok
+}
+
+// ReleaseExt gives the Ext tail, if any, back to the guest without
+// copying it: for a frame being dropped, whose Data is then only its
+// headers.
+func (f *Frame) ReleaseExt() {
+	if f.Ext != nil {
+		f.Ext.Release()
+		f.Ext, f.ExtOff = nil, 0
+	}
 }
 
 // Lender is a Device that can lend a producer the guest's receive buffers,
@@ -173,10 +182,7 @@ func (f *Frame) Release() {
 		f.Loan.Release()
 		f.Loan = nil
 	}
-	if f.Ext != nil {
-		f.Ext.Release()
-		f.Ext, f.ExtOff = nil, 0
-	}
+	f.ReleaseExt()
 	if f.pool == nil {
 		return
 	}
