@@ -119,7 +119,9 @@ func (w *Writer) Offer(f *Frame) bool {
 
 // OfferNow is SendNow that never waits for room: f is written at once if
 // the link is idle, else queued if there is room. It reports whether it
-// took f; when the queue is full the caller keeps f.
+// took f; when the queue is full the caller keeps f. The write in place
+// waits as long as the device makes any writer wait (a stream socket its
+// peer does not read, a vhost-user guest with no receive buffers).
 func (w *Writer) OfferNow(f *Frame) bool {
 	if took, _ := w.writeNow(f); took {
 		return true

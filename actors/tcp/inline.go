@@ -35,13 +35,17 @@ import (
 //   - Only established flows, so that the handshake and the end of a flow
 //     stay in the actor's hands; a flow closed inline pokes the actor,
 //     which sees it and ends it (finish) as always.
-//   - An inline run never waits. Its frames for the guest are offered to
-//     the link Writer (Writer.OfferNow, Offer), which never waits for
-//     room; once the Writer's queue is full the frame, and every frame
-//     after it in that run, is parked on the flow, the run stops reading
-//     the socket, and the actor is poked: it sends the parked frames, in
-//     order and before anything else, waiting for room as actors may, and
-//     goes on where the run stopped. A flow with parked frames is not run
+//   - An inline run never waits for the Writer. Its frames for the
+//     guest are offered to the link Writer (Writer.OfferNow, Offer),
+//     which never waits for room. (OfferNow on an idle Writer writes in
+//     place, and that device write waits where the link makes every
+//     writer wait: a QEMU socket its reader leaves full, a vhost-user
+//     guest with no receive buffers posted. Only that guest's traffic
+//     waits with it.) Once the Writer's queue is full the frame, and
+//     every frame after it in that run, is parked on the flow, the run
+//     stops reading the socket, and the actor is poked: it sends the
+//     parked frames, in order and before anything else, waiting for room
+//     as actors may, and goes on where the run stopped. A flow with parked frames is not run
 //     inline again until the actor has sent them. The dispatcher also
 //     runs a flow only while the link's writer has nothing queued, so that
 //     the frames the flow produces go out at once; and only on the tap,
