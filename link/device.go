@@ -30,6 +30,20 @@ type Device interface {
 	Close() error
 }
 
+// TryWriter is implemented by a Device whose WriteBatch can wait for its
+// peer (vhost-user: for the guest to post receive buffers): TryWriteBatch
+// writes what it can at once, never waiting, so that a goroutine which
+// must not wait (a flow run inline, see Writer.OfferNow) can still write
+// in place on such a link. A Device whose writes never wait for a peer
+// (the tap) need not implement it.
+type TryWriter interface {
+	// TryWriteBatch is WriteBatch up to the first frame the link has no
+	// room for now: it returns how many frames from the front it
+	// consumed (written, or skipped and counted); the rest were not
+	// touched.
+	TryWriteBatch(frames []*Frame) (int, error)
+}
+
 // ErrClosed is returned by a Device after Close, or when the peer went away.
 var ErrClosed = errors.New("link closed")
 

@@ -120,13 +120,62 @@ func (w *Writer) Offer(f *Frame) bool {
 // OfferNow is SendNow that never waits for room: f is written at once if
 // the link is idle, else queued if there is room. It reports whether it
 // took f; when the queue is full the caller keeps f. The write in place
-// waits as long as the device makes any writer wait (a stream socket its
-// peer does not read, a vhost-user guest with no receive buffers).
+// never waits for the link's peer on a TryWriter (vhost-user): a frame it
+// has no room for is queued, behind nothing, for the writer goroutine to
+// wait with. On other devices it waits as long as the device makes any
+// writer wait (a stream socket its peer does not read).
 func (w *Writer) OfferNow(f *Frame) bool {
-	if took, _ := w.writeNow(f); took {
-		return true
+	if w.gate.TryEnter() {
+		w.one[0] = f
+		n := w.writeIn(w.one[:])
+		w.one[0] = nil
+		w.gate.Leave()
+		return n == 1
 	}
 	return w.Offer(f)
+}
+
+// OfferBatchNow is OfferNow for a burst from one producer: written in
+// place, in one WriteBatch, if the link is idle (as far as the link has
+// room, on a TryWriter), the rest queued while there is room. It returns
+// how many frames, from the front, it took; the caller keeps the others.
+// The frames taken are cleared from frames.
+func (w *Writer) OfferBatchNow(frames []*Frame) int {
+	if w.gate.TryEnter() {
+		n := w.writeIn(frames)
+		w.gate.Leave()
+		return n
+	}
+	return w.offerAll(frames)
+}
+
+// writeIn is the write in place of OfferNow and OfferBatchNow, gate held:
+// it writes frames, as far as a TryWriter has room, and queues the rest
+// while there is room; holding the Gate, nothing can be written past
+// them meanwhile. It returns how many frames it took, and clears them.
+func (w *Writer) writeIn(frames []*Frame) int {
+	n := len(frames)
+	if tw, ok := w.dev.(TryWriter); ok {
+		var err error
+		n, err = tw.TryWriteBatch(frames)
+		w.count(frames[:n], err)
+	} else {
+		w.write(frames)
+	}
+	ReleaseAll(frames[:n])
+	return n + w.offerAll(frames[n:])
+}
+
+// offerAll Offers frames in order until one does not fit, clearing those
+// taken, and returns how many it took.
+func (w *Writer) offerAll(frames []*Frame) int {
+	for i, f := range frames {
+		if !w.Offer(f) {
+			return i
+		}
+		frames[i] = nil
+	}
+	return len(frames)
 }
 
 // writeNow writes f from the calling goroutine, a guest of the Writer's
@@ -183,6 +232,13 @@ func (w *Writer) SendBatchNow(ctx context.Context, frames []*Frame) bool {
 // write writes batch to the device and counts it; gate held.
 func (w *Writer) write(batch []*Frame) error {
 	err := w.dev.WriteBatch(batch)
+	w.count(batch, err)
+	return err
+}
+
+// count counts a write of batch that ended with err, and shows the
+// frames to Tee; gate held.
+func (w *Writer) count(batch []*Frame, err error) {
 	if err != nil {
 		w.Errors.Add(1)
 	} else {
@@ -193,7 +249,6 @@ func (w *Writer) write(batch []*Frame) error {
 			w.Tee(f)
 		}
 	}
-	return err
 }
 
 // TrySend queues f if there is room and reports whether it did. If not, f is

@@ -33,8 +33,14 @@ const orderProducers, orderEach = 4, 3000
 func producersKeepOrder(t *testing.T, depth int, produce func(ctx context.Context, w *Writer, p int)) {
 	t.Helper()
 	sink := newSink(1500, orderProducers*orderEach)
+	producersKeepOrderOn(t, sink, sink, depth, produce)
+}
+
+// producersKeepOrderOn is producersKeepOrder on dev, which writes to sink.
+func producersKeepOrderOn(t *testing.T, dev Device, sink *sink, depth int, produce func(ctx context.Context, w *Writer, p int)) {
+	t.Helper()
 	defer sink.Close()
-	w := NewWriter(sink, depth)
+	w := NewWriter(dev, depth)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = w.Run(ctx); close(done) }()
