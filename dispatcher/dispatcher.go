@@ -5,9 +5,9 @@
 //
 // # Theory of operation
 //
-// On a device that can interrupt a blocked read with a deadline (the tap:
-// readDeadliner), Run is a single goroutine that calls Device.ReadBatch
-// itself. For request/response traffic every hand-over between goroutines
+// On a device that can interrupt a blocked read with a deadline (the tap,
+// the vhost-user back end: readDeadliner), Run is a single goroutine that
+// calls Device.ReadBatch itself. For request/response traffic every hand-over between goroutines
 // costs a wake-up, often of a sleeping thread on another core, and a frame
 // from the guest already needs one (dispatcher to actor); a separate reader
 // goroutine would add a second on the way in. The other things the
@@ -26,8 +26,8 @@
 // periodic work is due: every tick wakes an idle daemon, and the runtime's
 // sysmon thread with it, and idle containers are many.
 //
-// On other devices (the QEMU socket of passt mode, which replaces its
-// connection underneath) two goroutines belong to Run. The reader blocks in
+// On other devices (the QEMU stream socket of passt mode, which replaces
+// its connection underneath) two goroutines belong to Run. The reader blocks in
 // Device.ReadBatch and passes each batch of frames to the dispatcher
 // goroutine over a channel; the dispatcher goroutine selects on those
 // batches, on actors ending (Env.Ended), on inbound actors to register
@@ -49,9 +49,10 @@
 // place.
 //
 // The dispatcher never blocks on an actor: a full inbox means the frame is
-// dropped and counted (TCP retransmits, UDP is lossy). On the tap, a frame
-// that came alone in its batch is first offered to the flow's
-// Handle.Direct (never on the split reader: see Dispatcher.direct): an idle
+// dropped and counted (TCP retransmits, UDP is lossy). On the tap and on
+// vhost-user, a frame that came alone in its batch is first offered to
+// the flow's Handle.Direct (never on the split reader: see
+// Dispatcher.direct): an idle
 // UDP binding sends it at once, an idle established TCP flow runs it on the
 // dispatcher's goroutine (actors/tcp/inline.go), which saves waking the
 // actor for request/response traffic (counter frames_direct). Direct is a
@@ -132,10 +133,12 @@ type Dispatcher struct {
 	trace  bool // tracing enabled, sampled once per batch
 	subs   bool // trace subscribers (env.Trace), sampled once per batch
 	// direct: lone frames are offered to Handle.Direct. Only when Run
-	// reads the link itself (runInline, the tap): an inline run may write
-	// to the link from this goroutine, and the QEMU socket of runSplit can
-	// block a writer for as long as QEMU does not read, which must not
-	// stop the dispatcher.
+	// reads the link itself (runInline: the tap, vhost-user), whose
+	// writes in place never wait (the tap drops what it cannot queue; the
+	// vhost-user device is a link.TryWriter): an inline run writes to the
+	// link from this goroutine, and the QEMU stream socket of runSplit
+	// can block a writer for as long as QEMU does not read, which must
+	// not stop the dispatcher.
 	direct bool
 
 	// protos start the flows of a table miss: the daemon's protocols in

@@ -44,12 +44,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
+	"github.com/gopasta/gopasta/link/vhostuser"
 )
 
 // Passing -F's descriptor from the front to the daemon.
@@ -176,7 +178,28 @@ func (d *daemon) oneOff(dev link.Device) link.Device {
 			d.cancel(errQuit)
 		})
 	}
+	if vu, ok := dev.(*vhostuser.Device); ok {
+		return &oneOffVhostUser{oneOffEnd: e, vu: vu}
+	}
 	return e
+}
+
+// oneOffVhostUser is oneOffEnd for the vhost-user device, whose optional
+// methods the dispatcher (a read deadline: it reads the device itself)
+// and the Writer (link.TryWriter) look for must stay visible.
+type oneOffVhostUser struct {
+	*oneOffEnd
+	vu *vhostuser.Device
+}
+
+func (e *oneOffVhostUser) SetReadDeadline(t time.Time) error { return e.vu.SetReadDeadline(t) }
+
+func (e *oneOffVhostUser) TryWriteBatch(frames []*link.Frame) (int, error) {
+	n, err := e.vu.TryWriteBatch(frames)
+	if err == link.ErrClosed {
+		e.end()
+	}
+	return n, err
 }
 
 // oneOffEnd is a Device whose ErrClosed ends the daemon.

@@ -123,6 +123,14 @@ type Device struct {
 	rdPoll, wrPoll   backoff       // missed.go
 	pollFirst        time.Duration // missed.go
 
+	// The reader's deadline (SetReadDeadline). rdlMu guards rdl and
+	// rdWait and orders a wake-up against the reader arming its kick; it
+	// comes after mu.
+	rdlMu  sync.Mutex
+	rdl    time.Time     // zero: none
+	rdWait *os.File      // the kick ReadBatch sleeps on, or nil
+	rdWake chan struct{} // (1) wakes a ReadBatch that sleeps with no kick
+
 	// irqUsed is, per queue, the used index published at its last
 	// interrupt (missed.go).
 	irqUsed [numQueues]atomic.Uint32
@@ -161,7 +169,8 @@ func newDevice(cfg Config) *Device {
 		cfg.MTU = link.QemuMTU
 	}
 	d := &Device{cfg: cfg, log: cfg.Log, changed: make(chan struct{}),
-		rdChain: newChain(), wrChain: newChain(), lendChain: newChain(), poke: [8]byte{1}}
+		rdChain: newChain(), wrChain: newChain(), lendChain: newChain(), poke: [8]byte{1},
+		rdWake: make(chan struct{}, 1)}
 	if d.log == nil {
 		d.log = logrus.StandardLogger()
 	}
@@ -388,7 +397,20 @@ func (d *Device) wait(i int, buf []byte, p *backoff) (polled bool) {
 	var start time.Time
 	if k != nil {
 		start = time.Now()
-		_ = k.SetReadDeadline(start.Add(dl))
+		at := start.Add(dl)
+		if i == txQ {
+			// Armed under rdlMu: a SetReadDeadline that comes after
+			// this sees rdWait and moves the kick's deadline itself.
+			d.rdlMu.Lock()
+			if !d.rdl.IsZero() && d.rdl.Before(at) {
+				at = d.rdl
+			}
+			_ = k.SetReadDeadline(at)
+			d.rdWait = k
+			d.rdlMu.Unlock()
+		} else {
+			_ = k.SetReadDeadline(at)
+		}
 	}
 	d.mu.RUnlock()
 	d.Stats.Waits.Add(1)
@@ -396,17 +418,76 @@ func (d *Device) wait(i int, buf []byte, p *backoff) (polled bool) {
 		d.Stats.TxWaits.Add(1)
 	}
 	if k == nil {
-		<-ch
+		if i == txQ {
+			d.sleepNoKick(ch)
+		} else {
+			<-ch
+		}
 		return false
 	}
 	_, err := k.Read(buf)
-	// A wakeLocked (a deadline in the past) is no poll: it neither
-	// counts nor backs off.
+	if i == txQ {
+		d.rdlMu.Lock()
+		d.rdWait = nil
+		d.rdlMu.Unlock()
+	}
+	// A wakeLocked or the reader's deadline (an interval cut short) is
+	// no poll: it neither counts nor backs off.
 	polled = err != nil && time.Since(start) >= dl
 	if err == nil || polled {
 		p.after(err == nil, dl)
 	}
 	return polled
+}
+
+// sleepNoKick is the reader's wait while its queue has no kick (no front
+// end, or one setting up): until the state changes, its deadline passes
+// or SetReadDeadline wakes it.
+func (d *Device) sleepNoKick(changed chan struct{}) {
+	d.rdlMu.Lock()
+	dl := d.rdl
+	d.rdlMu.Unlock()
+	var expired <-chan time.Time
+	if !dl.IsZero() {
+		t := time.NewTimer(time.Until(dl))
+		defer t.Stop()
+		expired = t.C
+	}
+	select {
+	case <-changed:
+	case <-d.rdWake:
+	case <-expired:
+	}
+}
+
+// SetReadDeadline makes ReadBatch return os.ErrDeadlineExceeded once t
+// has passed with nothing to read; the zero t means no deadline. It lets
+// the dispatcher read the device on its own goroutine and still wake for
+// its timers, and a t not after now wakes a ReadBatch that sleeps (the
+// dispatcher's wake). The kick's own deadline stays the polling interval
+// (missed.go) when that is earlier.
+func (d *Device) SetReadDeadline(t time.Time) error {
+	d.rdlMu.Lock()
+	d.rdl = t
+	if !t.IsZero() && !t.After(time.Now()) {
+		if d.rdWait != nil {
+			_ = d.rdWait.SetReadDeadline(time.Unix(1, 0))
+		}
+		select {
+		case d.rdWake <- struct{}{}:
+		default:
+		}
+	}
+	d.rdlMu.Unlock()
+	return nil
+}
+
+// rdExpired reports whether the reader's deadline has passed.
+func (d *Device) rdExpired() bool {
+	d.rdlMu.Lock()
+	dl := d.rdl
+	d.rdlMu.Unlock()
+	return !dl.IsZero() && !time.Now().Before(dl)
 }
 
 // interrupt signals queue i's call descriptor. mu held shared.
@@ -471,6 +552,10 @@ func (d *Device) ReadBatch(frames []*link.Frame) (int, error) {
 				d.mu.RUnlock()
 				return n, nil
 			}
+		}
+		if d.rdExpired() {
+			d.mu.RUnlock()
+			return 0, os.ErrDeadlineExceeded
 		}
 		polled = d.wait(txQ, d.rdKick[:], &d.rdPoll)
 	}
@@ -644,6 +729,28 @@ func (d *Device) WriteBatch(frames []*link.Frame) error {
 		d.rxMu.Unlock()
 	}
 	return nil
+}
+
+// TryWriteBatch implements link.TryWriter: WriteBatch without the wait,
+// for the frames the guest has posted receive buffers for now. Lent
+// frames (lend.go) are always consumed: their buffers are taken already.
+func (d *Device) TryWriteBatch(frames []*link.Frame) (int, error) {
+	d.mu.RLock()
+	defer d.mu.RUnlock()
+	if d.closed {
+		return 0, link.ErrClosed
+	}
+	if !d.running(rxQ) {
+		d.Stats.TxDropped.Add(uint64(len(frames)))
+		return len(frames), nil
+	}
+	n, err := d.toGuest(frames)
+	if err != nil {
+		d.fail(err)
+		d.Stats.TxDropped.Add(uint64(len(frames) - n))
+		return len(frames), nil
+	}
+	return n, nil
 }
 
 // toGuest writes frames into the receive queue until they are all written

@@ -55,6 +55,15 @@
 // lock; the control goroutine wakes waiters with a read deadline in the
 // past on the kick file and by closing the changed channel.
 //
+// The reader is the dispatcher itself, which needs its goroutine back
+// for its timers and queries: ReadBatch honours a read deadline
+// (SetReadDeadline), kept beside the polling interval of missed.go, and
+// one set not after now wakes a sleeping reader (rdlMu orders the two).
+// A flow the dispatcher runs inline writes its frames for the guest in
+// place, and must never wait: TryWriteBatch (link.TryWriter) is
+// WriteBatch up to the first frame without room, and the link Writer
+// queues the rest for its own goroutine, which waits as writers may.
+//
 // All session state, the rings' indexes included, lives in the Device, so
 // that saving and restoring it (migration) has one place to look.
 //
