@@ -36,21 +36,24 @@ import (
 //     stay in the actor's hands; a flow closed inline pokes the actor,
 //     which sees it and ends it (finish) as always.
 //   - An inline run never waits for the Writer. Its frames for the
-//     guest are offered to the link Writer (Writer.OfferNow, Offer),
-//     which never waits for room. (OfferNow on an idle Writer writes in
-//     place, and that device write waits where the link makes every
-//     writer wait: a QEMU socket its reader leaves full, a vhost-user
-//     guest with no receive buffers posted. Only that guest's traffic
-//     waits with it.) Once the Writer's queue is full the frame, and
-//     every frame after it in that run, is parked on the flow, the run
-//     stops reading the socket, and the actor is poked: it sends the
-//     parked frames, in order and before anything else, waiting for room
-//     as actors may, and goes on where the run stopped. A flow with parked frames is not run
-//     inline again until the actor has sent them. The dispatcher also
-//     runs a flow only while the link's writer has nothing queued, so that
-//     the frames the flow produces go out at once; and only on the tap,
-//     whose writes do not wait for a reader (a QEMU socket does: the
-//     dispatcher does not offer Direct in passt mode).
+//     guest are offered to the link Writer (Writer.OfferNow,
+//     OfferBatchNow for a burst in the guest's own buffers, Offer),
+//     which never waits for room. OfferNow on an idle Writer writes in
+//     place: on vhost-user only as far as the guest has posted receive
+//     buffers (link.TryWriter), the rest being queued; on a QEMU stream
+//     socket that its reader leaves full that write waits, as every
+//     writer there does (only the harvester runs flows inline in that
+//     mode, and only that guest's traffic waits with it). Once the
+//     Writer's queue is full the frame, and every frame after it in that
+//     run, is parked on the flow, the run stops reading the socket, and
+//     the actor is poked: it sends the parked frames, in order and before
+//     anything else, waiting for room as actors may, and goes on where
+//     the run stopped. A flow with parked frames is not run inline again
+//     until the actor has sent them. The dispatcher also runs a flow only
+//     while the link's writer has nothing queued, so that the frames the
+//     flow produces go out at once; and only on the tap and vhost-user,
+//     whose writes in place do not wait for a reader (a QEMU stream
+//     socket's do: the dispatcher does not offer Direct there).
 //   - A panic resets that flow only, as in the actor.
 //   - Only while the daemon runs on one P (SetSerial): there the actor
 //     could not run in parallel with the goroutine that woke it anyway,
@@ -159,6 +162,21 @@ func (c *tcpConn) offer(f *link.Frame, now bool) {
 		c.p.Inline.Parked.Add(1)
 	}
 	c.parked = append(c.parked, f)
+}
+
+// offerBatch is offer for a burst, counted already, that should reach the
+// link in one write (sendPeeked): it clears frames.
+func (c *tcpConn) offerBatch(frames []*link.Frame) {
+	k := 0
+	if len(c.parked) == 0 {
+		if k = c.env.Out.OfferBatchNow(frames); k < len(frames) {
+			c.p.Inline.Parked.Add(1)
+		}
+	}
+	for i, f := range frames[k:] {
+		c.parked = append(c.parked, f)
+		frames[k+i] = nil
+	}
 }
 
 // unpark sends the frames an inline run parked, in order, waiting for

@@ -177,7 +177,7 @@ func (c *tcpConn) sendPeeked(frames []*link.Frame, lent bool) {
 		frames[0] = nil
 		return
 	}
-	if !lent || c.inline {
+	if !lent {
 		for i, f := range frames {
 			c.sendBurst(f)
 			frames[i] = nil
@@ -186,6 +186,10 @@ func (c *tcpConn) sendPeeked(frames []*link.Frame, lent bool) {
 	}
 	for _, f := range frames {
 		c.countOut(f)
+	}
+	if c.inline {
+		c.offerBatch(frames)
+		return
 	}
 	c.unpark()
 	c.env.Out.SendBatchNow(c.env.Ctx, frames)
