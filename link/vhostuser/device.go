@@ -11,11 +11,13 @@ import (
 	"runtime/debug"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
+	"github.com/gopasta/gopasta/internal/nbsys"
 	"github.com/gopasta/gopasta/link"
 	"github.com/gopasta/gopasta/link/wire"
 )
@@ -102,6 +104,8 @@ type Device struct {
 	mem      *memTable
 	vq       [numQueues]vring
 	kick     [numQueues]*os.File
+	kickRC   [numQueues]syscall.RawConn // kick's, for reads without the runtime's bookkeeping
+	kickFD   [numQueues]int             // kick's descriptor (-1: none), for the poke
 	call     [numQueues]int
 	acked    uint64 // features the driver accepted
 	protocol uint64 // protocol features the front end accepted
@@ -120,8 +124,9 @@ type Device struct {
 	// wrChain/wrKick for WriteBatch's.
 	rdChain, wrChain *chain
 	rdKick, wrKick   [8]byte
-	rdPoll, wrPoll   backoff       // missed.go
-	pollFirst        time.Duration // missed.go
+	kickFn           [numQueues]func(fd uintptr) bool // reads rdKick, wrKick: see wait
+	rdPoll, wrPoll   backoff                          // missed.go
+	pollFirst        time.Duration                    // missed.go
 
 	// The reader's deadline (SetReadDeadline). rdlMu guards rdl and
 	// rdWait and orders a wake-up against the reader arming its kick; it
@@ -175,6 +180,9 @@ func newDevice(cfg Config) *Device {
 		d.log = logrus.StandardLogger()
 	}
 	d.call = [numQueues]int{-1, -1}
+	d.kickFD = [numQueues]int{-1, -1}
+	d.kickFn[txQ] = func(fd uintptr) bool { _, e := nbsys.Read(int(fd), d.rdKick[:]); return e != unix.EAGAIN }
+	d.kickFn[rxQ] = func(fd uintptr) bool { _, e := nbsys.Read(int(fd), d.wrKick[:]); return e != unix.EAGAIN }
 	d.pollFirst = pollFirst
 	d.hdrLen = virtioNetHdrSize
 	return d
@@ -322,7 +330,7 @@ func (d *Device) resetLocked() {
 func (d *Device) closeKickLocked(i int) {
 	if d.kick[i] != nil {
 		d.kick[i].Close() // wakes a data-path goroutine waiting on it
-		d.kick[i] = nil
+		d.kick[i], d.kickRC[i], d.kickFD[i] = nil, nil, -1
 	}
 }
 
@@ -391,8 +399,8 @@ func (d *Device) running(i int) bool {
 // passed. It is called with mu held shared and releases it. The kick's
 // deadline is set while mu is held, so a wakeLocked after the release
 // cannot be missed.
-func (d *Device) wait(i int, buf []byte, p *backoff) (polled bool) {
-	k, ch := d.kick[i], d.changed
+func (d *Device) wait(i int, p *backoff) (polled bool) {
+	k, rc, ch := d.kick[i], d.kickRC[i], d.changed
 	dl := p.next(d.pollFirst)
 	var start time.Time
 	if k != nil {
@@ -425,7 +433,10 @@ func (d *Device) wait(i int, buf []byte, p *backoff) (polled bool) {
 		}
 		return false
 	}
-	_, err := k.Read(buf)
+	// The read itself is a raw system call (see the nbsys package: through
+	// the runtime's it would wake sysmon, as every kick would); the wait
+	// for the kick is the runtime poller's, deadline and all.
+	err := rc.Read(d.kickFn[i])
 	if i == txQ {
 		d.rdlMu.Lock()
 		d.rdWait = nil
@@ -495,7 +506,8 @@ func (d *Device) interrupt(i int) {
 	if fd := d.call[i]; fd >= 0 {
 		var one = [8]byte{1}
 		d.noteInterrupt(i)
-		_, _ = unix.Write(fd, one[:])
+		// Raw (the nbsys package): an eventfd write does not block.
+		_, _ = nbsys.Write(fd, one[:])
 		d.Stats.Interrupts.Add(1)
 		if i == rxQ {
 			d.Stats.TxInterrupts.Add(1)
@@ -557,7 +569,7 @@ func (d *Device) ReadBatch(frames []*link.Frame) (int, error) {
 			d.mu.RUnlock()
 			return 0, os.ErrDeadlineExceeded
 		}
-		polled = d.wait(txQ, d.rdKick[:], &d.rdPoll)
+		polled = d.wait(txQ, &d.rdPoll)
 	}
 }
 
@@ -723,7 +735,7 @@ func (d *Device) WriteBatch(frames []*link.Frame) error {
 			d.mu.RUnlock()
 			return nil
 		}
-		polled = d.wait(rxQ, d.wrKick[:], &d.wrPoll)
+		polled = d.wait(rxQ, &d.wrPoll)
 		d.rxMu.Lock()
 		d.rxWaiting = false
 		d.rxMu.Unlock()
@@ -1149,7 +1161,13 @@ func (d *Device) setVringFDLocked(m *msg) error {
 			unix.Close(fd)
 			return err
 		}
-		d.kick[i] = os.NewFile(uintptr(fd), "vhost-user-kick")
+		k := os.NewFile(uintptr(fd), "vhost-user-kick")
+		rc, err := k.SyscallConn()
+		if err != nil {
+			k.Close()
+			return err
+		}
+		d.kick[i], d.kickRC[i], d.kickFD[i] = k, rc, fd
 		q := &d.vq[i]
 		if q.desc == nil {
 			if err := q.mapRings(d.mem); err != nil || q.desc == nil {

@@ -64,6 +64,11 @@
 // WriteBatch up to the first frame without room, and the link Writer
 // queues the rest for its own goroutine, which waits as writers may.
 //
+// The kicks and interrupts, one of each per batch, are raw system calls
+// (the nbsys package: through the runtime's, each would wake its sysmon
+// thread whenever the daemon had been idle); the wait for a kick is the
+// runtime poller's, through the kick file's RawConn.
+//
 // All session state, the rings' indexes included, lives in the Device, so
 // that saving and restoring it (migration) has one place to look.
 //

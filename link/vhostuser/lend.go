@@ -5,6 +5,7 @@ import (
 	"runtime/debug"
 	"sync"
 
+	"github.com/gopasta/gopasta/internal/nbsys"
 	"github.com/gopasta/gopasta/link"
 )
 
@@ -157,8 +158,8 @@ func (d *Device) giveBackLocked(l *loan) {
 		d.rxReturns++
 		if d.rxWaiting {
 			d.rxWaiting = false
-			if k := d.kick[rxQ]; k != nil {
-				_, _ = k.Write(d.poke[:])
+			if fd := d.kickFD[rxQ]; fd >= 0 {
+				_, _ = nbsys.Write(fd, d.poke[:])
 			}
 		}
 	}
