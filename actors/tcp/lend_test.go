@@ -1,7 +1,6 @@
 package tcp
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
 	"net/netip"
 	"sync"
@@ -126,15 +125,7 @@ func TestTCPLentBulk(t *testing.T) {
 			g := newGuest(te, netip.AddrPortFrom(v.far, srv.Port()), 1000)
 			g.connect()
 			sc := srv.Accept(t)
-			down := actorstest.RandBytes(8 << 20)
-			go func() {
-				sc.Write(down)
-				sc.Close()
-			}()
-			g.readUntil(len(down), true)
-			if sha256.Sum256(g.rx) != sha256.Sum256(down) {
-				t.Fatalf("host->guest: %d bytes, checksum mismatch", len(g.rx))
-			}
+			download(t, g, sc, 8<<20)
 			g.send(wire.TCPFin, nil)
 			te.waitEnded(g.h)
 			if ld.lentOK.Load() == 0 {
@@ -223,15 +214,7 @@ func TestTCPLentBulkInline(t *testing.T) {
 	sc := srv.Accept(t)
 	waitIdle(t, g)
 	g.inline = true
-	down := actorstest.RandBytes(8 << 20)
-	go func() {
-		sc.Write(down)
-		sc.Close()
-	}()
-	g.readUntil(len(down), true)
-	if sha256.Sum256(g.rx) != sha256.Sum256(down) {
-		t.Fatalf("host->guest: %d bytes, checksum mismatch", len(g.rx))
-	}
+	download(t, g, sc, 8<<20)
 	if g.direct == 0 || td.lentTried.Load() == 0 {
 		t.Fatalf("no lent frame written in place by an inline run (%d ACKs taken by Direct, %d writes in place)",
 			g.direct, td.tries.Load())

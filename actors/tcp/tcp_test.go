@@ -134,15 +134,7 @@ func bulkWith(t *testing.T, network, addr string, far netip.Addr, n int, inline 
 
 	upload(t, g, sc, actorstest.RandBytes(n), nil)
 
-	down := actorstest.RandBytes(n)
-	go func() {
-		sc.Write(down)
-		sc.Close()
-	}()
-	g.readUntil(n, true)
-	if sha256.Sum256(g.rx) != sha256.Sum256(down) {
-		t.Fatalf("host->guest: %d bytes, checksum mismatch", len(g.rx))
-	}
+	download(t, g, sc, n)
 	te.waitEnded(g.h)
 	return g
 }
@@ -169,6 +161,21 @@ func upload(t *testing.T, g *guest, sc net.Conn, up []byte, before func()) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("guest->host transfer stuck")
+	}
+}
+
+// download has the host side sc send n random bytes and close, and checks
+// that guest g receives exactly them, then the FIN.
+func download(t *testing.T, g *guest, sc net.Conn, n int) {
+	t.Helper()
+	down := actorstest.RandBytes(n)
+	go func() {
+		sc.Write(down)
+		sc.Close()
+	}()
+	g.readUntil(n, true)
+	if sha256.Sum256(g.rx) != sha256.Sum256(down) {
+		t.Fatalf("host->guest: %d bytes, checksum mismatch", len(g.rx))
 	}
 }
 
