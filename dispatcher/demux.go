@@ -93,9 +93,10 @@ func (d *Dispatcher) demux(s []*link.Frame, i int, p *wire.Parsed) bool {
 
 	if h, ok := d.flows[k]; ok {
 		n := len(s[i].Data)
-		if d.direct && h.Direct != nil && !s[i].Flatten() {
-			return d.drop(cDropGuestFault)
-		}
+		// A frame with its payload in guest memory (Ext: only TCP
+		// segments have one by now, see handleFrame) goes to Direct as
+		// it goes to the inbox: the TCP flow writes it to its socket
+		// from there, inline or not.
 		f := d.take(s, i, p)
 		if d.direct && h.Direct != nil && len(s) == 1 && h.Direct(f) {
 			// The actor was idle and the dispatcher did its work (see

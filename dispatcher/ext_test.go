@@ -171,3 +171,58 @@ func TestEndedFlowInboxReleased(t *testing.T) {
 		t.Fatalf("%d Exts out, %d frames queued after the flow ended", n, len(s.handle.In))
 	}
 }
+
+// extDeadlineDevice is an extDevice with the read deadline of the device
+// under it, so that the dispatcher reads it on its own goroutine and
+// offers lone frames to Direct, as on vhost-user.
+type extDeadlineDevice struct {
+	*extDevice
+	dl readDeadliner
+}
+
+func (d *extDeadlineDevice) SetReadDeadline(t time.Time) error { return d.dl.SetReadDeadline(t) }
+
+// On the single-goroutine dispatcher (the tap, vhost-user), a flow's TCP
+// segment offered to its Direct keeps its payload in guest memory, as one
+// queued for the actor does: the flow writes it to its socket from there
+// even when it runs on the dispatcher's goroutine.
+func TestExtFramesDirect(t *testing.T) {
+	fa := &fakeActors{depth: 4}
+	var dev *extDevice
+	h := newHarness(t, nil, func(d *Dispatcher) {
+		withFakes(fa)(d)
+		dl, ok := d.dev.(readDeadliner)
+		if !ok {
+			t.Fatal("the harness device has no read deadline")
+		}
+		dev = &extDevice{Device: d.dev}
+		d.dev = &extDeadlineDevice{extDevice: dev, dl: dl}
+	})
+	pay := bytes.Repeat([]byte("0123456789"), 100)
+	syn := wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(40000, 80, 1, 0, wire.TCPSyn, pay))
+	h.send(syn)
+	h.waitStat("flows_started", 1)
+	hd := fa.get(0).handle
+	offered := make(chan bool, 1)
+	hd.Direct = func(f *link.Frame) bool {
+		offered <- f.Ext != nil && f.ExtOff == extOff
+		f.Release()
+		return true
+	}
+	h.send(wiretest.IP(guest4, far4, wire.ProtoTCP, wiretest.TCP(40000, 80, 2, 1, wire.TCPAck, pay)))
+	select {
+	case ext := <-offered:
+		if !ext {
+			t.Fatal("Direct was offered the segment copied in")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Direct was not offered the segment")
+	}
+	h.waitStat("frames_direct", 1)
+	if dev.copied.Load() != int64(len(syn)-extOff) {
+		t.Errorf("copied %d bytes, want only the first frame's", dev.copied.Load())
+	}
+	if dev.out.Load() != 0 {
+		t.Errorf("%d Exts out", dev.out.Load())
+	}
+}
