@@ -23,6 +23,19 @@ func readErr(d *Device, frames []*link.Frame) chan error {
 	return ch
 }
 
+// comeBack is the reader coming back for frames after a batch, as the
+// dispatcher does once it has handled one: what the batch left due (the
+// transmit queue's interrupt, txIrq) goes out. It returns at once, on a
+// passed deadline, with no deadline left set.
+func comeBack(t *testing.T, d *Device) {
+	t.Helper()
+	d.SetReadDeadline(time.Now())
+	if n, err := d.ReadBatch(newFrames(1)); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("coming back: ReadBatch = %d, %v", n, err)
+	}
+	d.SetReadDeadline(time.Time{})
+}
+
 // expectDeadline waits for ch to report os.ErrDeadlineExceeded.
 func expectDeadline(t *testing.T, ch chan error, what string) {
 	t.Helper()

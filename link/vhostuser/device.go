@@ -155,8 +155,9 @@ type Device struct {
 	// serialises the transmit queue's used side (fill, flush) between
 	// the reader and Ext releases; it comes after mu. txEpoch changes
 	// under mu held exclusively.
-	txMu    sync.Mutex
-	txEpoch uint64
+	txMu     sync.Mutex
+	txEpoch  uint64
+	txIrqDue bool // txIrq
 
 	// Guest memory the data path lets others write into or read from
 	// (drain): draining makes Lend refuse and the reader copy; filling
@@ -543,8 +544,10 @@ func (d *Device) ReadBatch(frames []*link.Frame) (int, error) {
 			d.resendInterrupts()
 		}
 		if d.running(txQ) {
+			d.txIrq()
 			n, err := d.fromGuest(frames)
 			if err == nil && n == 0 {
+				d.txIrq()
 				// Nothing: ask for a kick, and look once more in
 				// case the guest added a frame meanwhile.
 				d.vq[txQ].notify(true)
@@ -615,10 +618,27 @@ func (d *Device) fromGuest(frames []*link.Frame) (n int, err error) {
 		n++
 	}
 	if q.flush() {
-		d.interrupt(txQ)
+		d.txIrqDue = true // see txIrq
 	}
 	d.Stats.RxFrames.Add(uint64(n))
 	return n, err
+}
+
+// txIrq sends the transmit queue's interrupt that the reader's last batch
+// left due. The reader sends it when it comes back for more, not when it
+// publishes the batch's used entries: by then the caller (the dispatcher)
+// has handled the batch, so the guest gets our answer to it (the data
+// its ACKs made room for, through the receive queue) before its transmit
+// completion, as from upstream passt, and the eventfd write, which wakes
+// QEMU and often hands it our CPU there and then, comes when we are done
+// rather than before we start. mu held shared.
+func (d *Device) txIrq() {
+	d.txMu.Lock()
+	if d.txIrqDue {
+		d.txIrqDue = false
+		d.interrupt(txQ)
+	}
+	d.txMu.Unlock()
 }
 
 // completeCsum fills in the checksum a guest left to us (NEEDS_CSUM with

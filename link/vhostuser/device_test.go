@@ -68,7 +68,12 @@ func TestHandshakeAndTransmit(t *testing.T) {
 			t.Errorf("used[%d] = %+v, want id %d len 0", i, u, heads[i])
 		}
 	}
-	// The first batch after a start always interrupts.
+	// The first batch after a start always interrupts, once the reader
+	// comes back for more (txIrq): not before.
+	if f.q[txQ].called() {
+		t.Error("interrupted before the reader came back")
+	}
+	comeBack(t, r.d)
 	if !f.q[txQ].called() {
 		t.Error("no interrupt after the transmit queue was consumed")
 	}

@@ -89,6 +89,7 @@ func TestInterruptResent(t *testing.T) {
 		if err != nil || n != 1 {
 			t.Fatalf("ReadBatch = %d, %v", n, err)
 		}
+		comeBack(t, r.d)
 	}
 	txFrame(q, testFrame(1, 100))
 	q.doKick()
