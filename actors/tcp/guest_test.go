@@ -201,8 +201,9 @@ type guest struct {
 	mss     int    // peer's MSS
 	rx      []byte
 	finRcvd bool
-	inline  bool // offer every frame to Handle.Direct first
-	direct  int  // frames Direct took
+	inline  bool   // offer every frame to Handle.Direct first
+	synMSS  uint16 // the MSS our SYN offers (0: 65480)
+	direct  int    // frames Direct took
 }
 
 func newGuest(te *testEnv, far netip.AddrPort, iss uint32) *guest {
@@ -242,7 +243,11 @@ func (g *guest) input(f *link.Frame) {
 func (g *guest) connect() seg {
 	t := g.te.t
 	t.Helper()
-	g.h = g.te.TCP.Start(g.k, buildFrame(g.k, wire.TCPSyn, g.iss, 0, 0xffff, synOpts(65480, g.ws), nil))
+	mss := g.synMSS
+	if mss == 0 {
+		mss = 65480
+	}
+	g.h = g.te.TCP.Start(g.k, buildFrame(g.k, wire.TCPSyn, g.iss, 0, 0xffff, synOpts(mss, g.ws), nil))
 	if g.h == nil {
 		t.Fatalf("StartTCP returned nil for a SYN")
 	}

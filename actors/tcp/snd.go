@@ -255,25 +255,17 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 		c.debugf("guest acknowledged our FIN")
 	}
 	if n := data - c.snd.una; n > 0 {
-		// Acknowledged bytes leave the receive queue at once. Holding
-		// them to discard in batches (a system call saved per
-		// request/response exchange) stalled large transfers: a partly
-		// consumed buffer stays charged to the receive buffer at its
-		// full size, the window towards the host closes, and nothing
-		// reopens it (TestTCPSmallWindowLargeAnswer).
-		if err := c.sock.discard(int(n)); err != nil {
-			c.hostError("discard", err)
+		c.snd.acked += int(n)
+		if !c.sock.peekOff && !c.consume() {
 			return
-		}
-		if !c.sock.peekOff && c.sock.hungUp() {
-			// Without a peek offset, the end of stream shows only once
-			// the queue is empty, and its event has come and gone.
-			c.snd.sockData = true
 		}
 	}
 	c.snd.una = data
 	if seqLT(c.snd.nxt, c.snd.una) {
 		c.snd.nxt = c.snd.una // acknowledged beyond a rewind
+		if !c.consume() {
+			return
+		}
 		c.sock.setPeekOff(0)
 	}
 	c.setSndWnd(win)
@@ -290,6 +282,43 @@ func (c *tcpConn) onAck(th wire.TCP, payLen int) {
 	}
 }
 
+// consume takes the bytes the guest has acknowledged out of the socket's
+// receive queue; it reports false if that failed (the flow is closing).
+//
+// With a peek offset the discard waits for the end of the run that
+// handled the ACK (output calls consume after trySend): the data the ACK
+// made room for is peeked and on its way to the guest first. The discard
+// is the system call in which the host's kernel sends its window update
+// to the host peer and, on loopback, in the same softirq, runs the peer's
+// ACK processing and the transmission it clocks (a tenth of our CPU in a
+// download); none of that need come between the guest's ACK and our
+// answer. The peek offset is the kernel's, which moves back by what is
+// discarded, so the order does not change what is peeked. Holding
+// acknowledged bytes any longer, across runs, would not do: a partly
+// consumed buffer stays charged to the receive buffer at its full size,
+// the window towards the host closes, and nothing reopens it
+// (TestTCPSmallWindowLargeAnswer). Everything that assumes the queue
+// starts at snd.una (a rewind to it, a peek without an offset) consumes
+// first.
+func (c *tcpConn) consume() bool {
+	if c.snd.acked == 0 || c.sock == nil {
+		c.snd.acked = 0
+		return true
+	}
+	n := c.snd.acked
+	c.snd.acked = 0
+	if err := c.sock.discard(n); err != nil {
+		c.hostError("discard", err)
+		return false
+	}
+	if !c.sock.peekOff && c.sock.hungUp() {
+		// Without a peek offset, the end of stream shows only once
+		// the queue is empty, and its event has come and gone.
+		c.snd.sockData = true
+	}
+	return true
+}
+
 // retransmit rewinds to the oldest unacknowledged byte (go-back-N: without
 // SACK there is nothing better to know) and clears the FIN so that it is
 // sent again after the data.
@@ -301,6 +330,9 @@ func (c *tcpConn) retransmit(why string) {
 			strconv.FormatUint(uint64(c.snd.nxt-c.snd.una), 10) + " bytes in flight"
 	})
 	c.snd.nxt = c.snd.una
+	if !c.consume() {
+		return
+	}
 	c.sock.setPeekOff(0)
 	if c.state&(tcpFinSent|tcpFinAcked) == tcpFinSent {
 		c.setState(c.state&^tcpFinSent, "FIN to be sent again")

@@ -176,7 +176,8 @@ type tcpConn struct {
 type tcpSender struct {
 	iss      uint32
 	una      uint32 // oldest byte not acknowledged by the guest
-	nxt      uint32 // next byte to peek and send (peek offset = nxt-una)
+	nxt      uint32 // next byte to peek and send (peek offset = nxt-una+acked)
+	acked    int    // acknowledged bytes still in the receive queue (consume)
 	high     uint32 // highest data sequence ever sent, plus one
 	finSeq   uint32
 	finEver  bool // a FIN was sent at snd.finSeq (maybe to be resent)
@@ -535,7 +536,7 @@ func (c *tcpConn) output() {
 	if c.state&tcpEstablished != 0 {
 		c.trySend()
 	}
-	if c.state&tcpClosed != 0 {
+	if c.state&tcpClosed != 0 || !c.consume() {
 		return
 	}
 	for ; c.ack.dupDue > 0; c.ack.dupDue-- {

@@ -284,6 +284,48 @@ func TestTCPRetransmit(t *testing.T) {
 	}
 }
 
+// An ACK and the duplicates that make us retransmit, handled in one run
+// of the actor: the acknowledged bytes, which leave the socket's queue
+// only at the end of a run (consume), are gone before the rewind to the
+// first unacknowledged byte, so that what is resent is the bytes at that
+// sequence, not the ones before it.
+func TestTCPRetransmitAfterAckInOneRun(t *testing.T) {
+	te := newTestEnv(t)
+	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
+	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 7000)
+	g.synMSS = 1000
+	g.connect()
+	sc := srv.Accept(t)
+	msg := actorstest.RandBytes(5000)
+	sc.Write(msg)
+	base := g.rcvNxt
+	for got := 0; got < len(msg); {
+		s := te.next(time.Second)
+		if s.seq != base+uint32(got) || len(s.data) == 0 || len(s.data) > 1000 {
+			t.Fatalf("segment seq %d len %d, want seq %d", s.seq, len(s.data), base+uint32(got))
+		}
+		got += len(s.data)
+	}
+	// Hold the flow while the ACK of the first 2000 bytes and three
+	// duplicates of it queue up: the actor then handles all four in one run.
+	g.h.Gate.Enter()
+	for range 4 {
+		g.input(buildFrame(g.k, wire.TCPAck, g.sndNxt, base+2000, g.wnd, nil, nil))
+	}
+	g.h.Gate.Leave()
+	s := te.next(time.Second)
+	if s.seq != base+2000 || !bytes.Equal(s.data, msg[2000:2000+len(s.data)]) {
+		t.Fatalf("retransmitted seq %d (want %d), bytes from the right place: %v",
+			s.seq, base+2000, bytes.Equal(s.data, msg[2000:2000+len(s.data)]))
+	}
+	g.rcvNxt = base + 2000
+	g.absorb(s, g.sndNxt)
+	g.readUntil(len(msg)-2000, false)
+	if !bytes.Equal(g.rx, msg[2000:]) {
+		t.Fatal("data differs after the retransmission")
+	}
+}
+
 // Out-of-order segments from the guest are held and delivered once the
 // hole is filled.
 func TestTCPOutOfOrderFromGuest(t *testing.T) {
