@@ -348,9 +348,19 @@ func (te *testEnv) waitEnded(h *actors.Handle) {
 // returns the environment, the guest and the server's end.
 func connectedFlow(t *testing.T, iss uint32) (*testEnv, *guest, *net.TCPConn) {
 	t.Helper()
+	return connectedFlowWith(t, iss, nil)
+}
+
+// connectedFlowWith is connectedFlow with the guest set up by with (its
+// window, the MSS it offers) before its SYN.
+func connectedFlowWith(t *testing.T, iss uint32, with func(*guest)) (*testEnv, *guest, *net.TCPConn) {
+	t.Helper()
 	te := newTestEnv(t)
 	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
 	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), iss)
+	if with != nil {
+		with(g)
+	}
 	g.connect()
 	return te, g, srv.Accept(t)
 }

@@ -184,12 +184,7 @@ func TestTCPBulkWrapV6(t *testing.T) { bulk(t, "tcp6", "[::1]:0", testGW6, 8<<20
 
 // A zero window from the guest stops data; opening it restarts it.
 func TestTCPGuestZeroWindow(t *testing.T) {
-	te := newTestEnv(t)
-	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
-	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 5000)
-	g.wnd = 0
-	g.connect()
-	sc := srv.Accept(t)
+	te, g, sc := connectedFlowWith(t, 5000, func(g *guest) { g.wnd = 0 })
 	sc.Write([]byte("data"))
 	// Nothing may come but, after a while, a window probe.
 	if s, ok := te.tryNext(300 * time.Millisecond); ok && len(s.data) > 0 {
@@ -290,12 +285,7 @@ func TestTCPRetransmit(t *testing.T) {
 // first unacknowledged byte, so that what is resent is the bytes at that
 // sequence, not the ones before it.
 func TestTCPRetransmitAfterAckInOneRun(t *testing.T) {
-	te := newTestEnv(t)
-	srv := actorstest.NewServer(t, "tcp4", "127.0.0.1:0")
-	g := newGuest(te, netip.AddrPortFrom(testGW4, srv.Port()), 7000)
-	g.synMSS = 1000
-	g.connect()
-	sc := srv.Accept(t)
+	te, g, sc := connectedFlowWith(t, 7000, func(g *guest) { g.synMSS = 1000 })
 	msg := actorstest.RandBytes(5000)
 	sc.Write(msg)
 	base := g.rcvNxt
