@@ -20,8 +20,9 @@ import (
 // guest's receive buffers (vhost-user, link.Lender) the payload areas are
 // those buffers, and the frame carries only its headers: the data is copied
 // once, from the kernel into the guest. When the guest
-// acknowledges, as many bytes are discarded from the queue (MSG_TRUNC);
-// to retransmit we set the peek offset back to zero.
+// acknowledges, as many bytes are discarded from the queue (MSG_TRUNC), at
+// the end of the run that handled the ACK, once its answer is peeked
+// (consume); to retransmit we set the peek offset back to zero.
 
 // trySend sends what the guest's window allows, if the socket may have data.
 func (c *tcpConn) trySend() {
