@@ -102,6 +102,8 @@ type daemon struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 
+	oneOffOnce sync.Once // endOneOff (passt.go)
+
 	// mountNS: the daemon runs in a mount namespace of its own, which
 	// the sandbox may pivot_root in; isolateErr says why not, if asked.
 	mountNS bool

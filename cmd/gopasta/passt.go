@@ -34,24 +34,22 @@ package main
 // even the readiness pipe's.
 //
 // The end of a one-off link is an orderly exit (status 0), not a failure:
-// the device wrapper oneOffEnd cancels the daemon's context with errQuit
-// before ReadBatch or WriteBatch reports ErrClosed, so neither the
-// dispatcher nor the writer is taken for a broken link.
+// the device wrapper oneOffEnd (the vhost-user device's OnDisconnect)
+// cancels the daemon's context with errQuit before ReadBatch or WriteBatch
+// reports ErrClosed, so neither the dispatcher nor the writer is taken for
+// a broken link.
 
 import (
 	"fmt"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/gopasta/gopasta/actors"
 	"github.com/gopasta/gopasta/conf"
 	"github.com/gopasta/gopasta/link"
-	"github.com/gopasta/gopasta/link/vhostuser"
 )
 
 // Passing -F's descriptor from the front to the daemon.
@@ -167,46 +165,26 @@ func (d *daemon) openPasst() error {
 }
 
 // oneOff wraps the link of a one-off daemon so that its end is an orderly
-// exit: see the theory of operation.
+// exit: see the theory of operation. (The vhost-user device announces its
+// end itself: openVhostUser.)
 func (d *daemon) oneOff(dev link.Device) link.Device {
-	e := &oneOffEnd{Device: dev}
-	e.end = func() {
-		e.once.Do(func() {
-			if d.ctx.Err() == nil {
-				d.log.Info("client closed connection, exiting")
-			}
-			d.cancel(errQuit)
-		})
-	}
-	if vu, ok := dev.(*vhostuser.Device); ok {
-		return &oneOffVhostUser{oneOffEnd: e, vu: vu}
-	}
-	return e
+	return &oneOffEnd{Device: dev, end: d.endOneOff}
 }
 
-// oneOffVhostUser is oneOffEnd for the vhost-user device, whose optional
-// methods the dispatcher (a read deadline: it reads the device itself)
-// and the Writer (link.TryWriter) look for must stay visible.
-type oneOffVhostUser struct {
-	*oneOffEnd
-	vu *vhostuser.Device
-}
-
-func (e *oneOffVhostUser) SetReadDeadline(t time.Time) error { return e.vu.SetReadDeadline(t) }
-
-func (e *oneOffVhostUser) TryWriteBatch(frames []*link.Frame) (int, error) {
-	n, err := e.vu.TryWriteBatch(frames)
-	if err == link.ErrClosed {
-		e.end()
-	}
-	return n, err
+// endOneOff ends a one-off daemon whose link has gone, once.
+func (d *daemon) endOneOff() {
+	d.oneOffOnce.Do(func() {
+		if d.ctx.Err() == nil {
+			d.log.Info("client closed connection, exiting")
+		}
+		d.cancel(errQuit)
+	})
 }
 
 // oneOffEnd is a Device whose ErrClosed ends the daemon.
 type oneOffEnd struct {
 	link.Device
-	once sync.Once
-	end  func()
+	end func()
 }
 
 func (e *oneOffEnd) ReadBatch(frames []*link.Frame) (int, error) {

@@ -31,6 +31,10 @@ const vhostUserCopyEnv = "GOPASTA_VHOST_USER_COPY"
 // openVhostUser opens the vhost-user link. It sets d.dev and d.vu.
 func (d *daemon) openVhostUser(mtu int) error {
 	cfg, log, peer := d.cfg, d.log, d.peer
+	// One-off (-1, or -F's socket): the device's end is the daemon's,
+	// announced by OnDisconnect before the device reports ErrClosed, so
+	// the device needs no wrapper (oneOff) hiding its methods.
+	oneOff := cfg.OneOff || cfg.FD >= 0
 	vcfg := vhostuser.Config{
 		MTU:    mtu,
 		OneOff: cfg.OneOff,
@@ -53,6 +57,9 @@ func (d *daemon) openVhostUser(mtu int) error {
 				"tx_interrupts": s.TxInterrupts.Load(), "tx_waits": s.TxWaits.Load(), "broken": s.Broken.Load(),
 				"found_by_poll": s.FoundByPoll.Load(), "interrupts_resent": s.InterruptsResent.Load(),
 			}).Info("client closed connection")
+			if oneOff {
+				d.endOneOff()
+			}
 		},
 		OnRefused: func(pid int) {
 			refusedLog.Log(log.WithField("pid", pid), logrus.InfoLevel, "another client is connected: discarding connection from PID %d", pid)
@@ -73,8 +80,7 @@ func (d *daemon) openVhostUser(mtu int) error {
 			return err
 		}
 		log.Infof("Using connected socket from file descriptor %d", cfg.FD)
-		d.vu = dev
-		d.dev = d.oneOff(dev)
+		d.vu, d.dev = dev, dev
 		return nil
 	}
 	var ln *net.UnixListener
@@ -91,9 +97,6 @@ func (d *daemon) openVhostUser(mtu int) error {
 	dev := vhostuser.Listen(ln, path, vcfg)
 	d.vu, d.vuLn, d.vuPath = dev, ln, path
 	d.dev = dev
-	if cfg.OneOff {
-		d.dev = d.oneOff(dev)
-	}
 	log.Infof("UNIX domain socket bound at %s", path)
 	log.Infof("You can now start qemu (>= 7.2) with:")
 	log.Infof("    kvm ... -chardev socket,id=chr0,path=%s -netdev vhost-user,id=netdev0,chardev=chr0 -device virtio-net,netdev=netdev0 -object memory-backend-memfd,id=memfd0,share=on,size=$RAMSIZE -numa node,memdev=memfd0", path)

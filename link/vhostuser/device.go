@@ -296,16 +296,23 @@ func (d *Device) serve(c *net.UnixConn) {
 	d.mu.Lock()
 	d.resetLocked()
 	d.active = nil
+	d.wakeLocked()
+	d.mu.Unlock()
+	// Before a one-off device reports ErrClosed: its owner takes the end
+	// of the session for an orderly one (cmd: exit 0), not a broken link.
+	// Meanwhile the data path finds no front end and waits, and the
+	// accept loop refuses newcomers (served).
+	if d.cfg.OnDisconnect != nil {
+		d.cfg.OnDisconnect(pid)
+	}
 	if d.cfg.OneOff {
+		d.mu.Lock()
 		d.closed = true
 		if d.ln != nil {
 			d.ln.Close()
 		}
-	}
-	d.wakeLocked()
-	d.mu.Unlock()
-	if d.cfg.OnDisconnect != nil {
-		d.cfg.OnDisconnect(pid)
+		d.wakeLocked()
+		d.mu.Unlock()
 	}
 }
 
