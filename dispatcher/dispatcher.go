@@ -7,8 +7,9 @@
 //
 // On a device that can interrupt a blocked read with a deadline (the tap,
 // the vhost-user back end: readDeadliner), Run is a single goroutine that
-// calls Device.ReadBatch itself. For request/response traffic every hand-over between goroutines
-// costs a wake-up, often of a sleeping thread on another core, and a frame
+// calls Device.ReadBatch itself. For request/response traffic every
+// hand-over between goroutines costs a wake-up, often of a sleeping thread
+// on another core, and a frame
 // from the guest already needs one (dispatcher to actor); a separate reader
 // goroutine would add a second on the way in. The other things the
 // dispatcher waits for fit around the read: Env.Ended and Env.Register are
@@ -27,8 +28,8 @@
 // sysmon thread with it, and idle containers are many.
 //
 // On other devices (the QEMU stream socket of passt mode, which replaces
-// its connection underneath) two goroutines belong to Run. The reader blocks in
-// Device.ReadBatch and passes each batch of frames to the dispatcher
+// its connection underneath) two goroutines belong to Run. The reader
+// blocks in Device.ReadBatch and passes each batch of frames to the dispatcher
 // goroutine over a channel; the dispatcher goroutine selects on those
 // batches, on actors ending (Env.Ended), on inbound actors to register
 // (Env.Register), on a timer for periodic work (due at idleTick at the
@@ -52,8 +53,7 @@
 // dropped and counted (TCP retransmits, UDP is lossy). On the tap and on
 // vhost-user, a frame that came alone in its batch is first offered to
 // the flow's Handle.Direct (never on the split reader: see
-// Dispatcher.direct): an idle
-// UDP binding sends it at once, an idle established TCP flow runs it on the
+// Dispatcher.direct): an idle UDP binding sends it at once, an idle established TCP flow runs it on the
 // dispatcher's goroutine (actors/tcp/inline.go), which saves waking the
 // actor for request/response traffic (counter frames_direct). Direct is a
 // guest of the flow's handoff.Gate: it never waits for a busy actor, nor

@@ -30,6 +30,7 @@ import (
 // give the frame back instead.
 type Writer struct {
 	dev Device
+	try TryWriter // dev, if it is one: see writeIn
 	q   chan *Frame
 
 	gate handoff.Gate // held while writing to dev; backlog: frames queued or being written
@@ -57,7 +58,9 @@ type Writer struct {
 
 // NewWriter returns a Writer for dev with a queue of depth frames.
 func NewWriter(dev Device, depth int) *Writer {
-	return &Writer{dev: dev, q: make(chan *Frame, depth)}
+	w := &Writer{dev: dev, q: make(chan *Frame, depth)}
+	w.try, _ = dev.(TryWriter)
+	return w
 }
 
 // Lender returns Lend unless a capture runs.
@@ -155,9 +158,9 @@ func (w *Writer) OfferBatchNow(frames []*Frame) int {
 // them meanwhile. It returns how many frames it took, and clears them.
 func (w *Writer) writeIn(frames []*Frame) int {
 	n := len(frames)
-	if tw, ok := w.dev.(TryWriter); ok {
+	if w.try != nil {
 		var err error
-		n, err = tw.TryWriteBatch(frames)
+		n, err = w.try.TryWriteBatch(frames)
 		w.count(frames[:n], err)
 	} else {
 		w.write(frames)
